@@ -1,0 +1,115 @@
+"""The one error model: every failure has a code, an HTTP status and a message a person understands.
+
+Bodies follow the OpenAI shape (`{"error": {"message", "type", "code", "param"}}`) so OpenAI clients raise
+the right exception class. Mid-stream errors reuse the same body as a single SSE event.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    INVALID_JSON = "invalid_json"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNKNOWN_WORKER = "unknown_worker"
+    CONTEXT_TOO_LONG = "context_length_exceeded"
+    INVALID_IMAGE = "invalid_image"
+    INVALID_VIDEO = "invalid_video"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
+    WORKER_BUSY = "worker_busy"
+    NO_WORKER = "no_worker_available"
+    WORKER_LOST = "worker_lost"
+    WORKER_TIMEOUT = "worker_timeout"
+    ENGINE_ERROR = "engine_error"
+    INTERNAL = "internal_error"
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_WORKER: 404,
+    ErrorCode.CONTEXT_TOO_LONG: 400,
+    ErrorCode.INVALID_IMAGE: 400,
+    ErrorCode.INVALID_VIDEO: 400,
+    ErrorCode.UPLOAD_TOO_LARGE: 413,
+    ErrorCode.REMOTE_URL_FORBIDDEN: 400,
+    ErrorCode.WORKER_BUSY: 429,
+    ErrorCode.NO_WORKER: 503,
+    ErrorCode.WORKER_LOST: 502,
+    ErrorCode.WORKER_TIMEOUT: 504,
+    ErrorCode.ENGINE_ERROR: 500,
+    ErrorCode.INTERNAL: 500,
+}
+
+# OpenAI's `type` field; clients branch on it.
+_ERROR_TYPE: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ServingError(Exception):
+    """Raise this anywhere below a route; the route layer renders it. `retryable` marks failures another worker
+    may not have (busy, lost, timeout), which the controller fails over on before the first token."""
+
+    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.param = param
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.param)
+
+    @classmethod
+    def from_body(cls, body: Any, fallback_status: int = 500) -> ServingError:
+        """Rebuild an error relayed from another of our processes (or any OpenAI-shaped server)."""
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            try:
+                code = ErrorCode(err.get("code"))
+            except ValueError:
+                code = _code_for_status(fallback_status)
+            return cls(code, str(err.get("message") or code.value), param=err.get("param"))
+        return cls(_code_for_status(fallback_status), f"upstream answered HTTP {fallback_status}")
+
+    def __repr__(self) -> str:
+        return f"ServingError({self.code.value!r}, {self.message!r})"
+
+
+RETRYABLE = frozenset({ErrorCode.WORKER_BUSY, ErrorCode.WORKER_LOST, ErrorCode.WORKER_TIMEOUT, ErrorCode.ENGINE_ERROR,
+                       ErrorCode.INTERNAL, ErrorCode.UNKNOWN_WORKER})
+
+
+def _code_for_status(status: int) -> ErrorCode:
+    for code, code_status in HTTP_STATUS.items():
+        if code_status == status:
+            return code
+    return ErrorCode.INVALID_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL
+
+
+def error_body(code: ErrorCode, message: str, param: str | None = None) -> dict[str, Any]:
+    status = HTTP_STATUS[ErrorCode(code)]
+    return {"error": {"message": message, "type": _ERROR_TYPE.get(status, "server_error"),
+                      "code": ErrorCode(code).value, "param": param}}

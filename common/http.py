@@ -1,0 +1,88 @@
+"""HTTP glue shared by the controller and workers: error rendering, SSE framing, API-key checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from common.errors import ErrorCode, ServingError, error_body
+
+log = logging.getLogger(__name__)
+
+DONE = "[DONE]"
+
+
+def error_response(err: ServingError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[ErrorCode, str, str | None]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return ErrorCode.INVALID_JSON, "the request body is not valid JSON", None
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"unknown field '{loc}'")
+        else:
+            parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    first = ".".join(str(x) for x in errors[0].get("loc", ()) if x != "body") if errors else None
+    return ErrorCode.INVALID_REQUEST, "invalid request: " + "; ".join(parts), first or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as the one JSON body; nothing becomes a bare 500 page or a 200 with an error inside."""
+
+    @app.exception_handler(ServingError)
+    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, message, param = _describe_validation(exc)
+        return JSONResponse(error_body(code, message, param), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"),
+                            status_code=500)
+
+
+def sse_data(payload: BaseModel | dict[str, Any] | str) -> str:
+    if isinstance(payload, BaseModel):
+        return payload.model_dump_json(exclude_none=True)
+    if isinstance(payload, dict):
+        return json.dumps(payload, ensure_ascii=False)
+    return payload
+
+
+def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
+    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the framing, keep-alive pings
+    and client-disconnect detection (it cancels the iterator, which is how generation gets aborted)."""
+    return EventSourceResponse(_as_dicts(events), ping=15,
+                               headers={"X-Accel-Buffering": "no"})
+
+
+async def _as_dicts(events: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    async for e in events:
+        yield {"data": e}
+
+
+def check_api_key(request: Request, keys: list[str]) -> None:
+    """Bearer-token check used by routes when keys are configured; no keys means open (loopback default)."""
+    if not keys:
+        return
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if token not in keys:
+        raise ServingError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")

@@ -1,0 +1,218 @@
+"""Wire models for every HTTP surface: the OpenAI-compatible chat API (controller and workers speak the same one)
+and the controller's worker-registry API. One module, so the controller, workers and UI never disagree.
+
+Requests reject unknown fields with a message that names them (nothing a user sent is dropped silently); the
+OpenAI fields we accept but do not act on are listed explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class WireModel(BaseModel):
+    """Base for what clients send us: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class OutModel(BaseModel):
+    """Base for what we send: tolerant when read back by another of our processes of a newer version."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+# ---------------------------------------------------------------------------------------------- content parts
+
+
+class TextPart(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(WireModel):
+    url: str = Field(description="data: URL (base64), or http(s) URL when the server allows remote media")
+    detail: Literal["auto", "low", "high"] | None = None
+    max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="tile budget for this image")
+
+
+class ImagePart(WireModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class VideoURL(WireModel):
+    url: str
+    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from the clip")
+    start: float | None = Field(None, ge=0, description="seconds; optional segment start")
+    end: float | None = Field(None, gt=0, description="seconds; optional segment end")
+
+
+class VideoPart(WireModel):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class StreamOptions(WireModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(WireModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0, le=1000)
+    max_tokens: int | None = Field(None, ge=1, le=65536)
+    max_completion_tokens: int | None = Field(None, ge=1, le=65536)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = 1
+    user: str | None = None
+    # InternVL extensions (send with the OpenAI client's `extra_body`).
+    max_tiles: int | None = Field(None, ge=1, le=40, description="tile budget for the newest turn's images")
+    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from each video")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 8 or any(not s for s in stops):
+            raise ValueError("stop takes at most 8 non-empty strings")
+        return stops
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+# ---------------------------------------------------------------------------------------------- responses
+
+
+class Usage(OutModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseMessage(OutModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(OutModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None
+
+
+class ChatCompletion(OutModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(OutModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(OutModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(OutModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class ModelCard(OutModel):
+    """One served model. Extra fields beyond OpenAI's say what a person needs to know about it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "internvl-serve"
+    family: str | None = None
+    engine: str | None = None
+    context_length: int | None = None
+    random_weights: bool = Field(False, description="True for the demo checkpoint: its answers are noise")
+    workers: list[str] | None = None
+
+
+class ModelList(OutModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---------------------------------------------------------------------------------------------- worker registry
+
+
+class WorkerRegistration(WireModel):
+    worker_id: str = Field(min_length=1, max_length=128)
+    url: str = Field(description="base URL the controller uses to reach the worker")
+    models: list[ModelCard] = Field(min_length=1)
+    max_concurrency: int = Field(ge=1)
+
+
+class WorkerHeartbeat(WireModel):
+    worker_id: str
+    in_flight: int = Field(0, ge=0)
+    queued: int = Field(0, ge=0)
+
+
+class WorkerStatus(OutModel):
+    worker_id: str
+    url: str
+    models: list[str]
+    healthy: bool
+    in_flight: int
+    max_concurrency: int
+    queued: int
+    last_heartbeat_age_s: float
+    served: int
+    failures: int
+
+
+class WorkerList(OutModel):
+    workers: list[WorkerStatus]
+

@@ -1,0 +1,67 @@
+"""One settings object for a worker process; CLI flags and INTERNVL_WORKER_* environment variables come from it."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Bounds on what a request may make the worker decode; breaking one is a clear 4xx, never a crash."""
+
+    max_media_bytes: int = 20 * 1024 * 1024  # one decoded image or video
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard (e.g. 8000x8000)
+    max_video_seconds: float = 600.0
+    max_images_per_request: int = 16
+    default_num_frames: int = 8
+    allow_remote_media: bool = False  # http(s) URLs; private/loopback/link-local targets are refused even when on
+    remote_timeout_s: float = 10.0
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTERNVL_WORKER_", cli_parse_args=False, cli_kebab_case=True,
+                                      cli_prog_name="python -m workers", cli_implicit_flags=True,
+                                      protected_namespaces=())
+
+    model_path: str = Field(description="checkpoint folder (transformers-native or remote-code InternVL)")
+    model_name: str | None = Field(None, description="id served in /v1/models; default: the checkpoint's folder name")
+    engine: str = Field("auto", description="auto | transformers | turbomind | module.path:ClassName")
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the worker to the network")
+    port: int = Field(21002, ge=0, le=65535)
+    worker_url: str | None = Field(None, description="address the controller uses to reach this worker "
+                                   "(default http://HOST:PORT; set it when binding 0.0.0.0)")
+    worker_id: str = Field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:8]}")
+    controller_url: str | None = Field("http://127.0.0.1:21001", description="controller to register with; "
+                                       "empty to run standalone")
+    heartbeat_interval_s: float = Field(5.0, gt=0, le=300)
+    registration_secret: str | None = Field(None, description="shared secret the controller requires to register")
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; empty: no auth")
+    max_concurrency: int = Field(8, ge=1, le=4096, description="requests admitted at once; more get HTTP 429")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    load_in_8bit: bool = Field(False, description="transformers engine: bitsandbytes 8-bit weights (GPU)")
+    tp: int = Field(1, ge=1, le=16, description="tensor-parallel GPUs for this worker")
+    request_timeout_s: float = Field(600.0, gt=0, description="longest a single generation may run")
+    max_media_bytes: int = Field(MediaLimits.max_media_bytes, ge=1)
+    max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)
+    max_video_seconds: float = Field(MediaLimits.max_video_seconds, gt=0)
+    max_images_per_request: int = Field(MediaLimits.max_images_per_request, ge=1, le=256)
+    default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)
+    allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
+    log_level: str = "info"
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_media_bytes=self.max_media_bytes, max_image_pixels=self.max_image_pixels,
+                           max_video_seconds=self.max_video_seconds,
+                           max_images_per_request=self.max_images_per_request,
+                           default_num_frames=self.default_num_frames, allow_remote_media=self.allow_remote_media)
+
+    def advertised_url(self) -> str:
+        if self.worker_url:
+            return self.worker_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
