@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 
 from common.errors import ErrorCode, ServingError, error_body
@@ -18,14 +18,15 @@ from common.errors import ErrorCode, ServingError, error_body
 log = logging.getLogger(__name__)
 
 DONE = "[DONE]"
+M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(err: ServingError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[ErrorCode, str, str | None]:
-    errors = exc.errors()
+def describe_validation(errors: Any) -> tuple[ErrorCode, str, str | None]:
+    errors = list(errors)
     if any(e.get("type") == "json_invalid" for e in errors):
         return ErrorCode.INVALID_JSON, "the request body is not valid JSON", None
     parts = []
@@ -33,10 +34,41 @@ def _describe_validation(exc: RequestValidationError) -> tuple[ErrorCode, str, s
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         if e.get("type") == "extra_forbidden":
             parts.append(f"unknown field '{loc}'")
+        elif e.get("type") == "union_tag_invalid":
+            parts.append(f"{loc}: unsupported content part type {e.get('ctx', {}).get('tag')!r} "
+                         "(expected 'text', 'image_url' or 'video_url')")
         else:
             parts.append(f"{loc or 'body'}: {e.get('msg')}")
     first = ".".join(str(x) for x in errors[0].get("loc", ()) if x != "body") if errors else None
     return ErrorCode.INVALID_REQUEST, "invalid request: " + "; ".join(parts), first or None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ServingError:
+    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"request body is larger than the {limit / 2**20:.0f} MiB "
+                        f"this server accepts ({size / 2**20:.1f} MiB or more); send smaller or fewer files")
+
+
+async def parse_json_body(request: Request, model: type[M], max_bytes: int) -> M:
+    raw = await read_body(request, max_bytes)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        code, message, param = describe_validation(exc.errors())
+        raise ServingError(code, message, param=param) from None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -48,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        code, message, param = _describe_validation(exc)
+        code, message, param = describe_validation(exc.errors())
         return JSONResponse(error_body(code, message, param), status_code=400)
 
     @app.exception_handler(Exception)

@@ -46,6 +46,7 @@ class WorkerSettings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     load_in_8bit: bool = Field(False, description="transformers engine: bitsandbytes 8-bit weights (GPU)")
     tp: int = Field(1, ge=1, le=16, description="tensor-parallel GPUs for this worker")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     request_timeout_s: float = Field(600.0, gt=0, description="longest a single generation may run")
     max_media_bytes: int = Field(MediaLimits.max_media_bytes, ge=1)
     max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)

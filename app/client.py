@@ -1,0 +1,106 @@
+"""Async client of the controller's OpenAI-compatible API: one shared httpx client, explicit timeouts.
+
+Errors arrive as the one JSON body (`{"error": {...}}`, see common/errors.py), either as an HTTP error status or as
+a single mid-stream SSE event followed by `[DONE]`; both become a ServingError carrying the server's message.
+Closing the stream (the `async with` exits, also on cancellation by the Stop button) is what aborts generation on
+the worker: the controller relays the disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+
+from common.errors import ErrorCode, ServingError
+from common.protocol import ModelCard, WorkerStatus
+
+
+@dataclass
+class StreamStats:
+    """Filled in while an answer streams; read by the conversation log."""
+
+    worker: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    first_token_s: float | None = None
+    total_s: float | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class ControllerClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0,
+                 connect_timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, transport=transport,
+                                       timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._short = httpx.Timeout(10.0, connect=connect_timeout_s)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _get(self, path: str) -> Any:
+        try:
+            response = await self._http.get(path, timeout=self._short)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise _error_from_response(response.status_code, response.content)
+        return response.json()
+
+    async def models(self) -> list[ModelCard]:
+        return [ModelCard.model_validate(m) for m in (await self._get("/v1/models")).get("data", [])]
+
+    async def workers(self) -> list[WorkerStatus]:
+        return [WorkerStatus.model_validate(w) for w in (await self._get("/workers")).get("workers", [])]
+
+    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None) -> AsyncIterator[str]:
+        """Yield text deltas of one streamed answer."""
+        stats = stats or StreamStats()
+        body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                stats.worker = response.headers.get("x-worker-id")
+                if response.status_code >= 400:
+                    raise _error_from_response(response.status_code, await response.aread())
+                async for sse in EventSource(response).aiter_sse():
+                    if sse.data.strip() == "[DONE]":
+                        break
+                    chunk = json.loads(sse.data)
+                    if "error" in chunk:
+                        raise ServingError.from_body(chunk)
+                    if chunk.get("usage"):
+                        stats.usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason"):
+                            stats.finish_reason = choice["finish_reason"]
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            if stats.first_token_s is None:
+                                stats.first_token_s = time.monotonic() - stats.started
+                            yield text
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            stats.total_s = time.monotonic() - stats.started
+
+    def _unreachable(self, exc: httpx.HTTPError) -> ServingError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ServingError(ErrorCode.WORKER_TIMEOUT, f"the controller at {self.base_url} did not answer in "
+                                "time ({type(exc).__name__}); try again, or check that it and its workers run")
+        return ServingError(ErrorCode.NO_WORKER, f"cannot reach the controller at {self.base_url} ({exc}); start "
+                            "it with `python -m controller` or pass --controller-url")
+
+
+def _error_from_response(status: int, content: bytes) -> ServingError:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    return ServingError.from_body(body, status)

@@ -1,0 +1,1 @@
+"""Controller: worker registry, dispatch with failover, and the single OpenAI-compatible gateway."""

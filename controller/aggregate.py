@@ -1,0 +1,34 @@
+"""Collect a relayed stream into one non-streaming chat.completion (the controller always streams from workers,
+so failover and in-flight counting work the same for both kinds of client request)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from common.errors import ErrorCode, ServingError
+from common.http import DONE
+from common.protocol import ChatCompletion, Choice, ResponseMessage, Usage
+from controller.relay import error_in_event
+
+
+async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
+    completion_id, parts, finish, usage = None, [], None, Usage()
+    async for data in events:
+        if data == DONE:
+            break
+        err = error_in_event(data)
+        if err is not None:
+            raise err
+        chunk = json.loads(data)
+        completion_id = completion_id or chunk.get("id")
+        for choice in chunk.get("choices") or []:
+            parts.append((choice.get("delta") or {}).get("content") or "")
+            finish = choice.get("finish_reason") or finish
+        if chunk.get("usage"):
+            usage = Usage.model_validate(chunk["usage"])
+    if finish is None:
+        raise ServingError(ErrorCode.WORKER_LOST, "the worker ended the answer without finishing it; please retry")
+    return ChatCompletion(id=completion_id or "chatcmpl-unknown", model=model,
+                          choices=[Choice(message=ResponseMessage(content="".join(parts)), finish_reason=finish)],
+                          usage=usage)

@@ -1,0 +1,115 @@
+"""The controller's HTTP surface. Routes are thin: they check access, parse, and hand off to the registry or the
+dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from common.errors import ErrorCode, ServingError
+from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
+from controller.aggregate import collect
+from controller.policies import POLICIES
+from controller.registry import Registry
+from controller.relay import Dispatcher
+from controller.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _expire_loop(registry: Registry) -> None:
+    while True:
+        await asyncio.sleep(max(registry.expiry_s / 4, 0.05))
+        for worker_id in registry.expire():
+            log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
+
+
+def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
+    registry = Registry(settings.heartbeat_expiry_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
+            app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings)
+            expiry = asyncio.create_task(_expire_loop(registry))
+            try:
+                yield
+            finally:
+                expiry.cancel()
+
+    app = FastAPI(title="InternVL controller", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    install_error_handlers(app)
+
+    def check_secret(request: Request) -> None:
+        secret = settings.registration_secret
+        if secret and request.headers.get("x-registration-secret") != secret:
+            raise ServingError(ErrorCode.FORBIDDEN, "worker registration refused: wrong or missing registration "
+                               "secret (set the same --registration-secret on worker and controller)")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "workers": len(registry.all()), "models": [c.id for c in registry.model_cards()]}
+
+    @app.post("/workers/register")
+    async def register(request: Request) -> dict:
+        check_secret(request)
+        reg = await parse_json_body(request, WorkerRegistration, 1024 * 1024)
+        registry.register(reg)
+        log.info("worker %s registered at %s serving %s", reg.worker_id, reg.url, [m.id for m in reg.models])
+        return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s}
+
+    @app.post("/workers/heartbeat")
+    async def heartbeat(request: Request) -> dict:
+        check_secret(request)
+        registry.heartbeat(await parse_json_body(request, WorkerHeartbeat, 64 * 1024))
+        return {"ok": True}
+
+    @app.post("/workers/unregister")
+    async def unregister(request: Request) -> dict:
+        check_secret(request)
+        hb = await parse_json_body(request, WorkerHeartbeat, 64 * 1024)
+        return {"removed": registry.remove(hb.worker_id)}
+
+    @app.get("/workers")
+    async def workers(request: Request) -> WorkerList:
+        check_api_key(request, settings.api_keys)
+        return WorkerList(workers=registry.status())
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> ModelList:
+        check_api_key(request, settings.api_keys)
+        return ModelList(data=registry.model_cards())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_api_key(request, settings.api_keys)
+        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        body = req.model_dump(exclude_none=True)
+        body["stream"] = True
+        if not req.stream:
+            body["stream_options"] = {"include_usage": True}
+        dispatcher: Dispatcher = request.app.state.dispatcher
+        upstream = await dispatcher.open(body, req.model, request_id)
+        events = dispatcher.relay(upstream)
+        if req.stream:
+            return sse_response(events)
+        try:
+            completion = await collect(events, req.model)
+        finally:
+            await events.aclose()
+        return JSONResponse(completion.model_dump(exclude_none=True))
+
+    return app

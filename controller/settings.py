@@ -1,0 +1,27 @@
+"""One settings object for the controller; CLI flags and INTERNVL_CONTROLLER_* environment variables come from it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTERNVL_CONTROLLER_", cli_kebab_case=True,
+                                      cli_prog_name="python -m controller", cli_implicit_flags=True)
+
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 exposes the API to the network")
+    port: int = Field(21001, ge=0, le=65535)
+    heartbeat_expiry_s: float = Field(15.0, gt=0, description="a worker silent this long is removed")
+    dispatch_policy: Literal["shortest_queue", "lottery"] = "shortest_queue"
+    max_attempts: int = Field(3, ge=1, le=16, description="workers tried for one request before the first token")
+    connect_timeout_s: float = Field(3.0, gt=0)
+    first_token_timeout_s: float = Field(120.0, gt=0, description="a worker silent this long before its first "
+                                         "token is given up on and the request goes to another worker")
+    token_timeout_s: float = Field(60.0, gt=0, description="longest gap between two streamed tokens")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys for /v1; empty: no auth")
+    registration_secret: str | None = Field(None, description="when set, workers must send it to register")
+    log_level: str = "info"

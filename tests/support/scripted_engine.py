@@ -1,0 +1,79 @@
+"""Engine test double: emits tokens at a set rate inside a real worker process, for tests and benchmarks of the
+layers above the engine (controller, UI, fault handling). Never used by the product.
+
+Select it with `python -m workers --engine tests.support.scripted_engine:ScriptedEngine`; behaviour comes from
+environment variables so one worker process can be scripted per test:
+  SCRIPTED_TOKENS (default 16)        tokens per answer
+  SCRIPTED_RATE (default 200)         tokens per second (0: as fast as possible)
+  SCRIPTED_HANG_FIRST_S (default 0)   sleep before the first token (hang tests)
+  SCRIPTED_FAIL_FIRST_N (default 0)   the first N requests raise an engine error before any token
+  SCRIPTED_CRASH_AFTER (default -1)   hard-exit the whole process after this many tokens (kill tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+
+from common.errors import ErrorCode, ServingError
+from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.model_spec import ModelSpec
+from workers.settings import WorkerSettings
+
+
+class ScriptedEngine(Engine):
+    name = "scripted"
+
+    def __init__(self, settings: WorkerSettings, spec: ModelSpec):
+        self.spec = spec
+        self.model_id = settings.model_name or os.path.basename(os.path.normpath(settings.model_path))
+        self.tokens = int(os.environ.get("SCRIPTED_TOKENS", "16"))
+        self.rate = float(os.environ.get("SCRIPTED_RATE", "200"))
+        self.hang_first_s = float(os.environ.get("SCRIPTED_HANG_FIRST_S", "0"))
+        self.fail_left = int(os.environ.get("SCRIPTED_FAIL_FIRST_N", "0"))
+        self.crash_after = int(os.environ.get("SCRIPTED_CRASH_AFTER", "-1"))
+        self.aborted: set[str] = set()
+        self.running = 0
+        self.queued = 0
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def check_health(self) -> None:
+        if not self.started:
+            raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine not started")
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return len(re.findall(r"<IMG_CONTEXT>|\S+", prompt))
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.add(request_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine failure (SCRIPTED_FAIL_FIRST_N)")
+        if self.hang_first_s:
+            await asyncio.sleep(self.hang_first_s)
+        images = request.prompt.count(self.spec.image_start)
+        words = [f"I see {images} image{'s' if images != 1 else ''}."] + \
+                [f" word{i}" for i in range(1, self.tokens)]
+        limit = min(self.tokens, request.sampling.max_new_tokens)
+        self.running += 1
+        try:
+            for i, word in enumerate(words[:limit]):
+                if request.request_id in self.aborted:
+                    yield FinishEvent("abort", self.count_prompt_tokens(request.prompt), i)
+                    return
+                if i == self.crash_after:
+                    os._exit(17)
+                if self.rate:
+                    await asyncio.sleep(1.0 / self.rate)
+                yield TokenEvent(word)
+            reason = "length" if limit < self.tokens else "stop"
+            yield FinishEvent(reason, self.count_prompt_tokens(request.prompt), limit)
+        finally:
+            self.running -= 1

@@ -1,0 +1,124 @@
+"""Start real controller and worker processes on free loopback ports, wait until they are healthy, stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTED = "tests.support.scripted_engine:ScriptedEngine"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    url: str
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def _flags(options: dict) -> list[str]:
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(map(str, value))] if value else []
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def _spawn(name: str, module: str, options: dict, log_dir: Path, env: dict | None) -> tuple[subprocess.Popen, Path]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen([sys.executable, "-m", module, *_flags(options)], cwd=ROOT, env=full_env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return popen, log_path
+
+
+def wait_healthy(proc: Proc, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-3000:]}")
+        try:
+            if httpx.get(proc.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"{proc.name} not healthy after {timeout} s:\n{proc.log()[-3000:]}")
+
+
+def start_controller(log_dir: Path, port: int | None = None, env: dict | None = None, **options) -> Proc:
+    port = port or free_port()
+    options.setdefault("heartbeat_expiry_s", 3.0)
+    popen, log_path = _spawn(f"controller-{port}", "controller", {"port": port, **options}, log_dir, env)
+    proc = Proc("controller", popen, f"http://127.0.0.1:{port}", log_path)
+    wait_healthy(proc)
+    return proc
+
+
+def start_worker(log_dir: Path, model_path: str | Path, controller_url: str | None, engine: str = "transformers",
+                 port: int | None = None, env: dict | None = None, wait_registered: bool = True,
+                 **options) -> Proc:
+    port = port or free_port()
+    options.setdefault("heartbeat_interval_s", 0.5)
+    opts = {"model_path": str(model_path), "engine": engine, "port": port,
+            "controller_url": controller_url or "", **options}
+    popen, log_path = _spawn(f"worker-{port}", "workers", opts, log_dir, env)
+    proc = Proc("worker", popen, f"http://127.0.0.1:{port}", log_path)
+    wait_healthy(proc, timeout=120)
+    if controller_url and wait_registered:
+        wait_registered_at(controller_url, proc.url)
+    return proc
+
+
+def wait_registered_at(controller_url: str, worker_url: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = httpx.get(controller_url + "/workers", timeout=2).json()["workers"]
+        for w in workers:
+            if w["url"] == worker_url and w["healthy"]:
+                return w["worker_id"]
+        time.sleep(0.1)
+    raise RuntimeError(f"worker {worker_url} did not register with {controller_url} in {timeout} s")

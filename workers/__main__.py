@@ -1,0 +1,32 @@
+"""`python -m workers --model-path PATH ...` (all flags: --help)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic_settings import CliApp
+
+from workers.settings import WorkerSettings
+
+
+def main() -> None:
+    settings = CliApp.run(WorkerSettings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Heavy imports after flag parsing, so --help is instant.
+    from workers.app import create_app
+    from workers.engines.select import create_engine
+    from workers.prompts.families import UnsupportedCheckpoint, detect_model_spec
+
+    try:
+        spec = detect_model_spec(settings.model_path)
+    except (UnsupportedCheckpoint, FileNotFoundError) as exc:
+        sys.exit(f"error: cannot serve {settings.model_path}: {exc}")
+    engine = create_engine(settings, spec)
+    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The worker's HTTP surface: the same OpenAI-compatible chat API as the controller, plus /health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from common.errors import ServingError
+from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.protocol import ChatCompletionRequest, ModelCard, ModelList
+from workers.engines.base import Engine
+from workers.registration import Registrar
+from workers.serving import ChatService
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def model_card(engine: Engine) -> ModelCard:
+    spec = engine.spec
+    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name,
+                     context_length=spec.context_length, random_weights=spec.random_weights)
+
+
+def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
+    service = ChatService(engine, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        if engine.spec.random_weights:
+            log.warning("SERVING THE DEMO CHECKPOINT: its weights are random and its answers are noise")
+        async with httpx.AsyncClient() as client:
+            registrar = None
+            task = None
+            if settings.controller_url:
+                registrar = Registrar(settings, client, model_card(engine),
+                                      lambda: (service.in_flight, service.queued))
+                task = asyncio.create_task(registrar.run())
+            app.state.registrar = registrar
+            try:
+                yield
+            finally:
+                if task is not None:
+                    task.cancel()
+                    await registrar.unregister()
+                await engine.stop()
+
+    app = FastAPI(title="InternVL worker", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.service = service
+    install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            await engine.check_health()
+        except ServingError as err:
+            return JSONResponse(err.body(), status_code=503)
+        return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
+                             "in_flight": service.in_flight, "queued": service.queued,
+                             "random_weights": engine.spec.random_weights})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> ModelList:
+        check_api_key(request, settings.api_keys)
+        return ModelList(data=[model_card(engine)])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_api_key(request, settings.api_keys)
+        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        first, events = await service.start(req, request_id)
+        if req.stream:
+            return sse_response(service.stream_chunks(req, first, events))
+        completion = await service.complete(req, first, events)
+        return JSONResponse(completion.model_dump(exclude_none=True))
+
+    return app

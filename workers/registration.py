@@ -1,0 +1,90 @@
+"""Keeps this worker known to the controller: register, heartbeat every interval, and register again whenever the
+controller answers that it does not know us (it restarted, or expired us during a pause)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import httpx
+
+from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Registrar:
+    def __init__(self, settings: WorkerSettings, client: httpx.AsyncClient, card: ModelCard,
+                 load: Callable[[], tuple[int, int]]):
+        self.settings = settings
+        self.client = client
+        self.card = card
+        self.load = load  # () -> (in_flight, queued)
+        self.registered = False
+        self._headers = ({"X-Registration-Secret": settings.registration_secret}
+                         if settings.registration_secret else {})
+        self._base = (settings.controller_url or "").rstrip("/")
+        self._last_problem: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def beat(self) -> None:
+        """One round: register if needed, else heartbeat (and register at once if the controller forgot us)."""
+        try:
+            if self.registered:
+                in_flight, queued = self.load()
+                hb = WorkerHeartbeat(worker_id=self.settings.worker_id, in_flight=in_flight, queued=queued)
+                r = await self._post("/workers/heartbeat", hb.model_dump())
+                if r.status_code == 404:
+                    log.warning("controller does not know this worker (it restarted?); registering again")
+                    self.registered = False
+                else:
+                    self._check(r, "heartbeat")
+            if not self.registered:
+                reg = WorkerRegistration(worker_id=self.settings.worker_id, url=self.settings.advertised_url(),
+                                         models=[self.card], max_concurrency=self.settings.max_concurrency)
+                r = await self._post("/workers/register", reg.model_dump(exclude_none=True))
+                self._check(r, "registration")
+                self.registered = True
+                self._problem(None)
+                log.info("registered with %s as %s (%s)", self._base, self.settings.worker_id,
+                         self.settings.advertised_url())
+        except httpx.HTTPError as exc:
+            self.registered = False
+            self._problem(f"controller {self._base} unreachable ({type(exc).__name__}); retrying every "
+                          f"{self.settings.heartbeat_interval_s:g} s")
+        except RuntimeError as exc:
+            self.registered = False
+            self._problem(str(exc))
+
+    async def unregister(self) -> None:
+        if not self.registered:
+            return
+        hb = WorkerHeartbeat(worker_id=self.settings.worker_id)
+        try:
+            await self._post("/workers/unregister", hb.model_dump(), timeout=2.0)
+        except httpx.HTTPError:
+            pass
+
+    async def _post(self, path: str, payload: dict, timeout: float = 5.0) -> httpx.Response:
+        return await self.client.post(self._base + path, json=payload, headers=self._headers, timeout=timeout)
+
+    @staticmethod
+    def _check(r: httpx.Response, what: str) -> None:
+        if r.status_code >= 400:
+            try:
+                message = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = r.text[:200]
+            raise RuntimeError(f"controller refused {what} (HTTP {r.status_code}): {message}")
+
+    def _problem(self, problem: str | None) -> None:
+        """Log a problem once, not every heartbeat, and say when it is over."""
+        if problem and problem != self._last_problem:
+            log.error(problem)
+        self._last_problem = problem
