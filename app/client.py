@@ -23,7 +23,7 @@ from common.protocol import ModelCard, WorkerStatus
 
 @dataclass
 class StreamStats:
-    """Filled in while an answer streams; read by the conversation log."""
+    """Filled in while an answer streams (worker, usage by the client; timings by the handler); logged per turn."""
 
     worker: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -82,13 +82,9 @@ class ControllerClient:
                             stats.finish_reason = choice["finish_reason"]
                         text = (choice.get("delta") or {}).get("content")
                         if text:
-                            if stats.first_token_s is None:
-                                stats.first_token_s = time.monotonic() - stats.started
                             yield text
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
-        finally:
-            stats.total_s = time.monotonic() - stats.started
 
     def _unreachable(self, exc: httpx.HTTPError) -> ServingError:
         if isinstance(exc, httpx.TimeoutException):

@@ -65,13 +65,14 @@ def data_url(path: str | Path, max_bytes: int) -> tuple[str, str]:
     """(kind, data: URL) for an uploaded file; a ServingError that names the file when it cannot be used."""
     p = Path(path)
     kind = media_kind(p)
+    code = ErrorCode.INVALID_IMAGE if kind == "image" else ErrorCode.INVALID_VIDEO
     try:
         size = p.stat().st_size
     except OSError as exc:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"'{p.name}' could not be read ({exc.strerror}); "
+        raise ServingError(code, f"'{p.name}' could not be read ({exc.strerror}); "
                            "upload it again") from exc
     if size == 0:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"'{p.name}' is empty; upload another file")
+        raise ServingError(code, f"'{p.name}' is empty; upload another file")
     if size > max_bytes:
         raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"'{p.name}' is {size / 2**20:.1f} MB; the limit is "
                            f"{max_bytes / 2**20:.0f} MB. Use a smaller or shorter file")

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 from pydantic_settings import CliApp
 
+from common.logging_setup import setup_logging
 from controller.app import create_app
 from controller.settings import ControllerSettings
 
 
 def main() -> None:
     settings = CliApp.run(ControllerSettings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
+    # log_config=None: uvicorn's loggers go through setup_logging's handler (request ids, one format).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+                log_config=None, access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

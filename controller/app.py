@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 
 from common.errors import ErrorCode, ServingError
 from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.logging_setup import install_request_ids
+from common.metrics import Metrics, install_metrics
 from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
 from controller.aggregate import collect
 from controller.policies import POLICIES
@@ -33,14 +35,35 @@ async def _expire_loop(registry: Registry) -> None:
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
 
 
+async def check_reachable(client: httpx.AsyncClient, url: str, timeout_s: float) -> None:
+    """Refuse a worker whose advertised URL this controller cannot reach: otherwise it would be registered, then
+    fail every request sent to it."""
+    hint = ("start the worker with --worker-url set to an address this controller can reach (and --host binding "
+            "that interface, e.g. 0.0.0.0)")
+    try:
+        r = await client.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: the controller cannot reach "
+                           f"the worker's advertised URL {url} ({type(exc).__name__}); {hint}", param="url") from None
+    if r.status_code != 200:
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: {url}/health answered HTTP "
+                           f"{r.status_code}, so it is not this worker; {hint}", param="url")
+
+
 def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
     registry = Registry(settings.heartbeat_expiry_s)
+    metrics = Metrics()
+    metrics.track_load(lambda: sum(w.in_flight for w in registry.all()),
+                       lambda: sum(w.queued for w in registry.all()))
+    metrics.track_workers(lambda: sum(w.healthy for w in registry.all()),
+                          lambda: sum(not w.healthy for w in registry.all()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
-            app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings)
+            app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
+                                             metrics)
             expiry = asyncio.create_task(_expire_loop(registry))
             try:
                 yield
@@ -51,6 +74,8 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
+    install_metrics(app, metrics, settings.api_keys)
+    install_request_ids(app)
 
     def check_secret(request: Request) -> None:
         secret = settings.registration_secret
@@ -66,6 +91,8 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     async def register(request: Request) -> dict:
         check_secret(request)
         reg = await parse_json_body(request, WorkerRegistration, 1024 * 1024)
+        if settings.check_worker_reachable:
+            await check_reachable(request.app.state.dispatcher.client, reg.url, settings.connect_timeout_s)
         registry.register(reg)
         log.info("worker %s registered at %s serving %s", reg.worker_id, reg.url, [m.id for m in reg.models])
         return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s}

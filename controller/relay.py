@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from httpx_sse import EventSource
 
 from common.errors import ErrorCode, ServingError, error_body
 from common.http import DONE
+from common.metrics import Metrics
 from controller.policies import Policy
 from controller.registry import Registry, WorkerRecord
 from controller.settings import ControllerSettings
@@ -34,14 +36,17 @@ class Upstream:
     response: httpx.Response
     events: AsyncIterator[Any]
     first: str
+    first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, policy: Policy, client: httpx.AsyncClient, settings: ControllerSettings):
+    def __init__(self, registry: Registry, policy: Policy, client: httpx.AsyncClient, settings: ControllerSettings,
+                 metrics: Metrics | None = None):
         self.registry = registry
         self.policy = policy
         self.client = client
         self.settings = settings
+        self.metrics = metrics or Metrics()
 
     async def open(self, body: dict[str, Any], model: str, request_id: str) -> Upstream:
         serving = self.registry.serving(model)
@@ -49,6 +54,7 @@ class Dispatcher:
             raise self._no_such_model(model)
         tried: set[str] = set()
         last: ServingError | None = None
+        started = time.monotonic()
         for _ in range(self.settings.max_attempts):
             worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried])
             if worker is None:
@@ -56,7 +62,9 @@ class Dispatcher:
             tried.add(worker.worker_id)
             self.registry.acquire(worker)
             try:
-                return await self._connect(worker, body, request_id)
+                upstream = await self._connect(worker, body, request_id)
+                self.metrics.observe_first_token(started)
+                return upstream
             except ServingError as err:
                 self.registry.release(worker, ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
@@ -114,7 +122,7 @@ class Dispatcher:
             err = error_in_event(first)
             if err is not None:
                 raise err
-            return Upstream(worker, response, events, first)
+            return Upstream(worker, response, events, first, time.monotonic())
         except BaseException:
             await response.aclose()
             raise
@@ -141,10 +149,12 @@ class Dispatcher:
                     data = await self._next_data(up.events, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
+                    self.metrics.count_error(err.code)
                     yield json.dumps(error_body(err.code, err.message))
                     yield DONE
                     return
                 if data is None:
+                    self.metrics.count_error(ErrorCode.WORKER_LOST)
                     yield json.dumps(error_body(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped "
                                                 "in the middle of the answer; please retry"))
                     yield DONE
@@ -153,10 +163,25 @@ class Dispatcher:
                     ok = True
                     yield DONE
                     return
+                self._observe(data, up.first_at)
                 yield data
         finally:
             await up.response.aclose()  # tells the worker we are gone, so it aborts the generation
             self.registry.release(up.worker, ok=ok)
+
+
+    def _observe(self, data: str, first_at: float) -> None:
+        """Count relayed mid-stream errors; time the answer from its usage chunk (sent when the client asked for
+        usage, and always for non-streaming requests). Only chunks that can hold either are parsed."""
+        err = error_in_event(data)
+        if err is not None:
+            self.metrics.count_error(err.code)
+        elif '"usage"' in data:
+            try:
+                usage = json.loads(data).get("usage") or {}
+                self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
+            except (ValueError, AttributeError, TypeError):
+                pass  # not ours to judge: the chunk is relayed as it is
 
 
 def error_in_event(data: str) -> ServingError | None:

@@ -24,4 +24,7 @@ class ControllerSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys for /v1; empty: no auth")
     registration_secret: str | None = Field(None, description="when set, workers must send it to register")
+    check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and "
+                                         "refuse it when unreachable")
     log_level: str = "info"
+    log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")

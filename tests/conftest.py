@@ -21,3 +21,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """The tiny random-weight InternVL checkpoint, built once per test session (seconds)."""
+    from workers.demo_checkpoint import build_demo_checkpoint
+
+    return build_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "internvl-demo", seed=0)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    """Where server processes started by tests write their logs (printed on failure by the tests that use them)."""
+    return tmp_path_factory.mktemp("logs")

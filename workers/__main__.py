@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 from pydantic_settings import CliApp
 
+from common.logging_setup import setup_logging
 from workers.settings import WorkerSettings
 
 
 def main() -> None:
     settings = CliApp.run(WorkerSettings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     # Heavy imports after flag parsing, so --help is instant.
     from workers.app import create_app
     from workers.engines.select import create_engine
@@ -25,7 +25,7 @@ def main() -> None:
         sys.exit(f"error: cannot serve {settings.model_path}: {exc}")
     engine = create_engine(settings, spec)
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+                log_level=settings.log_level, log_config=None, access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

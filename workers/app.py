@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 
 from common.errors import ServingError
 from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.logging_setup import install_request_ids
+from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList
 from workers.engines.base import Engine
 from workers.registration import Registrar
@@ -30,7 +32,9 @@ def model_card(engine: Engine) -> ModelCard:
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
-    service = ChatService(engine, settings)
+    metrics = Metrics()
+    service = ChatService(engine, settings, metrics)
+    metrics.track_load(lambda: service.in_flight, lambda: service.queued)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +62,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     app.state.engine = engine
     app.state.service = service
     install_error_handlers(app)
+    install_metrics(app, metrics, settings.api_keys)
+    install_request_ids(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -65,9 +71,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
             await engine.check_health()
         except ServingError as err:
             return JSONResponse(err.body(), status_code=503)
+        registrar = app.state.registrar
         return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
                              "in_flight": service.in_flight, "queued": service.queued,
-                             "random_weights": engine.spec.random_weights})
+                             "random_weights": engine.spec.random_weights,
+                             "registered": registrar.registered if registrar else None,
+                             "registration_problem": registrar.problem if registrar else None})
 
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:

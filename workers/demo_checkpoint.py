@@ -92,15 +92,15 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
         text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                          max_position_embeddings=CONTEXT_LENGTH, bos_token_id=token_id(IM_START),
-                         eos_token_id=token_id(IM_END), pad_token_id=token_id(PAD), tie_word_embeddings=True),
+                         eos_token_id=token_id(IM_END), pad_token_id=token_id(PAD), tie_word_embeddings=False),
         image_token_id=token_id(IMG_CONTEXT), image_seq_length=TOKENS_PER_TILE, downsample_ratio=DOWNSAMPLE,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     config.architectures = ["InternVLForConditionalGeneration"]
 
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
-    _spread_logits(model, seed)
+    _spread_logits(model, tokenizer, seed)
     model.generation_config.eos_token_id = [token_id(IM_END), token_id(PAD)]
     model.generation_config.pad_token_id = token_id(PAD)
     model.generation_config.bos_token_id = None
@@ -141,16 +141,28 @@ def _train_tokenizer():
     )
 
 
-def _spread_logits(model, seed: int) -> None:
-    """With the default init (std 0.02) on a 64-wide model the logits are nearly flat and greedy decoding repeats
-    one token. Larger token embeddings (tied to the LM head) make the next token depend on the context, so streams
-    show varied text."""
+def _spread_logits(model, tokenizer, seed: int) -> None:
+    """Make random weights produce varied, printable text. With the default init (std 0.02) on a 64-wide model the
+    logits are nearly flat and greedy decoding repeats one token (tied embeddings favour repeating the input token
+    too). Unit-scale untied embeddings and std-0.2 text projections make the next token a varied function of the
+    context. Zeroing the LM-head rows of bytes that are not printable text, and of the special tokens but
+    <|im_end|>, keeps streams readable."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
-    embed = model.get_input_embeddings().weight
     with torch.no_grad():
-        embed.copy_(torch.randn(embed.shape, generator=generator))
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            weight.copy_(torch.randn(weight.shape, generator=generator))
+        for name, weight in model.model.language_model.named_parameters():
+            if weight.dim() == 2 and "embed" not in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
+        head = model.get_output_embeddings().weight
+        never = {tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS if tok != IM_END}
+        for token_id in range(len(tokenizer)):
+            text = tokenizer.decode([token_id])
+            printable = text and "\ufffd" not in text and all(ch.isprintable() or ch in " \n" for ch in text)
+            if token_id in never or not printable:
+                head[token_id].zero_()
 
 
 def _mark_random(config_path: Path, seed: int) -> None:

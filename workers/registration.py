@@ -28,10 +28,18 @@ class Registrar:
         self._base = (settings.controller_url or "").rstrip("/")
         self._last_problem: str | None = None
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last round failed (shown by /health and launch.sh), None when all is well."""
+        return self._last_problem
+
     async def run(self) -> None:
         while True:
             await self.beat()
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            # Until registered, retry within a second: the controller's reachability probe can come before this
+            # server listens (registration starts with the app), and a worker should not sit idle for long.
+            interval = self.settings.heartbeat_interval_s
+            await asyncio.sleep(interval if self.registered else min(interval, 1.0))
 
     async def beat(self) -> None:
         """One round: register if needed, else heartbeat (and register at once if the controller forgot us)."""

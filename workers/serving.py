@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import replace
 from collections.abc import AsyncIterator
 
 from common.errors import ErrorCode, ServingError, error_body
 from common.http import DONE, sse_data
+from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              Delta, ResponseMessage, Usage, new_completion_id)
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
@@ -23,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class ChatService:
-    def __init__(self, engine: Engine, settings: WorkerSettings):
+    def __init__(self, engine: Engine, settings: WorkerSettings, metrics: Metrics | None = None):
         self.engine = engine
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.limits = settings.media_limits()
         self.in_flight = 0
 
@@ -46,10 +49,11 @@ class ChatService:
                                f"not '{req.model}'", param="model")
         self._admit()
         events = None
+        started = time.monotonic()
         try:
             gen = await prepare_generation(req, self.engine.spec, self.limits, request_id)
             self._fit_context(gen, req.max_new_tokens)
-            events = self.engine.generate(gen)
+            events = self._measured(self.engine.generate(gen), started)
             first = await anext(events)
             return first, events
         except BaseException as exc:
@@ -74,6 +78,21 @@ class ChatService:
                                param="max_tokens")
         if gen.sampling.max_new_tokens > room:
             gen.sampling = replace(gen.sampling, max_new_tokens=room)
+
+    async def _measured(self, events: AsyncIterator[EngineEvent], started: float) -> AsyncIterator[EngineEvent]:
+        """The engine's events, unchanged, timed for the TTFT and tokens/s histograms. Closing this closes the
+        engine's stream (which is what aborts a generation)."""
+        first_at = None
+        try:
+            async for event in events:
+                if first_at is None:
+                    first_at = time.monotonic()
+                    self.metrics.observe_first_token(started)
+                if isinstance(event, FinishEvent):
+                    self.metrics.observe_speed(event.completion_tokens, first_at)
+                yield event
+        finally:
+            await events.aclose()
 
     def finish(self) -> None:
         self.in_flight -= 1
@@ -105,6 +124,7 @@ class ChatService:
                     raise ServingError(ErrorCode.ENGINE_ERROR, "the engine stopped without finishing") from None
         except ServingError as err:
             log.warning("stream %s failed mid-answer: %s", cid, err.message)
+            self.metrics.count_error(err.code)
             yield json.dumps(error_body(err.code, err.message))
             yield DONE
         finally:

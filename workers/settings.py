@@ -47,7 +47,6 @@ class WorkerSettings(BaseSettings):
     load_in_8bit: bool = Field(False, description="transformers engine: bitsandbytes 8-bit weights (GPU)")
     tp: int = Field(1, ge=1, le=16, description="tensor-parallel GPUs for this worker")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
-    request_timeout_s: float = Field(600.0, gt=0, description="longest a single generation may run")
     max_media_bytes: int = Field(MediaLimits.max_media_bytes, ge=1)
     max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)
     max_video_seconds: float = Field(MediaLimits.max_video_seconds, gt=0)
@@ -55,6 +54,7 @@ class WorkerSettings(BaseSettings):
     default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)
     allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
     log_level: str = "info"
+    log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(max_media_bytes=self.max_media_bytes, max_image_pixels=self.max_image_pixels,

@@ -8,11 +8,18 @@ environment variables so one worker process can be scripted per test:
   SCRIPTED_HANG_FIRST_S (default 0)   sleep before the first token (hang tests)
   SCRIPTED_FAIL_FIRST_N (default 0)   the first N requests raise an engine error before any token
   SCRIPTED_CRASH_AFTER (default -1)   hard-exit the whole process after this many tokens (kill tests)
+  SCRIPTED_CONTEXT_LENGTH (default: the checkpoint's)  context size to advertise (long relay benchmarks)
+
+Per-request switches, written in the user's text, aim a failure at one worker so that one pair of workers can play
+every fault scenario (a failover test needs the same request to fail on one worker and work on the other):
+  scripted:fail=WORKER_ID   that worker raises an engine error (HTTP 500) before the first token ('*': every worker)
+  scripted:hang=WORKER_ID   that worker sleeps 30 s before the first token
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections.abc import AsyncIterator
@@ -28,12 +35,15 @@ class ScriptedEngine(Engine):
 
     def __init__(self, settings: WorkerSettings, spec: ModelSpec):
         self.spec = spec
+        if os.environ.get("SCRIPTED_CONTEXT_LENGTH"):
+            self.spec = dataclasses.replace(spec, context_length=int(os.environ["SCRIPTED_CONTEXT_LENGTH"]))
         self.model_id = settings.model_name or os.path.basename(os.path.normpath(settings.model_path))
         self.tokens = int(os.environ.get("SCRIPTED_TOKENS", "16"))
         self.rate = float(os.environ.get("SCRIPTED_RATE", "200"))
         self.hang_first_s = float(os.environ.get("SCRIPTED_HANG_FIRST_S", "0"))
         self.fail_left = int(os.environ.get("SCRIPTED_FAIL_FIRST_N", "0"))
         self.crash_after = int(os.environ.get("SCRIPTED_CRASH_AFTER", "-1"))
+        self.worker_id = settings.worker_id
         self.aborted: set[str] = set()
         self.running = 0
         self.queued = 0
@@ -52,12 +62,20 @@ class ScriptedEngine(Engine):
     async def abort(self, request_id: str) -> None:
         self.aborted.add(request_id)
 
+    def _aimed_at_me(self, prompt: str, action: str) -> bool:
+        targets = re.findall(rf"scripted:{action}=([\w.*-]+)", prompt)
+        return any(t in ("*", self.worker_id) for t in targets)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         if self.fail_left > 0:
             self.fail_left -= 1
             raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine failure (SCRIPTED_FAIL_FIRST_N)")
+        if self._aimed_at_me(request.prompt, "fail"):
+            raise ServingError(ErrorCode.ENGINE_ERROR, f"scripted engine failure on {self.worker_id} (scripted:fail)")
         if self.hang_first_s:
             await asyncio.sleep(self.hang_first_s)
+        elif self._aimed_at_me(request.prompt, "hang"):
+            await asyncio.sleep(30.0)
         images = request.prompt.count(self.spec.image_start)
         words = [f"I see {images} image{'s' if images != 1 else ''}."] + \
                 [f" word{i}" for i in range(1, self.tokens)]

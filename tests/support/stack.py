@@ -74,13 +74,13 @@ def _spawn(name: str, module: str, options: dict, log_dir: Path, env: dict | Non
     return popen, log_path
 
 
-def wait_healthy(proc: Proc, timeout: float = 90.0) -> None:
+def wait_healthy(proc: Proc, timeout: float = 90.0, path: str = "/health") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-3000:]}")
         try:
-            if httpx.get(proc.url + "/health", timeout=2).status_code == 200:
+            if httpx.get(proc.url + path, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -101,16 +101,54 @@ def start_controller(log_dir: Path, port: int | None = None, env: dict | None = 
 def start_worker(log_dir: Path, model_path: str | Path, controller_url: str | None, engine: str = "transformers",
                  port: int | None = None, env: dict | None = None, wait_registered: bool = True,
                  **options) -> Proc:
+    proc = spawn_worker(log_dir, model_path, controller_url, engine, port, env, **options)
+    wait_worker(proc, controller_url if wait_registered else None)
+    return proc
+
+
+def spawn_worker(log_dir: Path, model_path: str | Path, controller_url: str | None, engine: str = "transformers",
+                 port: int | None = None, env: dict | None = None, **options) -> Proc:
+    """Start a worker without waiting for it: spawn several, then `wait_worker` each, so their (seconds-long)
+    imports overlap."""
     port = port or free_port()
     options.setdefault("heartbeat_interval_s", 0.5)
     opts = {"model_path": str(model_path), "engine": engine, "port": port,
             "controller_url": controller_url or "", **options}
     popen, log_path = _spawn(f"worker-{port}", "workers", opts, log_dir, env)
-    proc = Proc("worker", popen, f"http://127.0.0.1:{port}", log_path)
-    wait_healthy(proc, timeout=120)
-    if controller_url and wait_registered:
-        wait_registered_at(controller_url, proc.url)
+    return Proc("worker", popen, f"http://127.0.0.1:{port}", log_path, extra={"options": opts, "env": env})
+
+
+def wait_worker(proc: Proc, controller_url: str | None = None, timeout: float = 120.0) -> Proc:
+    wait_healthy(proc, timeout=timeout)
+    if controller_url:
+        proc.extra["worker_id"] = wait_registered_at(controller_url, proc.url)
     return proc
+
+
+def start_lmdeploy_proxy(log_dir: Path, port: int | None = None) -> Proc:
+    """lmdeploy's own `lmdeploy serve proxy`, for side-by-side overhead figures (bench/overhead_bench.py)."""
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"lmdeploy-proxy-{port}.log"
+    lmdeploy = Path(sys.executable).with_name("lmdeploy")
+    cmd = [str(lmdeploy), "serve", "proxy", "--server-name", "127.0.0.1", "--server-port", str(port),
+           "--routing-strategy", "random", "--disable-cache-status", "--log-level", "WARNING"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "UVICORN_LOG_LEVEL": "warning"}
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    proc = Proc("lmdeploy-proxy", popen, f"http://127.0.0.1:{port}", log_path)
+    wait_healthy(proc, path="/v1/models")
+    return proc
+
+
+def add_proxy_node(proxy_url: str, worker_url: str) -> None:
+    """Register a worker with lmdeploy's proxy; it reads the worker's /v1/models to learn the served model."""
+    r = httpx.post(proxy_url + "/nodes/add", json={"url": worker_url}, timeout=10)
+    r.raise_for_status()
+    models = httpx.get(proxy_url + "/v1/models", timeout=5).json()["data"]
+    if not models:
+        raise RuntimeError(f"lmdeploy proxy did not take worker {worker_url}: {r.text}")
 
 
 def wait_registered_at(controller_url: str, worker_url: str, timeout: float = 30.0) -> str:

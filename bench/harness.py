@@ -1,0 +1,242 @@
+"""Shared pieces of the benchmark scripts: a stack of real processes (controller, scripted workers, lmdeploy's proxy),
+a streaming client that times the first token, percentiles, and a psutil sampler for CPU and memory.
+
+The workers run the scripted engine from tests/support (tokens at a set rate): the figures are about the layers
+above the engine, which is why no model is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.stack import (SCRIPTED, Proc, add_proxy_node, free_port, spawn_worker,  # noqa: E402
+                                 start_controller, start_lmdeploy_proxy, wait_worker)
+
+QUIET = "warning"  # every server logs at the same level (no access log lines), so no path pays for logging alone
+
+
+def build_checkpoint(work: Path) -> Path:
+    """The demo checkpoint gives the scripted engine a real spec (template, context) to serve under."""
+    from workers.demo_checkpoint import build_demo_checkpoint
+
+    return build_demo_checkpoint(work / "internvl-demo", seed=0)
+
+
+def scripted_env(tokens: int, rate: float, **extra: object) -> dict[str, str]:
+    env = {"SCRIPTED_TOKENS": str(tokens), "SCRIPTED_RATE": str(rate)}
+    env.update({f"SCRIPTED_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+class Stack(contextlib.ExitStack):
+    """Processes started through it are stopped when the `with` block ends, whatever happens inside."""
+
+    def __init__(self, work: Path | None = None):
+        super().__init__()
+        self.work = work or Path(tempfile.mkdtemp(prefix="internvl-bench-"))
+        self.logs = self.work / "logs"
+        self.procs: dict[str, Proc] = {}
+
+    def _keep(self, name: str, proc: Proc) -> Proc:
+        self.procs[name] = proc
+        self.callback(proc.stop)
+        return proc
+
+    def controller(self, **options) -> Proc:
+        options.setdefault("log_level", QUIET)
+        options.setdefault("heartbeat_expiry_s", 30.0)
+        return self._keep("controller", start_controller(self.logs, **options))
+
+    def workers(self, checkpoint: Path, controller: Proc | None, kinds: dict[str, dict[str, str]],
+                each: int = 1, **options) -> list[Proc]:
+        """Scripted workers, `each` per kind; a kind is a served model name with its SCRIPTED_* environment.
+        All are spawned before any is waited for, so their imports overlap."""
+        options.setdefault("log_level", QUIET)
+        options.setdefault("heartbeat_interval_s", 2.0)
+        url = controller.url if controller else None
+        procs = []
+        for kind, env in kinds.items():
+            for i in range(each):
+                proc = spawn_worker(self.logs, checkpoint, url, SCRIPTED, env=env, model_name=kind, **options)
+                procs.append(self._keep(f"worker-{kind}" + (f"-{i + 1}" if each > 1 else ""), proc))
+        return [wait_worker(p, url) for p in procs]
+
+    def lmdeploy_proxy(self, workers: list[Proc]) -> Proc:
+        proxy = self._keep("lmdeploy-proxy", start_lmdeploy_proxy(self.logs))
+        for w in workers:
+            add_proxy_node(proxy.url, w.url)
+        return proxy
+
+
+def chat_body(max_tokens: int, text: str = "Describe the weather in one sentence.", model: str = "scripted",
+              history: list[dict] | None = None) -> dict:
+    return {"model": model, "messages": [*(history or []), {"role": "user", "content": text}], "stream": True,
+            "max_tokens": max_tokens, "temperature": 0.0}
+
+
+@dataclass
+class StreamResult:
+    ttft: float | None = None  # seconds from sending the request to the first token event
+    total: float | None = None
+    tokens: int = 0
+    text: str = ""
+    error: str | None = None
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, body: dict, keep_text: bool = False) -> StreamResult:
+    """POST a streaming chat and read it to the end marker. Any HTTP error, error event or missing end is an error."""
+    out = StreamResult()
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                out.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return out
+            done = False
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                if data.startswith('{"error"'):
+                    out.error = data[:300]
+                    continue
+                if out.ttft is None:
+                    out.ttft = time.perf_counter() - start
+                out.tokens += 1
+                if keep_text:
+                    out.text += _delta_text(data)
+            if not done and out.error is None:
+                out.error = "stream ended without [DONE]"
+    except httpx.HTTPError as exc:
+        out.error = f"{type(exc).__name__}: {exc}"
+    out.total = time.perf_counter() - start
+    return out
+
+
+def _delta_text(data: str) -> str:
+    import json
+
+    chunk = json.loads(data)
+    return "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+
+
+def summary(values_s: list[float]) -> dict[str, float]:
+    """Percentiles in milliseconds."""
+    if not values_s:
+        return {"n": 0}
+    a = np.asarray(values_s) * 1000.0
+    return {"n": len(a), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+
+
+def fmt_ms(s: dict[str, float]) -> str:
+    if not s.get("n"):
+        return "no samples"
+    return f"p50 {s['p50']:7.2f} ms   p90 {s['p90']:7.2f} ms   p99 {s['p99']:7.2f} ms   max {s['max']:7.2f} ms"
+
+
+@dataclass
+class Usage:
+    cpu_percent: float  # average over the window, 100 = one full core
+    cpu_seconds: float
+    rss_start_mb: float
+    rss_end_mb: float
+    rss_peak_mb: float
+
+    @property
+    def rss_growth(self) -> float:
+        return (self.rss_end_mb - self.rss_start_mb) / self.rss_start_mb if self.rss_start_mb else 0.0
+
+
+@dataclass
+class ProcSampler:
+    """Samples RSS of some processes in a background thread; `window()` brackets a measured phase."""
+
+    pids: dict[str, int]
+    interval: float = 0.2
+    _peak: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._ps = {name: psutil.Process(pid) for name, pid in self.pids.items()}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for name, p in self._ps.items():
+                with contextlib.suppress(psutil.Error):
+                    self._peak[name] = max(self._peak.get(name, 0), p.memory_info().rss)
+
+    def snapshot(self) -> dict[str, tuple[float, int]]:
+        """name -> (cpu seconds so far, rss bytes); also resets the peak tracking."""
+        snap = {}
+        for name, p in self._ps.items():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                snap[name] = (t.user + t.system, p.memory_info().rss)
+                self._peak[name] = snap[name][1]
+        return snap
+
+    def usage_since(self, before: dict[str, tuple[float, int]], wall_s: float) -> dict[str, Usage]:
+        after = self.snapshot_keep_peak()
+        out = {}
+        for name, (cpu0, rss0) in before.items():
+            if name not in after:
+                continue
+            cpu1, rss1 = after[name]
+            out[name] = Usage(cpu_percent=100.0 * (cpu1 - cpu0) / wall_s, cpu_seconds=cpu1 - cpu0,
+                              rss_start_mb=rss0 / 2**20, rss_end_mb=rss1 / 2**20,
+                              rss_peak_mb=max(self._peak.get(name, rss1), rss1) / 2**20)
+        return out
+
+    def snapshot_keep_peak(self) -> dict[str, tuple[float, int]]:
+        snap = {}
+        for name, p in self._ps.items():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                snap[name] = (t.user + t.system, p.memory_info().rss)
+        return snap
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM, Python {sys.version.split()[0]}, "
+            f"{os.uname().sysname} {os.uname().release}")
+
+
+def client(max_connections: int | None = None, timeout: float = 120.0) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections or 100)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout, connect=30.0))
+
+
+__all__ = ["Stack", "ProcSampler", "StreamResult", "build_checkpoint", "chat_body", "client", "fmt_ms", "free_port",
+           "machine", "scripted_env", "stream_chat", "summary"]

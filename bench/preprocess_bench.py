@@ -1,0 +1,137 @@
+"""Preprocessing speed, ours vs the InternVL model card's way, side by side in one run (not a test).
+
+    .venv/bin/python bench/preprocess_bench.py [--repeat 5] [--tile 448]
+
+1. Tiling a 4000x3000 image into 12 tiles + thumbnail. Reference: the model card's `load_image`:
+   dynamic_preprocess (lmdeploy ships the model card's function verbatim) + a torchvision T.Compose run per tile.
+2. Sampling 32 frames from a 60 s 1080p H.264 clip (generated once with PyAV into a temp dir). Reference: the
+   model card's `load_video`: decord per-frame reads `vr[i]`, then dynamic_preprocess(max_num=1) + T.Compose per
+   frame. Ours: one decord `get_batch`, PIL resize per frame, one batched normalisation.
+Targets (issue 3): tiling <= 0.7x, video <= 0.5x of the reference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workers.settings import MediaLimits  # noqa: E402
+from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile  # noqa: E402
+from workers.vision.video import decode_video, sample_indices  # noqa: E402
+
+
+def model_card_transform(size: int):
+    import torchvision.transforms as T
+    from torchvision.transforms.functional import InterpolationMode
+
+    return T.Compose([T.Lambda(lambda img: img.convert("RGB") if img.mode != "RGB" else img),
+                      T.Resize((size, size), interpolation=InterpolationMode.BICUBIC), T.ToTensor(),
+                      T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+
+
+def reference_tiles(image: Image.Image, size: int, transform) -> torch.Tensor:
+    from lmdeploy.vl.model.internvl import dynamic_preprocess
+
+    return torch.stack([transform(t) for t in dynamic_preprocess(image, 1, 12, size, use_thumbnail=True)])
+
+
+def our_tiles(image: Image.Image, size: int) -> torch.Tensor:
+    return normalize(cut_tiles(image, tile_size=size, min_tiles=1, max_tiles=12, use_thumbnail=True))
+
+
+def reference_video(path: str, size: int, transform, frames: int) -> torch.Tensor:
+    from decord import VideoReader, cpu
+    from lmdeploy.vl.model.internvl import dynamic_preprocess
+
+    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+    indices = sample_indices(len(vr), float(vr.get_avg_fps()), frames)
+    out = []
+    for i in indices:
+        img = Image.fromarray(vr[i].asnumpy()).convert("RGB")
+        out.extend(transform(t) for t in dynamic_preprocess(img, 1, 1, size, use_thumbnail=True))
+    return torch.stack(out)
+
+
+def our_video(path: str, size: int, frames: int) -> torch.Tensor:
+    data = Path(path).read_bytes()
+    decoded = decode_video(data, MediaLimits(max_media_bytes=1 << 30), frames)
+    return normalize(np.concatenate([square_tile(Image.fromarray(f), size) for f in decoded]))
+
+
+def make_clip(path: Path, seconds: int = 60, fps: int = 30) -> None:
+    """1080p H.264, a moving gradient (cheap to encode: a few distinct frames cycled)."""
+    import av
+
+    w, h = 1920, 1080
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    palette = [np.clip((x + y * 0.5 + k * 16) % 256 * np.array([1.0, 0.7, 0.4]), 0, 255).astype(np.uint8)
+               for k in range(16)]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30", "g": "250"}
+        for k in range(seconds * fps):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(palette[k % 16], format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    result, times = None, []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tile", type=int, default=448)
+    parser.add_argument("--frames", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # like a worker thread in the server; also makes the comparison fair
+    transform = model_card_transform(args.tile)
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:3000, 0:4000]
+    pixels = (np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1) + rng.integers(0, 32, (3000, 4000, 3))) % 256
+    image = Image.fromarray(pixels.astype(np.uint8))
+    ref_t, ref = timed(lambda: reference_tiles(image, args.tile, transform), args.repeat)
+    our_t, ours = timed(lambda: our_tiles(image, args.tile), args.repeat)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6), "tiling pixels differ"
+    print(f"tiling 4000x3000 -> {ours.shape[0]} tiles of {args.tile}: reference {ref_t * 1000:.1f} ms, "
+          f"ours {our_t * 1000:.1f} ms, ratio {our_t / ref_t:.2f}x (target <= 0.70x)")
+
+    clip_dir = Path(tempfile.gettempdir()) / "internvl-bench"
+    clip_dir.mkdir(exist_ok=True)
+    clip = clip_dir / "clip_60s_1080p.mp4"
+    if not clip.exists():
+        start = time.perf_counter()
+        make_clip(clip.with_suffix(".part.mp4"))
+        clip.with_suffix(".part.mp4").rename(clip)
+        print(f"(generated {clip} in {time.perf_counter() - start:.1f} s)")
+    repeat = max(1, args.repeat // 2)
+    ref_t, ref = timed(lambda: reference_video(str(clip), args.tile, transform, args.frames), repeat)
+    our_t, ours = timed(lambda: our_video(str(clip), args.tile, args.frames), repeat)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6), "video pixels differ"
+    print(f"video 60 s 1080p H.264, {args.frames} frames: reference {ref_t * 1000:.0f} ms, ours {our_t * 1000:.0f} ms, "
+          f"ratio {our_t / ref_t:.2f}x (target <= 0.50x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Structured logs with a request id, for the controller and the workers.
+
+One line per record, either key=value (default, readable and grep-able) or JSON (`--log-format json`, for log
+shippers). Every record carries the request id of the HTTP request it belongs to ('-' outside requests). The id
+comes from the client's `X-Request-ID` header, or is made here; it is put back into the request headers (so routes
+and the controller's relay forward the same id to the worker) and echoed in the response's `X-Request-ID`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # anything else is replaced: ids end up in log lines
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+
+access_log = logging.getLogger("internvl.access")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
+                  "request_id": getattr(record, "request_id", "-"), "msg": record.getMessage(), **_extras(record)}
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return " ".join(f"{k}={_kv_value(v)}" for k, v in fields.items())
+
+
+def _kv_value(value: object) -> str:
+    text = str(value)
+    if text and not re.search(r'[\s"=]', text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
+                  "request_id": getattr(record, "request_id", "-"), "msg": record.getMessage(), **_extras(record)}
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return json.dumps(fields, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "kv") -> None:
+    """Configure the root logger once per process; uvicorn's own loggers are routed through it too (start uvicorn
+    with `log_config=None` so it does not install its own handlers over these)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # httpx logs every request at INFO: heartbeats every few seconds would bury the useful lines.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Pure ASGI middleware: binds the request id for the request's logs and writes one access line per request."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _VALID_ID.match(given) else new_request_id()
+        scope["headers"] = headers + [(b"x-request-id", rid.encode())]
+        token = request_id_var.set(rid)
+        started, status = time.monotonic(), 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            if path not in ("/health", "/metrics"):  # probes would drown the useful lines
+                access_log.info("%s %s %d", scope.get("method"), path, status,
+                                extra={"status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+            request_id_var.reset(token)
+
+
+def install_request_ids(app) -> None:
+    app.add_middleware(RequestIdMiddleware)

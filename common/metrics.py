@@ -1,0 +1,134 @@
+"""Prometheus metrics for the controller and the workers, served at `/metrics`.
+
+Both processes expose the same metric names (Prometheus tells them apart by job/instance):
+
+    internvl_http_requests_total{route,method,status}   every HTTP answer, by route template (not raw path)
+    internvl_errors_total{code}                         ServingError codes: HTTP error answers and mid-stream errors
+    internvl_requests_in_flight                         chat requests being answered right now
+    internvl_requests_queued                            requests waiting inside engines (as the engines report it)
+    internvl_time_to_first_token_seconds                request arrival -> first generated token
+    internvl_generation_tokens_per_second               completion tokens / (finish - first token)
+    internvl_workers{state}                             controller only: registered workers, healthy or unhealthy
+
+Each app owns its own CollectorRegistry (never the global one), so several apps can live in one process (tests,
+the Space's in-process mode) without clashing registrations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.errors import ErrorCode, ServingError
+from common.http import check_api_key
+
+disable_created_metrics()  # the `*_created` timestamp series only double the output; Prometheus does not need them
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 120)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("internvl_http_requests", "HTTP requests answered, by route template and status",
+                                ["route", "method", "status"], registry=r)
+        self.errors = Counter("internvl_errors", "errors by ServingError code (HTTP error answers and "
+                              "mid-stream error events)", ["code"], registry=r)
+        self.in_flight = Gauge("internvl_requests_in_flight", "chat requests being answered", registry=r)
+        self.queued = Gauge("internvl_requests_queued", "requests waiting inside engines", registry=r)
+        self.ttft = Histogram("internvl_time_to_first_token_seconds", "request arrival to first generated token",
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.speed = Histogram("internvl_generation_tokens_per_second", "completion tokens per second after the "
+                               "first token, per request", buckets=SPEED_BUCKETS, registry=r)
+        self.workers: Gauge | None = None
+
+    def track_load(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> None:
+        """Gauges read at scrape time from the owner's own counters, so they can never drift."""
+        self.in_flight.set_function(in_flight)
+        self.queued.set_function(queued)
+
+    def track_workers(self, healthy: Callable[[], float], unhealthy: Callable[[], float]) -> None:
+        self.workers = Gauge("internvl_workers", "workers registered with the controller", ["state"],
+                             registry=self.registry)
+        self.workers.labels("healthy").set_function(healthy)
+        self.workers.labels("unhealthy").set_function(unhealthy)
+
+    def count_error(self, code: ErrorCode | str) -> None:
+        self.errors.labels(str(ErrorCode(code).value if isinstance(code, ErrorCode) else code)).inc()
+
+    def observe_first_token(self, started: float) -> None:
+        self.ttft.observe(max(time.monotonic() - started, 0.0))
+
+    def observe_speed(self, completion_tokens: int, first_token_at: float) -> None:
+        """Skipped for answers too short to time (one token, or finished in the same instant)."""
+        elapsed = time.monotonic() - first_token_at
+        if completion_tokens > 1 and elapsed > 1e-4:
+            self.speed.observe((completion_tokens - 1) / elapsed)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _CountRequests:
+    """Pure ASGI middleware (no response buffering, so SSE streams pass through untouched)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            # Route templates only: raw paths of 404s would let any client grow the label set without bound.
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(name, scope.get("method", ""), str(status)).inc()
+
+
+def install_metrics(app: FastAPI, metrics: Metrics, api_keys: list[str]) -> None:
+    """Count requests and errors on `app` and serve `/metrics` (behind the API keys when keys are set).
+
+    Call after `install_error_handlers`: the ServingError handler is wrapped so every error answer is counted by code.
+    """
+    app.state.metrics = metrics
+    app.add_middleware(_CountRequests, metrics=metrics)
+    render_error = app.exception_handlers[ServingError]
+
+    async def counted(request: Request, exc: Exception):
+        assert isinstance(exc, ServingError)
+        metrics.count_error(exc.code)
+        return await render_error(request, exc)
+
+    app.add_exception_handler(ServingError, counted)
+    render_unexpected = app.exception_handlers.get(Exception)
+    if render_unexpected is not None:
+        async def counted_unexpected(request: Request, exc: Exception):
+            metrics.count_error(ErrorCode.INTERNAL)
+            return await render_unexpected(request, exc)
+
+        app.add_exception_handler(Exception, counted_unexpected)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_route(request: Request) -> Response:
+        check_api_key(request, api_keys)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

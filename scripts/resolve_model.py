@@ -1,0 +1,123 @@
+"""Turn `--model PATH_OR_HUB_ID` (or nothing) into a local checkpoint folder.
+
+    python -m scripts.resolve_model [MODEL] [--demo-dir DIR]
+
+- a folder: used as it is (it must hold config.json);
+- a hub id (`org/name`): downloaded from the Hugging Face Hub, or taken from the local hub cache when offline;
+- nothing: the default model from the local cache or the hub when reachable, else the demo checkpoint (built once
+  into --demo-dir; its weights are random, and everything that serves it says so).
+
+Prints two lines: the folder, then `real` or `random`. Problems go to stderr with exit status 2. A model that was
+asked for by name is never silently replaced by the demo checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"  # transformers-native format; ~2 GB; runs on CPU and on any GPU
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ResolveError(RuntimeError):
+    pass
+
+
+def is_random(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / "config.json").read_text()).get("random_weights"))
+    except (OSError, ValueError):
+        return False
+
+
+def local_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise ResolveError(f"{path} is not a folder")
+    if not (path / "config.json").is_file():
+        raise ResolveError(f"{path} holds no config.json, so it is not a checkpoint folder (expected a "
+                           "transformers-format InternVL checkpoint)")
+    return path.resolve()
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    if hub_offline():
+        return False
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=timeout_s)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def from_hub(repo_id: str, download: bool) -> Path:
+    """The snapshot from the local cache, or downloaded when `download`."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=not download))
+    except Exception as exc:  # the hub library raises many types (offline, not found, gated, ...)
+        where = "the Hugging Face Hub" if download else "the local hub cache (the hub is not reachable)"
+        raise ResolveError(f"could not get '{repo_id}' from {where}: {type(exc).__name__}: {str(exc).rstrip('.')}. Download it "
+                           "elsewhere and pass its folder: --model /path/to/checkpoint") from None
+
+
+def resolve(model: str | None, demo_dir: Path) -> tuple[Path, bool]:
+    """(folder, random_weights)."""
+    if model:
+        path = Path(model).expanduser()
+        if path.exists() or not HUB_ID.match(model):
+            if not path.exists():
+                raise ResolveError(f"--model {model}: no such folder, and not a hub id like 'OpenGVLab/InternVL3-1B-hf'")
+            folder = local_folder(path)
+        else:
+            print(f"resolve: fetching {model} from the Hugging Face Hub (or its local cache) ...", file=sys.stderr)
+            folder = from_hub(model, download=hub_reachable())
+        return folder, is_random(folder)
+    try:
+        return from_hub(DEFAULT_MODEL, download=False), False
+    except ResolveError:
+        pass
+    if hub_reachable():
+        print(f"resolve: no model given; downloading the default {DEFAULT_MODEL} ...", file=sys.stderr)
+        try:
+            return from_hub(DEFAULT_MODEL, download=True), False
+        except ResolveError as exc:
+            print(f"resolve: {exc}", file=sys.stderr)
+    from workers.demo_checkpoint import ensure_demo_checkpoint
+
+    folder, built = ensure_demo_checkpoint(demo_dir)
+    print(f"resolve: no model given and none available (no hub, nothing cached): "
+          f"{'built' if built else 'reusing'} the demo checkpoint in {folder}", file=sys.stderr)
+    return Path(folder).resolve(), True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.resolve_model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default="", help="checkpoint folder or hub id (default: see above)")
+    parser.add_argument("--demo-dir", type=Path, default=Path(".cache/demo-checkpoint"),
+                        help="where the demo checkpoint is built when needed")
+    args = parser.parse_args(argv)
+    try:
+        folder, random_weights = resolve(args.model or None, args.demo_dir)
+    except (ResolveError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(folder)
+    print("random" if random_weights else "real")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Prometheus metrics and request-id logging: a real worker app (in-process, scripted engine, the real pipeline
+on the demo checkpoint's spec), the real dispatcher with scripted worker answers, and the log formatters."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.errors import ErrorCode, error_body
+from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFilter, install_request_ids,
+                                  request_id_var)
+from common.metrics import Metrics
+from common.protocol import ModelCard, WorkerRegistration
+from controller.policies import ShortestQueue
+from controller.registry import Registry
+from controller.relay import Dispatcher
+from controller.settings import ControllerSettings
+from tests.support.scripted_engine import ScriptedEngine
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} from the Prometheus text format, parsed by prometheus_client itself."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture(scope="module")
+def worker(demo_checkpoint, monkeypatch_module):
+    from workers.app import create_app
+    from workers.prompts.families import detect_model_spec
+    from workers.settings import WorkerSettings
+
+    monkeypatch_module.setenv("SCRIPTED_TOKENS", "6")
+    monkeypatch_module.setenv("SCRIPTED_RATE", "2000")
+    settings = WorkerSettings(model_path=str(demo_checkpoint), controller_url="", api_keys=["k1"])
+    engine = ScriptedEngine(settings, detect_model_spec(demo_checkpoint))
+    with TestClient(create_app(settings, engine), headers={"Authorization": "Bearer k1"}) as client:
+        yield client, engine.model_id
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def chat(model: str, stream: bool) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+
+
+def test_worker_metrics_count_requests_errors_and_time_generations(worker):
+    client, model = worker
+    before = samples(client.get("/metrics").text)
+    with client.stream("POST", "/v1/chat/completions", json=chat(model, True)) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    assert client.post("/v1/chat/completions", json=chat(model, False)).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat("no-such-model", False)).status_code == 404
+    assert client.get("/no/such/path").status_code == 404
+    after = samples(client.get("/metrics").text)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = "/v1/chat/completions"
+    assert delta("internvl_http_requests_total", route=route, method="POST", status="200") == 2
+    assert delta("internvl_http_requests_total", route=route, method="POST", status="404") == 1
+    assert delta("internvl_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert delta("internvl_errors_total", code="model_not_found") == 1
+    assert delta("internvl_time_to_first_token_seconds_count") == 2
+    assert delta("internvl_generation_tokens_per_second_count") == 2
+    assert after[("internvl_requests_in_flight", ())] == 0
+    assert ("internvl_requests_queued", ()) in after
+    assert not any(name.endswith("_created") for name, _ in after)
+
+
+def test_metrics_need_the_api_key_when_keys_are_set(worker):
+    client, _ = worker
+    r = client.get("/metrics", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "unauthorized"
+
+
+def test_request_id_is_taken_from_the_header_or_made_and_echoed(worker):
+    client, model = worker
+    r = client.post("/v1/chat/completions", json=chat(model, False), headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    made = client.get("/health").headers["x-request-id"]
+    assert len(made) == 32 and made != client.get("/health").headers["x-request-id"]
+    # An id that could break a log line is replaced, not echoed.
+    assert client.get("/health", headers={"X-Request-ID": 'x" level=error'}).headers["x-request-id"] != 'x" level=error'
+
+
+# ------------------------------------------------------------------------------------------- controller side
+
+CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+USAGE = json.dumps({"id": "c", "model": "m", "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+
+
+def dispatcher(payloads: list[str]) -> tuple[Dispatcher, Metrics]:
+    registry = Registry(expiry_s=60)
+    registry.register(WorkerRegistration(worker_id="w", url="http://w", models=[ModelCard(id="m")],
+                                         max_concurrency=2))
+    body = "".join(f"data: {p}\r\n\r\n" for p in payloads).encode()
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body,
+                                                             headers={"content-type": "text/event-stream"}))
+    metrics = Metrics()
+    d = Dispatcher(registry, ShortestQueue(random.Random(0)), httpx.AsyncClient(transport=transport),
+                   ControllerSettings(first_token_timeout_s=2, token_timeout_s=2), metrics)
+    return d, metrics
+
+
+async def relay_all(d: Dispatcher) -> list[str]:
+    up = await d.open({"model": "m"}, "m", "rid")
+    return [e async for e in d.relay(up)]
+
+
+async def test_controller_times_first_token_and_speed_from_the_usage_chunk():
+    d, metrics = dispatcher([CHUNK, CHUNK, USAGE, "[DONE]"])
+    await relay_all(d)
+    s = samples(metrics.render().decode())
+    assert s[("internvl_time_to_first_token_seconds_count", ())] == 1
+    assert s[("internvl_generation_tokens_per_second_count", ())] == 1
+
+
+@pytest.mark.parametrize("payloads, code", [
+    ([CHUNK, json.dumps(error_body(ErrorCode.ENGINE_ERROR, "boom")), "[DONE]"], "engine_error"),
+    ([CHUNK], "worker_lost"),  # the worker's stream ends without the end marker
+])
+async def test_controller_counts_mid_stream_errors_by_code(payloads, code):
+    d, metrics = dispatcher(payloads)
+    events = await relay_all(d)
+    assert events[-1] == "[DONE]"
+    assert samples(metrics.render().decode())[("internvl_errors_total", (("code", code),))] == 1
+
+
+# ------------------------------------------------------------------------------------------------- log lines
+
+
+def record(msg: str, **extra) -> logging.LogRecord:
+    rec = logging.LogRecord("controller.relay", logging.WARNING, __file__, 1, msg, None, None)
+    rec.__dict__.update(extra)
+    _RequestIdFilter().filter(rec)
+    return rec
+
+
+def test_log_lines_carry_the_request_id_as_key_value_and_json():
+    token = request_id_var.set("rid-7")
+    try:
+        rec = record('worker w1 failed: "timeout"', status=504)
+    finally:
+        request_id_var.reset(token)
+    kv = KeyValueFormatter().format(rec)
+    assert "level=warning logger=controller.relay request_id=rid-7 " in kv
+    assert 'msg="worker w1 failed: \\"timeout\\""' in kv and kv.endswith("status=504")
+    parsed = json.loads(JsonFormatter().format(rec))
+    assert parsed["request_id"] == "rid-7" and parsed["msg"] == 'worker w1 failed: "timeout"'
+    assert parsed["status"] == 504
+    assert record("outside a request").request_id == "-"
+
+
+def test_request_id_reaches_the_log_records_of_the_route():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(KeyValueFormatter())
+    log = logging.getLogger("test.route")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    app = FastAPI()
+    install_request_ids(app)
+
+    @app.get("/x")
+    async def x() -> dict:
+        log.info("inside the route")
+        return {}
+
+    try:
+        TestClient(app).get("/x", headers={"X-Request-ID": "carried-1"})
+    finally:
+        log.removeHandler(handler)
+    assert "request_id=carried-1 msg=\"inside the route\"" in stream.getvalue()

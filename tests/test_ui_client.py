@@ -1,0 +1,125 @@
+"""The launched web UI (`python -m app`, a real process) driven through gradio_client, backed by a real controller,
+a transformers worker on the demo checkpoint and a slow scripted worker (for Stop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.stack import ROOT, SCRIPTED, free_port, start_controller, start_worker
+
+EXAMPLES = ROOT / "static" / "examples"
+SETTINGS = ("", 0.7, 0.9, 48, 1.05, 2, 4)  # system prompt, temperature, top_p, max tokens, rep. penalty, tiles, frames
+
+
+@pytest.fixture(scope="session")
+def ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
+    """controller + two workers + the UI process; yields (ui_url, controller_url, conversation_log_dir)."""
+    controller = start_controller(log_dir)
+    demo = start_worker(log_dir, demo_checkpoint, controller.url)
+    slow = start_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-scripted",
+                        env={"SCRIPTED_TOKENS": "2000", "SCRIPTED_RATE": "40"})
+    conv_logs = tmp_path_factory.mktemp("conversations")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTERNVL_UI_LOG_DIR": str(conv_logs)}
+    with open(log_dir / "ui.log", "ab") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "app", "--controller-url", controller.url, "--port", str(port)],
+                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert ui.poll() is None, (log_dir / "ui.log").read_text()[-3000:]
+        try:
+            if httpx.get(url + "/gradio_api/info", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        pytest.fail("UI did not start:\n" + (log_dir / "ui.log").read_text()[-3000:])
+    yield url, controller.url, conv_logs
+    ui.terminate()
+    ui.wait(15)
+    for proc in (slow, demo, controller):
+        proc.stop()
+
+
+@pytest.fixture()
+def client(ui_stack):
+    from gradio_client import Client
+
+    return Client(ui_stack[0] + "/", verbose=False)
+
+
+def text_of(message: dict) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+
+
+def test_models_endpoint_lists_served_models_and_flags_random_weights(client):
+    dropdown, info, banner = client.predict("", api_name="/models")
+    assert [c[0] for c in dropdown["choices"]] == ["internvl-demo", "internvl-scripted"]
+    assert dropdown["value"] == "internvl-demo" and "Served by: `worker-" in info
+    assert banner["visible"] is True
+
+
+def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(client, ui_stack):
+    from gradio_client import handle_file
+
+    message = {"text": "What is in <b>these</b>?",
+               "files": [handle_file(str(EXAMPLES / "landscape.jpg")), handle_file(str(EXAMPLES / "bouncing_ball.mp4"))]}
+    job = client.submit(message, [], "internvl-demo", *SETTINGS, api_name="/chat")
+    updates = [out[0] for out in job]
+    history = updates[-1]
+    assert [m["role"] for m in history] == ["user", "assistant"] and text_of(history[1]).strip()
+    assert history[1]["metadata"] is None  # an answer, not an error note
+    assert text_of(history[0]) == "What is in &lt;b&gt;these&lt;/b&gt;?"  # shown as text
+    assert len({text_of(u[-1]) for u in updates if len(u) == 2}) > 3  # it streamed
+    turns = [json.loads(line) for f in ui_stack[2].glob("*.jsonl") for line in f.read_text().splitlines()]
+    turn = [t for t in turns if t["type"] == "turn"][-1]
+    assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and turn["answer"] == text_of(history[1])
+    assert [p["type"] for p in turn["messages"][0]["content"]] == ["image", "video", "text"]
+    assert {p.name for p in (ui_stack[2] / "media").iterdir()} == \
+        {p["media"] for p in turn["messages"][0]["content"][:2]}
+
+
+def test_regenerate_undo_and_clear(client):
+    history = client.predict({"text": "Hello there", "files": []}, [], "internvl-demo", *SETTINGS, api_name="/chat")[0]
+    again = client.predict(history, "internvl-demo", *SETTINGS, api_name="/regenerate")
+    assert len(again) == 2 and text_of(again[1]).strip()
+    rest, box = client.predict(again, api_name="/undo")
+    assert rest == [] and box["text"] == "Hello there"
+    assert client.predict(api_name="/clear")[0] == []
+
+
+def test_unknown_model_gets_a_readable_error_and_the_chat_stays_usable(client):
+    history = client.predict({"text": "hi", "files": []}, [], "no-such-model", *SETTINGS, api_name="/chat")[0]
+    note = history[-1]
+    assert note["metadata"]["title"].startswith("⚠") and "no-such-model" in text_of(note)
+    assert "Press ↻" in text_of(note)
+    history = client.predict({"text": "hi again", "files": []}, history, "internvl-demo", *SETTINGS,
+                             api_name="/chat")[0]
+    assert history[-1]["metadata"] is None and text_of(history[-1]).strip()
+
+
+def test_cancelling_a_long_answer_aborts_it_on_the_worker(client, ui_stack):
+    job = client.submit({"text": "Tell me a long story", "files": []}, [], "internvl-scripted", "", 0.7, 0.9, 4096,
+                        1.0, 2, 4, api_name="/chat")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(text_of((job.outputs() or [[[{"content": []}]]])[-1][0][-1])) < 60:
+        time.sleep(0.1)
+    workers = httpx.get(ui_stack[1] + "/workers").json()["workers"]
+    assert sum(w["in_flight"] for w in workers) == 1
+    job.cancel()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        workers = httpx.get(ui_stack[1] + "/workers").json()["workers"]
+        if sum(w["in_flight"] for w in workers) == 0:
+            break
+        time.sleep(0.1)
+    assert sum(w["in_flight"] for w in workers) == 0, workers  # 2000 tokens at 40/s would take 50 s

@@ -1,0 +1,311 @@
+"""Unit tests of the web UI's event handlers and helpers. The controller is replaced by a scripted stream source
+(this tests the layer above it); the real controller is used in test_ui_client.py and test_ui_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import pytest
+from PIL import Image
+
+from app.client import ControllerClient
+from app.conversation_log import ConversationLog
+from app.grounding import SCALE, draw_boxes, parse_boxes
+from app.handlers import ChatHandlers
+from app.messages import from_display, to_display, to_openai_messages
+from app.models_panel import describe_model
+from app.settings import UISettings
+from common.errors import ErrorCode, ServingError
+
+PARAMS = ("internvl-demo", "Be brief.", 0.5, 0.9, 64, 1.1, 4, 6)
+
+
+class ScriptedStream:
+    """Stands in for ControllerClient.stream_chat: yields the scripted deltas, then raises `error` if set."""
+
+    def __init__(self, deltas=(), error: ServingError | None = None, block_after: int | None = None):
+        self.deltas, self.error, self.block_after = list(deltas), error, block_after
+        self.payloads: list[dict] = []
+        self.closed = asyncio.Event()
+
+    async def stream_chat(self, payload, stats):
+        self.payloads.append(payload)
+        stats.worker = "worker-test"
+        try:
+            for i, d in enumerate(self.deltas):
+                if i == self.block_after:
+                    await asyncio.sleep(3600)
+                yield d
+            if self.error:
+                raise self.error
+        finally:
+            self.closed.set()
+
+
+def make(tmp_path: Path, source, logging=True) -> ChatHandlers:
+    settings = UISettings(log_dir=tmp_path / "logs", logging=logging, max_upload_mb=1)
+    return ChatHandlers(settings, source, ConversationLog(settings.log_dir, logging), work_dir=tmp_path / "work")
+
+
+def image_file(tmp_path: Path, name="cat.png", color=(200, 30, 30), size=(100, 50)) -> str:
+    path = tmp_path / name
+    Image.new("RGB", size, color).save(path)
+    return str(path)
+
+
+async def run(gen):
+    return [h async for h in gen]
+
+
+def log_lines(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted((tmp_path / "logs").glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------ messages
+
+
+@pytest.mark.parametrize("text", ["<b>bold</b> & <script>alert(1)</script>", "x < y and `a<b` and $a<b$",
+                                  "```html\n<i>code</i>\n```\n<u>u</u>", "&lt; stays literal", "\\(x<1\\) \\[y>2\\]"])
+def test_display_escaping_shows_html_as_text_and_round_trips(text):
+    shown = to_display(text)
+    assert from_display(shown) == text
+    outside_code = shown.split("```")[0].split("`")[0]
+    assert "<" not in outside_code.replace("$a<b$", "").replace("\\(x<1\\)", "")
+
+
+def test_history_becomes_openai_messages_with_every_image_and_video_in_order(tmp_path):
+    img1, img2 = image_file(tmp_path, "a.png"), image_file(tmp_path, "b.jpg", (0, 0, 255))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": img1}}, {"type": "text", "text": "1 &lt; 2?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+        {"role": "assistant", "content": [{"type": "file", "file": {"path": img1}}],
+         "metadata": {"title": "Boxes: cat", "id": "grounding"}},
+        {"role": "user", "content": [{"type": "text", "text": "this one fails"}]},
+        {"role": "assistant", "content": "no worker", "metadata": {"title": "x", "id": "error"}},
+        {"role": "user", "content": [{"type": "file", "file": {"path": img2}}, {"type": "file", "file": {"path": str(video)}},
+                                     {"type": "text", "text": "compare"}]},
+    ]
+    msgs = to_openai_messages(history, "Be brief.", num_frames=6, max_bytes=2**20)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[1]["content"][1] == {"type": "text", "text": "1 < 2?"}
+    sent = base64.b64decode(msgs[1]["content"][0]["image_url"]["url"].split(",", 1)[1])
+    assert sent == Path(img1).read_bytes()
+    last = msgs[3]["content"]
+    assert [p["type"] for p in last] == ["image_url", "video_url", "text"]
+    assert last[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert last[1]["video_url"]["num_frames"] == 6 and last[1]["video_url"]["url"].startswith("data:video/mp4")
+
+
+def test_unsupported_file_is_refused_by_name_before_anything_is_sent(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hi")
+    h = make(tmp_path, ScriptedStream(["x"]))
+    with pytest.raises(gr.Error, match="notes.txt"):
+        h.add_user_message([], {"text": "read this", "files": [str(bad)]})
+    with pytest.raises(gr.Error, match="Type a message"):
+        h.add_user_message([], {"text": "  ", "files": []})
+
+
+async def test_empty_or_too_large_file_becomes_an_error_note_naming_it(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    big = image_file(tmp_path, "big.png")
+    Path(big).write_bytes(b"\x89PNG" + b"\x00" * (2 * 2**20))
+    source = ScriptedStream(["never"])
+    h = make(tmp_path, source)
+    for path, words in ((empty, "empty.png' is empty"), (big, "big.png' is 2.0 MB")):
+        history, _ = h.add_user_message([], {"text": "look", "files": [str(path)]})
+        final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+        assert words in final[-1]["content"] and final[-1]["metadata"]["id"] == "error"
+    assert source.payloads == []
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_once(tmp_path):
+    img = image_file(tmp_path)
+    source = ScriptedStream(["A red ", "square", "."])
+    h = make(tmp_path, source)
+    history, box = h.add_user_message([], {"text": "What is <this>?", "files": [img]})
+    assert box.interactive is False
+    yields = await run(h.stream_reply(history, *PARAMS))
+    texts = [y[-1]["content"] for y in yields]
+    assert texts[:3] == ["A red ", "A red square", "A red square."]
+    payload = source.payloads[0]
+    assert payload["model"] == "internvl-demo" and payload["max_tiles"] == 4 and payload["num_frames"] == 6
+    assert payload["messages"][1]["content"][1]["text"] == "What is <this>?"
+
+    history = yields[-1]
+    history, _ = h.add_user_message(history, {"text": "again", "files": [img]})
+    await run(h.stream_reply(history, *PARAMS))
+    turns = [r for r in log_lines(tmp_path) if r["type"] == "turn"]
+    assert [t["turn"] for t in turns] == [1, 2]
+    assert turns[0]["answer"] == "A red square." and turns[0]["worker"] == "worker-test"
+    assert turns[0]["params"]["temperature"] == 0.5 and turns[0]["outcome"] == "ok"
+    assert turns[0]["first_token_s"] is not None and turns[0]["total_s"] >= turns[0]["first_token_s"]
+    media = list((tmp_path / "logs" / "media").iterdir())
+    assert len(media) == 1 and media[0].read_bytes() == Path(img).read_bytes()
+    assert turns[1]["messages"][1]["content"][0]["media"] == media[0].name
+
+
+async def test_logging_switched_off_writes_nothing(tmp_path):
+    h = make(tmp_path, ScriptedStream(["ok"]), logging=False)
+    history, _ = h.add_user_message([], {"text": "hi", "files": [image_file(tmp_path)]})
+    await run(h.stream_reply(history, *PARAMS))
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("code, advice", [(ErrorCode.NO_WORKER, "Start a worker"),
+                                          (ErrorCode.CONTEXT_TOO_LONG, "Start a new chat"),
+                                          (ErrorCode.INVALID_IMAGE, "remove that image")])
+async def test_errors_say_what_to_do_and_the_chat_stays_usable(tmp_path, code, advice):
+    source = ScriptedStream([], error=ServingError(code, "the server's own words"))
+    h = make(tmp_path, source)
+    history, _ = h.add_user_message([], {"text": "first", "files": []})
+    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    note = final[-1]
+    assert note["metadata"]["id"] == "error" and "The server's own words" in note["content"]
+    assert advice in note["content"]
+    source.error = None
+    source.deltas = ["fine"]
+    history, _ = h.add_user_message(final, {"text": "second", "files": []})
+    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    assert final[-1]["content"] == "fine"
+    sent = source.payloads[-1]["messages"]
+    assert [m["content"][-1]["text"] for m in sent if m["role"] == "user"] == ["second"]
+
+
+async def test_mid_stream_error_keeps_the_partial_answer_and_adds_a_note(tmp_path):
+    h = make(tmp_path, ScriptedStream(["half an ", "answer"], error=ServingError(ErrorCode.WORKER_LOST, "worker died")))
+    history, _ = h.add_user_message([], {"text": "go", "files": []})
+    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    assert final[-2]["content"] == "half an answer" and "Regenerate" in final[-1]["content"]
+    assert log_lines(tmp_path)[0]["outcome"] == ErrorCode.WORKER_LOST.value
+
+
+async def test_stop_cancels_the_stream_closes_it_and_logs_the_turn_as_stopped(tmp_path):
+    source = ScriptedStream(["one ", "two ", "three"], block_after=2)
+    h = make(tmp_path, source)
+    history, _ = h.add_user_message([], {"text": "long story", "files": []})
+    seen = []
+
+    async def consume():
+        async for y in h.stream_reply(history, *PARAMS):
+            seen.append(y[-1]["content"])
+
+    task = asyncio.create_task(consume())
+    while len(seen) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()  # what Gradio's cancels= does to the running event
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed.is_set() and seen[-1] == "one two "
+    assert log_lines(tmp_path)[0]["outcome"] == "stopped"
+
+
+# ------------------------------------------------------------------------------------------------ buttons
+
+
+async def test_regenerate_undo_clear_and_votes(tmp_path):
+    img = image_file(tmp_path)
+    source = ScriptedStream(["first answer"])
+    h = make(tmp_path, source)
+    history, _ = h.add_user_message([], {"text": "a <tag>", "files": [img]})
+    history = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    source.deltas = ["second answer"]
+    regen = await run(h.regenerate_chat(history, *PARAMS))
+    assert regen[0] == history[:1] and regen[-1][-1]["content"] == "second answer"
+    assert source.payloads[0]["messages"] == source.payloads[1]["messages"]
+
+    rest, box = h.undo(regen[-1])
+    assert rest == [] and box == {"text": "a <tag>", "files": [img]}
+    with pytest.raises(gr.Error):
+        h.regenerate([])
+    assert h.clear() == ([], {"text": "", "files": []})
+
+    h.vote(regen[-1], gr.LikeData(None, {"index": 1, "value": "second answer", "liked": False}))
+    vote = [r for r in log_lines(tmp_path) if r["type"] == "vote"][0]
+    assert vote["vote"] == "dislike" and vote["turn"] == 1 and vote["answer"] == "second answer"
+
+
+# ------------------------------------------------------------------------------------------------ grounding
+
+
+def test_grounding_boxes_are_parsed_without_eval_and_drawn_where_they_belong(tmp_path):
+    text = ("<ref>cat</ref><box>[[100, 200, 500, 600]]</box> and <ref>dogs</ref><box>[[0,0,50,50], [900,900,1200,950]]"
+            "</box> <box>[[__import__('os').system('x'), 1, 2, 3]]</box> <ref>bad</ref><box>[[5,5,5,9]]</box>")
+    boxes = parse_boxes(text)
+    assert [(b.label, b.x1, b.y2) for b in boxes] == [("cat", 100, 600), ("dogs", 0, 50), ("dogs", 900, 950)]
+    assert boxes[2].x2 == SCALE  # clamped
+    src = image_file(tmp_path, "grey.png", (128, 128, 128), (400, 300))
+    out = Image.open(draw_boxes(src, boxes[:1], tmp_path / "out.png")).convert("RGB")
+    w, h = out.size
+    x1, y1, x2, y2 = (round(v / SCALE * s) for v, s in zip((100, 200, 500, 600), (w, h, w, h)))
+    assert out.getpixel((x1 + 1, (y1 + y2) // 2)) != (128, 128, 128)  # left edge drawn
+    assert out.getpixel((x2 - 1, (y1 + y2) // 2)) != (128, 128, 128)  # right edge drawn
+    assert out.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)) == (128, 128, 128)  # inside untouched
+    assert out.getpixel((w - 5, h - 5)) == (128, 128, 128)
+
+
+async def test_grounding_answer_shows_the_image_again_with_boxes(tmp_path):
+    img = image_file(tmp_path, size=(200, 200))
+    h = make(tmp_path, ScriptedStream(["<ref>sun</ref>", "<box>[[700, 80, 900, 290]]</box>"]))
+    history, _ = h.add_user_message([], {"text": "where is the sun?", "files": [img]})
+    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    preview = final[-1]
+    assert preview["metadata"] == {"title": "Boxes: sun", "id": "grounding"}
+    assert Image.open(preview["content"][0]["file"]["path"]).size == (200, 200)
+    assert final[-2]["content"] == to_display("<ref>sun</ref><box>[[700, 80, 900, 290]]</box>")
+
+
+# ------------------------------------------------------------------------------------------------ models, client
+
+
+def test_model_panel_names_workers_and_flags_random_weights():
+    cards = [{"id": "internvl-demo", "random_weights": True, "family": "internvl", "engine": "transformers",
+              "workers": [{"id": "w1", "healthy": True, "in_flight": 2}]},
+             {"id": "real", "random_weights": False, "family": None, "engine": None, "workers": []}]
+    info, banner = describe_model(cards, "internvl-demo", None)
+    assert banner is True and "`w1`" in info and "2 busy" in info
+    assert describe_model(cards, "real", None)[1] is False
+    assert "Start a worker" in describe_model([], None, None)[0]
+
+
+async def test_client_turns_http_and_mid_stream_error_bodies_into_serving_errors():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] == "missing":
+            return httpx.Response(404, json={"error": {"message": "model 'missing' is not served here",
+                                                       "code": "model_not_found", "type": "x", "param": "model"}})
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+        body = (f"data: {json.dumps(chunk)}\n\n"
+                'data: {"error": {"message": "worker w1 failed", "code": "worker_lost"}}\n\ndata: [DONE]\n\n')
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream", "x-worker-id": "w1"})
+
+    client = ControllerClient("http://controller", transport=httpx.MockTransport(handler))
+    got = []
+    with pytest.raises(ServingError) as err:
+        async for d in client.stream_chat({"model": "m", "messages": []}):
+            got.append(d)
+    assert got == ["Hel"] and err.value.code == ErrorCode.WORKER_LOST and "w1 failed" in err.value.message
+    with pytest.raises(ServingError) as err:
+        async for _ in client.stream_chat({"model": "missing", "messages": []}):
+            pass
+    assert err.value.code == ErrorCode.MODEL_NOT_FOUND
+    await client.aclose()
+
+
+async def test_client_says_how_to_start_the_controller_when_it_is_down():
+    client = ControllerClient("http://127.0.0.1:9", connect_timeout_s=1)
+    with pytest.raises(ServingError) as err:
+        await client.models()
+    assert err.value.code == ErrorCode.NO_WORKER and "python -m controller" in err.value.message
+    await client.aclose()

@@ -1,0 +1,106 @@
+"""Video frame sampling and decoding, on clips generated here with PyAV."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from common.errors import ErrorCode, ServingError
+from workers.settings import MediaLimits
+from workers.vision.video import decode_video, sample_indices
+
+
+def make_video(fmt: str = "mp4", frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48)) -> bytes:
+    """Encoded video whose frame k is filled with gray level (k * 8) % 256, so decoded frames identify themselves."""
+    import av
+
+    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"qp": "0", "preset": "ultrafast"}
+        for k in range(frames):
+            arr = np.full((size[1], size[0], 3), (k * 8) % 256, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def make_empty_video() -> bytes:
+    """A valid mp4 container with a video stream but no frames."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = 64, 48
+    return buf.getvalue()
+
+
+def model_card_get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
+    """InternVL model card's `get_index`, restated here from its documented formula because no installed package
+    ships it: segment midpoints of [round(start*fps), round(end*fps)] clamped to [first_idx, max_frame]."""
+    start, end = bound if bound else (-100000, 100000)
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    seg_size = float(end_idx - start_idx) / num_segments
+    return np.array([int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)])
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7, 30, 31, 300, 1799, 9000])
+@pytest.mark.parametrize("fps", [10.0, 23.976, 25.0, 29.97, 60.0])
+@pytest.mark.parametrize("n", [1, 4, 8, 16, 32])
+def test_indices_equal_model_card(frames, fps, n):
+    assert sample_indices(frames, fps, n) == model_card_get_index(None, fps, frames - 1, num_segments=n).tolist()
+
+
+@pytest.mark.parametrize("bound", [(0.0, 1.0), (0.5, 2.25), (1.0, 1000.0), (2.05, 2.95), (0.0, 0.1)])
+def test_indices_with_bounds_equal_model_card(bound):
+    for n in (1, 3, 8, 32):
+        ours = sample_indices(300, 29.97, n, *bound)
+        assert ours == model_card_get_index(bound, 29.97, 299, num_segments=n).tolist()
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_decodes_exactly_the_sampled_frames(fmt):
+    data = make_video(fmt, frames=30, fps=10)
+    frames = decode_video(data, MediaLimits(), num_frames=4)
+    assert frames.shape == (4, 48, 64, 3) and frames.dtype == np.uint8
+    expected = [(k * 8) % 256 for k in sample_indices(30, 10.0, 4)]
+    got = [int(round(float(f.mean()))) for f in frames]
+    assert all(abs(g - e) <= 3 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+
+def test_bounds_select_the_segment():
+    frames = decode_video(make_video("mp4", frames=30, fps=10), MediaLimits(), num_frames=2, start=1.0, end=2.0)
+    expected = [(k * 8) % 256 for k in sample_indices(30, 10.0, 2, 1.0, 2.0)]
+    assert [int(round(float(f.mean()))) for f in frames] == pytest.approx(expected, abs=3)
+
+
+@pytest.mark.parametrize("data,code,match", [
+    (b"this is a text file renamed to clip.mp4\n" * 10, ErrorCode.INVALID_VIDEO, "could not be read"),
+    (None, ErrorCode.INVALID_VIDEO, "could not be read|no frames"),
+])
+def test_unreadable_and_empty_videos_are_refused(data, code, match):
+    with pytest.raises(ServingError, match=match) as info:
+        decode_video(data if data is not None else make_empty_video(), MediaLimits(), num_frames=4, label="video 1")
+    assert info.value.code == code and "video 1" in info.value.message
+
+
+def test_too_long_and_too_large_are_refused():
+    data = make_video("mp4", frames=30, fps=10)
+    with pytest.raises(ServingError, match="3 s long; the limit is 2 s") as info:
+        decode_video(data, MediaLimits(max_video_seconds=2), num_frames=4)
+    assert info.value.code == ErrorCode.INVALID_VIDEO
+    with pytest.raises(ServingError) as info:
+        decode_video(data, MediaLimits(max_media_bytes=100), num_frames=4)
+    assert info.value.code == ErrorCode.UPLOAD_TOO_LARGE
+    with pytest.raises(ServingError, match="after start"):
+        decode_video(data, MediaLimits(), num_frames=4, start=2.0, end=1.0)

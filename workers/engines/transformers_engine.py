@@ -1,0 +1,360 @@
+"""Transformers engine: any InternVL checkpoint on CPU or GPU, one generation at a time.
+
+The quick-start engine (and the one the demo checkpoint runs on). `model.generate` runs in a worker thread and hands
+token ids to the event loop through a streamer; text is decoded incrementally here, so stop strings, aborts and
+token counts are handled in one place. Throughput is not its job: the TurboMind engine serves batched traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import ErrorCode, ServingError
+from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from workers.engines.transformers_loading import LoadedModel, load_model
+from workers.model_spec import ModelSpec
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_END = object()  # queue sentinel: generation thread finished
+
+
+@dataclass
+class _RequestState:
+    cancel: threading.Event = field(default_factory=threading.Event)  # read by the generation thread
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)  # wakes a request still queued for the lock
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, settings: WorkerSettings, spec: ModelSpec):
+        self.settings = settings
+        self.spec = spec
+        self.model_id = settings.model_name or Path(settings.model_path).name
+        self.queued = 0  # requests waiting for the model
+        self.running = 0  # 0 or 1: the model runs one generation at a time
+        self._loaded: LoadedModel | None = None
+        self._lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._requests: dict[str, _RequestState] = {}
+        self._eos_ids: list[int] = []
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loaded = await asyncio.to_thread(load_model, self.settings, self.spec)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformers-generate")
+        self._eos_ids = self._stop_token_ids()
+        log.info("loaded %s (%s format) on %s as %s", self.settings.model_path, self.spec.checkpoint_format,
+                 self._loaded.input_device, self._loaded.dtype)
+
+    async def stop(self) -> None:
+        for state in self._requests.values():
+            state.cancel.set()
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            self._executor = None
+        self._loaded = None
+
+    async def check_health(self) -> None:
+        if self._loaded is None or self._executor is None:
+            raise ServingError(ErrorCode.ENGINE_ERROR, f"model {self.model_id} is not loaded")
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return len(self._require().tokenizer(prompt).input_ids)
+
+    async def abort(self, request_id: str) -> None:
+        state = self._requests.get(request_id)
+        if state is not None:
+            state.cancel.set()
+            state.aborted.set()
+
+    # ------------------------------------------------------------------------------------------------ generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        loaded = self._require()
+        inputs = self._prepare_inputs(request, loaded)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        sampling = request.sampling
+        if request.request_id in self._requests:
+            raise ServingError(ErrorCode.INVALID_REQUEST, f"request id {request.request_id} is already running")
+        state = _RequestState()
+        self._requests[request.request_id] = state
+        holding = False
+        future: asyncio.Future | None = None
+        try:
+            holding = await self._wait_turn(state)
+            if not holding:
+                yield FinishEvent("abort", prompt_tokens, 0)
+                return
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+            future = loop.run_in_executor(self._executor, self._run, loaded, inputs,
+                                          self._generation_kwargs(sampling), sampling.seed, state.cancel,
+                                          _QueueStreamer(loop, queue))
+            decoder = _IncrementalDecoder(loaded.tokenizer)
+            stops = _StopStrings(sampling.stop)
+            completion, last_token, hit_stop = 0, None, False
+            while not hit_stop:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    await asyncio.shield(future)  # the thread is on its way out; free the model before raising
+                    raise self._as_serving_error(item, prompt_tokens, request)
+                for token_id in item:
+                    completion, last_token = completion + 1, token_id
+                    text, hit_stop = stops.push(decoder.push(token_id))
+                    if text:
+                        yield TokenEvent(text)
+                    if hit_stop:
+                        state.cancel.set()  # the thread stops after its current token
+                        break
+            if not hit_stop and not state.cancel.is_set():
+                tail, hit_stop = stops.push(decoder.flush())
+                tail = tail if hit_stop else tail + stops.flush()
+                if tail:
+                    yield TokenEvent(tail)
+            reason = self._finish_reason(state, hit_stop, last_token, completion, sampling)
+            await asyncio.shield(future)  # one token at most after a stop string (shield: see finally)
+            holding = False
+            self._release()  # before the last event: a consumer may stop iterating right after it
+            yield FinishEvent(reason, prompt_tokens, completion)
+        finally:
+            state.cancel.set()  # no-op after a normal finish; stops the thread when the consumer went away
+            self._requests.pop(request.request_id, None)
+            if holding:  # consumer gone or error: keep the model locked until the thread is really out
+                if future is not None and not future.done():
+                    future.add_done_callback(lambda _: self._release())
+                else:
+                    self._release()
+
+    def _finish_reason(self, state: _RequestState, hit_stop: bool, last_token: int | None, completion: int,
+                       sampling: SamplingParams) -> str:
+        if hit_stop or last_token in self._eos_ids:
+            return "stop"
+        if state.aborted.is_set() or state.cancel.is_set():
+            return "abort"
+        return "length" if completion >= sampling.max_new_tokens else "stop"
+
+    async def _wait_turn(self, state: _RequestState) -> bool:
+        """Queue for the model; False when aborted while waiting. A cancelled waiter never keeps the lock."""
+        self.queued += 1
+        acquire = asyncio.ensure_future(self._lock.acquire())
+        aborted = asyncio.ensure_future(state.aborted.wait())
+        got_lock = False
+        try:
+            await asyncio.wait({acquire, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            got_lock = acquire.done() and not state.aborted.is_set()
+        finally:
+            self.queued -= 1
+            aborted.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            elif not acquire.cancelled() and not got_lock:
+                self._lock.release()  # won the lock but aborted, or cancelled at the same moment
+        if got_lock:
+            self.running += 1
+        return got_lock
+
+    def _release(self) -> None:
+        self.running -= 1
+        self._lock.release()
+
+    def _run(self, loaded: LoadedModel, inputs: dict[str, Any], generation_kwargs: dict[str, Any], seed: int | None,
+             cancel: threading.Event, streamer: _QueueStreamer) -> None:
+        """Generation thread. Never raises: the outcome travels through the streamer's queue."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        try:
+            if cancel.is_set():
+                return
+            if seed is not None:
+                torch.manual_seed(seed)  # global RNG: safe, the lock serialises generations
+            # Moved to the device only now: queued requests hold no GPU memory.
+            inputs = {key: value.to(loaded.input_device) for key, value in inputs.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+            with torch.inference_mode():
+                loaded.model.generate(**inputs, **generation_kwargs, streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]))
+        except BaseException as exc:  # noqa: BLE001 - reported to the consumer, which raises a ServingError
+            streamer.send(exc)
+        finally:
+            streamer.send(_END)
+
+    def _generation_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+        tokenizer = self._require().tokenizer
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(1, sampling.max_new_tokens),
+            "eos_token_id": self._eos_ids,
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos_ids[0],
+            "repetition_penalty": sampling.repetition_penalty,
+        }
+        if sampling.temperature <= 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                          top_k=sampling.top_k or 0)  # 0 disables top-k (transformers defaults to 50)
+        return kwargs
+
+    # ------------------------------------------------------------------------------------------------ inputs
+
+    def _prepare_inputs(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
+        """Tokenize and check that the image tokens in the prompt match the pixel tiles, before taking the model."""
+        encoded = loaded.tokenizer(request.prompt, return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        if input_ids.shape[1] >= self.spec.context_length:
+            raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt takes {input_ids.shape[1]} tokens; "
+                               f"{self.model_id} has a context of {self.spec.context_length}")
+        image_tokens = int((input_ids == loaded.image_token_id).sum())
+        pixels = request.pixel_values
+        tiles = 0 if pixels is None else int(pixels.shape[0])
+        if pixels is not None:
+            size = self.spec.image_size
+            if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+                raise ServingError(ErrorCode.INVALID_REQUEST, f"pixel values have shape {tuple(pixels.shape)}; "
+                                   f"expected [tiles, 3, {size}, {size}]")
+            if request.num_tiles and sum(request.num_tiles) != tiles:
+                raise ServingError(ErrorCode.INVALID_REQUEST, f"num_tiles adds up to {sum(request.num_tiles)} "
+                                   f"but {tiles} tiles were given")
+        if image_tokens != tiles * self.spec.tokens_per_tile:
+            raise ServingError(ErrorCode.INVALID_REQUEST,
+                               f"the prompt holds {image_tokens} {self.spec.image_token} tokens but {tiles} image "
+                               f"tiles need {tiles * self.spec.tokens_per_tile} ({self.spec.tokens_per_tile} per "
+                               f"tile); image placeholders must not be typed into the text")
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": encoded["attention_mask"]}
+        if tiles:
+            inputs["pixel_values"] = pixels
+        return inputs
+
+    def _stop_token_ids(self) -> list[int]:
+        """The tokenizer's eos, <|im_end|>, and the family's stop words that are single tokens."""
+        tokenizer = self._require().tokenizer
+        ids: list[int] = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for word in ("<|im_end|>", *self.spec.stop_words):
+            token_id = tokenizer.convert_tokens_to_ids(word)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in ids:
+                ids.append(token_id)
+        if not ids:
+            raise ServingError(ErrorCode.ENGINE_ERROR, f"{self.model_id}: the tokenizer defines no end token")
+        return ids
+
+    def _as_serving_error(self, exc: BaseException, prompt_tokens: int, request: GenerationRequest) -> ServingError:
+        import torch
+
+        if isinstance(exc, ServingError):
+            return exc
+        tiles = 0 if request.pixel_values is None else int(request.pixel_values.shape[0])
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return ServingError(ErrorCode.ENGINE_ERROR, f"the GPU ran out of memory on a {prompt_tokens}-token "
+                                f"prompt with {tiles} image tiles; send fewer or smaller images, fewer tiles per "
+                                f"image, or a shorter conversation")
+        log.error("generation failed for %s", request.request_id, exc_info=exc)
+        return ServingError(ErrorCode.ENGINE_ERROR, f"generation failed: {type(exc).__name__}: {exc}")
+
+    def _require(self) -> LoadedModel:
+        if self._loaded is None:
+            raise ServingError(ErrorCode.ENGINE_ERROR, f"model {self.model_id} is not loaded")
+        return self._loaded
+
+
+class _QueueStreamer:
+    """transformers streamer protocol (`put`/`end`): forwards new token ids to an asyncio queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self._loop, self._queue = loop, queue
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt (empty when it starts from embeddings)
+            self._prompt_seen = True
+            return
+        self.send(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        return None  # the thread wrapper sends _END, also after an exception
+
+    def send(self, item) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # loop closed: nobody is listening any more
+            pass
+
+
+class _CancelCriteria:
+    """transformers stopping-criteria protocol: stop at the next token once the request's event is set (abort,
+    client gone, stop string reached)."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _IncrementalDecoder:
+    """Text deltas from token ids: decode a short window, and hold back while a multi-byte character is split."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # window start (context for tokenizers whose pieces depend on the previous one)
+        self._read = 0  # ids already turned into text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._prefix:self._read])
+        after = self._decode(self._ids[self._prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self._ids[self._prefix:self._read])
+        after = self._decode(self._ids[self._prefix:])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before):]
+
+
+class _StopStrings:
+    """Cuts the stream at the first stop string; holds back text that may be the start of one."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self._stops = [s for s in stops if s]
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._text = ""
+        self._sent = 0
+
+    def push(self, delta: str) -> tuple[str, bool]:
+        """Returns (text safe to send, whether a stop string was reached)."""
+        self._text += delta
+        start = max(0, self._sent - self._longest + 1)
+        hits = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
+        if hits:
+            return self._take(min(hits)), True
+        hold = max((n for s in self._stops for n in range(1, len(s)) if self._text.endswith(s[:n])), default=0)
+        return self._take(max(self._sent, len(self._text) - hold)), False
+
+    def flush(self) -> str:
+        return self._take(len(self._text))
+
+    def _take(self, end: int) -> str:
+        out, self._sent = self._text[self._sent:end], end
+        return out

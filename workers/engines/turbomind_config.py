@@ -1,0 +1,273 @@
+"""Worker settings -> lmdeploy TurboMind configuration, with defaults derived from the checkpoint and the GPUs.
+
+Everything here is plain data and arithmetic (no CUDA), so the whole mapping is tested on CPU: the engine probes the
+GPUs, reads the checkpoint, and hands both to `resolve_options`. lmdeploy is imported lazily; its config classes
+import fine on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from common.errors import ErrorCode, ServingError
+from workers.engines.base import SamplingParams
+from workers.model_spec import ModelSpec
+
+if TYPE_CHECKING:
+    from lmdeploy import ChatTemplateConfig, GenerationConfig, TurbomindEngineConfig
+
+log = logging.getLogger(__name__)
+
+GiB = 1024**3
+# Memory TurboMind needs besides weights and KV cache (activations, NCCL buffers, CUDA context).
+RUNTIME_RESERVE = int(1.5 * GiB)
+# Extra headroom on the first GPU when our PyTorch vision tower runs there (its activations, allocator slack).
+VISION_RESERVE = int(1.0 * GiB)
+# Below this many full-length sessions of fp16/bf16 KV cache, the default switches to int8 KV (quant_policy 8).
+MIN_FULL_SESSIONS = 4
+KV_BYTES = {0: 2.0, 8: 1.0, 4: 0.5}  # bytes per cached element by quant_policy
+
+
+class TurbomindOptions(BaseModel):
+    """TurboMind knobs a worker exposes; None means "derive from the checkpoint and the GPUs' memory"."""
+
+    session_len: int | None = Field(None, ge=16, description="longest prompt + answer in tokens; "
+                                    "default: the checkpoint's context length")
+    cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="share of free GPU memory (after "
+                                                "weights) for the KV cache; default: what max_batch_size full "
+                                                "sessions need, at most 90%")
+    max_batch_size: int | None = Field(None, ge=1, le=4096, description="sequences decoded together; "
+                                       "default: the worker's max_concurrency")
+    enable_prefix_caching: bool | None = Field(None, description="reuse KV blocks of shared prompt prefixes; "
+                                               "default: on when TurboMind runs the vision tower itself, off "
+                                               "(and refused) for ps_version v1 checkpoints")
+    quant_policy: Literal[0, 4, 8] | None = Field(None, description="KV cache quantisation: 0 none, 8 int8, 4 int4; "
+                                                  "default: 0, or 8 when fewer than 4 full sessions fit")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TurbomindOptions:
+        """Read the fields from WorkerSettings when it has them (named `turbomind_<field>`), else defaults."""
+        return cls(**{name: getattr(settings, f"turbomind_{name}", None) for name in cls.model_fields})
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What the memory arithmetic needs from a checkpoint, read from config.json and the weight files' headers."""
+
+    architecture: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int | None
+    llm_weight_bytes: int  # language model (+ anything not vision) at the checkpoint's dtype
+    vision_weight_bytes: int  # vision tower + projector
+
+    @classmethod
+    def read(cls, model_path: str | Path) -> CheckpointFacts:
+        path = Path(model_path)
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        llm = cfg.get("llm_config") or cfg.get("text_config") or cfg
+        heads = int(llm["num_attention_heads"])
+        hidden = int(llm["hidden_size"])
+        vision_bytes, total_bytes = _weight_bytes(path)
+        return cls(architecture=(cfg.get("architectures") or ["?"])[0], num_layers=int(llm["num_hidden_layers"]),
+                   num_heads=heads, num_kv_heads=int(llm.get("num_key_value_heads") or heads),
+                   head_dim=int(llm.get("head_dim") or hidden // heads),
+                   max_position_embeddings=llm.get("max_position_embeddings"),
+                   llm_weight_bytes=total_bytes - vision_bytes, vision_weight_bytes=vision_bytes)
+
+
+_VISION_PREFIXES = ("vision_model.", "mlp1.", "model.vision_tower.", "model.multi_modal_projector.",
+                    "vision_tower.", "multi_modal_projector.")
+
+
+def _weight_bytes(path: Path) -> tuple[int, int]:
+    """(vision bytes, total bytes). Safetensors headers give exact per-tensor sizes without reading weights;
+    .bin checkpoints only give file sizes (all counted as language model: the conservative side)."""
+    vision = total = 0
+    files = sorted(path.glob("*.safetensors"))
+    for file in files:
+        with open(file, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = meta["data_offsets"]
+            total += end - begin
+            if name.startswith(_VISION_PREFIXES):
+                vision += end - begin
+    if not files:
+        total = sum(f.stat().st_size for f in path.glob("*.bin"))
+    return vision, total
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """The GPUs this worker will use (the first `tp` visible ones)."""
+
+    name: str
+    count: int  # visible devices
+    total_bytes: int  # smallest total memory among the used devices
+    free_bytes: int  # smallest free memory among the used devices, measured before loading anything
+
+    @classmethod
+    def probe(cls, tp: int) -> GpuFacts:
+        import torch
+
+        count = torch.cuda.device_count()
+        used = range(min(tp, count)) if count else range(0)
+        mem = [torch.cuda.mem_get_info(i) for i in used] or [(0, 0)]
+        return cls(name=torch.cuda.get_device_name(0) if count else "none", count=count,
+                   total_bytes=min(t for _, t in mem), free_bytes=min(f for f, _ in mem))
+
+
+@dataclass(frozen=True)
+class ResolvedTurbomind:
+    """Every TurboMind setting with its final value, plus why (logged at start, shown in /health details)."""
+
+    tp: int
+    devices: list[int]
+    dtype: str
+    session_len: int
+    max_batch_size: int
+    cache_max_entry_count: float
+    enable_prefix_caching: bool
+    quant_policy: int
+    language_model_only: bool  # True: ps_version v1, vision runs in our PyTorch code and arrives as embeddings
+    kv_bytes_per_token: float  # per GPU, at the chosen quant_policy
+    kv_budget_bytes: int  # per GPU, what the cache may use
+    notes: tuple[str, ...] = ()
+
+
+def kv_bytes_per_token(facts: CheckpointFacts, tp: int, quant_policy: int) -> float:
+    """K and V for every layer, the KV heads split across TP ranks (replicated when fewer heads than ranks)."""
+    heads_per_rank = max(1, math.ceil(facts.num_kv_heads / tp))
+    return 2 * facts.num_layers * heads_per_rank * facts.head_dim * KV_BYTES[quant_policy]
+
+
+def resolve_options(opts: TurbomindOptions, *, spec: ModelSpec, facts: CheckpointFacts, gpus: GpuFacts, tp: int,
+                    dtype: str, max_concurrency: int) -> ResolvedTurbomind:
+    """Apply the defaults; raise ServingError for settings that cannot work (before minutes of weight loading)."""
+    notes: list[str] = []
+    if gpus.count < tp:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"--tp {tp} needs {tp} GPUs but {gpus.count} are visible "
+                           "(check CUDA_VISIBLE_DEVICES)")
+    if facts.num_heads % tp:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"--tp {tp} does not divide the model's {facts.num_heads} "
+                           "attention heads; choose a tp that does")
+    if dtype == "float32":
+        raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind runs in bfloat16 or float16, not float32; "
+                           "use --dtype auto, bfloat16 or float16")
+    v1 = spec.ps_version != "v2"
+    prefix = opts.enable_prefix_caching
+    if v1 and prefix:
+        # Cached blocks are keyed by token ids; every image is the same run of <IMG_CONTEXT> ids, so a cache hit
+        # would silently reuse another image's features.
+        raise ServingError(ErrorCode.ENGINE_ERROR, "prefix caching cannot be enabled for ps_version "
+                           f"{spec.ps_version!r} checkpoints: their image features are passed as embeddings, "
+                           "which the prefix cache cannot tell apart")
+    if prefix is None:
+        prefix = not v1
+
+    session_len = opts.session_len or spec.context_length or facts.max_position_embeddings or 4096
+    if facts.max_position_embeddings and session_len > facts.max_position_embeddings:
+        notes.append(f"session_len {session_len} exceeds the checkpoint's max_position_embeddings "
+                     f"{facts.max_position_embeddings}")
+    max_batch = opts.max_batch_size or max(1, max_concurrency)
+
+    weights_per_gpu = facts.llm_weight_bytes / tp + (facts.vision_weight_bytes if v1 else facts.vision_weight_bytes / tp)
+    reserve = RUNTIME_RESERVE + (VISION_RESERVE if v1 else 0)
+    free_after_weights = gpus.free_bytes - weights_per_gpu  # what TurboMind sees when it sizes the cache
+    budget = free_after_weights - reserve
+    if budget <= 0:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"the weights need {weights_per_gpu / GiB:.1f} GiB per GPU "
+                           f"(+{reserve / GiB:.1f} GiB runtime) but only {gpus.free_bytes / GiB:.1f} GiB are free "
+                           f"on {gpus.name}; raise --tp")
+
+    quant = opts.quant_policy
+    if quant is None:
+        quant = 0
+        wanted = min(max_batch, MIN_FULL_SESSIONS) * session_len
+        if budget < wanted * kv_bytes_per_token(facts, tp, 0):
+            quant = 8
+            notes.append(f"int8 KV cache (quant_policy 8): bf16 KV for {MIN_FULL_SESSIONS} sessions of "
+                         f"{session_len} tokens does not fit in {budget / GiB:.1f} GiB")
+    per_token = kv_bytes_per_token(facts, tp, quant)
+    if budget < session_len * per_token:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"not enough GPU memory for one session of {session_len} tokens "
+                           f"({session_len * per_token / GiB:.1f} GiB of KV cache, {budget / GiB:.1f} GiB left); "
+                           "lower session_len, raise --tp or quantise the KV cache")
+
+    ratio = opts.cache_max_entry_count
+    if ratio is None:
+        needed = max_batch * session_len * per_token
+        ratio = min(needed, budget) / free_after_weights
+        ratio = round(min(0.9, max(ratio, 0.05)), 4)
+    cache_budget = int(ratio * free_after_weights)
+    if cache_budget < max_batch * session_len * per_token:
+        notes.append(f"KV cache holds {cache_budget / per_token:.0f} tokens, less than max_batch_size x "
+                     f"session_len; long concurrent sessions will queue")
+    return ResolvedTurbomind(tp=tp, devices=list(range(tp)), dtype=dtype, session_len=session_len,
+                             max_batch_size=max_batch, cache_max_entry_count=ratio, enable_prefix_caching=prefix,
+                             quant_policy=quant, language_model_only=v1, kv_bytes_per_token=per_token,
+                             kv_budget_bytes=cache_budget, notes=tuple(notes))
+
+
+def engine_config(resolved: ResolvedTurbomind) -> TurbomindEngineConfig:
+    from lmdeploy import TurbomindEngineConfig
+
+    return TurbomindEngineConfig(
+        dtype=resolved.dtype, tp=resolved.tp, devices=list(resolved.devices), session_len=resolved.session_len,
+        max_batch_size=resolved.max_batch_size, cache_max_entry_count=resolved.cache_max_entry_count,
+        enable_prefix_caching=resolved.enable_prefix_caching, quant_policy=resolved.quant_policy,
+        language_model_only=resolved.language_model_only,
+        enable_metrics=False,  # our worker reports its own load; lmdeploy's metrics task is not needed
+    )
+
+
+# lmdeploy's registered templates that are byte-identical to ours (same markers, same trimming); other families
+# get lmdeploy's plain template with every marker spelled out.
+_LMDEPLOY_NAMES = {"Hermes-2": "llava-chatml", "internvl_zh": "internvl-zh"}
+
+
+def chat_template_config(spec: ModelSpec) -> ChatTemplateConfig:
+    """The family's template (workers.prompts.templates, the one source of prompt bytes) as lmdeploy's config.
+
+    Our worker renders prompts itself and hands TurboMind token ids, so lmdeploy uses this only for its stop words;
+    it is still complete, so lmdeploy never falls back to guessing from the tokenizer or the folder name."""
+    from lmdeploy import ChatTemplateConfig
+
+    from workers.prompts.templates import get_template
+
+    try:
+        tpl = get_template(spec.template)
+    except ValueError as exc:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {exc}") from exc
+    none = spec.system_message is None  # lmdeploy drops None fields: empty markers render no system block
+    return ChatTemplateConfig(
+        model_name=_LMDEPLOY_NAMES.get(tpl.name, "base"), system="" if none else tpl.system_start,
+        meta_instruction="" if none else spec.system_message, eosys="" if none else tpl.system_end,
+        user=tpl.user_start, eoh=tpl.user_end, assistant=tpl.assistant_start, eoa=tpl.assistant_end, separator="",
+        stop_words=list(dict.fromkeys([*tpl.stop_words, *spec.stop_words])))
+
+
+def generation_config(sampling: SamplingParams, *, max_new_tokens: int, ignore_eos: bool = False) -> GenerationConfig:
+    """Our sampling parameters as lmdeploy's. Stop *strings* are matched by the engine on the text stream (lmdeploy
+    only stops on single tokens); the template's stop tokens come from the chat template config."""
+    from lmdeploy import GenerationConfig
+
+    greedy = sampling.temperature <= 0 or sampling.top_k == 1
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=min(max(sampling.temperature, 0.0), 2.0),
+        top_p=sampling.top_p, top_k=sampling.top_k or 0, repetition_penalty=sampling.repetition_penalty,
+        random_seed=sampling.seed, ignore_eos=ignore_eos, skip_special_tokens=True)

@@ -1,0 +1,165 @@
+"""From an OpenAI chat request to the engine's GenerationRequest: fetch and decode media, tile within budget,
+build the family's prompt with each image expanded to its tokens, and map the sampling fields.
+
+Prompt conventions (InternVL model cards): a message's images and videos come before its text, as in training
+('<image>\\nquestion'); with more than one image in the conversation each is labelled 'Image-k: <image>\\n', k counted
+across the whole conversation; a video becomes 'Frame1: <image>\\nFrame2: <image>\\n...', one tile per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.errors import ErrorCode, ServingError
+from common.protocol import ChatCompletionRequest, ImagePart, TextPart, VideoPart
+from workers.engines.base import GenerationRequest, SamplingParams
+from workers.media import fetch_media
+from workers.model_spec import ModelSpec
+from workers.prompts.templates import get_template, image_placeholder
+from workers.settings import MediaLimits
+from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
+from workers.vision.images import decode_image
+from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
+from workers.vision.video import decode_video
+
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class _Media:
+    part: ImagePart | VideoPart
+    label: str
+    max_tiles: int = 1  # images: grid tile budget; videos: unused (1 tile per frame)
+    num_frames: int = 0
+
+
+async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits,
+                             request_id: str) -> GenerationRequest:
+    system, turns, media = _parse_messages(req, spec, limits)
+    datas = await asyncio.gather(*(fetch_media(_url(m.part), limits, m.label) for m in media))
+    tiles = await asyncio.gather(*(asyncio.to_thread(_to_tiles, m, data, spec, limits)
+                                   for m, data in zip(media, datas, strict=True)))
+    counts = [t.shape[0] for t in tiles]
+    check_image_tokens_fit(spec, sum(counts))
+
+    expanded = iter(_expand(spec, m, n) for m, n in zip(media, counts, strict=True))
+    rendered = [(role, "".join(next(expanded) if piece is None else piece for piece in pieces))
+                for role, pieces in turns]
+    prompt = get_template(spec.template).render(system, rendered)
+
+    pixel_values = None
+    if tiles:
+        mean = tuple(spec.extra.get("image_mean", IMAGENET_MEAN))
+        std = tuple(spec.extra.get("image_std", IMAGENET_STD))
+        pixel_values = normalize(np.concatenate(tiles, axis=0), mean, std)
+    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
+                             num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
+
+
+def _url(part: ImagePart | VideoPart) -> str:
+    return part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
+
+
+def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits):
+    """-> (system, turns, media). A turn is (role, pieces); a piece is text, or None where a media item's
+    expansion goes (media listed in prompt order)."""
+    system = spec.system_message
+    turns: list[tuple[str, list[str | None]]] = []
+    media: list[_Media] = []
+    user_indices = [i for i, m in enumerate(req.messages) if m.role == "user"]
+    if not user_indices or req.messages[-1].role != "user":
+        raise ServingError(ErrorCode.INVALID_REQUEST, "the last message must be a user message")
+    newest = user_indices[-1]
+    total_images = sum(isinstance(p, ImagePart) for m in req.messages if not isinstance(m.content, str)
+                       for p in m.content)
+    image_no = 0
+    for i, msg in enumerate(req.messages):
+        parts = [TextPart(type="text", text=msg.content)] if isinstance(msg.content, str) else msg.content
+        texts = [p.text for p in parts if isinstance(p, TextPart)]
+        visual = [p for p in parts if not isinstance(p, TextPart)]
+        if msg.role != "user" and visual:
+            raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1} ({msg.role}) contains an image or "
+                               "video; only user messages may carry media", param=f"messages[{i}]")
+        if msg.role == "system":
+            if i != 0:
+                raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1}: a system message must come first",
+                                   param=f"messages[{i}]")
+            system = "".join(texts)
+            continue
+        _refuse_image_markup(spec, texts, i)
+        pieces: list[str | None] = []
+        first = len(media)
+        for part in visual:
+            if isinstance(part, ImagePart):
+                image_no += 1
+                media.append(_Media(part, f"image {image_no} (message {i + 1})"))
+                pieces.append(f"Image-{image_no}: " if total_images > 1 else "")
+            else:
+                frames = part.video_url.num_frames or req.num_frames or limits.default_num_frames
+                media.append(_Media(part, f"video in message {i + 1}", num_frames=frames))
+            pieces.append(None)
+        turns.append((msg.role, pieces + texts))
+        if i == newest:
+            _assign_budgets(spec, req, [m for m in media[first:] if isinstance(m.part, ImagePart)])
+    if len(media) > limits.max_images_per_request:
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation has {len(media)} images/videos; this "
+                           f"server accepts at most {limits.max_images_per_request} per request")
+    return system, turns, media
+
+
+def _assign_budgets(spec: ModelSpec, req: ChatCompletionRequest, newest_images: list[_Media]) -> None:
+    own = [m.part.image_url.max_dynamic_patch for m in newest_images]
+    for m, budget in zip(newest_images, newest_turn_budgets(spec, own, req.max_tiles), strict=True):
+        m.max_tiles = budget
+
+
+def _refuse_image_markup(spec: ModelSpec, texts: list[str], index: int) -> None:
+    for marker in (spec.image_token, spec.image_start, spec.image_end):
+        if any(marker in t for t in texts):
+            raise ServingError(ErrorCode.INVALID_REQUEST, f"message {index + 1} contains the reserved image marker "
+                               f"{marker!r} in its text; send images as image_url parts", param=f"messages[{index}]")
+
+
+def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits) -> np.ndarray:
+    """Runs in a worker thread: decode + tile one media item -> uint8 [N, S, S, 3]."""
+    from PIL import Image
+
+    size = spec.image_size
+    if isinstance(m.part, VideoPart):
+        v = m.part.video_url
+        frames = decode_video(data, limits, m.num_frames, v.start, v.end, m.label)
+        return np.concatenate([square_tile(Image.fromarray(f), size) for f in frames], axis=0)
+    image = decode_image(data, limits, m.label)
+    if not spec.dynamic:
+        return square_tile(image, size)
+    return cut_tiles(image, tile_size=size, min_tiles=min(spec.min_tiles, m.max_tiles), max_tiles=m.max_tiles,
+                     use_thumbnail=spec.use_thumbnail)
+
+
+def _expand(spec: ModelSpec, m: _Media, tile_count: int) -> str:
+    def one(tiles: int) -> str:
+        return image_placeholder(spec.image_start, spec.image_token, spec.image_end, tiles * spec.tokens_per_tile)
+
+    if isinstance(m.part, VideoPart):
+        return "".join(f"Frame{k}: {one(1)}\n" for k in range(1, tile_count + 1))
+    return f"{one(tile_count)}\n"
+
+
+def _tiles_per_image(media: list[_Media], counts: list[int]) -> list[int]:
+    """Engines see one entry per <img>...</img> block: a video contributes one per frame."""
+    out: list[int] = []
+    for m, n in zip(media, counts, strict=True):
+        out.extend([1] * n if isinstance(m.part, VideoPart) else [n])
+    return out
+
+
+def _sampling(req: ChatCompletionRequest, spec: ModelSpec) -> SamplingParams:
+    stops = list(req.stop or [])
+    stops += [s for s in spec.stop_words if s not in stops]
+    return SamplingParams(max_new_tokens=req.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, temperature=req.temperature,
+                          top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty,
+                          stop=tuple(stops), seed=req.seed)
+

@@ -1,0 +1,83 @@
+"""Decode one uploaded image into a clean RGB PIL image, or refuse it with a ServingError that says why.
+
+Sanitising: EXIF orientation applied; palette, alpha, CMYK, 16-bit and float modes converted to 8-bit RGB
+(transparency composited over white, what a viewer shows); decompression bombs and truncated files refused.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from common.errors import ErrorCode, ServingError
+from workers.settings import MediaLimits
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Image.Image:
+    """`label` names the image in error messages (e.g. "image 2 (message 3)")."""
+    if len(data) > limits.max_media_bytes:
+        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE,
+                           f"{label} is {_mb(len(data))}; the limit is {_mb(limits.max_media_bytes)}")
+    if not data:
+        raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} is empty (0 bytes)")
+    # lmdeploy sets this global to True when its vision module is imported; truncated uploads must still fail here.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > limits.max_image_pixels:
+                raise ServingError(ErrorCode.INVALID_IMAGE,
+                                   f"{label} is {width}x{height} = {width * height:,} pixels; the limit is "
+                                   f"{limits.max_image_pixels:,} (decompression-bomb guard)")
+            img.load()
+    except ServingError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ServingError(ErrorCode.INVALID_IMAGE,
+                           f"{label} is not an image format we can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} is truncated or corrupt: {exc}") from exc
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not cost the user the image; orientation then stays as stored
+        pass
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_MODES:
+        return Image.fromarray(_wide_to_u8(np.asarray(img)), "L").convert("RGB")
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # P, L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _wide_to_u8(arr: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit int / float) greyscale -> 8-bit. PIL's own convert clips at 255 (a mostly white image)."""
+    a = arr.astype(np.float64)
+    if arr.dtype.kind == "f":
+        top = 1.0 if a.max(initial=0.0) <= 1.0 else a.max()
+    elif arr.dtype.itemsize == 2:  # I;16*: the full 16-bit range, whatever this image happens to use
+        top = 65535.0
+    else:  # 32-bit "I": usually 8- or 16-bit data widened by the decoder
+        top = 255.0 if a.max(initial=0) <= 255 else 65535.0 if a.max() <= 65535 else float(a.max())
+    return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)

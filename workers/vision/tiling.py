@@ -1,0 +1,81 @@
+"""InternVL dynamic tiling: pick a tile grid, resize once, cut tiles, add a thumbnail, normalise the batch.
+
+The grid rule is the one InternVL 1.5+ was trained with (model card `dynamic_preprocess`): the grid (cols, rows)
+whose aspect ratio is closest to the image's, among all grids with min_tiles <= cols*rows <= max_tiles, visited in
+order of increasing tile count; on an exact tie the later (bigger) grid wins only while the image area exceeds half
+the grid's pixel area. Resizing is PIL bicubic, as in the model card, so pixels match the reference bit for bit.
+Unlike the model card we resize once and slice tiles out of one array, then normalise all tiles in one op.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=64)
+def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    """All (cols, rows) grids with min_tiles <= cols*rows <= max_tiles, by tile count.
+
+    Within one tile count the order is that of InternVL's reference (a Python set of int tuples, whose iteration
+    order is deterministic); it decides the rare exact ties between grids of equal size (see docs/preprocessing.md).
+    """
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles}, {max_tiles}")
+    grids = {(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
+             if min_tiles <= c * r <= max_tiles}
+    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+
+
+def choose_grid(width: int, height: int, min_tiles: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
+    """(cols, rows) of the tile grid for an image of width x height pixels."""
+    aspect = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * cols * rows:
+            best = (cols, rows)  # tie: take the bigger grid only while it is at most 2x the image area
+    return best
+
+
+def tile_count(width: int, height: int, min_tiles: int, max_tiles: int, tile_size: int, use_thumbnail: bool) -> int:
+    cols, rows = choose_grid(width, height, min_tiles, max_tiles, tile_size)
+    n = cols * rows
+    return n + 1 if use_thumbnail and n > 1 else n
+
+
+def cut_tiles(image: Image.Image, *, tile_size: int, min_tiles: int, max_tiles: int,
+              use_thumbnail: bool) -> np.ndarray:
+    """RGB image -> uint8 tiles [N, S, S, 3], row-major, thumbnail last (only when there are 2+ tiles)."""
+    cols, rows = choose_grid(image.width, image.height, min_tiles, max_tiles, tile_size)
+    resized = np.asarray(image.resize((cols * tile_size, rows * tile_size), Image.Resampling.BICUBIC))
+    # [rows*S, cols*S, 3] -> [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile (r, c) in row-major order.
+    tiles = resized.reshape(rows, tile_size, cols, tile_size, 3).swapaxes(1, 2).reshape(-1, tile_size, tile_size, 3)
+    if use_thumbnail and cols * rows > 1:
+        thumb = np.asarray(image.resize((tile_size, tile_size), Image.Resampling.BICUBIC))
+        tiles = np.concatenate([tiles, thumb[None]], axis=0)
+    return tiles
+
+
+def square_tile(image: Image.Image, tile_size: int) -> np.ndarray:
+    """One S x S tile of the whole image (fixed-size models, video frames): uint8 [1, S, S, 3]."""
+    return np.asarray(image.resize((tile_size, tile_size), Image.Resampling.BICUBIC))[None]
+
+
+def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> float32 [N, 3, S, S], (x/255 - mean) / std in the same float ops as torchvision's
+    ToTensor + Normalize, so the result equals the model card's tensors exactly."""
+    x = torch.from_numpy(np.require(tiles, requirements=["C", "W"])).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s).contiguous()
