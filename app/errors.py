@@ -12,8 +12,8 @@ _NEXT_STEP: dict[ErrorCode, str] = {
     ErrorCode.NO_WORKER: "Start a worker: `python -m workers --model-path PATH --controller-url URL`, then press ↻ "
                          "next to the model list.",
     ErrorCode.MODEL_NOT_FOUND: "Press ↻ next to the model list and pick a model that is served now.",
-    ErrorCode.CONTEXT_TOO_LONG: "Start a new chat (Clear), or use fewer images, fewer tiles per image or fewer frames "
-                                "per video (Settings).",
+    ErrorCode.CONTEXT_TOO_LONG: "Start a new chat (Clear), lower 'Max new tokens', or use fewer images, fewer tiles per "
+                                "image or fewer frames per video (Settings).",
     ErrorCode.INVALID_IMAGE: "Press Undo to get your message back, remove that image and try another file.",
     ErrorCode.INVALID_VIDEO: "Press Undo to get your message back, remove that video and try another file.",
     ErrorCode.UPLOAD_TOO_LARGE: "Press Undo to get your message back and use a smaller or shorter file.",

@@ -88,20 +88,20 @@ def create_app(settings: UISettings) -> gr.Blocks:
         controls = [stop, regen, undo, clear]
 
         def lock():
-            return gr.Button(interactive=True), *[gr.Button(interactive=False)] * 3
+            return gr.MultimodalTextbox(interactive=False), gr.Button(interactive=True), \
+                *[gr.Button(interactive=False)] * 3
 
         def unlock():
             return gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False), \
                 *[gr.Button(interactive=True)] * 3
 
         private = {"api_visibility": "private", "queue": False}
-        chat_step = box.submit(lock, None, controls, **private).then(
+        chat_step = box.submit(lock, None, [box, *controls], **private).then(
             handlers.chat, [box, chatbot, *params], [chatbot, box], api_name="chat", concurrency_limit=limit,
             concurrency_id="generate", show_progress="hidden")
         chat_step.then(unlock, None, [box, *controls], **private)
 
-        regen_step = regen.click(lock, None, controls, **private).then(
-            lambda: gr.MultimodalTextbox(interactive=False), None, box, **private).then(
+        regen_step = regen.click(lock, None, [box, *controls], **private).then(
             handlers.regenerate_chat, [chatbot, *params], chatbot, api_name="regenerate", concurrency_limit=limit,
             concurrency_id="generate", show_progress="hidden")
         regen_step.then(unlock, None, [box, *controls], **private)

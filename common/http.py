@@ -26,21 +26,57 @@ def error_response(err: ServingError) -> JSONResponse:
 
 
 def describe_validation(errors: Any) -> tuple[ErrorCode, str, str | None]:
-    errors = list(errors)
+    errors = _drop_other_branches(list(errors))
     if any(e.get("type") == "json_invalid" for e in errors):
         return ErrorCode.INVALID_JSON, "the request body is not valid JSON", None
     parts = []
     for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        loc = _field_path(e)
         if e.get("type") == "extra_forbidden":
             parts.append(f"unknown field '{loc}'")
         elif e.get("type") == "union_tag_invalid":
             parts.append(f"{loc}: unsupported content part type {e.get('ctx', {}).get('tag')!r} "
                          "(expected 'text', 'image_url' or 'video_url')")
+        elif e.get("type") == "union_tag_not_found":
+            parts.append(f"{loc}: content part without a 'type' (expected 'text', 'image_url' or 'video_url')")
         else:
             parts.append(f"{loc or 'body'}: {e.get('msg')}")
-    first = ".".join(str(x) for x in errors[0].get("loc", ()) if x != "body") if errors else None
+    first = _field_path(errors[0]) if errors else None
     return ErrorCode.INVALID_REQUEST, "invalid request: " + "; ".join(parts), first or None
+
+
+def _field_path(error: dict) -> str:
+    """The field as the client wrote it: pydantic's union branch names ('str', 'list[tagged-union[...]]') and the
+    discriminator tag it repeats after a list index are its own bookkeeping, not the client's field names."""
+    out: list[str] = []
+    tag_next = in_union = False
+    for x in error.get("loc", ()):
+        if x == "body" or (isinstance(x, str) and ("[" in x or x in _BRANCHES)):
+            in_union = in_union or "tagged-union[" in str(x)
+            continue
+        if tag_next and isinstance(x, str):  # the tag tagged-union inserts after the index
+            tag_next = False
+            continue
+        tag_next = in_union and isinstance(x, int)
+        in_union = False
+        out.append(str(x))
+    return ".".join(out)
+
+
+_BRANCHES = {"str", "int", "float", "list", "dict", "bool", "none"}
+
+
+def _drop_other_branches(errors: list[dict]) -> list[dict]:
+    """`content: str | list[...]` sent as a list with a bad part fails both branches; the 'should be a valid string'
+    half is noise next to the list branch's real complaint, so it goes when a deeper error names the same field."""
+    deep = {tuple(e.get("loc", ())[:-1]) for e in errors if len(e.get("loc", ())) > 1}
+
+    def noise(e: dict) -> bool:
+        loc = tuple(e.get("loc", ()))
+        return (e.get("type") == "string_type" and bool(loc) and loc[-1] == "str"
+                and any(len(d) >= len(loc) and d[:len(loc) - 1] == loc[:-1] and d != loc[:-1] for d in deep))
+
+    return [e for e in errors if not noise(e)] or errors
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -115,7 +115,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope.get("path", "")
-            if path not in ("/health", "/metrics"):  # probes would drown the useful lines
+            if path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
                 access_log.info("%s %s %d", scope.get("method"), path, status,
                                 extra={"status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1)})
             request_id_var.reset(token)

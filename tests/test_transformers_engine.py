@@ -232,3 +232,15 @@ def test_native_layout_covers_every_parameter_of_the_real_model(engine):
     assert all(name in modules for name in device_map)
     for param_name, _ in model.named_parameters():
         assert any(param_name.startswith(prefix + ".") for prefix in device_map), param_name
+
+
+@pytest.mark.gpu
+async def test_streams_on_gpu_in_bfloat16(demo_checkpoint):
+    eng = TransformersEngine(WorkerSettings(model_path=str(demo_checkpoint), controller_url=None), demo_spec())
+    await eng.start()
+    try:
+        assert eng._loaded.input_device.type == "cuda" and eng._loaded.dtype == torch.bfloat16
+        text, finish, deltas = await collect(eng.generate(make_request(max_new_tokens=16)))
+        assert deltas >= 1 and finish.completion_tokens >= 1
+    finally:
+        await eng.stop()

@@ -108,7 +108,7 @@ def test_unknown_model_gets_a_readable_error_and_the_chat_stays_usable(client):
 
 
 def test_cancelling_a_long_answer_aborts_it_on_the_worker(client, ui_stack):
-    job = client.submit({"text": "Tell me a long story", "files": []}, [], "internvl-scripted", "", 0.7, 0.9, 4096,
+    job = client.submit({"text": "Tell me a long story", "files": []}, [], "internvl-scripted", "", 0.7, 0.9, 1024,
                         1.0, 2, 4, api_name="/chat")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(text_of((job.outputs() or [[[{"content": []}]]])[-1][0][-1])) < 60:
@@ -122,4 +122,4 @@ def test_cancelling_a_long_answer_aborts_it_on_the_worker(client, ui_stack):
         if sum(w["in_flight"] for w in workers) == 0:
             break
         time.sleep(0.1)
-    assert sum(w["in_flight"] for w in workers) == 0, workers  # 2000 tokens at 40/s would take 50 s
+    assert sum(w["in_flight"] for w in workers) == 0, workers  # 1024 tokens at 40/s would take 25 s

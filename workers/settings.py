@@ -53,6 +53,18 @@ class WorkerSettings(BaseSettings):
     max_images_per_request: int = Field(MediaLimits.max_images_per_request, ge=1, le=256)
     default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)
     allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
+    turbomind_session_len: int | None = Field(None, ge=16, description="TurboMind: longest prompt + answer in "
+                                              "tokens; default: the checkpoint's context length")
+    turbomind_cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="TurboMind: share of free "
+                                                          "GPU memory (after weights) for the KV cache; default: what "
+                                                          "max_batch_size full sessions need, at most 0.9")
+    turbomind_max_batch_size: int | None = Field(None, ge=1, le=4096, description="TurboMind: sequences decoded "
+                                                 "together; default: max_concurrency")
+    turbomind_enable_prefix_caching: bool | None = Field(None, description="TurboMind: reuse KV of shared prompt "
+                                                         "prefixes; default on for v2 checkpoints, refused for v1")
+    turbomind_quant_policy: Literal[0, 4, 8] | None = Field(None, description="TurboMind KV cache quantisation: 0 "
+                                                            "none, 8 int8, 4 int4; default 0, or 8 when fewer than "
+                                                            "4 full sessions fit")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")
 

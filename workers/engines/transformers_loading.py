@@ -102,6 +102,9 @@ def load_model(settings: WorkerSettings, spec: ModelSpec) -> LoadedModel:
     dtype = resolve_dtype(settings.dtype, device)
     if settings.load_in_8bit and device != "cuda":
         raise ServingError(ErrorCode.ENGINE_ERROR, "load_in_8bit needs a CUDA GPU (bitsandbytes)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server log is no terminal
     try:
         if spec.checkpoint_format == "remote_code":
             model, tokenizer = _load_remote_code(path, spec, settings, device, dtype)

@@ -9,7 +9,8 @@ Unlike the model card we resize once and slice tiles out of one array, then norm
 
 from __future__ import annotations
 
-from functools import lru_cache
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -57,18 +58,35 @@ def cut_tiles(image: Image.Image, *, tile_size: int, min_tiles: int, max_tiles: 
               use_thumbnail: bool) -> np.ndarray:
     """RGB image -> uint8 tiles [N, S, S, 3], row-major, thumbnail last (only when there are 2+ tiles)."""
     cols, rows = choose_grid(image.width, image.height, min_tiles, max_tiles, tile_size)
+    thumb = None
+    if use_thumbnail and cols * rows > 1:
+        # Both resizes read the whole source and dominate the cost; PIL releases the GIL, so run them side by side.
+        thumb = _resize_pool().submit(image.resize, (tile_size, tile_size), Image.Resampling.BICUBIC)
     resized = np.asarray(image.resize((cols * tile_size, rows * tile_size), Image.Resampling.BICUBIC))
     # [rows*S, cols*S, 3] -> [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile (r, c) in row-major order.
     tiles = resized.reshape(rows, tile_size, cols, tile_size, 3).swapaxes(1, 2).reshape(-1, tile_size, tile_size, 3)
-    if use_thumbnail and cols * rows > 1:
-        thumb = np.asarray(image.resize((tile_size, tile_size), Image.Resampling.BICUBIC))
-        tiles = np.concatenate([tiles, thumb[None]], axis=0)
+    if thumb is not None:
+        tiles = np.concatenate([tiles, np.asarray(thumb.result())[None]], axis=0)
     return tiles
+
+
+@cache
+def _resize_pool() -> ThreadPoolExecutor:
+    """Created on first use (never at import); shared by all requests."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="thumbnail")
 
 
 def square_tile(image: Image.Image, tile_size: int) -> np.ndarray:
     """One S x S tile of the whole image (fixed-size models, video frames): uint8 [1, S, S, 3]."""
     return np.asarray(image.resize((tile_size, tile_size), Image.Resampling.BICUBIC))[None]
+
+
+def square_tiles_of_frames(frames: np.ndarray, tile_size: int) -> np.ndarray:
+    """Video frames uint8 [N, H, W, 3] -> one S x S tile each [N, S, S, 3]; resized in parallel (PIL drops the GIL)."""
+    def one(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(frame).resize((tile_size, tile_size), Image.Resampling.BICUBIC))
+
+    return np.stack(list(_resize_pool().map(one, frames)))
 
 
 def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
