@@ -8,6 +8,7 @@ closes the HTTP stream, which the controller relays to the worker as an abort.
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import tempfile
 import time
 import uuid
@@ -52,7 +53,9 @@ class ChatHandlers:
                 media_kind(path)
             except ServingError as err:
                 raise gr.Error(err.message, duration=8) from None
-        content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p}} for p in files]
+        # mime_type makes the Chatbot show an image or a video player instead of a download link
+        content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
+                                         for p in files]
         if text:
             content.append({"type": "text", "text": to_display(text)})
         history = list(history or []) + [{"role": "user", "content": content}]
@@ -172,7 +175,7 @@ class ChatHandlers:
             return None
         out = draw_boxes(image, boxes, self.work_dir / f"grounding-{uuid.uuid4().hex[:12]}.png")
         labels = ", ".join(dict.fromkeys(b.label for b in boxes if b.label)) or f"{len(boxes)} boxes"
-        return {"role": "assistant", "content": [{"type": "file", "file": {"path": str(out)}}],
+        return {"role": "assistant", "content": [{"type": "file", "file": {"path": str(out), "mime_type": "image/png"}}],
                 "metadata": {"title": f"Boxes: {labels}", "id": NOTE_GROUNDING}}
 
     async def _log_turn(self, request, turn, model, params, history, system_prompt, answer, outcome,

@@ -92,12 +92,16 @@ def test_tight_memory_switches_to_int8_kv_and_explicit_options_win():
     assert (r.session_len, r.cache_max_entry_count, r.max_batch_size, r.quant_policy) == (2048, 0.5, 64, 4)
 
 
-def test_options_are_read_from_settings_when_present():
-    settings = WorkerSettings(model_path="/x")
-    assert tc.TurbomindOptions.from_settings(settings) == tc.TurbomindOptions()
-    extended = type("S", (), {"turbomind_session_len": 8192, "turbomind_quant_policy": 8})()
-    opts = tc.TurbomindOptions.from_settings(extended)
-    assert (opts.session_len, opts.quant_policy, opts.max_batch_size) == (8192, 8, None)
+def test_options_come_from_worker_flags_and_environment(monkeypatch):
+    from pydantic_settings import CliApp
+
+    assert WorkerSettings(model_path="/x").turbomind == tc.TurbomindOptions()
+    parsed = CliApp.run(WorkerSettings, cli_args=["--model-path", "/x", "--turbomind.session-len", "8192",
+                                                  "--turbomind.quant-policy", "8"])
+    assert (parsed.turbomind.session_len, parsed.turbomind.quant_policy, parsed.turbomind.max_batch_size) == \
+        (8192, 8, None)
+    monkeypatch.setenv("INTERNVL_WORKER_TURBOMIND__MAX_BATCH_SIZE", "64")
+    assert WorkerSettings(model_path="/x").turbomind.max_batch_size == 64
 
 
 def test_checkpoint_facts_split_vision_and_llm_bytes(v1_checkpoint):

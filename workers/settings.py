@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,10 +23,34 @@ class MediaLimits:
     remote_timeout_s: float = 10.0
 
 
+class TurbomindOptions(BaseModel):
+    """TurboMind knobs a worker exposes; None means "derive from the checkpoint and the GPUs' memory"."""
+
+    session_len: int | None = Field(None, ge=16, description="longest prompt + answer in tokens; "
+                                    "default: the checkpoint's context length")
+    cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="share of free GPU memory (after "
+                                                "weights) for the KV cache; default: what max_batch_size full "
+                                                "sessions need, at most 90%")
+    max_batch_size: int | None = Field(None, ge=1, le=4096, description="sequences decoded together; "
+                                       "default: the worker's max_concurrency")
+    enable_prefix_caching: bool | None = Field(None, description="reuse KV blocks of shared prompt prefixes; "
+                                               "default: on when TurboMind runs the vision tower itself, off "
+                                               "(and refused) for ps_version v1 checkpoints")
+    quant_policy: int | None = Field(None, description="KV cache quantisation: 0 none, 8 int8, 4 int4; "
+                                     "default: 0, or 8 when fewer than 4 full sessions fit")
+
+    @field_validator("quant_policy")
+    @classmethod
+    def _known_policy(cls, v: int | None) -> int | None:
+        if v not in (None, 0, 4, 8):
+            raise ValueError("quant_policy is 0 (none), 8 (int8) or 4 (int4)")
+        return v
+
+
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTERNVL_WORKER_", cli_parse_args=False, cli_kebab_case=True,
                                       cli_prog_name="python -m workers", cli_implicit_flags=True,
-                                      protected_namespaces=())
+                                      env_nested_delimiter="__", protected_namespaces=())
 
     model_path: str = Field(description="checkpoint folder (transformers-native or remote-code InternVL)")
     model_name: str | None = Field(None, description="id served in /v1/models; default: the checkpoint's folder name")
@@ -53,18 +77,8 @@ class WorkerSettings(BaseSettings):
     max_images_per_request: int = Field(MediaLimits.max_images_per_request, ge=1, le=256)
     default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)
     allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
-    turbomind_session_len: int | None = Field(None, ge=16, description="TurboMind: longest prompt + answer in "
-                                              "tokens; default: the checkpoint's context length")
-    turbomind_cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="TurboMind: share of free "
-                                                          "GPU memory (after weights) for the KV cache; default: what "
-                                                          "max_batch_size full sessions need, at most 0.9")
-    turbomind_max_batch_size: int | None = Field(None, ge=1, le=4096, description="TurboMind: sequences decoded "
-                                                 "together; default: max_concurrency")
-    turbomind_enable_prefix_caching: bool | None = Field(None, description="TurboMind: reuse KV of shared prompt "
-                                                         "prefixes; default on for v2 checkpoints, refused for v1")
-    turbomind_quant_policy: Literal[0, 4, 8] | None = Field(None, description="TurboMind KV cache quantisation: 0 "
-                                                            "none, 8 int8, 4 int4; default 0, or 8 when fewer than "
-                                                            "4 full sessions fit")
+    turbomind: TurbomindOptions = Field(default_factory=TurbomindOptions,
+                                        description="TurboMind engine knobs (--turbomind.session-len ...)")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")
 

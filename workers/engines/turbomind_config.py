@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from common.errors import ErrorCode, ServingError
 from workers.engines.base import SamplingParams
 from workers.model_spec import ModelSpec
+from workers.settings import TurbomindOptions
 
 if TYPE_CHECKING:
     from lmdeploy import ChatTemplateConfig, GenerationConfig, TurbomindEngineConfig
@@ -34,28 +35,6 @@ VISION_RESERVE = int(1.0 * GiB)
 # Below this many full-length sessions of fp16/bf16 KV cache, the default switches to int8 KV (quant_policy 8).
 MIN_FULL_SESSIONS = 4
 KV_BYTES = {0: 2.0, 8: 1.0, 4: 0.5}  # bytes per cached element by quant_policy
-
-
-class TurbomindOptions(BaseModel):
-    """TurboMind knobs a worker exposes; None means "derive from the checkpoint and the GPUs' memory"."""
-
-    session_len: int | None = Field(None, ge=16, description="longest prompt + answer in tokens; "
-                                    "default: the checkpoint's context length")
-    cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="share of free GPU memory (after "
-                                                "weights) for the KV cache; default: what max_batch_size full "
-                                                "sessions need, at most 90%")
-    max_batch_size: int | None = Field(None, ge=1, le=4096, description="sequences decoded together; "
-                                       "default: the worker's max_concurrency")
-    enable_prefix_caching: bool | None = Field(None, description="reuse KV blocks of shared prompt prefixes; "
-                                               "default: on when TurboMind runs the vision tower itself, off "
-                                               "(and refused) for ps_version v1 checkpoints")
-    quant_policy: Literal[0, 4, 8] | None = Field(None, description="KV cache quantisation: 0 none, 8 int8, 4 int4; "
-                                                  "default: 0, or 8 when fewer than 4 full sessions fit")
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> TurbomindOptions:
-        """Read the fields from WorkerSettings when it has them (named `turbomind_<field>`), else defaults."""
-        return cls(**{name: getattr(settings, f"turbomind_{name}", None) for name in cls.model_fields})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from common.errors import ErrorCode, ServingError
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
-from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind, TurbomindOptions,
+from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
 
@@ -139,7 +139,7 @@ class TurbomindEngine(Engine):
         self.spec = spec
         self.model_path = str(settings.model_path)
         self.model_id = settings.model_name or Path(self.model_path).name
-        self.options = TurbomindOptions.from_settings(settings)
+        self.options = settings.turbomind
         self.ignore_eos = False  # benchmarks set it for fixed-length outputs
         self.resolved: ResolvedTurbomind | None = None
         self._pipe = None  # lmdeploy AsyncEngine
