@@ -163,93 +163,28 @@ ensure_venv() {  # $@: requirement files; a stamp named after their hash skips t
   say "Requirements installed"
 }
 
+ensure_chromium() {  # the browser tests drive Debian's Chromium (Playwright's own download is not reachable)
+  command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1 && return
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "Installing Chromium for the browser tests (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+  else
+    say "Chromium is missing, so the browser tests will be skipped: sudo apt-get install -y chromium"
+  fi
+}
+
 if [[ $MODE == test ]]; then
   ensure_venv requirements.txt requirements-test.txt
+  ensure_chromium
   say "Running the tests: pytest ${PASS[*]}"
   exec "$PY" -m pytest "${PASS[@]}"
 fi
 ensure_venv requirements.txt
 
-# ----------------------------------------------------------------------------- processes: start, watch, stop
-
-PIDS=() NAMES=() LOGS=() HELPER=""
-STOPPING=0
-OUT_FILE=$(mktemp)
-
-cleanup() {
-  local rc=$? i alive
-  ((STOPPING)) && return
-  STOPPING=1
-  trap '' INT TERM
-  if [[ -n $HELPER ]]; then kill "$HELPER" 2>/dev/null || true; fi
-  rm -f "$OUT_FILE"
-  if ((${#PIDS[@]})); then
-    say "Stopping ${NAMES[*]}"
-    for i in "${!PIDS[@]}"; do kill -TERM -- "-${PIDS[i]}" 2>/dev/null || true; done
-    for _ in $(seq 1 60); do  # up to 15 s for graceful shutdown (workers unregister, engines free the GPUs)
-      alive=0
-      for i in "${!PIDS[@]}"; do if kill -0 -- "-${PIDS[i]}" 2>/dev/null; then alive=1; fi; done
-      ((alive)) || break
-      sleep 0.25
-    done
-    for i in "${!PIDS[@]}"; do kill -KILL -- "-${PIDS[i]}" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() {  # NAME ENV_ASSIGNMENTS... -- COMMAND...: its own session and process group, output to logs/NAME.log
-  local name=$1 log="$LOG_DIR/$1.log" envs=()
-  shift
-  while [[ $1 != -- ]]; do envs+=("$1"); shift; done
-  shift
-  if [[ -f $log ]]; then mv -f "$log" "$log.1"; fi
-  setsid env PYTHONUNBUFFERED=1 "${envs[@]}" "$@" >"$log" 2>&1 </dev/null &
-  PIDS+=($!) NAMES+=("$name") LOGS+=("$log")
-}
-
-run_helper() {  # a foreground helper that a signal can still interrupt (bash defers traps while a child runs)
-  "$@" &
-  HELPER=$!
-  local rc=0
-  wait "$HELPER" || rc=$?
-  HELPER=""
-  return "$rc"
-}
-
-wait_healthy() {  # NAME URL [NAME URL ...] for services started with `start`
-  local args=() i
-  while (($#)); do
-    for i in "${!NAMES[@]}"; do
-      if [[ ${NAMES[i]} == "$1" ]]; then args+=(--service "$1" "$2" "${PIDS[i]}" "${LOGS[i]}"); fi
-    done
-    shift 2
-  done
-  run_helper "$PY" -m scripts.wait_healthy "${args[@]}" --timeout "${INTERNVL_START_TIMEOUT:-900}" || exit 1
-}
-
-watch() {  # until a signal, or until one of the services dies (then stop the rest and fail)
-  local i
-  while true; do
-    wait -n "${PIDS[@]}" || true
-    for i in "${!PIDS[@]}"; do
-      if ! kill -0 "${PIDS[i]}" 2>/dev/null; then
-        printf 'error: %s stopped unexpectedly; last lines of %s:\n' "${NAMES[i]}" "${LOGS[i]}" >&2
-        tail -n 20 "${LOGS[i]}" >&2 || true
-        exit 1
-      fi
-    done
-  done
-}
-
-port_free() {
-  if (: <>"/dev/tcp/$(local_host)/$1") 2>/dev/null; then
-    die "port $1 is already in use (another launch.sh running?); choose another with $2"
-  fi
-}
+# Processes: each in its own session and process group, watched, and all stopped on exit (scripts/processes.sh).
+# shellcheck source=scripts/processes.sh
+source "$ROOT/scripts/processes.sh"
 
 shown_host() {  # what to print in URLs
   case "$HOST" in 0.0.0.0 | "::") hostname -I 2>/dev/null | awk '{print $1}' || echo "$HOST" ;; *) echo "$HOST" ;; esac
@@ -358,7 +293,8 @@ case "$MODE" in
     start_ui "$controller"
     mapfile -t health < <(worker_health_args)
     wait_healthy "${health[@]}" ui "http://$(local_host):$UI_PORT/"
-    ready "Web UI:" "http://$(shown_host):$UI_PORT" "API:" "http://$(shown_host):$CONTROLLER_PORT/v1  (OpenAI-compatible)" \
+    ready "Web UI:" "http://$(shown_host):$UI_PORT" \
+      "API:" "http://$(shown_host):$CONTROLLER_PORT/v1  (OpenAI-compatible)" \
       "Metrics:" "http://$(shown_host):$CONTROLLER_PORT/metrics"
     ;;
   controller)
@@ -376,7 +312,7 @@ case "$MODE" in
     if [[ -z $WORKER_URL ]]; then
       case "$HOST" in
         127.0.0.1 | localhost) WORKER_URL="http://127.0.0.1" ;;
-        *) die "--host $HOST: also pass --worker-url http://ADDRESS:$WORKER_PORT with an address the controller can reach" ;;
+        *) die "--host $HOST: also pass --worker-url http://ADDRESS:$WORKER_PORT (an address the controller reaches)" ;;
       esac
     elif [[ $WORKER_URL =~ ^(https?://[^/]+):([0-9]+)$ ]]; then
       WORKER_URL=${BASH_REMATCH[1]} WORKER_PORT=${BASH_REMATCH[2]}

@@ -60,7 +60,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
             system_prompt = gr.Textbox(label=t("system_prompt"), placeholder=t("system_placeholder"), lines=2,
                                        max_lines=8)
             with gr.Accordion(t("sampling"), open=True):
-                temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"))
+                temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"), elem_id="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
                 max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label=t("max_new_tokens"))
                 repetition_penalty = gr.Slider(1.0, 1.5, value=1.05, step=0.01, label=t("repetition_penalty"))
@@ -68,7 +68,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
                 max_tiles = gr.Slider(1, 40, value=settings.default_max_tiles, step=1, label=t("max_tiles"))
                 num_frames = gr.Slider(1, 64, value=settings.default_num_frames, step=1, label=t("num_frames"))
 
-        chatbot = gr.Chatbot(label=t("chat_label"), elem_id="chat", scale=1, height="62vh", min_height=320,
+        chatbot = gr.Chatbot(label=t("chat_label"), show_label=False, elem_id="chat", scale=1, height="62vh", min_height=320,
                              latex_delimiters=LATEX, sanitize_html=True, render_markdown=True, allow_tags=False,
                              buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
                              placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
@@ -138,4 +138,5 @@ def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
     return {"server_name": settings.host, "server_port": settings.port, "share": settings.share,
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky"),
-            "css_paths": [STATIC / "style.css"], "allowed_paths": [str(EXAMPLES)], "show_error": True}
+            "css_paths": [STATIC / "style.css"], "js": (STATIC / "phone.js").read_text(),
+            "allowed_paths": [str(EXAMPLES)], "show_error": True}

@@ -7,16 +7,17 @@ above the engine, which is why no model is needed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 import psutil
 
@@ -98,25 +99,29 @@ class StreamResult:
     error: str | None = None
 
 
-async def stream_chat(client: httpx.AsyncClient, url: str, body: dict, keep_text: bool = False) -> StreamResult:
-    """POST a streaming chat and read it to the end marker. Any HTTP error, error event or missing end is an error."""
+async def stream_chat(http: aiohttp.ClientSession, url: str, body: dict, keep_text: bool = False) -> StreamResult:
+    """POST a streaming chat and read it to the end marker. Any HTTP error, error event or missing end is an error.
+    The load generator is aiohttp (installed with lmdeploy): its C parser keeps the client's own cost per token low,
+    so that the client is not what limits the figures."""
     out = StreamResult()
     start = time.perf_counter()
     try:
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                out.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+        async with http.post(url + "/v1/chat/completions", json=body) as response:
+            if response.status != 200:
+                out.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
                 return out
             done = False
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for raw in response.content:
+                if not raw.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
+                data = raw[5:].strip().decode()
                 if data == "[DONE]":
                     done = True
                     break
                 if data.startswith('{"error"'):
                     out.error = data[:300]
+                    continue
+                if '"content"' not in data:  # the finish and usage chunks carry no token
                     continue
                 if out.ttft is None:
                     out.ttft = time.perf_counter() - start
@@ -125,7 +130,7 @@ async def stream_chat(client: httpx.AsyncClient, url: str, body: dict, keep_text
                     out.text += _delta_text(data)
             if not done and out.error is None:
                 out.error = "stream ended without [DONE]"
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     out.total = time.perf_counter() - start
     return out
@@ -166,55 +171,42 @@ class Usage:
         return (self.rss_end_mb - self.rss_start_mb) / self.rss_start_mb if self.rss_start_mb else 0.0
 
 
-@dataclass
 class ProcSampler:
-    """Samples RSS of some processes in a background thread; `window()` brackets a measured phase."""
+    """CPU time and RSS of some processes; a background thread tracks peak RSS between `snapshot()` and
+    `usage_since(snapshot, wall_s)`."""
 
-    pids: dict[str, int]
-    interval: float = 0.2
-    _peak: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self._ps = {name: psutil.Process(pid) for name, pid in self.pids.items()}
+    def __init__(self, pids: dict[str, int], interval: float = 0.2):
+        self._ps = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._peak: dict[str, int] = {}
+        self._interval = interval
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for name, p in self._ps.items():
-                with contextlib.suppress(psutil.Error):
-                    self._peak[name] = max(self._peak.get(name, 0), p.memory_info().rss)
+        while not self._stop.wait(self._interval):
+            self._read()
 
-    def snapshot(self) -> dict[str, tuple[float, int]]:
-        """name -> (cpu seconds so far, rss bytes); also resets the peak tracking."""
-        snap = {}
+    def _read(self) -> dict[str, tuple[float, int]]:
+        """name -> (cpu seconds so far, rss bytes now); also raises the peaks."""
+        out = {}
         for name, p in self._ps.items():
             with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                snap[name] = (t.user + t.system, p.memory_info().rss)
-                self._peak[name] = snap[name][1]
-        return snap
-
-    def usage_since(self, before: dict[str, tuple[float, int]], wall_s: float) -> dict[str, Usage]:
-        after = self.snapshot_keep_peak()
-        out = {}
-        for name, (cpu0, rss0) in before.items():
-            if name not in after:
-                continue
-            cpu1, rss1 = after[name]
-            out[name] = Usage(cpu_percent=100.0 * (cpu1 - cpu0) / wall_s, cpu_seconds=cpu1 - cpu0,
-                              rss_start_mb=rss0 / 2**20, rss_end_mb=rss1 / 2**20,
-                              rss_peak_mb=max(self._peak.get(name, rss1), rss1) / 2**20)
+                t, rss = p.cpu_times(), p.memory_info().rss
+                out[name] = (t.user + t.system, rss)
+                self._peak[name] = max(self._peak.get(name, 0), rss)
         return out
 
-    def snapshot_keep_peak(self) -> dict[str, tuple[float, int]]:
-        snap = {}
-        for name, p in self._ps.items():
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                snap[name] = (t.user + t.system, p.memory_info().rss)
-        return snap
+    def snapshot(self) -> dict[str, tuple[float, int]]:
+        self._peak.clear()
+        return self._read()
+
+    def usage_since(self, before: dict[str, tuple[float, int]], wall_s: float) -> dict[str, Usage]:
+        after = self._read()
+        return {name: Usage(cpu_percent=100.0 * (after[name][0] - cpu0) / wall_s, cpu_seconds=after[name][0] - cpu0,
+                            rss_start_mb=rss0 / 2**20, rss_end_mb=after[name][1] / 2**20,
+                            rss_peak_mb=self._peak[name] / 2**20)
+                for name, (cpu0, rss0) in before.items() if name in after}
 
     def close(self) -> None:
         self._stop.set()
@@ -233,9 +225,9 @@ def machine() -> str:
             f"{os.uname().sysname} {os.uname().release}")
 
 
-def client(max_connections: int | None = None, timeout: float = 120.0) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections or 100)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout, connect=30.0))
+def client(max_connections: int | None = None, timeout: float = 120.0) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_connections or 0, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=30.0))
 
 
 __all__ = ["Stack", "ProcSampler", "StreamResult", "build_checkpoint", "chat_body", "client", "fmt_ms", "free_port",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -125,7 +126,7 @@ def report_load(name: str, res: dict, usage: dict) -> dict:
     s = summary(res["ttft"])
     print(f"  {name:16s} errors {res['errors']:3d}   peak open {res['peak_open']:4d}   TTFT {fmt_ms(s)}")
     for proc, u in usage.items():
-        print(f"  {'':16s} {proc:15s} CPU {u.cpu_percent:5.0f}% of a core   RSS {u.rss_start_mb:6.1f} -> "
+        print(f"  {'':16s} {proc:20s} CPU {u.cpu_percent:5.0f}% of a core   RSS {u.rss_start_mb:6.1f} -> "
               f"{u.rss_end_mb:6.1f} MB (peak {u.rss_peak_mb:6.1f})")
     if res["error_samples"]:
         print(f"  {'':16s} first errors: {res['error_samples']}")
@@ -163,11 +164,18 @@ def main() -> None:
         paths = {"direct": fast.url, "controller": ctl.url}
         if proxy:
             paths["lmdeploy proxy"] = proxy.url
-        pids = {name: p.popen.pid for name, p in stack.procs.items()}
+        pids = {name: p.popen.pid for name, p in stack.procs.items()} | {"client (this script)": os.getpid()}
         sampler = ProcSampler(pids)
 
         if "ttft" not in skip:
+            before = sampler.snapshot()
+            t0 = time.perf_counter()
             figures["ttft"] = report_ttft(asyncio.run(ttft_phase(paths, args.requests, args.warmup)))
+            usage = sampler.usage_since(before, time.perf_counter() - t0)
+            per_request = {name: 1000 * u.cpu_seconds / (args.requests + args.warmup) for name, u in usage.items()
+                           if name in ("controller", "lmdeploy-proxy")}
+            print("  CPU per request in the hop: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per_request.items()))
+            figures["ttft"]["hop_cpu_ms_per_request"] = per_request
 
         if "relay" not in skip:
             print(f"\nRelay throughput, one stream of {args.relay_tokens} tokens (median of {args.relay_repeats}):")
@@ -192,7 +200,7 @@ def main() -> None:
                 res = asyncio.run(load_phase(url, args.streams, args.ramp_s, args.stream_tokens))
                 usage = sampler.usage_since(before, time.perf_counter() - t0)
                 hop = {"controller": ["controller"], "lmdeploy proxy": ["lmdeploy-proxy"]}.get(name, [])
-                shown = {k: usage[k] for k in [*hop, "worker-paced"] if k in usage}
+                shown = {k: usage[k] for k in [*hop, "worker-paced", "client (this script)"] if k in usage}
                 figures["load"][name] = report_load(name, res, shown)
             base = figures["load"]["direct"]["ttft_ms"]
             for name in load_paths:

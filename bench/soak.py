@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -83,7 +84,7 @@ def main() -> None:
         ctl = stack.controller()
         stack.workers(checkpoint, ctl, {"soak": scripted_env(args.tokens, args.rate)}, each=args.workers,
                       max_concurrency=max(64, args.chats))
-        sampler = ProcSampler({name: p.popen.pid for name, p in stack.procs.items()})
+        sampler = ProcSampler({name: p.popen.pid for name, p in stack.procs.items()} | {"client": os.getpid()})
         print(f"{args.chats} chats, {args.warmup:g} s warm-up + {args.duration:g} s measured, {args.workers} "
               f"workers, {args.tokens} tokens at {args.rate:g}/s per answer, {args.think_s:g} s think time")
         stats, usage, wall = asyncio.run(run(ctl.url, args, sampler))

@@ -134,16 +134,17 @@ def sse_data(payload: BaseModel | dict[str, Any] | str) -> str:
     return payload
 
 
-def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> EventSourceResponse:
     """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the framing, keep-alive pings
     and client-disconnect detection (it cancels the iterator, which is how generation gets aborted)."""
-    return EventSourceResponse(_as_dicts(events), ping=15,
-                               headers={"X-Accel-Buffering": "no"})
+    return EventSourceResponse(_as_dicts(events), ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
 
 
-async def _as_dicts(events: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+async def _as_dicts(events: AsyncIterator[str]) -> AsyncIterator[bytes | dict[str, str]]:
+    # One-line payloads (all of ours: JSON text, DONE) are framed here; sse-starlette sends bytes as they are, which
+    # skips building and encoding an event object per token. Anything with a line break gets its full framing.
     async for e in events:
-        yield {"data": e}
+        yield {"data": e} if "\n" in e or "\r" in e else b"data: " + e.encode() + b"\r\n\r\n"
 
 
 def check_api_key(request: Request, keys: list[str]) -> None:

@@ -131,12 +131,13 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         dispatcher: Dispatcher = request.app.state.dispatcher
         upstream = await dispatcher.open(body, req.model, request_id)
         events = dispatcher.relay(upstream)
+        served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if req.stream:
-            return sse_response(events)
+            return sse_response(events, served_by)
         try:
             completion = await collect(events, req.model)
         finally:
             await events.aclose()
-        return JSONResponse(completion.model_dump(exclude_none=True))
+        return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
     return app

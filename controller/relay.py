@@ -129,7 +129,9 @@ class Dispatcher:
 
     async def _next_data(self, events: AsyncIterator[Any], timeout: float, worker: WorkerRecord) -> str | None:
         try:
-            sse = await asyncio.wait_for(anext(events), timeout)
+            # asyncio.timeout, not wait_for: wait_for wraps every read in a new task, a cost paid once per token.
+            async with asyncio.timeout(timeout):
+                sse = await anext(events)
         except StopAsyncIteration:
             return None
         except TimeoutError as exc:
@@ -162,6 +164,7 @@ class Dispatcher:
                 if data == DONE:
                     ok = True
                     yield DONE
+                    await _drain(up.events)
                     return
                 self._observe(data, up.first_at)
                 yield data
@@ -182,6 +185,17 @@ class Dispatcher:
                 self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
             except (ValueError, AttributeError, TypeError):
                 pass  # not ours to judge: the chunk is relayed as it is
+
+
+async def _drain(events: AsyncIterator[Any]) -> None:
+    """Read the rest of a finished stream (its closing chunk): a response closed before its end cannot go back to
+    the connection pool, and opening a new connection per request costs both sides more than the request itself."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in events:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def error_in_event(data: str) -> ServingError | None:

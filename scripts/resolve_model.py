@@ -69,8 +69,9 @@ def from_hub(repo_id: str, download: bool) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=not download))
     except Exception as exc:  # the hub library raises many types (offline, not found, gated, ...)
         where = "the Hugging Face Hub" if download else "the local hub cache (the hub is not reachable)"
-        raise ResolveError(f"could not get '{repo_id}' from {where}: {type(exc).__name__}: {str(exc).rstrip('.')}. Download it "
-                           "elsewhere and pass its folder: --model /path/to/checkpoint") from None
+        reason = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+        raise ResolveError(f"could not get '{repo_id}' from {where}: {reason}. Download it elsewhere and pass its "
+                           "folder: --model /path/to/checkpoint") from None
 
 
 def resolve(model: str | None, demo_dir: Path) -> tuple[Path, bool]:
@@ -79,7 +80,7 @@ def resolve(model: str | None, demo_dir: Path) -> tuple[Path, bool]:
         path = Path(model).expanduser()
         if path.exists() or not HUB_ID.match(model):
             if not path.exists():
-                raise ResolveError(f"--model {model}: no such folder, and not a hub id like 'OpenGVLab/InternVL3-1B-hf'")
+                raise ResolveError(f"--model {model}: no such folder, and not a hub id like '{DEFAULT_MODEL}'")
             folder = local_folder(path)
         else:
             print(f"resolve: fetching {model} from the Hugging Face Hub (or its local cache) ...", file=sys.stderr)

@@ -101,3 +101,14 @@ def test_worker_can_be_used_directly(stack):
     direct = openai.OpenAI(base_url=worker.url + "/v1", api_key="unused", max_retries=0)
     reply = direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_answers_name_the_worker_that_served_them(stack):
+    controller, workers = stack
+    ids = {w["worker_id"] for w in httpx.get(controller.url + "/workers").json()["workers"]}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    plain = httpx.post(controller.url + "/v1/chat/completions", json=body, timeout=60)
+    with httpx.stream("POST", controller.url + "/v1/chat/completions", json={**body, "stream": True},
+                      timeout=60) as streamed:
+        streamed.read()
+    assert plain.headers["x-worker-id"] in ids and streamed.headers["x-worker-id"] in ids

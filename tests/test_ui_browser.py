@@ -64,6 +64,9 @@ def test_image_and_video_chat_streams_stop_regenerate_and_screenshots(browser, u
     page.locator("#random-banner").wait_for(state="visible", timeout=30_000)
     assert "random weights" in page.locator("#random-banner").inner_text()
 
+    # Greedy decoding: the random model then answers the same every run (sampling could end it at once).
+    page.locator("#temperature input[type=number]").fill("0")
+    page.locator("#temperature input[type=number]").press("Enter")
     send(page, "What do you see in <i>these</i>?", [EXAMPLES / "landscape.jpg", EXAMPLES / "bouncing_ball.mp4"])
     page.locator("#stop-btn:not([disabled])").wait_for(timeout=30_000)  # locked while streaming
     page.locator("#input textarea[disabled]").wait_for(timeout=10_000)
@@ -80,15 +83,18 @@ def test_image_and_video_chat_streams_stop_regenerate_and_screenshots(browser, u
     # Stop a long answer from the slow scripted worker: the worker must see the abort.
     page.locator("#model-select input").click()
     page.get_by_role("option", name="internvl-scripted").click()
+    answers_before = page.locator("#chat .bot-row, #chat [data-testid=bot]").count()
     send(page, "Tell me a long story")
-    page.wait_for_function("() => { const b = document.querySelectorAll('#chat .bot-row, #chat [data-testid=bot]');"
-                           " return b.length > 1 && b[b.length - 1].innerText.split(' ').length > 8; }",
-                           timeout=60_000)
+    page.wait_for_function("n => { const b = document.querySelectorAll('#chat .bot-row, #chat [data-testid=bot]');"
+                           " return b.length > n && b[b.length - 1].innerText.split(' ').length > 8; }",
+                           arg=answers_before, timeout=60_000)
     page.locator("#stop-btn").click()
     wait_idle(page, timeout=15)
+    time.sleep(0.5)  # an update already on the wire when Stop was pressed may still land
     stopped = bot_text(page)
-    time.sleep(1.0)
+    time.sleep(1.5)  # the scripted worker streams 40 words/s: a stream still running would add ~60 words
     assert bot_text(page) == stopped, "the answer kept growing after Stop"
+    assert len(stopped.split()) < 200
     deadline = time.monotonic() + 10
     while sum(w["in_flight"] for w in httpx.get(controller + "/workers").json()["workers"]) and \
             time.monotonic() < deadline:

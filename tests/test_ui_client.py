@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.messages import from_display
 from tests.support.stack import ROOT, SCRIPTED, free_port, start_controller, start_worker
 
 EXAMPLES = ROOT / "static" / "examples"
@@ -82,7 +83,7 @@ def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(cli
     assert len({text_of(u[-1]) for u in updates if len(u) == 2}) > 3  # it streamed
     turns = [json.loads(line) for f in ui_stack[2].glob("*.jsonl") for line in f.read_text().splitlines()]
     turn = [t for t in turns if t["type"] == "turn"][-1]
-    assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and turn["answer"] == text_of(history[1])
+    assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and turn["answer"] == from_display(text_of(history[1]))
     assert [p["type"] for p in turn["messages"][0]["content"]] == ["image", "video", "text"]
     assert {p.name for p in (ui_stack[2] / "media").iterdir()} == \
         {p["media"] for p in turn["messages"][0]["content"][:2]}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 
+# PyAV before decord: decord bundles its own older FFmpeg, and once it is loaded first, PyAV's libvpx encoder
+# fails to open (EINVAL). The clips here are made with PyAV.
+import av  # noqa: F401
 import numpy as np
 import pytest
 
 from common.errors import ErrorCode, ServingError
 from workers.settings import MediaLimits
-from workers.vision.video import decode_video, sample_indices
+from workers.vision.video import decode_video, sample_indices, split_at_key_frames
 
 
 def make_video(fmt: str = "mp4", frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -104,3 +107,82 @@ def test_too_long_and_too_large_are_refused():
     assert info.value.code == ErrorCode.UPLOAD_TOO_LARGE
     with pytest.raises(ServingError, match="after start"):
         decode_video(data, MediaLimits(), num_frames=4, start=2.0, end=1.0)
+
+
+def make_gop_video(frames: int = 60, gop: int = 10, codec: str = "libx264", bframes: bool = True) -> bytes:
+    """A clip with a key frame every `gop` frames, noisy content (so a wrong reference frame shows) and, for
+    H.264, B-frames (decode order differs from display order)."""
+    import av
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4" if codec == "libx264" else "webm") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        if codec == "libx264":  # (options on libvpx fail to open once decord's bundled FFmpeg is loaded)
+            stream.options = {"keyint_min": str(gop), "sc_threshold": "0", "bf": "2" if bframes else "0",
+                              "preset": "medium"}
+        for k in range(frames):
+            frame = np.roll(base, 3 * k, axis=1) // 2 + np.uint8(k * 4 % 128)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def test_split_cuts_only_between_gops_and_balances_work():
+    keys = list(range(0, 1800, 250))  # the bench clip: 60 s at 30 fps, a key frame every 250 frames
+    indices = sample_indices(1800, 30.0, 32)
+    for parts in (1, 2, 3, 4, 8, 100):
+        runs = split_at_key_frames(indices, keys, parts)
+        assert [i for run in runs for i in run] == indices and 1 <= len(runs) <= min(parts, len(keys))
+        gop_of = [{max(k for k in keys if k <= i) for i in run} for run in runs]
+        assert all(not (a & b) for a, b in zip(gop_of, gop_of[1:])), "a GOP was split between two runs"
+    assert [len({max(k for k in keys if k <= i) for i in run}) for run in split_at_key_frames(indices, keys, 2)] \
+        == [4, 4]
+
+
+@pytest.mark.parametrize("indices,keys,parts,min_cost,expected_runs", [
+    ([1, 2, 3], [], 4, 1, 1),                    # no key-frame index: nothing to cut at
+    ([0, 0, 5, 5, 12, 12], [0, 10], 4, 1, 2),    # duplicates stay together; two GOPs at most two runs
+    ([1, 11, 21, 31], [0, 10, 20, 30], 4, 1, 4),
+    ([1, 11, 21, 31], [0, 10, 20, 30], 4, 4, 2),  # 8 frames of work, at least 4 each: two runs
+    ([5, 15], [10], 2, 1, 2),                     # before the first key frame counts as its own group
+])
+def test_split_edge_cases(indices, keys, parts, min_cost, expected_runs):
+    runs = split_at_key_frames(indices, keys, parts, min_cost)
+    assert [i for run in runs for i in run] == indices and len(runs) == expected_runs
+
+
+@pytest.mark.parametrize("codec,bframes", [("libx264", True), ("libx264", False), ("libvpx-vp9", False)])
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_parallel_runs_give_the_same_pixels_as_one_reader(monkeypatch, codec, bframes, parts):
+    import decord
+
+    import workers.vision.video as video
+
+    data = make_gop_video(codec=codec, bframes=bframes)
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+    assert len(reader.get_key_indices()) >= 4, "the clip must have several GOPs for this test to mean anything"
+    for num_frames, bounds in [(8, (None, None)), (16, (None, None)), (5, (1.2, 4.9))]:
+        expected = reader.get_batch(sample_indices(len(reader), float(reader.get_avg_fps()), num_frames,
+                                                   *bounds)).asnumpy()
+        monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 1)
+        got = decode_video(data, MediaLimits(), num_frames, *bounds, max_parts=parts)
+        assert got.shape == expected.shape and np.array_equal(got, expected)
+        monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 10**12)  # too little work: one reader, same pixels
+        assert np.array_equal(decode_video(data, MediaLimits(), num_frames, *bounds, max_parts=parts), expected)
+
+
+def test_parallel_decoding_reports_undecodable_frames(monkeypatch):
+    import workers.vision.video as video
+
+    monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 1)
+    data = bytearray(make_gop_video(codec="libx264", bframes=False))
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)  # second half of the file zeroed
+    with pytest.raises(ServingError) as info:
+        decode_video(bytes(data), MediaLimits(), 16, max_parts=2)
+    assert info.value.code == ErrorCode.INVALID_VIDEO
