@@ -102,10 +102,6 @@ class Case:
     media: bool = False  # a valid request carrying media: its prompt must be longer than the text-only one
 
 
-GIF_AS_VIDEO_BUG = ("known bug: decord cannot read GIFs ('broken metadata'), so an animated GIF sent as a video (which the "
-                    "UI does for .gif) gets 'could not be read as a video'; fix: decode GIFs with PIL in "
-                    "workers/vision/video.py, or have the UI send them as images")
-
 CASES = [
     # images that are unusual but valid: they must work
     Case("cmyk-jpeg", lambda: with_image(encode(gradient(mode="CMYK"), "JPEG"), "image/jpeg"), media=True),
@@ -115,8 +111,7 @@ CASES = [
     Case("alpha-png", lambda: with_image(png_alpha()), media=True),
     Case("exif-rotated-jpeg", lambda: with_image(jpeg_exif_rotated(), "image/jpeg"), media=True),
     Case("animated-gif", lambda: with_image(animated_gif(), "image/gif"), media=True),
-    pytest.param(Case("animated-gif-as-video", lambda: chat([video_part(animated_gif(), "image/gif"), text("?")]),
-                      media=True), marks=pytest.mark.xfail(strict=True, reason=GIF_AS_VIDEO_BUG)),
+    Case("animated-gif-as-video", lambda: chat([video_part(animated_gif(), "image/gif"), text("?")]), media=True),
     Case("greyscale-webp", lambda: with_image(encode(gradient(mode="L"), "WEBP"), "image/webp"), media=True),
     Case("vp9-webm", lambda: chat([video_part(video("webm", "libvpx-vp9", 6), "video/webm"), text("What happens?")]),
          media=True),
@@ -220,8 +215,7 @@ UI_CASES = [
     UICase("cmyk-jpeg", {"cmyk.jpg": lambda: encode(gradient(mode="CMYK"), "JPEG")}),
     UICase("alpha-png", {"alpha.png": png_alpha}),
     UICase("exif-rotated-jpeg", {"rotated.jpg": jpeg_exif_rotated}),
-    pytest.param(UICase("animated-gif", {"anim.gif": animated_gif}),
-                 marks=pytest.mark.xfail(strict=True, reason=GIF_AS_VIDEO_BUG)),
+    UICase("animated-gif", {"anim.gif": animated_gif}),
     UICase("vp9-webm", {"clip.webm": lambda: video("webm", "libvpx-vp9", 6)}),
     UICase("html-script-text", {}, text="<script>alert('x')</script><img src=x onerror=alert(1)>"),
     UICase("truncated-png", {"cut.png": lambda: encode(gradient())[:200]}, ("truncated",)),

@@ -9,6 +9,7 @@ import io
 import av  # noqa: F401
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.errors import ErrorCode, ServingError
 from workers.settings import MediaLimits
@@ -186,3 +187,78 @@ def test_parallel_decoding_reports_undecodable_frames(monkeypatch):
     with pytest.raises(ServingError) as info:
         decode_video(bytes(data), MediaLimits(), 16, max_parts=2)
     assert info.value.code == ErrorCode.INVALID_VIDEO
+
+
+# Animated GIFs as video (the UI sends .gif as a video part; decord cannot read GIF, PIL decodes them).
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255),
+           (0, 0, 0), (128, 0, 0), (0, 128, 0), (0, 0, 128), (128, 128, 0)]
+
+
+def make_gif(frames: list[Image.Image], duration: int | list[int] = 100) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    return buf.getvalue()
+
+
+def colour_gif(count: int, duration: int | list[int] = 100, size: tuple[int, int] = (40, 30)) -> bytes:
+    """Frame k is filled with COLOURS[k], so decoded frames identify themselves."""
+    return make_gif([Image.new("RGB", size, COLOURS[k]) for k in range(count)], duration)
+
+
+def frame_colours(frames: np.ndarray) -> list[tuple[int, ...]]:
+    assert (frames == frames[:, :1, :1]).all(), "each frame should be one solid colour"
+    return [tuple(int(c) for c in f[0, 0]) for f in frames]
+
+
+@pytest.mark.parametrize("count,n", [(12, 5), (12, 12), (3, 8), (1, 4)])
+def test_gif_decodes_exactly_the_sampled_frames(count, n):
+    frames = decode_video(colour_gif(count), MediaLimits(), num_frames=n)
+    assert frames.shape == (n, 30, 40, 3) and frames.dtype == np.uint8
+    expected = model_card_get_index(None, 10.0, count - 1, num_segments=n)  # 100 ms a frame: 10 fps
+    assert frame_colours(frames) == [COLOURS[k] for k in expected]
+
+
+def test_gif_bounds_use_the_frame_durations():
+    # 12 frames of 50 ms: 20 fps, 0.6 s; [0.1 s, 0.4 s] is frames 2..8.
+    frames = decode_video(colour_gif(12, duration=50), MediaLimits(), num_frames=3, start=0.1, end=0.4)
+    expected = model_card_get_index((0.1, 0.4), 20.0, 11, num_segments=3)
+    assert frame_colours(frames) == [COLOURS[k] for k in expected]
+    # Uneven durations: fps is frames / total time (6 frames in 1.2 s: 5 fps), as for a variable-rate video.
+    frames = decode_video(colour_gif(6, duration=[100, 300, 100, 300, 100, 300]), MediaLimits(), num_frames=2,
+                          start=0.0, end=0.6)
+    assert frame_colours(frames) == [COLOURS[k] for k in model_card_get_index((0.0, 0.6), 5.0, 5, num_segments=2)]
+
+
+def test_gif_frames_are_composited_as_shown():
+    # Frames differ only in a moving square, so PIL's writer stores small delta rectangles (and transparency);
+    # each decoded frame must be the whole picture a viewer shows.
+    def picture(k: int) -> Image.Image:
+        img = Image.new("RGB", (32, 32), (255, 0, 0))
+        img.paste((0, 0, 255), (k * 8, k * 8, k * 8 + 8, k * 8 + 8))
+        return img
+
+    pictures = [picture(k) for k in range(4)]
+    frames = decode_video(make_gif(pictures), MediaLimits(), num_frames=5)
+    expected = model_card_get_index(None, 10.0, 3, num_segments=5)
+    assert {1, 2} <= set(expected)  # frames stored as delta rectangles are among those checked
+    assert np.array_equal(frames, np.stack([np.asarray(pictures[k]) for k in expected]))
+
+
+def test_gif_limits_and_broken_gifs_are_refused():
+    data = colour_gif(12, duration=500)  # 6 s
+    with pytest.raises(ServingError, match="over 5 s long") as info:
+        decode_video(data, MediaLimits(max_video_seconds=5), num_frames=4, label="video 1")
+    assert info.value.code == ErrorCode.INVALID_VIDEO and "video 1" in info.value.message
+    with pytest.raises(ServingError, match="start .* is past its end") as info:
+        decode_video(data, MediaLimits(), num_frames=4, start=7.0)
+    with pytest.raises(ServingError, match="40x30; the limit is 1,000 pixels") as info:
+        decode_video(data, MediaLimits(max_image_pixels=1000), num_frames=4)
+    assert info.value.code == ErrorCode.INVALID_VIDEO
+    with pytest.raises(ServingError) as info:
+        decode_video(data, MediaLimits(max_media_bytes=100), num_frames=4)
+    assert info.value.code == ErrorCode.UPLOAD_TOO_LARGE
+    for broken in (data[: len(data) // 2], b"GIF89a" + b"\x00" * 5, b"GIF89a not really a gif at all"):
+        with pytest.raises(ServingError, match="could not be read as an animated GIF") as info:
+            decode_video(broken, MediaLimits(), num_frames=4, label="video 2")
+        assert info.value.code == ErrorCode.INVALID_VIDEO and "video 2" in info.value.message

@@ -55,7 +55,9 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
     if tiles:
         mean = tuple(spec.extra.get("image_mean", IMAGENET_MEAN))
         std = tuple(spec.extra.get("image_std", IMAGENET_STD))
-        pixel_values = normalize(np.concatenate(tiles, axis=0), mean, std)
+        # In a thread: the float work, and in a worker whose engine does not load torch, the first call's import of
+        # torch (seconds), must not stall the event loop (heartbeats, other requests).
+        pixel_values = await asyncio.to_thread(normalize, np.concatenate(tiles, axis=0), mean, std)
     return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
                              num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +96,8 @@ def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 [N, S, S, 3] -> float32 [N, 3, S, S], (x/255 - mean) / std in the same float ops as torchvision's
     ToTensor + Normalize, so the result equals the model card's tensors exactly."""
+    import torch  # here, not at module level: importing torch costs seconds a worker need not pay before serving
+
     x = torch.from_numpy(np.require(tiles, requirements=["C", "W"])).permute(0, 3, 1, 2).to(torch.float32).div_(255)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)

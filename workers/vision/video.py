@@ -8,18 +8,28 @@ a key frame exactly where one sequential reader would seek too, so the pixels ar
 Frame rule (InternVL model card `get_index`): clamp the optional [start, end] seconds to frame indices
 [round(start*fps) (at least 0), round(end*fps) (at most the last frame)], split that span into N equal segments
 and take, for segment i, int(first + seg/2 + round(seg*i)). Python's round is round-half-even, like numpy's.
+
+Animated GIFs (the UI sends .gif as video; decord cannot read GIF) are decoded with PIL by the same rule, their
+fps taken from the frames' own display durations.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from PIL import Image, ImageFile, ImageSequence
 
 from common.errors import ErrorCode, ServingError
 from workers.settings import MediaLimits
+from workers.vision.images import to_rgb
+
+GIF_MAGIC = (b"GIF87a", b"GIF89a")
+# A frame without a display time (or with 0, which browsers also show at about this pace) counts as 100 ms.
+GIF_DEFAULT_FRAME_MS = 100
 
 
 def sample_indices(frame_count: int, fps: float, num_segments: int, start: float | None = None,
@@ -72,14 +82,17 @@ def split_at_key_frames(indices: list[int], key_frames: list[int], parts: int, m
 
 def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float | None = None,
                  end: float | None = None, label: str = "video", max_parts: int | None = None) -> np.ndarray:
-    """Bytes of a video file -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that says why."""
-    import decord  # imported here: loading its native library costs time a text-only worker never needs
-
+    """Bytes of a video file (or animated GIF) -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that
+    says why."""
     if len(data) > limits.max_media_bytes:
         raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {len(data) / 1048576:.1f} MB; the limit is "
                            f"{limits.max_media_bytes / 1048576:.1f} MB")
     if start is not None and end is not None and end <= start:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: end ({end}s) must be after start ({start}s)")
+    if data[:6] in GIF_MAGIC:
+        return _decode_gif(data, limits, num_frames, start, end, label)
+    import decord  # imported here: loading its native library costs time a text-only worker never needs
+
     parts = default_parts() if max_parts is None else max_parts
     try:
         # One decoding thread per reader when runs go in parallel (they use the cores; FFmpeg's frame threads on
@@ -92,16 +105,9 @@ def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float
     fps = float(reader.get_avg_fps())
     if count < 1 or not fps > 0:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} has no frames")
-    seconds = count / fps
-    if seconds > limits.max_video_seconds:
-        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} is {seconds:.0f} s long; the limit is "
-                           f"{limits.max_video_seconds:.0f} s")
-    if start is not None and start >= seconds:
-        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: start ({start}s) is past its end ({seconds:.1f}s)")
+    _check_length(count / fps, start, limits, label)
     height, width = _frame_shape(reader)
-    if width * height > limits.max_image_pixels:
-        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} frames are {width}x{height}; the limit is "
-                           f"{limits.max_image_pixels:,} pixels per frame")
+    _check_frame_size(width, height, limits, label)
     indices = sample_indices(count, fps, num_frames, start, end)
     try:
         runs = [indices]
@@ -133,3 +139,61 @@ def _frame_shape(reader) -> tuple[int, int]:
     shape = reader.next().shape
     reader.seek(0)
     return shape[0], shape[1]
+
+
+def _check_length(seconds: float, start: float | None, limits: MediaLimits, label: str) -> None:
+    if seconds > limits.max_video_seconds:
+        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} is {seconds:.0f} s long; the limit is "
+                           f"{limits.max_video_seconds:.0f} s")
+    if start is not None and start >= seconds:
+        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: start ({start}s) is past its end ({seconds:.1f}s)")
+
+
+def _check_frame_size(width: int, height: int, limits: MediaLimits, label: str) -> None:
+    if width * height > limits.max_image_pixels:
+        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} frames are {width}x{height}; the limit is "
+                           f"{limits.max_image_pixels:,} pixels per frame")
+
+
+def _decode_gif(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
+                label: str) -> np.ndarray:
+    """An animated (or still) GIF as a clip: fps = frames / total display time. Two passes over the file: one reads
+    the frame durations (PIL composites each frame onto the previous as it goes, so this decodes them), one stops at
+    the sampled frames; frames are converted as PIL composites them (disposal, local palettes), alpha over white."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # lmdeploy sets it globally; a truncated GIF must still be refused
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            gif = Image.open(io.BytesIO(data), formats=["GIF"])
+            total_ms = 0
+            count = 0
+            for frame in ImageSequence.Iterator(gif):
+                # A frame reaching past the logical screen grows the canvas (PIL, like browsers, keeps it): check
+                # before the next step decodes into it.
+                _check_frame_size(frame.width, frame.height, limits, label)
+                total_ms += frame.info.get("duration") or GIF_DEFAULT_FRAME_MS
+                count += 1
+                if total_ms > limits.max_video_seconds * 1000:  # stop reading: it is too long whatever follows
+                    raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} is over {limits.max_video_seconds:.0f} s "
+                                       "long (the limit)")
+            if count < 1:
+                raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} has no frames")
+            seconds = total_ms / 1000
+            _check_length(seconds, start, limits, label)
+            indices = sample_indices(count, count / seconds, num_frames, start, end)
+            # Rewound once, then forward only (indices ascend); the canvas has its final size from the first pass.
+            out = np.empty((len(indices), gif.height, gif.width, 3), dtype=np.uint8)
+            for i, index in enumerate(indices):
+                if i and index == indices[i - 1]:
+                    out[i] = out[i - 1]
+                    continue
+                gif.seek(index)
+                out[i] = np.asarray(to_rgb(gif))
+            return out
+    except ServingError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} refused as a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} could not be read as an animated GIF (truncated or "
+                           f"corrupt: {exc})") from exc
