@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 
@@ -18,6 +19,7 @@ from common.errors import ErrorCode, ServingError, error_body
 log = logging.getLogger(__name__)
 
 DONE = "[DONE]"
+DONE_EVENT = b"data: [DONE]\r\n\r\n"  # the end marker as the workers frame it
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -145,6 +147,55 @@ async def _as_dicts(events: AsyncIterator[str]) -> AsyncIterator[bytes | dict[st
     # skips building and encoding an event object per token. Anything with a line break gets its full framing.
     async for e in events:
         yield {"data": e} if "\n" in e or "\r" in e else b"data: " + e.encode() + b"\r\n\r\n"
+
+
+class SSEBytesResponse(StreamingResponse):
+    """Streams ready blocks of SSE events (the controller's relay) with no per-event work: no framing, no ping task
+    (the worker's own keep-alive comments pass through). Per request it costs one watcher task, not a task group.
+
+    The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
+    always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
+    A client disconnect cancels the stream, which closes the iterator and so the worker's stream."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+        super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
+        self._blocks = blocks
+
+    async def __call__(self, scope, receive, send) -> None:
+        task = asyncio.current_task()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._stream(send)
+            watcher.cancel()  # the response is complete (which the server reports as a disconnect from now on)
+            async for _ in self._blocks:  # lets the relay finish reading upstream after the end marker
+                pass
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # the client left: nothing more to send, and not an error
+        finally:
+            watcher.cancel()
+            await self._blocks.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for block in self._blocks:
+            last = block.endswith(DONE_EVENT)
+            await send({"type": "http.response.body", "body": block, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def check_api_key(request: Request, keys: list[str]) -> None:

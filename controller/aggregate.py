@@ -9,10 +9,18 @@ from collections.abc import AsyncIterator
 from common.errors import ErrorCode, ServingError
 from common.http import DONE
 from common.protocol import ChatCompletion, Choice, ResponseMessage, Usage
-from controller.relay import error_in_event
+from controller.relay import error_in_event, sse_payloads
+
+
+async def payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The data of each event in the relay's blocks of complete events."""
+    async for block in blocks:
+        for data in sse_payloads(block):
+            yield data
 
 
 async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
+    """`events`: event data, as `payloads` gives it."""
     completion_id, parts, finish, usage = None, [], None, Usage()
     async for data in events:
         if data == DONE:

@@ -15,11 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from common.errors import ErrorCode, ServingError
-from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.http import SSEBytesResponse, check_api_key, install_error_handlers, parse_json_body
 from common.logging_setup import install_request_ids
 from common.metrics import Metrics, install_metrics
 from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
-from controller.aggregate import collect
+from controller.aggregate import collect, payloads
 from controller.policies import POLICIES
 from controller.registry import Registry
 from controller.relay import Dispatcher
@@ -130,14 +130,14 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             body["stream_options"] = {"include_usage": True}
         dispatcher: Dispatcher = request.app.state.dispatcher
         upstream = await dispatcher.open(body, req.model, request_id)
-        events = dispatcher.relay(upstream)
+        blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if req.stream:
-            return sse_response(events, served_by)
+            return SSEBytesResponse(blocks, served_by)
         try:
-            completion = await collect(events, req.model)
+            completion = await collect(payloads(blocks), req.model)
         finally:
-            await events.aclose()
+            await blocks.aclose()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
     return app

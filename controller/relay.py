@@ -3,6 +3,11 @@
 Workers answer with HTTP headers only once their first token exists (or with an error status), so everything that
 can go wrong before the first token is seen here as a failed attempt, and the request moves to another worker.
 After the first token the stream belongs to that worker: a failure becomes one error event, then the end marker.
+
+Past the first event the worker's bytes are relayed as they arrive, a network read at a time, cut at the last
+complete event (so a worker dying mid-event never leaves half an event in front of our error event). The controller
+parses nothing per token: cheap byte searches find the few events it must read (the end marker, error events for
+the metrics, the usage event for tokens/s), and only those are parsed.
 """
 
 from __future__ import annotations
@@ -11,21 +16,25 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
-from httpx_sse import EventSource
 
 from common.errors import ErrorCode, ServingError, error_body
-from common.http import DONE
+from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
 from controller.policies import Policy
 from controller.registry import Registry, WorkerRecord
 from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
+
+_DONE_LINE = b"data: [DONE]"
+_DONE_LATER_LINE = b"\n" + _DONE_LINE  # at a line start: token text inside JSON could hold the rest
+_ERROR_LINE = b'data: {"error"'  # JSON text cannot hold these quotes unescaped, so this only matches error events
 
 
 @dataclass
@@ -34,8 +43,9 @@ class Upstream:
 
     worker: WorkerRecord
     response: httpx.Response
-    events: AsyncIterator[Any]
-    first: str
+    chunks: AsyncIterator[bytes]
+    first: str  # the first event's data
+    buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
 
 
@@ -106,7 +116,8 @@ class Dispatcher:
                                f"{s.first_token_timeout_s:.0f} s") from exc
         except httpx.HTTPError as exc:
             self.registry.mark_unreachable(worker)
-            raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: {exc}") from exc
+            raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
         try:
             if response.status_code != 200:
                 raw = await response.aread()
@@ -115,87 +126,120 @@ class Dispatcher:
                 except ValueError:
                     payload = None
                 raise ServingError.from_body(payload, response.status_code)
-            events = EventSource(response).aiter_sse()
-            first = await self._next_data(events, s.first_token_timeout_s, worker)
+            chunks = response.aiter_bytes()  # each network read as it comes
+            first, buffered = await self._first_event(chunks, worker)
             if first is None or first == DONE:
                 raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} ended the stream at once")
             err = error_in_event(first)
             if err is not None:
                 raise err
-            return Upstream(worker, response, events, first, time.monotonic())
+            return Upstream(worker, response, chunks, first, buffered, time.monotonic())
         except BaseException:
             await response.aclose()
             raise
 
-    async def _next_data(self, events: AsyncIterator[Any], timeout: float, worker: WorkerRecord) -> str | None:
+    async def _first_event(self, chunks: AsyncIterator[bytes], worker: WorkerRecord) -> tuple[str | None, bytes]:
+        """Read until the first event with data is complete; None when the stream ends first."""
+        buffered = b""
+        while True:
+            chunk = await self._read(chunks, self.settings.first_token_timeout_s, worker)
+            if chunk is None:
+                return None, buffered
+            buffered += chunk
+            for data in sse_payloads(buffered[:complete_events(buffered)]):
+                return data, buffered
+
+    async def _read(self, chunks: AsyncIterator[bytes], timeout: float, worker: WorkerRecord) -> bytes | None:
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps every read in a new task, a cost paid once per token.
+            # asyncio.timeout, not wait_for: wait_for wraps every read in a new task, a cost paid once per read.
             async with asyncio.timeout(timeout):
-                sse = await anext(events)
-        except StopAsyncIteration:
-            return None
+                return await anext(chunks, None)
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT,
                                f"worker {worker.worker_id} sent nothing for {timeout:.0f} s") from exc
         except httpx.HTTPError as exc:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
-        return sse.data
 
-    async def relay(self, up: Upstream) -> AsyncIterator[str]:
-        """Yield SSE data payloads: the first event, the rest, and always exactly one end marker."""
+    async def relay(self, up: Upstream) -> AsyncIterator[bytes]:
+        """Yield blocks of complete SSE events, the first event first, and always exactly one end marker."""
         ok = False
+        pending = up.buffered
         try:
-            yield up.first
             while True:
+                end = complete_events(pending)
+                if end:
+                    block, pending = pending[:end], pending[end:]
+                    if _ERROR_LINE in block or b'"usage"' in block:
+                        self._observe(block, up.first_at)
+                    ok = block.startswith(_DONE_LINE) or _DONE_LATER_LINE in block  # set before the yield:
+                    yield block  # a reader that stops at the end marker closes this generator right here
+                    if ok:
+                        await _drain(up.chunks)
+                        return
                 try:
-                    data = await self._next_data(up.events, self.settings.token_timeout_s, up.worker)
+                    chunk = await self._read(up.chunks, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
-                    self.metrics.count_error(err.code)
-                    yield json.dumps(error_body(err.code, err.message))
-                    yield DONE
+                    yield self._failed(err.code, err.message)
                     return
-                if data is None:
-                    self.metrics.count_error(ErrorCode.WORKER_LOST)
-                    yield json.dumps(error_body(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped "
-                                                "in the middle of the answer; please retry"))
-                    yield DONE
+                if chunk is None:
+                    yield self._failed(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped in the middle "
+                                       "of the answer; please retry")
                     return
-                if data == DONE:
-                    ok = True
-                    yield DONE
-                    await _drain(up.events)
-                    return
-                self._observe(data, up.first_at)
-                yield data
+                pending = pending + chunk if pending else chunk
         finally:
-            await up.response.aclose()  # tells the worker we are gone, so it aborts the generation
+            # Shielded: on a client disconnect this runs in a cancelled scope, and the close is what tells the
+            # worker we are gone, so it aborts the generation.
+            with anyio.CancelScope(shield=True):
+                await up.response.aclose()
             self.registry.release(up.worker, ok=ok)
 
+    def _failed(self, code: ErrorCode, message: str) -> bytes:
+        self.metrics.count_error(code)
+        return sse_event(json.dumps(error_body(code, message))) + DONE_EVENT
 
-    def _observe(self, data: str, first_at: float) -> None:
-        """Count relayed mid-stream errors; time the answer from its usage chunk (sent when the client asked for
-        usage, and always for non-streaming requests). Only chunks that can hold either are parsed."""
-        err = error_in_event(data)
-        if err is not None:
-            self.metrics.count_error(err.code)
-        elif '"usage"' in data:
-            try:
-                usage = json.loads(data).get("usage") or {}
-                self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
-            except (ValueError, AttributeError, TypeError):
-                pass  # not ours to judge: the chunk is relayed as it is
+    def _observe(self, block: bytes, first_at: float) -> None:
+        """Count relayed mid-stream errors; time the answer from its usage event (sent when the client asked for
+        usage, and always for non-streaming requests)."""
+        for data in sse_payloads(block):
+            err = error_in_event(data)
+            if err is not None:
+                self.metrics.count_error(err.code)
+            elif '"usage"' in data:
+                try:
+                    usage = json.loads(data).get("usage") or {}
+                    self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
+                except (ValueError, AttributeError, TypeError):
+                    pass  # not ours to judge: the event is relayed as it is
 
 
-async def _drain(events: AsyncIterator[Any]) -> None:
-    """Read the rest of a finished stream (its closing chunk): a response closed before its end cannot go back to
-    the connection pool, and opening a new connection per request costs both sides more than the request itself."""
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of a finished stream (the end of its chunked body): a response closed before its end cannot go
+    back to the connection pool, and opening a new connection per request costs both sides more than the request."""
     try:
         async with asyncio.timeout(1.0):
-            async for _ in events:
+            async for _ in chunks:
                 pass
     except (TimeoutError, httpx.HTTPError):
         pass
+
+
+def complete_events(buffer: bytes) -> int:
+    """Length of the run of complete events at the start of `buffer` (an event ends with a blank line)."""
+    lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+
+
+def sse_payloads(block: bytes) -> Iterator[str]:
+    """The data of each event in a block of complete events (comment-only events, like pings, have none)."""
+    for event in block.replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            yield b"\n".join(lines).decode()
+
+
+def sse_event(data: str) -> bytes:
+    return b"data: " + data.encode() + b"\r\n\r\n"
 
 
 def error_in_event(data: str) -> ServingError | None:
@@ -206,4 +250,3 @@ def error_in_event(data: str) -> ServingError | None:
     except ValueError:
         return None
     return ServingError.from_body(payload) if isinstance(payload, dict) and "error" in payload else None
-

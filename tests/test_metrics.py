@@ -3,6 +3,7 @@ on the demo checkpoint's spec), the real dispatcher with scripted worker answers
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFi
                                   request_id_var)
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
+from controller import aggregate
 from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
@@ -116,8 +118,13 @@ def dispatcher(payloads: list[str]) -> tuple[Dispatcher, Metrics]:
     registry = Registry(expiry_s=60)
     registry.register(WorkerRegistration(worker_id="w", url="http://w", models=[ModelCard(id="m")],
                                          max_concurrency=2))
-    body = "".join(f"data: {p}\r\n\r\n" for p in payloads).encode()
-    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body,
+
+    async def body():  # one event per network read, a moment apart, as a worker sends them
+        for p in payloads:
+            await asyncio.sleep(0.002)
+            yield f"data: {p}\r\n\r\n".encode()
+
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body(),
                                                              headers={"content-type": "text/event-stream"}))
     metrics = Metrics()
     d = Dispatcher(registry, ShortestQueue(random.Random(0)), httpx.AsyncClient(transport=transport),
@@ -127,7 +134,7 @@ def dispatcher(payloads: list[str]) -> tuple[Dispatcher, Metrics]:
 
 async def relay_all(d: Dispatcher) -> list[str]:
     up = await d.open({"model": "m"}, "m", "rid")
-    return [e async for e in d.relay(up)]
+    return [e async for e in aggregate.payloads(d.relay(up))]
 
 
 async def test_controller_times_first_token_and_speed_from_the_usage_chunk():

@@ -11,6 +11,7 @@ import pytest
 
 from common.errors import ErrorCode, ServingError, error_body
 from common.protocol import ModelCard, WorkerRegistration
+from controller.aggregate import payloads
 from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
@@ -59,7 +60,7 @@ def error_status(code: ErrorCode) -> int:
 
 async def drain(dispatcher: Dispatcher) -> tuple[str, list[str]]:
     up = await dispatcher.open({"model": "m"}, "m", "rid")
-    return up.worker.worker_id, [e async for e in dispatcher.relay(up)]
+    return up.worker.worker_id, [e async for e in payloads(dispatcher.relay(up))]
 
 
 @pytest.mark.parametrize("failure", [status(ErrorCode.WORKER_BUSY), status(ErrorCode.ENGINE_ERROR),
