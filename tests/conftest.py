@@ -35,3 +35,19 @@ def demo_checkpoint(tmp_path_factory):
 def log_dir(tmp_path_factory):
     """Where server processes started by tests write their logs (printed on failure by the tests that use them)."""
     return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def v1_checkpoint(tmp_path_factory):
+    """Tiny random InternVL-Chat-V1-2-format (remote-code, ps_version v1) checkpoint for the TurboMind CPU tests."""
+    from tests.gpu.random_checkpoint import build_remote_v1
+
+    return build_remote_v1(tmp_path_factory.mktemp("v1"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def v2_checkpoint(tmp_path_factory):
+    """Tiny random transformers-native (ps_version v2) checkpoint for the TurboMind CPU tests."""
+    from tests.gpu.random_checkpoint import build_native_v2
+
+    return build_native_v2(tmp_path_factory.mktemp("v2"), "tiny")
