@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -128,12 +127,8 @@ def install_error_handlers(app: FastAPI) -> None:
                             status_code=500)
 
 
-def sse_data(payload: BaseModel | dict[str, Any] | str) -> str:
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json(exclude_none=True)
-    if isinstance(payload, dict):
-        return json.dumps(payload, ensure_ascii=False)
-    return payload
+def sse_data(payload: BaseModel) -> str:
+    return payload.model_dump_json(exclude_none=True)
 
 
 def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> EventSourceResponse:

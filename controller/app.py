@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from common.errors import ErrorCode, ServingError
 from common.http import SSEBytesResponse, check_api_key, install_error_handlers, parse_json_body
-from common.logging_setup import install_request_ids
+from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
 from controller.aggregate import collect, payloads
@@ -123,7 +122,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
         req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_var.get()  # set by RequestIdMiddleware, forwarded to the worker
         body = req.model_dump(exclude_none=True)
         body["stream"] = True
         if not req.stream:

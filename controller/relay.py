@@ -44,7 +44,6 @@ class Upstream:
     worker: WorkerRecord
     response: httpx.Response
     chunks: AsyncIterator[bytes]
-    first: str  # the first event's data
     buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
 
@@ -133,7 +132,7 @@ class Dispatcher:
             err = error_in_event(first)
             if err is not None:
                 raise err
-            return Upstream(worker, response, chunks, first, buffered, time.monotonic())
+            return Upstream(worker, response, chunks, buffered, time.monotonic())
         except BaseException:
             await response.aclose()
             raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from common.errors import ServingError
 from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
-from common.logging_setup import install_request_ids
+from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList
 from workers.engines.base import Engine
@@ -87,7 +86,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
         req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
         first, events = await service.start(req, request_id)
         if req.stream:
             return sse_response(service.stream_chunks(req, first, events))
