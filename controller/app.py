@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -34,19 +35,29 @@ async def _expire_loop(registry: Registry) -> None:
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
 
 
-async def check_reachable(client: httpx.AsyncClient, url: str, timeout_s: float) -> None:
+async def check_reachable(client: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
     """Refuse a worker whose advertised URL this controller cannot reach: otherwise it would be registered, then
     fail every request sent to it."""
     hint = ("start the worker with --worker-url set to an address this controller can reach (and --host binding "
             "that interface, e.g. 0.0.0.0)")
     try:
-        r = await client.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
-    except httpx.HTTPError as exc:
+        async with client.get(f"{url.rstrip('/')}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            status = r.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: the controller cannot reach "
                            f"the worker's advertised URL {url} ({type(exc).__name__}); {hint}", param="url") from None
-    if r.status_code != 200:
+    if status != 200:
         raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: {url}/health answered HTTP "
-                           f"{r.status_code}, so it is not this worker; {hint}", param="url")
+                           f"{status}, so it is not this worker; {hint}", param="url")
+
+
+def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
+    """The one HTTP client to the workers. aiohttp, for its C parser: the relay reads every token through it.
+    Idle connections are dropped before the workers' own keep-alive limit (uvicorn's 5 s), so a request is never
+    sent on a connection the worker is closing."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s))
 
 
 def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
@@ -59,8 +70,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0)) as client:
+        async with worker_client(settings) as client:
             app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
                                              metrics)
             expiry = asyncio.create_task(_expire_loop(registry))
@@ -123,12 +133,11 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         check_api_key(request, settings.api_keys)
         req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
         request_id = request_id_var.get()  # set by RequestIdMiddleware, forwarded to the worker
-        body = req.model_dump(exclude_none=True)
-        body["stream"] = True
+        forwarded = req.model_dump(exclude_none=True) | {"stream": True}  # workers always stream to us
         if not req.stream:
-            body["stream_options"] = {"include_usage": True}
+            forwarded["stream_options"] = {"include_usage": True}
         dispatcher: Dispatcher = request.app.state.dispatcher
-        upstream = await dispatcher.open(body, req.model, request_id)
+        upstream = await dispatcher.open(json.dumps(forwarded).encode(), req.model, request_id)
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if req.stream:

@@ -18,10 +18,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import anyio
-import httpx
+import aiohttp
 
 from common.errors import ErrorCode, ServingError, error_body
 from common.http import DONE, DONE_EVENT
@@ -42,14 +40,13 @@ class Upstream:
     """An open worker stream whose first event has arrived."""
 
     worker: WorkerRecord
-    response: httpx.Response
-    chunks: AsyncIterator[bytes]
+    response: aiohttp.ClientResponse
     buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, policy: Policy, client: httpx.AsyncClient, settings: ControllerSettings,
+    def __init__(self, registry: Registry, policy: Policy, client: aiohttp.ClientSession, settings: ControllerSettings,
                  metrics: Metrics | None = None):
         self.registry = registry
         self.policy = policy
@@ -57,7 +54,8 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics or Metrics()
 
-    async def open(self, body: dict[str, Any], model: str, request_id: str) -> Upstream:
+    async def open(self, body: bytes, model: str, request_id: str) -> Upstream:
+        """`body`: the JSON request to send to the worker, streaming."""
         serving = self.registry.serving(model)
         if not serving:
             raise self._no_such_model(model)
@@ -100,63 +98,63 @@ class Dispatcher:
         return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model '{model}' is not served here; available: {names}",
                             param="model")
 
-    async def _connect(self, worker: WorkerRecord, body: dict[str, Any], request_id: str) -> Upstream:
+    async def _connect(self, worker: WorkerRecord, body: bytes, request_id: str) -> Upstream:
         s = self.settings
-        timeout = httpx.Timeout(connect=s.connect_timeout_s, read=s.first_token_timeout_s, write=30.0, pool=5.0)
-        request = self.client.build_request("POST", f"{worker.url}/v1/chat/completions", json=body,
-                                            headers={"X-Request-ID": request_id}, timeout=timeout)
         try:
-            response = await self.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # One timeout covers sending the request and the worker's headers, which it sends with its first token.
+            async with asyncio.timeout(s.first_token_timeout_s):
+                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=body,
+                                                  headers={"Content-Type": "application/json",
+                                                           "X-Request-ID": request_id})
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT, f"worker {worker.worker_id} sent nothing for "
                                f"{s.first_token_timeout_s:.0f} s") from exc
-        except httpx.HTTPError as exc:
-            self.registry.mark_unreachable(worker)
+        except aiohttp.ClientError as exc:  # reachable, but it dropped the connection: not marked unreachable
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         try:
-            if response.status_code != 200:
-                raw = await response.aread()
+            if response.status != 200:
+                raw = await response.read()
                 try:
                     payload = json.loads(raw)
                 except ValueError:
                     payload = None
-                raise ServingError.from_body(payload, response.status_code)
-            chunks = response.aiter_bytes()  # each network read as it comes
-            first, buffered = await self._first_event(chunks, worker)
+                raise ServingError.from_body(payload, response.status)
+            first, buffered = await self._first_event(response, worker)
             if first is None or first == DONE:
                 raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} ended the stream at once")
             err = error_in_event(first)
             if err is not None:
                 raise err
-            return Upstream(worker, response, chunks, buffered, time.monotonic())
+            return Upstream(worker, response, buffered, time.monotonic())
         except BaseException:
-            await response.aclose()
+            response.close()
             raise
 
-    async def _first_event(self, chunks: AsyncIterator[bytes], worker: WorkerRecord) -> tuple[str | None, bytes]:
+    async def _first_event(self, response: aiohttp.ClientResponse, worker: WorkerRecord) -> tuple[str | None, bytes]:
         """Read until the first event with data is complete; None when the stream ends first."""
         buffered = b""
         while True:
-            chunk = await self._read(chunks, self.settings.first_token_timeout_s, worker)
-            if chunk is None:
+            chunk = await self._read(response, self.settings.first_token_timeout_s, worker)
+            if not chunk:
                 return None, buffered
             buffered += chunk
             for data in sse_payloads(buffered[:complete_events(buffered)]):
                 return data, buffered
 
-    async def _read(self, chunks: AsyncIterator[bytes], timeout: float, worker: WorkerRecord) -> bytes | None:
+    async def _read(self, response: aiohttp.ClientResponse, timeout: float, worker: WorkerRecord) -> bytes:
+        """What the network has brought since the last read (b"" at the end of the body)."""
         try:
             # asyncio.timeout, not wait_for: wait_for wraps every read in a new task, a cost paid once per read.
             async with asyncio.timeout(timeout):
-                return await anext(chunks, None)
+                return await response.content.readany()
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT,
                                f"worker {worker.worker_id} sent nothing for {timeout:.0f} s") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
 
     async def relay(self, up: Upstream) -> AsyncIterator[bytes]:
@@ -173,24 +171,26 @@ class Dispatcher:
                     ok = block.startswith(_DONE_LINE) or _DONE_LATER_LINE in block  # set before the yield:
                     yield block  # a reader that stops at the end marker closes this generator right here
                     if ok:
-                        await _drain(up.chunks)
+                        await _drain(up.response)
                         return
                 try:
-                    chunk = await self._read(up.chunks, self.settings.token_timeout_s, up.worker)
+                    chunk = await self._read(up.response, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
                     yield self._failed(err.code, err.message)
                     return
-                if chunk is None:
+                if not chunk:
                     yield self._failed(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped in the middle "
                                        "of the answer; please retry")
                     return
                 pending = pending + chunk if pending else chunk
         finally:
-            # Shielded: on a client disconnect this runs in a cancelled scope, and the close is what tells the
-            # worker we are gone, so it aborts the generation.
-            with anyio.CancelScope(shield=True):
-                await up.response.aclose()
+            # Also on a client disconnect (this generator is closed then): closing the connection is what tells the
+            # worker we are gone, so it aborts the generation. A finished stream goes back to the pool instead.
+            if up.response.content.at_eof():
+                up.response.release()
+            else:
+                up.response.close()
             self.registry.release(up.worker, ok=ok)
 
     def _failed(self, code: ErrorCode, message: str) -> bytes:
@@ -212,14 +212,14 @@ class Dispatcher:
                     pass  # not ours to judge: the event is relayed as it is
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
-    """Read the rest of a finished stream (the end of its chunked body): a response closed before its end cannot go
-    back to the connection pool, and opening a new connection per request costs both sides more than the request."""
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of a finished stream (the end of its chunked body): a connection closed before its end cannot go
+    back to the pool, and opening a new connection per request costs both sides more than the request."""
     try:
         async with asyncio.timeout(1.0):
-            async for _ in chunks:
+            while await response.content.readany():
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, aiohttp.ClientError):
         pass
 
 

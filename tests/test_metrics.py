@@ -3,13 +3,12 @@ on the demo checkpoint's spec), the real dispatcher with scripted worker answers
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import io
 import json
 import logging
 import random
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,9 +21,11 @@ from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
 from controller import aggregate
 from controller.policies import ShortestQueue
+from controller.app import worker_client
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
+from tests.support.loopback_workers import LoopbackWorkers, stream
 from tests.support.scripted_engine import ScriptedEngine
 
 
@@ -114,32 +115,27 @@ USAGE = json.dumps({"id": "c", "model": "m", "choices": [],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
 
 
-def dispatcher(payloads: list[str]) -> tuple[Dispatcher, Metrics]:
-    registry = Registry(expiry_s=60)
-    registry.register(WorkerRegistration(worker_id="w", url="http://w", models=[ModelCard(id="m")],
-                                         max_concurrency=2))
-
-    async def body():  # one event per network read, a moment apart, as a worker sends them
-        for p in payloads:
-            await asyncio.sleep(0.002)
-            yield f"data: {p}\r\n\r\n".encode()
-
-    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body(),
-                                                             headers={"content-type": "text/event-stream"}))
-    metrics = Metrics()
-    d = Dispatcher(registry, ShortestQueue(random.Random(0)), httpx.AsyncClient(transport=transport),
-                   ControllerSettings(first_token_timeout_s=2, token_timeout_s=2), metrics)
-    return d, metrics
+@contextlib.asynccontextmanager
+async def dispatcher(payloads: list[str]):
+    """A dispatcher whose one worker, a loopback server, sends these events one per network write, a moment apart."""
+    async with LoopbackWorkers() as workers:
+        registry = Registry(expiry_s=60)
+        registry.register(WorkerRegistration(worker_id="w", url=await workers.start(stream(*payloads, gap_s=0.002)),
+                                             models=[ModelCard(id="m")], max_concurrency=2))
+        metrics = Metrics()
+        settings = ControllerSettings(first_token_timeout_s=2, token_timeout_s=2)
+        async with worker_client(settings) as session:
+            yield Dispatcher(registry, ShortestQueue(random.Random(0)), session, settings, metrics), metrics
 
 
 async def relay_all(d: Dispatcher) -> list[str]:
-    up = await d.open({"model": "m"}, "m", "rid")
+    up = await d.open(b'{"model": "m"}', "m", "rid")
     return [e async for e in aggregate.payloads(d.relay(up))]
 
 
 async def test_controller_times_first_token_and_speed_from_the_usage_chunk():
-    d, metrics = dispatcher([CHUNK, CHUNK, USAGE, "[DONE]"])
-    await relay_all(d)
+    async with dispatcher([CHUNK, CHUNK, USAGE, "[DONE]"]) as (d, metrics):
+        await relay_all(d)
     s = samples(metrics.render().decode())
     assert s[("internvl_time_to_first_token_seconds_count", ())] == 1
     assert s[("internvl_generation_tokens_per_second_count", ())] == 1
@@ -150,8 +146,8 @@ async def test_controller_times_first_token_and_speed_from_the_usage_chunk():
     ([CHUNK], "worker_lost"),  # the worker's stream ends without the end marker
 ])
 async def test_controller_counts_mid_stream_errors_by_code(payloads, code):
-    d, metrics = dispatcher(payloads)
-    events = await relay_all(d)
+    async with dispatcher(payloads) as (d, metrics):
+        events = await relay_all(d)
     assert events[-1] == "[DONE]"
     assert samples(metrics.render().decode())[("internvl_errors_total", (("code", code),))] == 1
 

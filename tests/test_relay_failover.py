@@ -1,72 +1,63 @@
-"""Dispatcher failover and stream relay, with worker HTTP answers scripted through httpx.MockTransport.
-(End-to-end versions with real worker processes are in test_stack_integration.py and test_faults.py.)"""
+"""Dispatcher failover and stream relay against small scripted HTTP servers on loopback, through the controller's
+real aiohttp client. (End-to-end versions with real worker processes are in test_stack_integration.py and
+test_faults.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
-import httpx
 import pytest
+from aiohttp import web
 
 from common.errors import ErrorCode, ServingError, error_body
 from common.protocol import ModelCard, WorkerRegistration
 from controller.aggregate import payloads
+from controller.app import worker_client
 from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
+from tests.support.loopback_workers import REFUSED, LoopbackWorkers, status, stream
 
 CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+BODY = b'{"model": "m"}'
 
 
-def sse(*payloads: str) -> bytes:
-    return "".join(f"data: {p}\r\n\r\n" for p in payloads).encode()
+@pytest.fixture
+async def make():
+    """make({name: behaviour}) -> (dispatcher, registry, workers): one loopback server per name, registered."""
+    async with LoopbackWorkers() as workers:
+        sessions = []
+
+        async def build(behaviours: dict, **settings):
+            registry = Registry(expiry_s=60)
+            for name, behaviour in behaviours.items():
+                registry.register(WorkerRegistration(worker_id=name, url=await workers.start(behaviour),
+                                                     models=[ModelCard(id="m")], max_concurrency=2))
+            s = ControllerSettings(**{"first_token_timeout_s": 2, "token_timeout_s": 2, **settings})
+            sessions.append(worker_client(s))
+            # Deterministic order: shortest-queue with a seeded rng over equal loads.
+            return Dispatcher(registry, ShortestQueue(random.Random(3)), sessions[-1], s), registry, workers
+
+        yield build
+        for session in sessions:
+            await session.close()
 
 
-def make(handlers: dict[str, object]) -> tuple[Dispatcher, Registry]:
-    registry = Registry(expiry_s=60)
-    for name in handlers:
-        registry.register(WorkerRegistration(worker_id=name, url=f"http://{name}", models=[ModelCard(id="m")],
-                                             max_concurrency=2))
-
-    def route(request: httpx.Request) -> httpx.Response:
-        behaviour = handlers[request.url.host]
-        if isinstance(behaviour, Exception):
-            raise behaviour
-        return behaviour(request)
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(route))
-    settings = ControllerSettings(first_token_timeout_s=2, token_timeout_s=2)
-    # Deterministic order: shortest-queue with a seeded rng over equal loads.
-    return Dispatcher(registry, ShortestQueue(random.Random(3)), client, settings), registry
-
-
-def stream(*payloads: str) -> httpx.Response:
-    return httpx.Response(200, content=sse(*payloads), headers={"content-type": "text/event-stream"})
-
-
-def ok(_: httpx.Request) -> httpx.Response:
+def ok():
     return stream(CHUNK, CHUNK, "[DONE]")
 
 
-def status(code: ErrorCode):
-    return lambda _: httpx.Response(error_status(code), json=error_body(code, f"{code.value} here"))
-
-
-def error_status(code: ErrorCode) -> int:
-    return ServingError(code, "").status
-
-
 async def drain(dispatcher: Dispatcher) -> tuple[str, list[str]]:
-    up = await dispatcher.open({"model": "m"}, "m", "rid")
+    up = await dispatcher.open(BODY, "m", "rid")
     return up.worker.worker_id, [e async for e in payloads(dispatcher.relay(up))]
 
 
-@pytest.mark.parametrize("failure", [status(ErrorCode.WORKER_BUSY), status(ErrorCode.ENGINE_ERROR),
-                                     httpx.ConnectError("refused")])
-async def test_fails_over_before_first_token(failure):
-    dispatcher, registry = make({"bad": failure, "good": ok})
+@pytest.mark.parametrize("failure", [status(ErrorCode.WORKER_BUSY), status(ErrorCode.ENGINE_ERROR), REFUSED])
+async def test_fails_over_before_first_token(make, failure):
+    dispatcher, registry, _ = await make({"bad": failure, "good": ok()})
     served = set()
     for _ in range(4):
         worker, events = await drain(dispatcher)
@@ -77,56 +68,87 @@ async def test_fails_over_before_first_token(failure):
     assert registry.get("bad").failures >= 1
 
 
-async def test_client_errors_are_not_retried_elsewhere():
-    calls = []
-
-    def bad_image(request):
-        calls.append(request.url.host)
-        return status(ErrorCode.INVALID_IMAGE)(request)
-
-    dispatcher, registry = make({"a": bad_image, "b": bad_image})
+async def test_client_errors_are_not_retried_elsewhere(make):
+    dispatcher, registry, workers = await make({"a": status(ErrorCode.INVALID_IMAGE),
+                                                "b": status(ErrorCode.INVALID_IMAGE)})
     with pytest.raises(ServingError) as err:
         await drain(dispatcher)
-    assert err.value.code == ErrorCode.INVALID_IMAGE and len(calls) == 1
+    assert err.value.code == ErrorCode.INVALID_IMAGE and sum(workers.calls.values()) == 1
     assert all(w.in_flight == 0 for w in registry.all())
 
 
-async def test_all_workers_failing_gives_no_worker_with_last_reason():
-    dispatcher, _ = make({"a": status(ErrorCode.ENGINE_ERROR), "b": httpx.ConnectError("refused")})
+async def test_all_workers_failing_gives_no_worker_with_last_reason(make):
+    dispatcher, registry, _ = await make({"a": status(ErrorCode.ENGINE_ERROR), "b": REFUSED})
     with pytest.raises(ServingError) as err:
         await drain(dispatcher)
     assert err.value.code == ErrorCode.NO_WORKER and "2 tried" in err.value.message
+    # Only the worker that could not be reached is marked down; the one that answered stays up.
+    assert not registry.get("b").healthy and registry.get("a").healthy
 
 
-async def test_error_event_before_first_token_fails_over():
-    first_error = lambda _: stream(json.dumps(error_body(ErrorCode.WORKER_LOST, "x")), "[DONE]")
-    dispatcher, _ = make({"a": first_error, "b": ok})
+async def test_error_event_before_first_token_fails_over(make):
+    dispatcher, _, _ = await make({"a": stream(json.dumps(error_body(ErrorCode.WORKER_LOST, "x")), "[DONE]"),
+                                   "b": ok()})
     worker, events = await drain(dispatcher)
     assert worker == "b" and events[-1] == "[DONE]"
 
 
-async def test_stream_cut_mid_answer_becomes_one_error_event_then_done():
-    cut = lambda _: stream(CHUNK, CHUNK)  # no [DONE]: the worker vanished
-    dispatcher, registry = make({"a": cut})
+async def test_worker_silent_before_first_token_times_out_then_fails_over(make):
+    async def hang(request):
+        await asyncio.sleep(30)
+
+    dispatcher, registry, _ = await make({"a": hang, "b": ok()}, first_token_timeout_s=0.3)
+    served = {(await drain(dispatcher))[0] for _ in range(3)}
+    assert served == {"b"} and registry.get("a").failures >= 1 and registry.get("a").in_flight == 0
+
+
+async def test_stream_cut_mid_answer_becomes_one_error_event_then_done(make):
+    dispatcher, registry, _ = await make({"a": stream(CHUNK, CHUNK)})  # no [DONE]: the worker vanished
     _, events = await drain(dispatcher)
     assert events[:2] == [CHUNK, CHUNK] and events[-1] == "[DONE]" and len(events) == 4
     assert json.loads(events[2])["error"]["code"] == ErrorCode.WORKER_LOST
     assert registry.get("a").in_flight == 0
 
 
-async def test_unknown_model_and_no_workers_are_told_apart():
-    dispatcher, _ = make({"a": ok})
+async def test_silence_mid_answer_becomes_a_timeout_event(make):
+    async def first_then_silence(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(f"data: {CHUNK}\r\n\r\n".encode())
+        await asyncio.sleep(30)
+
+    dispatcher, registry, _ = await make({"a": first_then_silence}, token_timeout_s=0.3)
+    _, events = await drain(dispatcher)
+    assert events[0] == CHUNK and json.loads(events[1])["error"]["code"] == ErrorCode.WORKER_TIMEOUT
+    assert events[-1] == "[DONE]" and registry.get("a").in_flight == 0
+
+
+async def test_finished_streams_reuse_one_connection(make):
+    seen = set()
+
+    async def remember(request):
+        seen.add(request.transport.get_extra_info("peername"))
+        return await ok()(request)
+
+    dispatcher, _, _ = await make({"a": remember})
+    for _ in range(5):
+        await drain(dispatcher)
+    assert len(seen) == 1  # drained to the end of the body, so each connection went back to the pool
+
+
+async def test_unknown_model_and_no_workers_are_told_apart(make):
+    dispatcher, _, _ = await make({"a": ok()})
     with pytest.raises(ServingError) as err:
-        await dispatcher.open({}, "other", "rid")
+        await dispatcher.open(BODY, "other", "rid")
     assert err.value.code == ErrorCode.MODEL_NOT_FOUND and "available: m" in err.value.message
-    empty, _ = make({})
+    empty, _, _ = await make({})
     with pytest.raises(ServingError) as err:
-        await empty.open({}, "m", "rid")
+        await empty.open(BODY, "m", "rid")
     assert err.value.code == ErrorCode.NO_WORKER and "python -m workers" in err.value.message
 
 
-async def test_full_workers_answer_busy_not_hang():
-    dispatcher, registry = make({"a": ok})
+async def test_full_workers_answer_busy_not_hang(make):
+    dispatcher, registry, _ = await make({"a": ok()})
     registry.get("a").in_flight = 2
     with pytest.raises(ServingError) as err:
         await drain(dispatcher)
