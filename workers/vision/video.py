@@ -1,9 +1,18 @@
 """Video: sample N frames by InternVL's segment-midpoint rule and decode just those.
 
-Decoding dominates: to reach a frame, H.264 decodes everything from the key frame before it, so 32 frames spread
-over a clip cost about as much as decoding the clip. The sampled frames are therefore split at key frames into up
-to `max_parts` runs, each decoded by its own decord reader in a thread (decord releases the GIL). A run starts at
-a key frame exactly where one sequential reader would seek too, so the pixels are the same as one `get_batch`.
+Decoding dominates: to reach a frame, H.264 decodes everything from the key frame before it. Two ways to do less:
+- Skip what nobody needs (PyAV): a frame that is neither sampled nor a reference for other frames (x264's default
+  B-frames, about half of common H.264) is dropped by the decoder (`skip_frame` NONREF, set per packet), and each
+  GOP stops after its last sampled frame. Skipped frames feed no other frame, so the pixels are unchanged.
+- Split the sampled frames at key frames into up to `max_parts` runs, each decoded in its own thread (the
+  decoders release the GIL). A run starts at a clean key frame, as a single sequential reader would.
+
+The reference is the InternVL model card's decord (frame i = the i-th frame in presentation order, i.e. by sorted
+packet pts; decord's own FFmpeg 4.1 scaler for RGB). PyAV (FFmpeg 8) gives the very same pixels for the decoders
+that are bit-exact by specification and the 8-bit formats checked below (tests/test_video.py compares them with
+decord); everything else (other codecs, 10-bit: its RGB conversion differs by a few levels; packets without pts,
+size changes, anything PyAV fails on) goes the previous way, decord readers, which also gives the errors for
+unreadable files.
 
 Frame rule (InternVL model card `get_index`): clamp the optional [start, end] seconds to frame indices
 [round(start*fps) (at least 0), round(end*fps) (at most the last frame)], split that span into N equal segments
@@ -16,7 +25,9 @@ fps taken from the frames' own display durations.
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -80,6 +91,16 @@ def split_at_key_frames(indices: list[int], key_frames: list[int], parts: int, m
     return runs
 
 
+# Decoders that are bit-exact by their specification, and 8-bit formats whose RGB conversion by PyAV's FFmpeg equals
+# decord's (checked in tests/test_video.py; 10-bit differs). Anything else is decoded with decord.
+EXACT_CODECS = frozenset({"h264", "hevc", "vp8", "vp9"})
+EXACT_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv444p"})
+
+
+class _NotExact(Exception):
+    """PyAV cannot promise decord's frames for this file: decode it with decord."""
+
+
 def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float | None = None,
                  end: float | None = None, label: str = "video", max_parts: int | None = None) -> np.ndarray:
     """Bytes of a video file (or animated GIF) -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that
@@ -91,9 +112,114 @@ def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: end ({end}s) must be after start ({start}s)")
     if data[:6] in GIF_MAGIC:
         return _decode_gif(data, limits, num_frames, start, end, label)
+    parts = default_parts() if max_parts is None else max_parts
+    try:
+        return _decode_skipping(data, limits, num_frames, start, end, label, parts)
+    except _NotExact:
+        return _decode_decord(data, limits, num_frames, start, end, label, parts)
+
+
+def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
+                     label: str, parts: int) -> np.ndarray:
+    """PyAV: decode only reference frames and sampled frames, each GOP up to its last sampled frame."""
+    import av  # imported here, like decord: a text-only worker never loads FFmpeg
+
+    try:
+        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            if stream is None or getattr(stream.codec_context, "name", None) not in EXACT_CODECS or \
+                    not stream.average_rate:
+                raise _NotExact
+            # Index pass (demuxing only, ~10 ms a minute of 1080p): decord's frame i is the i-th packet by pts.
+            index = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
+            fps, width, height = float(stream.average_rate), stream.codec_context.width, stream.codec_context.height
+            stream_index = stream.index  # (read while open: a closed container's streams are gone)
+    except av.FFmpegError as exc:
+        raise _NotExact from exc
+    pts = [p for p, _ in index]
+    if not pts or None in pts or len(set(pts)) != len(pts):
+        raise _NotExact  # no frames (decord says so), or no usable timestamps
+    _check_length(len(pts) / fps, start, limits, label)
+    _check_frame_size(width, height, limits, label)
+    indices = sample_indices(len(pts), fps, num_frames, start, end)
+    by_pts = sorted(pts)
+    position = sorted(range(len(pts)), key=pts.__getitem__)  # frame index -> packet position in decode order
+    # Clean key frames: every packet before shows before every packet from it on, so the frames from it on are
+    # exactly frame indices >= its position, and a decoder can start there (packet 0 in any case).
+    later_min = list(itertools.accumulate(reversed(pts), min))[::-1]
+    earlier_max = list(itertools.accumulate(pts, max))
+    cuts = [0] + [k for k, (_, key) in enumerate(index) if k and key and earlier_max[k - 1] < later_min[k]]
+    runs = split_at_key_frames(indices, cuts, parts, min_cost=MIN_PIXELS_PER_PART // (width * height) + 1)
+    slots: dict[int, list[int]] = {}
+    for i, frame_index in enumerate(indices):
+        slots.setdefault(by_pts[frame_index], []).append(i)
+    shared: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def store(frame) -> None:
+        # The first frame fixes the shape (a 90/270-degree display rotation swaps it); all must agree.
+        rotation = frame.rotation
+        if frame.format.name not in EXACT_FORMATS or (frame.width, frame.height) != (width, height) or \
+                shared.setdefault("rotation", rotation) != rotation:
+            raise _NotExact
+        pixels = frame.to_ndarray(format="rgb24")
+        if rotation % 90 == 0 and rotation % 360:  # decord turns 180; at 90/270 its frames are garbage (4 channels)
+            pixels = np.rot90(pixels, rotation // 90)
+        with lock:
+            if "out" not in shared:  # allocated once, so that only the sampled frames are ever held, once
+                shared["out"] = np.empty((len(indices), *pixels.shape), dtype=np.uint8)
+        for i in slots.pop(frame.pts):
+            shared["out"][i] = pixels
+
+    def decode_run(run: list[int], threads: int) -> None:
+        gop = np.searchsorted(cuts, run, side="right") - 1
+        # Per GOP: decode from its first packet to the last sampled one (in decode order), then drain.
+        spans = sorted({(cuts[g], max(position[i] for i, h in zip(run, gop, strict=True) if h == g)) for g in gop})
+        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+            context = container.streams[stream_index].codec_context
+            context.thread_type, context.thread_count = ("SLICE", 1) if threads == 1 else ("FRAME", threads)
+            todo = iter(spans)
+            first, last = next(todo)
+            k = -1
+            for packet in container.demux(container.streams[stream_index]):
+                if not packet.size:
+                    continue
+                k += 1
+                if k < first:
+                    continue  # demuxed, not decoded: reading a packet costs microseconds
+                # Frames nobody asked for and nothing references are dropped undecoded.
+                context.skip_frame = "DEFAULT" if packet.pts in slots else "NONREF"
+                frames = context.decode(packet)
+                if k == last:  # drained: this GOP's sampled frames are all out; the decoder restarts at a key
+                    frames += context.decode(None)
+                    context.flush_buffers()
+                for frame in frames:
+                    if frame.pts in slots:
+                        store(frame)
+                if k == last:
+                    if (span := next(todo, None)) is None:
+                        return
+                    first, last = span
+
+    try:
+        if len(runs) == 1:
+            decode_run(runs[0], 0)  # one decoder, FFmpeg's frame threads (0 = as many as cores)
+        else:
+            with ThreadPoolExecutor(len(runs), thread_name_prefix="video-decode") as pool:
+                for future in [pool.submit(decode_run, run, 1) for run in runs]:
+                    future.result()
+    except av.FFmpegError as exc:
+        raise _NotExact from exc  # decord decides: the same frames or the same error as before
+    if slots:
+        raise _NotExact  # a sampled frame never came out
+    return shared["out"]
+
+
+def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
+                   label: str, parts: int) -> np.ndarray:
+    """decord readers, one per run of GOPs (the reference's library: its pixels by definition)."""
     import decord  # imported here: loading its native library costs time a text-only worker never needs
 
-    parts = default_parts() if max_parts is None else max_parts
     try:
         # One decoding thread per reader when runs go in parallel (they use the cores; FFmpeg's frame threads on
         # top only add overhead), else FFmpeg's own threading (0 = as many as cores).
