@@ -12,7 +12,8 @@ from PIL import Image
 from transformers import CLIPImageProcessor, GotOcr2ImageProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, choose_grid, cut_tiles, normalize, square_tile
+from workers.vision.tiling import (IMAGENET_MEAN, IMAGENET_STD, MIN_SPLIT_PIXELS, choose_grid, cut_tiles, normalize,
+                                  resize_bicubic, square_tile)
 
 SHAPES = [(1, 1), (1, 4000), (4000, 1), (4000, 3000), (3000, 4000), (448, 448), (449, 448), (896, 448),
           (1000, 200), (200, 1000), (640, 480), (480, 640), (1920, 1080), (1080, 1920), (35, 14), (13, 12),
@@ -113,3 +114,22 @@ def test_fixed_448_matches_v1_2_clip_processor(w, h):
     image = _image(w, h)
     expected = clip(images=image.resize((S, S)), return_tensors="pt").pixel_values
     torch.testing.assert_close(normalize(square_tile(image, S)), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("src,dst", [((4000, 3000), (1792, 1344)), ((4000, 3000), (448, 448)), ((3000, 4000), (448, 448)),
+                                     ((1920, 1080), (2688, 1344)), ((2001, 1999), (2001, 448)), ((2001, 1999), (448, 1999)),
+                                     ((9000, 300), (5376, 448)), ((1537, 1537), (4480, 4480))])
+def test_resize_in_strips_equals_one_pil_resize(src, dst):
+    """The strips each core resizes join into exactly PIL's own single resize (down, up, one axis only)."""
+    image = _image(*src, seed=5)
+    assert src[0] * src[1] >= MIN_SPLIT_PIXELS  # the split path, not the small-image shortcut
+    assert np.array_equal(resize_bicubic(image, dst), np.asarray(image.resize(dst, Image.Resampling.BICUBIC)))
+
+
+def test_normalize_in_groups_equals_torchvision_bit_for_bit():
+    import torchvision.transforms.functional as F
+
+    tiles = np.random.default_rng(1).integers(0, 256, size=(13, S, S, 3), dtype=np.uint8)
+    expected = torch.stack([F.normalize(F.to_tensor(t), IMAGENET_MEAN, IMAGENET_STD) for t in tiles])
+    ours = normalize(tiles)
+    assert ours.is_contiguous() and torch.equal(ours, expected)

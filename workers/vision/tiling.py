@@ -4,12 +4,14 @@ The grid rule is the one InternVL 1.5+ was trained with (model card `dynamic_pre
 whose aspect ratio is closest to the image's, among all grids with min_tiles <= cols*rows <= max_tiles, visited in
 order of increasing tile count; on an exact tie the later (bigger) grid wins only while the image area exceeds half
 the grid's pixel area. Resizing is PIL bicubic, as in the model card, so pixels match the reference bit for bit.
-Unlike the model card we resize once and slice tiles out of one array, then normalise all tiles in one op.
+Unlike the model card we resize once and slice tiles out of one array, then normalise all tiles in one op, and a big
+image's resize runs on several cores (`resize_bicubic`), with the same pixels.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import os
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
@@ -61,22 +63,62 @@ def cut_tiles(image: Image.Image, *, tile_size: int, min_tiles: int, max_tiles: 
               use_thumbnail: bool) -> np.ndarray:
     """RGB image -> uint8 tiles [N, S, S, 3], row-major, thumbnail last (only when there are 2+ tiles)."""
     cols, rows = choose_grid(image.width, image.height, min_tiles, max_tiles, tile_size)
-    thumb = None
-    if use_thumbnail and cols * rows > 1:
-        # Both resizes read the whole source and dominate the cost; PIL releases the GIL, so run them side by side.
-        thumb = _resize_pool().submit(image.resize, (tile_size, tile_size), Image.Resampling.BICUBIC)
-    resized = np.asarray(image.resize((cols * tile_size, rows * tile_size), Image.Resampling.BICUBIC))
+    resized = resize_bicubic(image, (cols * tile_size, rows * tile_size))
     # [rows*S, cols*S, 3] -> [rows, S, cols, S, 3] -> [rows, cols, S, S, 3]: tile (r, c) in row-major order.
     tiles = resized.reshape(rows, tile_size, cols, tile_size, 3).swapaxes(1, 2).reshape(-1, tile_size, tile_size, 3)
-    if thumb is not None:
-        tiles = np.concatenate([tiles, np.asarray(thumb.result())[None]], axis=0)
+    if use_thumbnail and cols * rows > 1:
+        tiles = np.concatenate([tiles, resize_bicubic(image, (tile_size, tile_size))[None]], axis=0)
     return tiles
+
+
+# Below this many source pixels, handing strips to threads costs more than it saves.
+MIN_SPLIT_PIXELS = 2_000_000
+
+
+def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """`image.resize(size, BICUBIC)` of an RGB image as uint8 [H, W, 3], the very same pixels, on several cores.
+
+    PIL resizes in two passes, horizontal then vertical, rounding to 8 bits in between. Each output row of the first
+    pass depends on one source row only and each output column of the second on one column only, with weights that
+    depend on the full sizes alone; so each pass is cut into strips (rows, then columns) resized side by side (PIL
+    releases the GIL). tests/test_tiling_golden.py checks the pixels against plain `resize` and lmdeploy's reference.
+    """
+    parts = min(usable_cores(), 4)
+    if parts < 2 or image.mode != "RGB" or image.width * image.height < MIN_SPLIT_PIXELS:
+        return np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+    width, height = size
+    pool = _resize_pool()
+
+    def strips(count: int) -> list[tuple[int, int]]:
+        cuts = np.unique(np.linspace(0, count, min(parts, count) + 1).astype(int)).tolist()
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    def rows(span: tuple[int, int]) -> np.ndarray:
+        top, bottom = span
+        return np.asarray(image.crop((0, top, image.width, bottom)).resize((width, bottom - top),
+                                                                           Image.Resampling.BICUBIC))
+
+    wide = np.concatenate(list(pool.map(rows, strips(image.height))), axis=0)
+    if height == image.height:
+        return wide
+    middle = Image.fromarray(wide)
+
+    def columns(span: tuple[int, int]) -> np.ndarray:
+        left, right = span
+        return np.asarray(middle.crop((left, 0, right, middle.height)).resize((right - left, height),
+                                                                            Image.Resampling.BICUBIC))
+
+    return np.concatenate(list(pool.map(columns, strips(width))), axis=1)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @cache
 def _resize_pool() -> ThreadPoolExecutor:
-    """Created on first use (never at import); shared by all requests."""
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="thumbnail")
+    """Created on first use (never at import); shared by all requests. Its tasks never wait for each other."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="resize")
 
 
 def square_tile(image: Image.Image, tile_size: int) -> np.ndarray:
@@ -95,10 +137,26 @@ def square_tiles_of_frames(frames: np.ndarray, tile_size: int) -> np.ndarray:
 def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 [N, S, S, 3] -> float32 [N, 3, S, S], (x/255 - mean) / std in the same float ops as torchvision's
-    ToTensor + Normalize, so the result equals the model card's tensors exactly."""
+    ToTensor + Normalize, so the result equals the model card's tensors exactly. Element-wise, so groups of tiles
+    are normalised side by side (torch releases the GIL), each into its slice of the output."""
     import torch  # here, not at module level: importing torch costs seconds a worker need not pay before serving
 
-    x = torch.from_numpy(np.require(tiles, requirements=["C", "W"])).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    tiles = np.require(tiles, requirements=["C", "W"])
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s).contiguous()
+    out = torch.empty((tiles.shape[0], 3, *tiles.shape[1:3]), dtype=torch.float32)
+
+    def part(span: tuple[int, int]) -> None:
+        first, last = span
+        x = out[first:last]
+        x.copy_(torch.from_numpy(tiles[first:last]).permute(0, 3, 1, 2))  # uint8 -> float32, channels first
+        x.div_(255).sub_(m).div_(s)
+
+    groups = min(usable_cores(), 4, tiles.shape[0])
+    cuts = np.linspace(0, tiles.shape[0], groups + 1).astype(int).tolist()
+    spans = list(zip(cuts[:-1], cuts[1:]))
+    if len(spans) < 2 or tiles.size < MIN_SPLIT_PIXELS * 3:
+        part((0, tiles.shape[0]))
+    else:
+        list(_resize_pool().map(part, spans))
+    return out

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from PIL import Image, ImageFile, ImageSequence
 from common.errors import ErrorCode, ServingError
 from workers.settings import MediaLimits
 from workers.vision.images import to_rgb
+from workers.vision.tiling import usable_cores
 
 GIF_MAGIC = (b"GIF87a", b"GIF89a")
 # A frame without a display time (or with 0, which browsers also show at about this pace) counts as 100 ms.
@@ -60,8 +60,7 @@ MIN_PIXELS_PER_PART = 50_000_000
 
 def default_parts() -> int:
     """Runs decoded at once: one per usable core, at most 4 (past that, reader start-up and GOP granularity win)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(usable_cores(), 4))
 
 
 def split_at_key_frames(indices: list[int], key_frames: list[int], parts: int, min_cost: int = 1) -> list[list[int]]:
