@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import (ProcSampler, Stack, build_checkpoint, chat_body, client, fmt_ms, machine,  # noqa: E402
-                           scripted_env, stream_chat, summary)
+from bench.harness import (ProcSampler, Stack, Usage, build_checkpoint, chat_body, client, fmt_ms,  # noqa: E402
+                           machine, scripted_env, stream_chat, summary)
 
 TTFT_TOKENS = 4
 BIG_CONTEXT = 1_000_000  # lets one scripted stream be as long as the relay phase asks
@@ -100,6 +100,22 @@ async def load_phase(url: str, streams: int, ramp_s: float, tokens: int) -> dict
             "error_samples": errors[:3], "peak_open": peak, "wall_s": wall}
 
 
+def merge_rounds(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """One path's load rounds as one: TTFTs pooled, errors added, CPU averaged, RSS from the first round's start to the
+    last round's end."""
+    results = [r for r, _ in rounds]
+    res = {"ttft": [t for r in results for t in r["ttft"]], "errors": sum(r["errors"] for r in results),
+           "error_samples": [e for r in results for e in r["error_samples"]][:3],
+           "peak_open": max(r["peak_open"] for r in results), "wall_s": sum(r["wall_s"] for r in results)}
+    usage = {}
+    for proc in rounds[0][1]:
+        each = [u[proc] for _, u in rounds if proc in u]
+        usage[proc] = Usage(cpu_percent=statistics.mean(u.cpu_percent for u in each),
+                            cpu_seconds=sum(u.cpu_seconds for u in each), rss_start_mb=each[0].rss_start_mb,
+                            rss_end_mb=each[-1].rss_end_mb, rss_peak_mb=max(u.rss_peak_mb for u in each))
+    return res, usage
+
+
 def report_ttft(samples: dict[str, list[float]]) -> dict:
     stats = {name: summary(v) for name, v in samples.items()}
     print(f"\nTime to first token, {len(samples['direct'])} sequential requests per path "
@@ -141,6 +157,7 @@ def main() -> None:
     ap.add_argument("--relay-tokens", type=int, default=20000, help="tokens in each relay-throughput stream")
     ap.add_argument("--relay-repeats", type=int, default=3)
     ap.add_argument("--streams", type=int, default=500, help="concurrent streams in the load phase")
+    ap.add_argument("--load-rounds", type=int, default=3, help="load-phase rounds (each runs every path once)")
     ap.add_argument("--ramp-s", type=float, default=2.0, help="the load phase opens its streams over this time")
     ap.add_argument("--stream-tokens", type=int, default=40, help="tokens per load stream (at --stream-rate)")
     ap.add_argument("--stream-rate", type=float, default=10.0, help="tokens/s of each load stream")
@@ -192,14 +209,22 @@ def main() -> None:
             if proxy:
                 load_paths["lmdeploy proxy"] = proxy.url
             print(f"\n{args.streams} concurrent streams (opened over {args.ramp_s:g} s, {args.stream_tokens} tokens "
-                  f"at {args.stream_rate:g} tokens/s each):")
+                  f"at {args.stream_rate:g} tokens/s each), {args.load_rounds} rounds, paths in a shuffled order "
+                  "each round:")
+            runs: dict[str, list[tuple[dict, dict]]] = {name: [] for name in load_paths}
+            rng = random.Random(1)
+            for _ in range(args.load_rounds):
+                order = list(load_paths.items())
+                rng.shuffle(order)
+                for name, url in order:
+                    before = sampler.snapshot()
+                    t0 = time.perf_counter()
+                    res = asyncio.run(load_phase(url, args.streams, args.ramp_s, args.stream_tokens))
+                    runs[name].append((res, sampler.usage_since(before, time.perf_counter() - t0)))
             figures["load"] = {}
-            for name, url in load_paths.items():
-                before = sampler.snapshot()
-                t0 = time.perf_counter()
-                res = asyncio.run(load_phase(url, args.streams, args.ramp_s, args.stream_tokens))
-                usage = sampler.usage_since(before, time.perf_counter() - t0)
+            for name, rounds in runs.items():
                 hop = {"controller": ["controller"], "lmdeploy proxy": ["lmdeploy-proxy"]}.get(name, [])
+                res, usage = merge_rounds(rounds)
                 shown = {k: usage[k] for k in [*hop, "worker-paced", "client (this script)"] if k in usage}
                 figures["load"][name] = report_load(name, res, shown)
             base = figures["load"]["direct"]["ttft_ms"]

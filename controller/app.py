@@ -54,9 +54,10 @@ async def check_reachable(client: aiohttp.ClientSession, url: str, timeout_s: fl
 def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
     """The one HTTP client to the workers. aiohttp, for its C parser: the relay reads every token through it.
     Idle connections are dropped before the workers' own keep-alive limit (uvicorn's 5 s), so a request is never
-    sent on a connection the worker is closing."""
+    sent on a connection the worker is closing. No cookie jar: one client serves every user, so nothing a worker
+    sets may travel with another user's request."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s))
 
 
