@@ -4,10 +4,11 @@
 
 1. Tiling a 4000x3000 image into 12 tiles + thumbnail. Reference: the model card's `load_image`:
    dynamic_preprocess (lmdeploy ships the model card's function verbatim) + a torchvision T.Compose run per tile.
-2. Sampling 32 frames from a 60 s 1080p H.264 clip, two kinds (generated once with PyAV into a temp dir):
-   x264's defaults (preset medium, keyint 250, 3 B-frames with b-pyramid: the common case, about half the frames
-   are never referenced) and preset ultrafast (no B-frames, every frame a reference: the worst case, where exact
-   decoding cannot skip anything inside a GOP). Reference: the model card's `load_video`: decord per-frame reads
+2. Sampling 32 frames from a 60 s 1080p H.264 clip, three kinds (generated once with PyAV into a temp dir):
+   x264's defaults (preset medium, keyint 250, 3 B-frames with b-pyramid: the common case for encoded files, about
+   half the frames are never referenced), preset ultrafast (no B-frames, every frame a reference: the worst case,
+   where exact decoding cannot skip anything inside a GOP) and camera-like (no B-frames, a key frame every second,
+   as phones record). Reference: the model card's `load_video`: decord per-frame reads
    `vr[i]`, then dynamic_preprocess(max_num=1) + T.Compose per frame. Ours: `decode_video` (PyAV, unreferenced
    frames skipped, GOP runs in parallel), PIL resize per frame, one batched normalisation.
 Targets (issue 3): tiling <= 0.7x, video <= 0.5x of the reference time.
@@ -75,6 +76,8 @@ def our_video(path: str, size: int, frames: int) -> torch.Tensor:
 CLIPS = {  # name -> libx264 options
     "x264 defaults (B-frames)": {"crf": "30"},
     "ultrafast (all P)": {"preset": "ultrafast", "crf": "30", "g": "250"},
+    # Like a phone camera's hardware encoder: no B-frames, a key frame every second.
+    "camera-like (no B-frames, 1 s GOP)": {"preset": "veryfast", "crf": "30", "bf": "0", "g": "30"},
 }
 
 
