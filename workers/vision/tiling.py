@@ -10,8 +10,8 @@ image's resize runs on several cores (`resize_bicubic`), with the same pixels.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
@@ -87,18 +87,14 @@ def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     if parts < 2 or image.mode != "RGB" or image.width * image.height < MIN_SPLIT_PIXELS:
         return np.asarray(image.resize(size, Image.Resampling.BICUBIC))
     width, height = size
-    pool = _resize_pool()
-
-    def strips(count: int) -> list[tuple[int, int]]:
-        cuts = np.unique(np.linspace(0, count, min(parts, count) + 1).astype(int)).tolist()
-        return list(zip(cuts[:-1], cuts[1:]))
+    pool = _pool()
 
     def rows(span: tuple[int, int]) -> np.ndarray:
         top, bottom = span
         return np.asarray(image.crop((0, top, image.width, bottom)).resize((width, bottom - top),
                                                                            Image.Resampling.BICUBIC))
 
-    wide = np.concatenate(list(pool.map(rows, strips(image.height))), axis=0)
+    wide = np.concatenate(list(pool.map(rows, _spans(image.height, parts))), axis=0)
     if height == image.height:
         return wide
     middle = Image.fromarray(wide)
@@ -108,7 +104,13 @@ def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
         return np.asarray(middle.crop((left, 0, right, middle.height)).resize((right - left, height),
                                                                             Image.Resampling.BICUBIC))
 
-    return np.concatenate(list(pool.map(columns, strips(width))), axis=1)
+    return np.concatenate(list(pool.map(columns, _spans(width, parts))), axis=1)
+
+
+def _spans(count: int, parts: int) -> list[tuple[int, int]]:
+    """[0, count) cut into at most `parts` non-empty (start, stop) spans of about equal length."""
+    cuts = np.unique(np.linspace(0, count, min(parts, count) + 1).astype(int)).tolist()
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def usable_cores() -> int:
@@ -116,9 +118,10 @@ def usable_cores() -> int:
 
 
 @cache
-def _resize_pool() -> ThreadPoolExecutor:
-    """Created on first use (never at import); shared by all requests. Its tasks never wait for each other."""
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="resize")
+def _pool() -> ThreadPoolExecutor:
+    """The preprocessing threads (resizes, normalisation): created on first use (never at import), shared by all
+    requests. Its tasks never wait for each other, so callers can always wait for theirs."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="preprocess")
 
 
 def square_tile(image: Image.Image, tile_size: int) -> np.ndarray:
@@ -131,7 +134,7 @@ def square_tiles_of_frames(frames: np.ndarray, tile_size: int) -> np.ndarray:
     def one(frame: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(frame).resize((tile_size, tile_size), Image.Resampling.BICUBIC))
 
-    return np.stack(list(_resize_pool().map(one, frames)))
+    return np.stack(list(_pool().map(one, frames)))
 
 
 def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -152,11 +155,9 @@ def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
         x.copy_(torch.from_numpy(tiles[first:last]).permute(0, 3, 1, 2))  # uint8 -> float32, channels first
         x.div_(255).sub_(m).div_(s)
 
-    groups = min(usable_cores(), 4, tiles.shape[0])
-    cuts = np.linspace(0, tiles.shape[0], groups + 1).astype(int).tolist()
-    spans = list(zip(cuts[:-1], cuts[1:]))
-    if len(spans) < 2 or tiles.size < MIN_SPLIT_PIXELS * 3:
+    spans = _spans(tiles.shape[0], min(usable_cores(), 4))
+    if len(spans) < 2 or tiles.size // 3 < MIN_SPLIT_PIXELS:
         part((0, tiles.shape[0]))
     else:
-        list(_resize_pool().map(part, spans))
+        list(_pool().map(part, spans))
     return out
