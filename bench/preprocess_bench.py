@@ -30,8 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.settings import MediaLimits  # noqa: E402
-from workers.vision.tiling import (IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize,  # noqa: E402
-                                   square_tiles_of_frames)
+from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize  # noqa: E402
 from workers.vision.video import decode_video, sample_indices  # noqa: E402
 
 
@@ -69,8 +68,7 @@ def reference_video(path: str, size: int, transform, frames: int) -> torch.Tenso
 
 def our_video(path: str, size: int, frames: int) -> torch.Tensor:
     data = Path(path).read_bytes()
-    decoded = decode_video(data, MediaLimits(max_media_bytes=1 << 30), frames)
-    return normalize(square_tiles_of_frames(decoded, size))
+    return normalize(decode_video(data, MediaLimits(max_media_bytes=1 << 30), frames, tile_size=size))
 
 
 CLIPS = {  # name -> libx264 options

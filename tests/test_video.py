@@ -381,3 +381,23 @@ def test_display_rotation(pyav_only):
     # 90 degrees counterclockwise (a phone held upright): decord returns 4-channel garbage there; we turn the frames.
     got = decode_video(make_clip(options=X264_BFRAMES, rotation=90), MediaLimits(), 6)
     assert got.shape == (6, 64, 48, 3) and np.array_equal(got, np.rot90(upright, 1, axes=(1, 2)))
+
+
+def test_tiles_made_while_decoding_equal_tiles_of_the_decoded_frames(pyav_only):
+    from workers.vision.tiling import square_tiles_of_frames
+
+    for data in (make_clip(options=X264_BFRAMES), make_clip(options=X264_BFRAMES, rotation=90)):
+        for parts in (1, 2):
+            frames = decode_video(data, MediaLimits(), 9, max_parts=parts)
+            tiles = decode_video(data, MediaLimits(), 9, max_parts=parts, tile_size=28)
+            assert tiles.shape == (9, 28, 28, 3) and np.array_equal(tiles, square_tiles_of_frames(frames, 28))
+
+
+def test_tiles_of_the_decord_and_gif_paths_too():
+    from workers.vision.tiling import square_tiles_of_frames
+
+    ten_bit = make_clip("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
+    for data in (ten_bit, colour_gif(12)):
+        tiles = decode_video(data, MediaLimits(), 4, tile_size=20)
+        assert tiles.shape == (4, 20, 20, 3)
+        assert np.array_equal(tiles, square_tiles_of_frames(decode_video(data, MediaLimits(), 4), 20))

@@ -22,8 +22,7 @@ from workers.prompts.templates import get_template, image_placeholder
 from workers.settings import MediaLimits
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
 from workers.vision.images import decode_image
-from workers.vision.tiling import (IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile,
-                                   square_tiles_of_frames)
+from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
 from workers.vision.video import decode_video
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -131,8 +130,7 @@ def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits) -> n
     size = spec.image_size
     if isinstance(m.part, VideoPart):
         v = m.part.video_url
-        frames = decode_video(data, limits, m.num_frames, v.start, v.end, m.label)
-        return square_tiles_of_frames(frames, size)
+        return decode_video(data, limits, m.num_frames, v.start, v.end, m.label, tile_size=size)
     image = decode_image(data, limits, m.label)
     if not spec.dynamic:
         return square_tile(image, size)

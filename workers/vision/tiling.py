@@ -129,12 +129,14 @@ def square_tile(image: Image.Image, tile_size: int) -> np.ndarray:
     return np.asarray(image.resize((tile_size, tile_size), Image.Resampling.BICUBIC))[None]
 
 
+def frame_tile(frame: np.ndarray, tile_size: int) -> np.ndarray:
+    """One video frame uint8 [H, W, 3] -> its S x S tile [S, S, 3] (the model card's resize of a frame)."""
+    return np.asarray(Image.fromarray(frame).resize((tile_size, tile_size), Image.Resampling.BICUBIC))
+
+
 def square_tiles_of_frames(frames: np.ndarray, tile_size: int) -> np.ndarray:
     """Video frames uint8 [N, H, W, 3] -> one S x S tile each [N, S, S, 3]; resized in parallel (PIL drops the GIL)."""
-    def one(frame: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(frame).resize((tile_size, tile_size), Image.Resampling.BICUBIC))
-
-    return np.stack(list(_pool().map(one, frames)))
+    return np.stack(list(_pool().map(lambda frame: frame_tile(frame, tile_size), frames)))
 
 
 def normalize(tiles: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,

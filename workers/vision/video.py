@@ -36,7 +36,7 @@ from PIL import Image, ImageFile, ImageSequence
 from common.errors import ErrorCode, ServingError
 from workers.settings import MediaLimits
 from workers.vision.images import to_rgb
-from workers.vision.tiling import usable_cores
+from workers.vision.tiling import frame_tile, square_tiles_of_frames, usable_cores
 
 GIF_MAGIC = (b"GIF87a", b"GIF89a")
 # A frame without a display time (or with 0, which browsers also show at about this pace) counts as 100 ms.
@@ -101,25 +101,30 @@ class _NotExact(Exception):
 
 
 def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float | None = None,
-                 end: float | None = None, label: str = "video", max_parts: int | None = None) -> np.ndarray:
+                 end: float | None = None, label: str = "video", max_parts: int | None = None,
+                 tile_size: int | None = None) -> np.ndarray:
     """Bytes of a video file (or animated GIF) -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that
-    says why."""
+    says why. With `tile_size`, one tile_size x tile_size tile per frame instead (as `square_tiles_of_frames`
+    makes them); the usual path resizes each frame as soon as it is decoded, in its decoding thread, so the resizes
+    overlap the decoding and the full-size frames (200 MB for 32 of 1080p) are never all held at once."""
     if len(data) > limits.max_media_bytes:
         raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {len(data) / 1048576:.1f} MB; the limit is "
                            f"{limits.max_media_bytes / 1048576:.1f} MB")
     if start is not None and end is not None and end <= start:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: end ({end}s) must be after start ({start}s)")
     if data[:6] in GIF_MAGIC:
-        return _decode_gif(data, limits, num_frames, start, end, label)
-    parts = default_parts() if max_parts is None else max_parts
-    try:
-        return _decode_skipping(data, limits, num_frames, start, end, label, parts)
-    except _NotExact:
-        return _decode_decord(data, limits, num_frames, start, end, label, parts)
+        frames = _decode_gif(data, limits, num_frames, start, end, label)
+    else:
+        parts = default_parts() if max_parts is None else max_parts
+        try:
+            return _decode_skipping(data, limits, num_frames, start, end, label, parts, tile_size)
+        except _NotExact:
+            frames = _decode_decord(data, limits, num_frames, start, end, label, parts)
+    return frames if tile_size is None else square_tiles_of_frames(frames, tile_size)
 
 
 def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
-                     label: str, parts: int) -> np.ndarray:
+                     label: str, parts: int, tile_size: int | None) -> np.ndarray:
     """PyAV: decode only reference frames and sampled frames, each GOP up to its last sampled frame."""
     import av  # imported here, like decord: a text-only worker never loads FFmpeg
 
@@ -164,6 +169,8 @@ def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: f
         pixels = frame.to_ndarray(format="rgb24")
         if rotation % 90 == 0 and rotation % 360:  # decord turns 180; at 90/270 its frames are garbage (4 channels)
             pixels = np.rot90(pixels, rotation // 90)
+        if tile_size is not None:
+            pixels = frame_tile(pixels, tile_size)
         with lock:
             if "out" not in shared:  # allocated once, so that only the sampled frames are ever held, once
                 shared["out"] = np.empty((len(indices), *pixels.shape), dtype=np.uint8)
