@@ -230,5 +230,5 @@ def client(max_connections: int | None = None, timeout: float = 120.0) -> aiohtt
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=30.0))
 
 
-__all__ = ["Stack", "ProcSampler", "StreamResult", "Usage", "build_checkpoint", "chat_body", "client", "fmt_ms", "free_port",
-           "machine", "scripted_env", "stream_chat", "summary"]
+__all__ = ["Stack", "ProcSampler", "StreamResult", "Usage", "build_checkpoint", "chat_body", "client", "fmt_ms",
+           "free_port", "machine", "scripted_env", "stream_chat", "summary"]

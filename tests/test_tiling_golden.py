@@ -116,9 +116,10 @@ def test_fixed_448_matches_v1_2_clip_processor(w, h):
     torch.testing.assert_close(normalize(square_tile(image, S)), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("src,dst", [((4000, 3000), (1792, 1344)), ((4000, 3000), (448, 448)), ((3000, 4000), (448, 448)),
-                                     ((1920, 1080), (2688, 1344)), ((2001, 1999), (2001, 448)), ((2001, 1999), (448, 1999)),
-                                     ((9000, 300), (5376, 448)), ((1537, 1537), (4480, 4480))])
+@pytest.mark.parametrize("src,dst", [
+    ((4000, 3000), (1792, 1344)), ((4000, 3000), (448, 448)), ((3000, 4000), (448, 448)), ((1920, 1080), (2688, 1344)),
+    ((2001, 1999), (2001, 448)), ((2001, 1999), (448, 1999)), ((9000, 300), (5376, 448)), ((1537, 1537), (4480, 4480)),
+])
 def test_resize_in_strips_equals_one_pil_resize(src, dst):
     """The strips each core resizes join into exactly PIL's own single resize (down, up, one axis only)."""
     image = _image(*src, seed=5)

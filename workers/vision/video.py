@@ -9,7 +9,7 @@ Decoding dominates: to reach a frame, H.264 decodes everything from the key fram
 
 The reference is the InternVL model card's decord (frame i = the i-th frame in presentation order, i.e. by sorted
 packet pts; decord's own FFmpeg 4.1 scaler for RGB). PyAV (FFmpeg 8) gives the very same pixels for the decoders
-that are bit-exact by specification and the 8-bit formats checked below (tests/test_video.py compares them with
+that are bit-exact by specification and the 8-bit formats checked below (tests/test_video_exact.py compares them with
 decord); everything else (other codecs, 10-bit: its RGB conversion differs by a few levels; packets without pts,
 size changes, anything PyAV fails on) goes the previous way, decord readers, which also gives the errors for
 unreadable files.
@@ -91,7 +91,7 @@ def split_at_key_frames(indices: list[int], key_frames: list[int], parts: int, m
 
 
 # Decoders that are bit-exact by their specification, and 8-bit formats whose RGB conversion by PyAV's FFmpeg equals
-# decord's (checked in tests/test_video.py; 10-bit differs). Anything else is decoded with decord.
+# decord's (checked in tests/test_video_exact.py; 10-bit differs). Anything else is decoded with decord.
 EXACT_CODECS = frozenset({"h264", "hevc", "vp8", "vp9"})
 EXACT_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv444p"})
 
