@@ -8,9 +8,9 @@
    x264's defaults (preset medium, keyint 250, 3 B-frames with b-pyramid: the common case for encoded files, about
    half the frames are never referenced), preset ultrafast (no B-frames, every frame a reference: the worst case,
    where exact decoding cannot skip anything inside a GOP) and camera-like (no B-frames, a key frame every second,
-   as phones record). Reference: the model card's `load_video`: decord per-frame reads
-   `vr[i]`, then dynamic_preprocess(max_num=1) + T.Compose per frame. Ours: `decode_video` (PyAV, unreferenced
-   frames skipped, GOP runs in parallel), PIL resize per frame, one batched normalisation.
+   as phones record). Reference: the model card's `load_video`: decord per-frame reads `vr[i]`, then
+   dynamic_preprocess(max_num=1) + T.Compose per frame. Ours: `decode_video(..., tile_size=448)` (PyAV, unreferenced
+   frames skipped, GOP runs in parallel, each frame resized in its decoding thread), one batched normalisation.
 Targets (issue 3): tiling <= 0.7x, video <= 0.5x of the reference time.
 """
 

@@ -20,8 +20,8 @@ from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFi
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
 from controller import aggregate
-from controller.policies import ShortestQueue
 from controller.app import worker_client
+from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
