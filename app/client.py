@@ -20,6 +20,8 @@ from httpx_sse import EventSource
 from common.errors import ErrorCode, ServingError
 from common.protocol import ModelCard, WorkerStatus
 
+CONTROLLER = "controller"  # `param` of an error raised because the controller itself could not be reached
+
 
 @dataclass
 class StreamStats:
@@ -91,7 +93,7 @@ class ControllerClient:
             return ServingError(ErrorCode.WORKER_TIMEOUT, f"the controller at {self.base_url} did not answer in "
                                 "time ({type(exc).__name__}); try again, or check that it and its workers run")
         return ServingError(ErrorCode.NO_WORKER, f"cannot reach the controller at {self.base_url} ({exc}); start "
-                            "it with `python -m controller` or pass --controller-url")
+                            "it with `python -m controller` or pass --controller-url", param=CONTROLLER)
 
 
 def _error_from_response(status: int, content: bytes) -> ServingError:

@@ -1,8 +1,12 @@
 """Event handlers of the chat, as plain (async) functions of their inputs: ui.py wires them, tests call them.
 
-A turn is: `add_user_message` (validate, lock inputs) -> `stream_reply` (yield the growing history) -> unlock.
-Stop cancels the `stream_reply` task; cancellation leaves its `async for` inside the client's `async with`, which
-closes the HTTP stream, which the controller relays to the worker as an abort.
+A turn is: `add_user_message` (validate, show it) -> `stream_reply` (yield the growing history) -> unlock (ui.py).
+No handler raises to Gradio: a raised error would stop the event chain in the browser and leave the page locked,
+so a problem is a toast (gr.Warning) or a note in the chat, and the chain always runs to its unlock step.
+
+Stop cancels the running event. Gradio then closes this generator (or cancels it inside an `await`); both leave
+the `aclosing` blocks below, which close the HTTP stream to the controller, which aborts the generation on the
+worker. A turn counts as "stopped" unless its stream ended by itself.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import mimetypes
 import tempfile
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,15 +24,20 @@ from typing import Any
 import gradio as gr
 
 from app.client import ControllerClient, StreamStats
+from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
-from app.messages import (NOTE_ERROR, NOTE_GROUNDING, conversation_turns, from_display, is_note, last_image,
-                          media_kind, message_files, message_text, to_display, to_openai_messages)
+from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
+                          is_note, last_image, media_kind, message_files, message_text, to_display,
+                          to_openai_messages)
+from app.preflight import Limits, check_conversation, reader_labels, served_limits
 from app.settings import UISettings
+from app.texts import EN, language, tr
 from common.errors import ServingError
 
 History = list[dict[str, Any]]
+UPDATE_INTERVAL_S = 0.05  # at most 20 browser updates per second while an answer streams
 
 
 class ChatHandlers:
@@ -41,80 +51,96 @@ class ChatHandlers:
 
     # ------------------------------------------------------------------------------------------ turn steps
 
-    def add_user_message(self, history: History | None, box: dict[str, Any] | None) -> tuple[History, Any]:
-        """Append the user's message (files first, then text) and clear/lock the input box."""
+    def add_user_message(self, history: History | None, box: dict[str, Any] | None,
+                         lang: str = EN) -> tuple[History, Any] | None:
+        """Append the user's message (one message: files, then text) and clear the input box; None (after a
+        toast) when there is nothing to send or a file is not an image or video."""
         box = box or {}
         text = (box.get("text") or "").strip()
         files = [f if isinstance(f, str) else f.get("path") for f in box.get("files") or []]
+        files = [f for f in files if f]
         if not text and not files:
-            raise gr.Error("Type a message or attach an image or video first.", duration=5)
+            gr.Warning(tr("empty_message", lang), duration=5)
+            return None
         for path in files:
             try:
                 media_kind(path)
-            except ServingError as err:
-                raise gr.Error(err.message, duration=8) from None
+            except ServingError:
+                gr.Warning(tr("bad_file", lang, name=Path(path).name, images=", ".join(sorted(IMAGE_EXTS)),
+                              videos=", ".join(sorted(VIDEO_EXTS))), duration=8)
+                return None
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                                          for p in files]
         if text:
             content.append({"type": "text", "text": to_display(text)})
         history = list(history or []) + [{"role": "user", "content": content}]
-        return history, gr.MultimodalTextbox(value=None, interactive=False)
+        return history, gr.MultimodalTextbox(value=None)
 
     async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
                            top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
                            num_frames: float, request: gr.Request | None = None):
         """Stream the answer to the last user message, yielding the whole history each time it grows."""
+        lang = language(request)
         history = list(history or [])
-        if not model:
-            yield self._error_note(history, "No model is selected. Start a worker (`python -m workers "
-                                   "--model-path PATH`), then press ↻ next to the model list.")
+        if not model:  # none served, or the controller is gone: say which
+            try:
+                await self.client.models()
+                text = tr("no_model", lang)
+            except ServingError as err:
+                text = describe(err, lang)
+            yield self._error_note(history, text, lang)
             return
         params = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_new_tokens),
                   "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
                   "num_frames": int(num_frames)}
         try:
-            messages = to_openai_messages(history, system_prompt or "", int(num_frames), self.max_bytes)
+            limits = await self._limits(model)
+            items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
+            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
+                                               self.max_bytes)
         except ServingError as err:
-            yield self._error_note(history, describe(err))
+            yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
+        labels = reader_labels(items, _user_indices(messages), lang)
         sent = list(history)
-        history.append({"role": "assistant", "content": ""})
-        turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m))
-        stats, answer, outcome = StreamStats(), "", "ok"
+        turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
+        stats, answer, outcome = StreamStats(), "", "stopped"
         try:
-            async for delta in self.client.stream_chat({"model": model, "messages": messages, **params}, stats):
-                if stats.first_token_s is None:
-                    stats.first_token_s = round(time.monotonic() - stats.started, 4)
-                answer += delta
-                history[-1] = {"role": "assistant", "content": to_display(answer)}
-                yield list(history)
+            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
+            async with aclosing(stream), aclosing(coalesce(stream, UPDATE_INTERVAL_S)) as deltas:
+                async for delta in deltas:
+                    if stats.first_token_s is None:
+                        stats.first_token_s = round(time.monotonic() - stats.started, 4)
+                        history.append({"role": "assistant", "content": ""})
+                    answer += delta
+                    history[-1] = {"role": "assistant", "content": to_display(answer)}
+                    yield list(history)
+            outcome = "ok"
         except ServingError as err:
             outcome = err.code.value
-            if answer:  # keep what was streamed; say why it ended
-                yield history
-                history.append(self._note(describe(err)))
-            else:
-                history[-1] = self._note(describe(err))
-            gr.Warning(err.message, duration=10)
+            text = describe(_in_readers_words(err, labels), lang)
+            history.append(self._note(text, lang=lang))
+            gr.Warning(text.split("\n\n")[0], duration=10)
             yield history
-        except asyncio.CancelledError:
-            outcome = "stopped"
-            raise
         finally:
             stats.total_s = round(time.monotonic() - stats.started, 4)
-            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats)
+            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang)
         if answer:
-            preview = await asyncio.to_thread(self._grounding_preview, history, answer)
+            preview = await asyncio.to_thread(self._grounding_preview, history, answer, lang)
             if preview is not None:
                 history.append(preview)
-            yield history
+                yield history
 
     async def chat(self, box: dict[str, Any] | None, history: History | None, model: str | None, system_prompt: str,
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                    max_tiles: float, num_frames: float, request: gr.Request = None):
-        """One whole turn (the `/chat` API): show the user's message, lock the box, stream the answer."""
-        history, box_update = self.add_user_message(history, box)
+        """One whole turn (the `/chat` API): show the user's message, clear the box, stream the answer."""
+        added = self.add_user_message(history, box, language(request))
+        if added is None:  # nothing to send: leave everything as it is (the toast says why)
+            yield gr.skip(), gr.skip()
+            return
+        history, box_update = added
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
                                          repetition_penalty, max_tiles, num_frames, request):
@@ -124,7 +150,34 @@ class ChatHandlers:
                               temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                               max_tiles: float, num_frames: float, request: gr.Request = None):
         """Answer the last user message again (the `/regenerate` API)."""
-        history = self.regenerate(history)
+        history = _drop_trailing_assistant(list(history or []))
+        if not history:
+            gr.Warning(tr("nothing_to_regenerate", language(request)), duration=5)
+            yield gr.skip()
+            return
+        yield history
+        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
+                                         repetition_penalty, max_tiles, num_frames, request):
+            yield h
+
+    async def edit_chat(self, history: History | None, model: str | None, system_prompt: str, temperature: float,
+                        top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
+                        num_frames: float, edit: gr.EditData, request: gr.Request = None):
+        """An earlier user message was edited: keep the conversation before it, resend from there."""
+        history = list(history or [])
+        index = edit.index if isinstance(edit.index, int) else edit.index[0]
+        if not 0 <= index < len(history) or history[index]["role"] != "user":
+            yield gr.skip()
+            return
+        text = edit.value if isinstance(edit.value, str) else message_text({"content": edit.value})
+        files = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
+                 for p in message_files(history[index])]
+        content = files + ([{"type": "text", "text": to_display(from_display(text).strip())}] if text.strip() else [])
+        if not content:
+            gr.Warning(tr("empty_message", language(request)), duration=5)
+            yield gr.skip()
+            return
+        history = history[:index] + [{"role": "user", "content": content}]
         yield history
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
                                          repetition_penalty, max_tiles, num_frames, request):
@@ -132,17 +185,12 @@ class ChatHandlers:
 
     # ------------------------------------------------------------------------------------------ buttons
 
-    def regenerate(self, history: History | None) -> History:
-        history = _drop_trailing_assistant(list(history or []))
-        if not history:
-            raise gr.Error("There is no message to answer again.", duration=5)
-        return history
-
-    def undo(self, history: History | None) -> tuple[History, dict[str, Any]]:
+    def undo(self, history: History | None, request: gr.Request = None) -> tuple[Any, Any]:
         """Remove the last turn and put the user's text and files back into the input box."""
         history = _drop_trailing_assistant(list(history or []))
         if not history:
-            return [], {"text": "", "files": []}
+            gr.Warning(tr("nothing_to_undo", language(request)), duration=4)
+            return [], gr.skip()
         last = history.pop()
         return history, {"text": from_display(message_text(last)), "files": message_files(last)}
 
@@ -160,35 +208,44 @@ class ChatHandlers:
 
     # ------------------------------------------------------------------------------------------ helpers
 
+    async def _limits(self, model: str) -> Limits:
+        """The served model's limits; the defaults when the controller cannot say (the send then says why)."""
+        try:
+            cards = await self.client.models()
+        except ServingError:
+            return Limits()
+        return served_limits(next((c for c in cards if c.id == model), None))
+
     @staticmethod
-    def _note(text: str, kind: str = NOTE_ERROR, title: str = "⚠ Could not answer") -> dict[str, Any]:
-        return {"role": "assistant", "content": text, "metadata": {"title": title, "id": kind}}
+    def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:
+        return {"role": "assistant", "content": text,
+                "metadata": {"title": title or tr("could_not_answer", lang), "id": kind}}
 
-    def _error_note(self, history: History, text: str) -> History:
-        gr.Warning(text, duration=10)
-        return history + [self._note(text)]
+    def _error_note(self, history: History, text: str, lang: str = EN, toast: str | None = None) -> History:
+        gr.Warning(toast or text.split("\n\n")[0], duration=10)
+        return history + [self._note(text, lang=lang)]
 
-    def _grounding_preview(self, history: History, answer: str) -> dict[str, Any] | None:
+    def _grounding_preview(self, history: History, answer: str, lang: str = EN) -> dict[str, Any] | None:
         boxes = parse_boxes(answer)
         image = last_image(history) if boxes else None
         if image is None:
             return None
         out = draw_boxes(image, boxes, self.work_dir / f"grounding-{uuid.uuid4().hex[:12]}.png")
-        labels = ", ".join(dict.fromkeys(b.label for b in boxes if b.label)) or f"{len(boxes)} boxes"
+        labels = ", ".join(dict.fromkeys(b.label for b in boxes if b.label)) or tr("n_boxes", lang, n=len(boxes))
         return {"role": "assistant", "content": [{"type": "file", "file": {"path": str(out), "mime_type": "image/png"}}],
-                "metadata": {"title": f"Boxes: {labels}", "id": NOTE_GROUNDING}}
+                "metadata": {"title": tr("boxes", lang, labels=labels), "id": NOTE_GROUNDING}}
 
     async def _log_turn(self, request, turn, model, params, history, system_prompt, answer, outcome,
-                        stats: StreamStats) -> None:
+                        stats: StreamStats, lang: str = EN) -> None:
         if not self.log.enabled:
             return
         try:
             logged = await asyncio.to_thread(self._loggable, history, system_prompt)
-            self.log.log_turn(session=_session(request), turn=turn, model=model, params=params, messages=logged,
-                              answer=answer, outcome=outcome,
-                              stats={k: v for k, v in asdict(stats).items() if k != "started"})
+            await asyncio.to_thread(self.log.log_turn, session=_session(request), turn=turn, model=model,
+                                    params=params, messages=logged, answer=answer, outcome=outcome,
+                                    stats={k: v for k, v in asdict(stats).items() if k != "started"})
         except OSError as exc:  # a full disk must not break the chat
-            gr.Warning(f"could not write the conversation log: {exc}")
+            gr.Warning(tr("log_failed", lang, error=exc))
 
     def _loggable(self, history: History, system_prompt: str) -> list[dict[str, Any]]:
         """The conversation as sent, each file replaced by its name in the log's media store."""
@@ -201,6 +258,20 @@ class ChatHandlers:
                 parts.append({"type": "text", "text": text})
             out.append({"role": turn["role"], "content": parts})
         return out
+
+
+def _user_indices(messages: list[dict[str, Any]]) -> dict[int, int]:
+    """Reader's message number (1, 2, ...) -> index of that user message in the OpenAI request."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return {n: i for n, i in enumerate(users, start=1)}
+
+
+def _in_readers_words(err: ServingError, labels: dict[str, str]) -> ServingError:
+    """The worker names media by position in the request; say the file name and message instead."""
+    message = err.message
+    for label, words in sorted(labels.items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(label, words)
+    return ServingError(err.code, message, param=err.param) if message != err.message else err
 
 
 def _drop_trailing_assistant(history: History) -> History:

@@ -1,4 +1,5 @@
-"""UI text in English and Chinese; Gradio picks the browser's language in the frontend (static text only)."""
+"""Fixed UI labels in English, Simplified and Traditional Chinese; the browser picks by its language (zh-TW, zh-HK
+and zh-Hant get Traditional). Text composed at run time (notes, toasts, model info) is in app/texts.py."""
 
 from __future__ import annotations
 
@@ -28,9 +29,17 @@ EN = {
     "num_frames": "Frames per video",
     "sampling": "Sampling",
     "vision": "Images and video",
-    "random_banner": "⚠ **Demo model with random weights.** It runs the real serving path, but its answers are noise. "
-                     "Start a worker with a real InternVL checkpoint for meaningful answers.",
     "examples": "Examples",
+    "chats": "Chats",
+    "new_chat": "+ New chat",
+    "past_chats": "Past chats (kept in this browser)",
+    "delete_chat": "Delete this chat",
+    "ex_describe": "Describe this picture in detail.",
+    "ex_ground": "Where is the sun? Give its box.",
+    "ex_ground_prompt": "Please provide the bounding box coordinates of the sun.",
+    "ex_chart": "Which day had the most visitors?",
+    "ex_chart_prompt": "Which day had the most visitors, and how many?",
+    "ex_video": "What happens in this video?",
 }
 
 ZH = {
@@ -57,11 +66,62 @@ ZH = {
     "num_frames": "每个视频采样帧数",
     "sampling": "采样",
     "vision": "图片与视频",
-    "random_banner": "⚠ **演示模型使用随机权重。** 它走真实的服务链路，但回答没有意义。"
-                     "请用真实的 InternVL 权重启动 worker 以获得有意义的回答。",
     "examples": "示例",
+    "chats": "对话",
+    "new_chat": "+ 新对话",
+    "past_chats": "历史对话（保存在本浏览器中）",
+    "delete_chat": "删除此对话",
+    "ex_describe": "详细描述这张图片。",
+    "ex_ground": "太阳在哪里？给出它的框。",
+    "ex_ground_prompt": "请给出太阳的边界框坐标。",
+    "ex_chart": "哪一天的访客最多？",
+    "ex_chart_prompt": "哪一天的访客最多？有多少人？",
+    "ex_video": "这个视频里发生了什么？",
+}
+
+ZH_HANT = {
+    "title": "InternVL 對話",
+    "subtitle": "就圖片和影片提問：用迴紋針按鈕加入，或直接拖到輸入框。",
+    "input_placeholder": "輸入問題；可加入圖片或影片（mp4、webm、mov、avi、gif）…",
+    "chat_label": "對話",
+    "chat_placeholder": "### 歡迎\n加入圖片或影片，輸入問題，按 Enter 送出。\n"
+                        "試試下面的範例，或讓模型框出物體：*請給出太陽的邊界框。*",
+    "stop": "■ 停止",
+    "regenerate": "↻ 重新產生",
+    "undo": "↩ 復原",
+    "clear": "✕ 清除",
+    "settings": "設定",
+    "model": "模型",
+    "refresh": "↻",
+    "system_prompt": "系統提示詞",
+    "system_placeholder": "選填；留空則使用模型預設值",
+    "temperature": "溫度",
+    "top_p": "Top-p",
+    "max_new_tokens": "最大生成長度",
+    "repetition_penalty": "重複懲罰",
+    "max_tiles": "每張圖片最多切塊數",
+    "num_frames": "每個影片取樣幀數",
+    "sampling": "取樣",
+    "vision": "圖片與影片",
+    "examples": "範例",
+    "chats": "對話",
+    "new_chat": "+ 新對話",
+    "past_chats": "歷史對話（儲存在本瀏覽器中）",
+    "delete_chat": "刪除此對話",
+    "ex_describe": "詳細描述這張圖片。",
+    "ex_ground": "太陽在哪裡？給出它的框。",
+    "ex_ground_prompt": "請給出太陽的邊界框座標。",
+    "ex_chart": "哪一天的訪客最多？",
+    "ex_chart_prompt": "哪一天的訪客最多？有多少人？",
+    "ex_video": "這個影片裡發生了什麼？",
 }
 
 
 def make_i18n() -> gr.I18n:
-    return gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH})
+    hant = {tag: ZH_HANT for tag in ("zh-TW", "zh-HK", "zh-MO", "zh-Hant")}
+    return gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH, "zh-Hans": ZH}, **hant)
+
+
+def labels(lang: str) -> dict[str, str]:
+    """The label table for a language of app/texts.py (for props Gradio does not translate, e.g. examples)."""
+    return {"zh-Hans": ZH, "zh-Hant": ZH_HANT}.get(lang, EN)

@@ -23,7 +23,8 @@ NOTE_ERROR = "error"  # metadata id of an error note
 NOTE_GROUNDING = "grounding"  # metadata id of a grounding preview
 
 # Code and math are left raw (markdown shows code literally; KaTeX needs the real '<'); the rest is escaped.
-_RAW_SPANS = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|\$[^$\n]+\$", re.S)
+# A lone '$' is text, not math (ui.LATEX has no single-'$' delimiter).
+_RAW_SPANS = re.compile(r"```.*?(?:```|$)|`[^`\n]*`|\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)", re.S)
 
 
 def _map_outside_raw(text: str, fn) -> str:

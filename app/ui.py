@@ -1,7 +1,10 @@
 """Blocks layout and event wiring. `create_app(settings)` builds everything; nothing is created at import time.
 
 Every event has an explicit api_name (or is private) and concurrency limit, so `gradio_client` can drive the chat:
-/chat, /regenerate, /undo, /clear, /stop, /models, /select_model, /vote.
+/chat, /regenerate, /undo, /clear, /models, /select_model, /vote (a client stops an answer with `job.cancel()`).
+
+Locking and unlocking the input while an answer streams happens in the browser (`js=` steps, no server round
+trip); the unlock step runs after the answer ends whether it succeeded, failed or was stopped.
 """
 
 from __future__ import annotations
@@ -10,32 +13,58 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import httpx
 
-from app import models_panel
+from app import models_panel, past_chats
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
-from app.i18n import make_i18n
+from app.i18n import labels, make_i18n
 from app.settings import UISettings
+from app.texts import language
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 EXAMPLES = STATIC / "examples"
-LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False},
-         {"left": "\\(", "right": "\\)", "display": False}, {"left": "\\[", "right": "\\]", "display": True}]
+# A lone '$' is ordinary text (prices, shell variables); inline math uses \( \) as InternVL writes it.
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\(", "right": "\\)", "display": False},
+         {"left": "\\[", "right": "\\]", "display": True}]
+MODEL_REFRESH_S = 5.0
+FONTS = ["Inter", "ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Noto Sans",
+         "PingFang SC", "PingFang TC", "Hiragino Sans GB", "Microsoft YaHei", "Microsoft JhengHei",
+         "Noto Sans CJK SC", "Noto Sans CJK TC", "Source Han Sans SC", "WenQuanYi Micro Hei", "sans-serif"]
 
 
-def _examples() -> list[dict[str, Any]]:
+def _update(**props: Any) -> str:
+    return "{__type__: 'update', " + ", ".join(f"{k}: {str(v).lower()}" for k, v in props.items()) + "}"
+
+
+# Outputs: [input box, stop, regenerate, undo, clear, new chat]
+LOCK_JS = f"() => [{_update(interactive=False)}, {_update(interactive=True)}, " + \
+    ", ".join([_update(interactive=False)] * 4) + "]"
+UNLOCK_JS = f"() => [{_update(interactive=True)}, {_update(interactive=False)}, " + \
+    ", ".join([_update(interactive=True)] * 4) + "]"
+
+
+def _examples(lang: str = "en") -> list[dict[str, Any]]:
+    """The welcome card's examples in the reader's language (Gradio does not translate example props)."""
+    t = labels(lang).__getitem__
     return [
-        {"display_text": "Describe this picture in detail.", "text": "Describe this picture in detail.",
-         "files": [str(EXAMPLES / "landscape.jpg")]},
-        {"display_text": "Where is the sun? Give its box.",
-         "text": "Please provide the bounding box coordinates of the sun.",
-         "files": [str(EXAMPLES / "landscape.jpg")]},
-        {"display_text": "Which day had the most visitors?", "text": "Which day had the most visitors, and how many?",
-         "files": [str(EXAMPLES / "chart.png")]},
-        {"display_text": "What happens in this video?", "text": "What happens in this video?",
+        {"display_text": t("ex_describe"), "text": t("ex_describe"), "files": [str(EXAMPLES / "landscape.jpg")]},
+        {"display_text": t("ex_ground"), "text": t("ex_ground_prompt"), "files": [str(EXAMPLES / "landscape.jpg")]},
+        {"display_text": t("ex_chart"), "text": t("ex_chart_prompt"), "files": [str(EXAMPLES / "chart.png")]},
+        {"display_text": t("ex_video"), "text": t("ex_video"), "icon": str(EXAMPLES / "bouncing_ball.jpg"),
          "files": [str(EXAMPLES / "bouncing_ball.mp4")]},
     ]
+
+
+def _served_model_ids(settings: UISettings) -> list[str]:
+    """The models served at start-up, so the API description lists them; the page refreshes the list itself."""
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    try:
+        data = httpx.get(settings.controller_url.rstrip("/") + "/v1/models", headers=headers, timeout=3.0).json()
+        return [m["id"] for m in data.get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def create_app(settings: UISettings) -> gr.Blocks:
@@ -44,17 +73,24 @@ def create_app(settings: UISettings) -> gr.Blocks:
     handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging))
     t = make_i18n()
     limit = settings.concurrency_limit
+    model_ids = _served_model_ids(settings)
 
     with gr.Blocks(title="InternVL Chat", fill_height=True, fill_width=True) as demo:
         with gr.Row(elem_id="app-header"):
             gr.Markdown(f"## {t('title')}", elem_id="app-title")
             gr.Markdown(t("subtitle"), elem_id="app-subtitle")
-        banner = gr.Markdown(t("random_banner"), visible=False, elem_id="random-banner")
+        status = gr.Markdown("", visible=False, elem_id="status-line")
+        saved = gr.BrowserState([], storage_key="internvl-chats")
+        chat_id = gr.State(None)
+
+        with gr.Sidebar(label=t("chats"), position="left", open=True, width=250, elem_id="chats"):
+            new_chat = gr.Button(t("new_chat"), elem_id="new-chat-btn", size="sm", variant="secondary")
+            chat_list = gr.Radio(label=t("past_chats"), choices=[], value=None, elem_id="chat-list")
 
         with gr.Sidebar(label=t("settings"), position="right", open=True, width=330, elem_id="settings"):
             with gr.Row(equal_height=False, elem_id="model-row"):
-                model = gr.Dropdown(label=t("model"), choices=[], value=None, scale=5, elem_id="model-select",
-                                    allow_custom_value=True)
+                model = gr.Dropdown(label=t("model"), choices=model_ids, value=model_ids[0] if model_ids else None,
+                                    scale=5, elem_id="model-select", allow_custom_value=True)
                 refresh = gr.Button(t("refresh"), scale=0, min_width=44, elem_id="refresh-models", size="sm")
             model_info = gr.Markdown(elem_id="model-info")
             system_prompt = gr.Textbox(label=t("system_prompt"), placeholder=t("system_placeholder"), lines=2,
@@ -62,19 +98,21 @@ def create_app(settings: UISettings) -> gr.Blocks:
             with gr.Accordion(t("sampling"), open=True):
                 temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"), elem_id="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
-                max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label=t("max_new_tokens"))
+                max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label=t("max_new_tokens"),
+                                           elem_id="max-new-tokens")
                 repetition_penalty = gr.Slider(1.0, 1.5, value=1.05, step=0.01, label=t("repetition_penalty"))
             with gr.Accordion(t("vision"), open=True):
                 max_tiles = gr.Slider(1, 40, value=settings.default_max_tiles, step=1, label=t("max_tiles"))
                 num_frames = gr.Slider(1, 64, value=settings.default_num_frames, step=1, label=t("num_frames"))
 
-        chatbot = gr.Chatbot(label=t("chat_label"), show_label=False, elem_id="chat", scale=1, height="62vh", min_height=320,
+        chatbot = gr.Chatbot(label="history", show_label=False, elem_id="chat", scale=1, min_height=240,
                              latex_delimiters=LATEX, sanitize_html=True, render_markdown=True, allow_tags=False,
                              buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
                              placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
-                             group_consecutive_messages=False)
-        box = gr.MultimodalTextbox(placeholder=t("input_placeholder"), show_label=False, elem_id="input",
-                                   file_types=["image", "video", ".gif", ".avi", ".mov", ".webm", ".mkv"],
+                             group_consecutive_messages=True, editable="user", autoscroll=True)
+        box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
+                                   elem_id="input", file_types=["image", "video", ".gif", ".avi", ".mov", ".webm",
+                                                                ".mkv"],
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,
                                    autofocus=True, submit_btn=True)
         with gr.Row(elem_id="actions"):
@@ -82,50 +120,62 @@ def create_app(settings: UISettings) -> gr.Blocks:
             regen = gr.Button(t("regenerate"), elem_id="regen-btn", size="sm")
             undo = gr.Button(t("undo"), elem_id="undo-btn", size="sm")
             clear = gr.Button(t("clear"), elem_id="clear-btn", size="sm")
+        timer = gr.Timer(MODEL_REFRESH_S)
 
         params = [model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
                   num_frames]
-        controls = [stop, regen, undo, clear]
+        locked = [box, stop, regen, undo, clear, new_chat]
+        browser_only = {"api_visibility": "private", "queue": False}
+        generating = {"concurrency_limit": limit, "concurrency_id": "generate", "show_progress": "hidden"}
 
-        def lock():
-            return gr.MultimodalTextbox(interactive=False), gr.Button(interactive=True), \
-                *[gr.Button(interactive=False)] * 3
+        def answer(trigger, fn, inputs, outputs, api_name):
+            """trigger -> lock (in the browser) -> fn streams -> unlock (in the browser, also after a failure)
+            -> the chat saved in this browser's list."""
+            step = trigger(None, None, locked, js=LOCK_JS, **browser_only).then(
+                fn, inputs, outputs, api_name=api_name, **generating)
+            step.then(None, None, locked, js=UNLOCK_JS, **browser_only).then(
+                past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
+            step.failure(None, None, locked, js=UNLOCK_JS, **browser_only)
+            return step
 
-        def unlock():
-            return gr.MultimodalTextbox(interactive=True), gr.Button(interactive=False), \
-                *[gr.Button(interactive=True)] * 3
+        chat_step = answer(box.submit, handlers.chat, [box, chatbot, *params], [chatbot, box], "chat")
+        regen_step = answer(regen.click, handlers.regenerate_chat, [chatbot, *params], chatbot, "regenerate")
+        edit_step = answer(chatbot.edit, handlers.edit_chat, [chatbot, *params], chatbot, False)
 
-        private = {"api_visibility": "private", "queue": False}
-        chat_step = box.submit(lock, None, [box, *controls], **private).then(
-            handlers.chat, [box, chatbot, *params], [chatbot, box], api_name="chat", concurrency_limit=limit,
-            concurrency_id="generate", show_progress="hidden")
-        chat_step.then(unlock, None, [box, *controls], **private)
-
-        regen_step = regen.click(lock, None, [box, *controls], **private).then(
-            handlers.regenerate_chat, [chatbot, *params], chatbot, api_name="regenerate", concurrency_limit=limit,
-            concurrency_id="generate", show_progress="hidden")
-        regen_step.then(unlock, None, [box, *controls], **private)
-
-        # Cancelling the streaming task closes the HTTP stream to the controller, which aborts the generation.
-        stop.click(unlock, None, [box, *controls], cancels=[chat_step, regen_step], api_name="stop",
-                   concurrency_limit=None, queue=False)
+        # Cancelling the streaming event closes the HTTP stream to the controller, which aborts the generation.
+        stop.click(None, None, locked, js=UNLOCK_JS, cancels=[chat_step, regen_step, edit_step],
+                   **browser_only).then(past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list],
+                                        **browser_only)
         undo.click(handlers.undo, chatbot, [chatbot, box], api_name="undo", concurrency_limit=None, queue=False)
         clear.click(handlers.clear, None, [chatbot, box], api_name="clear", concurrency_limit=None, queue=False)
+        for trigger in (clear.click, new_chat.click):
+            trigger(past_chats.start_new, saved, [chatbot, chat_id, chat_list], **browser_only)
+        chat_list.input(past_chats.open_chat, [chat_list, saved], [chatbot, chat_id], **browser_only)
         chatbot.like(handlers.vote, chatbot, None, api_name="vote", concurrency_limit=None)
         chatbot.example_select(_example_to_box, None, box, api_name=False, concurrency_limit=None)
 
-        async def refresh_models(current):
-            return await models_panel.refresh(client, current)
+        async def refresh_models(current, max_tokens, request: gr.Request):
+            return await models_panel.refresh(client, current, max_tokens, language(request))
 
-        async def select_model(name):
-            return await models_panel.select(client, name)
+        async def select_model(name, max_tokens, request: gr.Request):
+            return await models_panel.select(client, name, max_tokens, language(request))
 
-        for trigger, name in ((refresh.click, "models"), (demo.load, False)):
-            trigger(refresh_models, model, [model, model_info, banner], api_name=name, concurrency_limit=None)
-        model.input(select_model, model, [model_info, banner], api_name="select_model", concurrency_limit=None)
+        panel = [model, model_info, status, max_new_tokens]
+        refresh.click(refresh_models, [model, max_new_tokens], panel, api_name="models", concurrency_limit=None)
+        for trigger in (demo.load, timer.tick):
+            trigger(refresh_models, [model, max_new_tokens], panel, api_visibility="private", concurrency_limit=None,
+                    show_progress="hidden")
+        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens],
+                    api_name="select_model", concurrency_limit=None)
+        demo.load(past_chats.listing, saved, chat_list, **browser_only)
+        demo.load(_localized_examples, None, chatbot, **browser_only)
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
+
+
+def _localized_examples(request: gr.Request) -> Any:
+    return gr.Chatbot(examples=_examples(language(request)))
 
 
 def _example_to_box(evt: gr.SelectData) -> dict[str, Any]:
@@ -137,6 +187,6 @@ def _example_to_box(evt: gr.SelectData) -> dict[str, Any]:
 def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
     return {"server_name": settings.host, "server_port": settings.port, "share": settings.share,
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
-            "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky"),
+            "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", font=FONTS),
             "css_paths": [STATIC / "style.css"], "js": (STATIC / "phone.js").read_text(),
             "allowed_paths": [str(EXAMPLES)], "show_error": True}

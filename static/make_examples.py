@@ -49,6 +49,18 @@ def chart(size: tuple[int, int] = (400, 280)) -> Image.Image:
     return img
 
 
+def ball_frame(t: float, size: tuple[int, int] = (192, 128)) -> Image.Image:
+    """The bouncing-ball clip at time t (seconds); also its poster, the example's thumbnail in the chat."""
+    w, h = size
+    frame = Image.new("RGB", size, (235, 240, 250))
+    draw = ImageDraw.Draw(frame)
+    x = 20 + (w - 60) * (0.5 - 0.5 * math.cos(math.pi * t))
+    y = h - 30 - abs(math.sin(math.pi * 2 * t)) * (h - 60)
+    draw.rectangle((0, h - 12, w, h), fill=(90, 160, 80))
+    draw.ellipse((x, y, x + 22, y + 22), fill=(220, 60, 60))
+    return frame
+
+
 def bouncing_ball(path: Path, seconds: float = 2.0, fps: int = 12, size: tuple[int, int] = (192, 128)) -> None:
     import av  # test/dev dependency, only needed to regenerate this clip
 
@@ -57,13 +69,7 @@ def bouncing_ball(path: Path, seconds: float = 2.0, fps: int = 12, size: tuple[i
         stream = container.add_stream("libx264", rate=fps, options={"crf": "30", "preset": "veryslow"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for i in range(int(seconds * fps)):
-            t = i / fps
-            frame = Image.new("RGB", size, (235, 240, 250))
-            draw = ImageDraw.Draw(frame)
-            x = 20 + (w - 60) * (0.5 - 0.5 * math.cos(math.pi * t))
-            y = h - 30 - abs(math.sin(math.pi * 2 * t)) * (h - 60)
-            draw.rectangle((0, h - 12, w, h), fill=(90, 160, 80))
-            draw.ellipse((x, y, x + 22, y + 22), fill=(220, 60, 60))
+            frame = ball_frame(i / fps, size)
             for packet in stream.encode(av.VideoFrame.from_image(frame)):
                 container.mux(packet)
         for packet in stream.encode():
@@ -75,6 +81,7 @@ def main() -> None:
     scene().save(OUT / "landscape.jpg", quality=82)
     chart().save(OUT / "chart.png", optimize=True)
     bouncing_ball(OUT / "bouncing_ball.mp4")
+    ball_frame(0.75).save(OUT / "bouncing_ball.jpg", quality=85)
     for p in sorted(OUT.iterdir()):
         print(f"{p.name}: {p.stat().st_size / 1024:.1f} KB")
 

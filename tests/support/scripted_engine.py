@@ -14,6 +14,7 @@ Per-request switches, written in the user's text, aim a failure at one worker so
 every fault scenario (a failover test needs the same request to fail on one worker and work on the other):
   scripted:fail=WORKER_ID   that worker raises an engine error (HTTP 500) before the first token ('*': every worker)
   scripted:hang=WORKER_ID   that worker sleeps 30 s before the first token
+  scripted:ground           the answer is a grounding answer (two labelled boxes on InternVL's 0-1000 scale)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from common.errors import ErrorCode, ServingError
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
 from workers.model_spec import ModelSpec
 from workers.settings import WorkerSettings
+
+GROUNDING_ANSWER = ("The <ref>sun</ref><box>[[760, 80, 900, 290]]</box> is top right; the "
+                    "<ref>house</ref><box>[[150, 220, 480, 750]]</box> is on the left.").split(" ")
 
 
 class ScriptedEngine(Engine):
@@ -78,11 +82,12 @@ class ScriptedEngine(Engine):
             await asyncio.sleep(30.0)
         images = request.prompt.count(self.spec.image_start)
         first = f"I see {images} image{'s' if images != 1 else ''}."
-        limit = min(self.tokens, request.sampling.max_new_tokens)
+        script = GROUNDING_ANSWER if "scripted:ground" in request.prompt else None
+        limit = min(len(script) if script else self.tokens, request.sampling.max_new_tokens)
         self.running += 1
         try:
             for i in range(limit):  # words made one at a time: answers may be a million tokens long (benchmarks)
-                word = first if i == 0 else f" word{i}"
+                word = (" " if i else "") + script[i] if script else first if i == 0 else f" word{i}"
                 if request.request_id in self.aborted:
                     yield FinishEvent("abort", self.count_prompt_tokens(request.prompt), i)
                     return
@@ -91,7 +96,7 @@ class ScriptedEngine(Engine):
                 if self.rate:
                     await asyncio.sleep(1.0 / self.rate)
                 yield TokenEvent(word)
-            reason = "length" if limit < self.tokens else "stop"
+            reason = "length" if limit < (len(script) if script else self.tokens) else "stop"
             yield FinishEvent(reason, self.count_prompt_tokens(request.prompt), limit)
         finally:
             self.running -= 1

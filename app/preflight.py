@@ -1,0 +1,132 @@
+"""Check a conversation against the served model's limits before sending it, and name problems the way a reader
+sees them ("'cat.jpg' in your 2nd message", not "image 1 (message 3)").
+
+The limits come from the model card the controller lists (`served_limits`); a card that does not advertise a
+limit gets the workers' default, declared once here. The worker enforces the same limits again: this check only
+makes the answer arrive before the upload and in words that name the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from app.messages import conversation_turns, media_kind, message_files
+from app.texts import EN, tr
+from common.errors import ErrorCode, ServingError
+
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request to the served model may carry (workers/settings.py defaults where a card is silent)."""
+
+    context_length: int | None = None
+    max_media_bytes: int = 20 * MB
+    max_image_pixels: int = 64_000_000
+    max_images_per_request: int = 16
+    max_video_seconds: float = 600.0
+    max_body_bytes: int = 64 * MB
+
+
+def served_limits(card: Any) -> Limits:
+    """Limits advertised on a model card (flat fields or a nested `limits` object), defaults for the rest."""
+    if card is None:
+        return Limits()
+    nested = getattr(card, "limits", None) or (card.get("limits") if isinstance(card, dict) else None)
+
+    def field(name: str, default):
+        for source in (nested, card):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return default
+
+    base = Limits()
+    return Limits(**{name: field(name, getattr(base, name)) for name in base.__dataclass_fields__})
+
+
+def max_new_tokens_bound(limits: Limits, fallback: int = 4096) -> int:
+    """Largest 'max new tokens' worth offering: the context minus room for a short prompt with one image."""
+    if not limits.context_length:
+        return fallback
+    return max(16, limits.context_length - min(1024, limits.context_length // 4))
+
+
+def _where(path: str, nth_message: int, lang: str) -> str:
+    from app.texts import ordinal
+
+    return tr("file_in_message", lang, name=Path(path).name, nth=ordinal(nth_message, lang))
+
+
+def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_bytes: int,
+                       lang: str = EN) -> list[tuple[str, str, int]]:
+    """Raise a ServingError naming the first file the server would refuse; return (path, kind, message number)
+    for every file that will be sent, in order. `upload_bytes`: this UI's own per-file limit."""
+    items: list[tuple[str, str, int]] = []
+    total = 0
+    nth = 0
+    for turn in conversation_turns(history):
+        if turn["role"] != "user":
+            continue
+        nth += 1
+        for path in message_files(turn):
+            items.append((path, media_kind(path), nth))
+    per_file = min(limits.max_media_bytes, upload_bytes)
+    for path, kind, nth in items:
+        where = _where(path, nth, lang)
+        code = ErrorCode.INVALID_IMAGE if kind == "image" else ErrorCode.INVALID_VIDEO
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            raise ServingError(code, tr("file_unreadable", lang, where=where)) from None
+        if size == 0:
+            raise ServingError(code, tr("file_empty", lang, where=where))
+        if size > per_file:
+            raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, tr("file_too_large", lang, where=where,
+                               size=f"{size / MB:.1f}", limit=f"{per_file / MB:.0f}"))
+        if kind == "image":
+            _check_image(path, where, limits, lang)
+        total += size
+    if len(items) > limits.max_images_per_request:
+        raise ServingError(ErrorCode.INVALID_REQUEST, tr("too_many_media", lang, n=len(items),
+                                                          limit=limits.max_images_per_request))
+    if total * 4 // 3 > limits.max_body_bytes:  # files travel base64-encoded
+        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, tr("request_too_large", lang, size=f"{total * 4 / 3 / MB:.0f}",
+                                                          limit=f"{limits.max_body_bytes / MB:.0f}"))
+    return items
+
+
+def _check_image(path: str, where: str, limits: Limits, lang: str) -> None:
+    try:
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+    except (OSError, Image.DecompressionBombError, ValueError):
+        raise ServingError(ErrorCode.INVALID_IMAGE, tr("not_an_image", lang, where=where)) from None
+    if w * h > limits.max_image_pixels:
+        raise ServingError(ErrorCode.INVALID_IMAGE, tr("file_too_many_pixels", lang, where=where, w=w, h=h,
+                                                        limit=f"{limits.max_image_pixels / 1e6:.0f}"))
+
+
+def reader_labels(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
+                  lang: str = EN) -> dict[str, str]:
+    """The worker's labels for media ("image 2 (message 3)", "video in message 3") -> the reader's words.
+
+    `first_user_index`: reader's message number -> index of that message in the OpenAI request (after any system
+    message). The UI built the request, so this mapping is exact."""
+    out: dict[str, str] = {}
+    image_no = 0
+    for path, kind, nth in items:
+        index = first_user_index.get(nth)
+        if index is None:
+            continue
+        if kind == "image":
+            image_no += 1
+            out[f"image {image_no} (message {index + 1})"] = _where(path, nth, lang)
+        else:
+            out.setdefault(f"video in message {index + 1}", _where(path, nth, lang))
+    return out

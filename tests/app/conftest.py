@@ -1,0 +1,36 @@
+"""The web UI's test stack: a real controller, two scripted workers (the layer under test is the UI), the UI
+process, and one Chromium for the session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.browser import launch_browser
+from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
+from tests.support.ui_process import start_ui
+
+
+@pytest.fixture(scope="session")
+def ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
+    """-> dict(url, controller, conversations): models 'internvl-slow' (40 words/s, 2000 words: for Stop) and
+    'internvl-fast' (as fast as it can, 24 words)."""
+    controller = start_controller(log_dir)
+    slow = spawn_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-slow",
+                        env={"SCRIPTED_TOKENS": "2000", "SCRIPTED_RATE": "40"})
+    fast = spawn_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-fast",
+                        env={"SCRIPTED_TOKENS": "24", "SCRIPTED_RATE": "0"})
+    for w in (slow, fast):
+        wait_worker(w, controller.url)
+    conversations = tmp_path_factory.mktemp("conversations")
+    ui = start_ui(controller.url, log_dir, conversations)
+    yield {"url": ui.url, "controller": controller, "conversations": conversations, "workers": [slow, fast],
+           "log_dir": log_dir, "checkpoint": demo_checkpoint}
+    ui.stop()
+    for proc in (slow, fast, controller):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with launch_browser() as b:
+        yield b
