@@ -75,7 +75,7 @@ class ChatHandlers:
         if text:
             content.append({"type": "text", "text": to_display(text)})
         history = list(history or []) + [{"role": "user", "content": content}]
-        return history, gr.MultimodalTextbox(value=None)
+        return history, {"text": "", "files": []}
 
     async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
                            top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
@@ -137,8 +137,8 @@ class ChatHandlers:
                    max_tiles: float, num_frames: float, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, clear the box, stream the answer."""
         added = self.add_user_message(history, box, language(request))
-        if added is None:  # nothing to send: leave everything as it is (the toast says why)
-            yield gr.skip(), gr.skip()
+        if added is None:  # nothing to send: the conversation stays as it is (the toast says why)
+            yield list(history or []), gr.skip()
             return
         history, box_update = added
         yield history, box_update
@@ -153,35 +153,28 @@ class ChatHandlers:
         history = _drop_trailing_assistant(list(history or []))
         if not history:
             gr.Warning(tr("nothing_to_regenerate", language(request)), duration=5)
-            yield gr.skip()
+            yield history
             return
         yield history
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
                                          repetition_penalty, max_tiles, num_frames, request):
             yield h
 
-    async def edit_chat(self, history: History | None, model: str | None, system_prompt: str, temperature: float,
-                        top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
-                        num_frames: float, edit: gr.EditData, request: gr.Request = None):
-        """An earlier user message was edited: keep the conversation before it, resend from there."""
+    def apply_edit(self, history: History | None, edit: gr.EditData, request: gr.Request = None) -> History:
+        """An earlier user message was edited: keep the conversation before it and the edited message (its files
+        stay); the next step answers it again."""
         history = list(history or [])
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         if not 0 <= index < len(history) or history[index]["role"] != "user":
-            yield gr.skip()
-            return
+            return history
         text = edit.value if isinstance(edit.value, str) else message_text({"content": edit.value})
         files = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                  for p in message_files(history[index])]
         content = files + ([{"type": "text", "text": to_display(from_display(text).strip())}] if text.strip() else [])
         if not content:
             gr.Warning(tr("empty_message", language(request)), duration=5)
-            yield gr.skip()
-            return
-        history = history[:index] + [{"role": "user", "content": content}]
-        yield history
-        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, request):
-            yield h
+            return history
+        return history[:index] + [{"role": "user", "content": content}]
 
     # ------------------------------------------------------------------------------------------ buttons
 

@@ -128,19 +128,28 @@ def create_app(settings: UISettings) -> gr.Blocks:
         browser_only = {"api_visibility": "private", "queue": False}
         generating = {"concurrency_limit": limit, "concurrency_id": "generate", "show_progress": "hidden"}
 
-        def answer(trigger, fn, inputs, outputs, api_name):
-            """trigger -> lock (in the browser) -> fn streams -> unlock (in the browser, also after a failure)
-            -> the chat saved in this browser's list."""
-            step = trigger(None, None, locked, js=LOCK_JS, **browser_only).then(
-                fn, inputs, outputs, api_name=api_name, **generating)
+        def answer(first_step, fn, inputs, outputs, api_name):
+            """lock (first_step) -> fn streams -> unlock (in the browser, also after a failure) -> the chat saved
+            in this browser's list."""
+            step = first_step.then(fn, inputs, outputs, api_name=api_name, **generating)
             step.then(None, None, locked, js=UNLOCK_JS, **browser_only).then(
                 past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
             step.failure(None, None, locked, js=UNLOCK_JS, **browser_only)
             return step
 
-        chat_step = answer(box.submit, handlers.chat, [box, chatbot, *params], [chatbot, box], "chat")
-        regen_step = answer(regen.click, handlers.regenerate_chat, [chatbot, *params], chatbot, "regenerate")
-        edit_step = answer(chatbot.edit, handlers.edit_chat, [chatbot, *params], chatbot, False)
+        def lock_in_browser(trigger):
+            return trigger(None, None, locked, js=LOCK_JS, **browser_only)
+
+        def apply_edit(history, edit: gr.EditData, request: gr.Request):
+            # the edit's data reaches only the first step of a chain: this step applies it (and locks)
+            return handlers.apply_edit(history, edit, request), gr.update(interactive=False), \
+                gr.update(interactive=True), *[gr.update(interactive=False)] * 4
+
+        chat_step = answer(lock_in_browser(box.submit), handlers.chat, [box, chatbot, *params], [chatbot, box], "chat")
+        regen_step = answer(lock_in_browser(regen.click), handlers.regenerate_chat, [chatbot, *params], chatbot,
+                            "regenerate")
+        edit_step = answer(chatbot.edit(apply_edit, chatbot, [chatbot, *locked], **browser_only),
+                           handlers.regenerate_chat, [chatbot, *params], chatbot, False)
 
         # Cancelling the streaming event closes the HTTP stream to the controller, which aborts the generation.
         stop.click(None, None, locked, js=UNLOCK_JS, cancels=[chat_step, regen_step, edit_step],

@@ -1,0 +1,61 @@
+"""gradio_client drives whole conversations (issue 12 item 5): the history /chat returns goes back unchanged, with
+its images, to /chat, /regenerate and /undo; outputs are named; the API description lists the served models."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.stack import ROOT
+
+EXAMPLES = ROOT / "static" / "examples"
+SETTINGS = ("", 0.7, 0.9, 32, 1.05, 2, 4)  # system prompt, temperature, top_p, max tokens, rep. penalty, tiles, frames
+
+
+@pytest.fixture()
+def client(ui_stack):
+    from gradio_client import Client
+
+    # download_files=False: files in the returned history stay references to the server's copies, so the history
+    # can be sent back as it is (a downloaded copy would be a path on this machine)
+    return Client(ui_stack["url"] + "/", verbose=False, download_files=False)
+
+
+def text_of(message: dict) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+
+
+def test_a_three_turn_image_conversation_continues_with_the_returned_history(client):
+    from gradio_client import handle_file
+
+    history, box = client.predict({"text": "What is this?", "files": [handle_file(str(EXAMPLES / "landscape.jpg"))]},
+                                  [], "internvl-fast", *SETTINGS, api_name="/chat")
+    assert text_of(history[-1]).startswith("I see 1 image.")
+    history, _ = client.predict({"text": "And this one?", "files": [handle_file(str(EXAMPLES / "chart.png"))]},
+                                history, "internvl-fast", *SETTINGS, api_name="/chat")
+    assert text_of(history[-1]).startswith("I see 2 images.")  # the first image went back with the history
+    history, _ = client.predict({"text": "Compare them.", "files": []}, history, "internvl-fast", *SETTINGS,
+                                api_name="/chat")
+    assert [m["role"] for m in history] == ["user", "assistant"] * 3
+    assert text_of(history[-1]).startswith("I see 2 images.")
+    assert [p["type"] for p in history[0]["content"]] == ["file", "text"]
+
+    again = client.predict(history, "internvl-fast", *SETTINGS, api_name="/regenerate")
+    assert len(again) == 6 and text_of(again[-1]).startswith("I see 2 images.")
+    rest, box = client.predict(again, api_name="/undo")
+    assert len(rest) == 4 and box["text"] == "Compare them."
+
+
+def test_api_description_names_outputs_and_lists_the_models(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    chat = api["/chat"]
+    assert [r["label"] for r in chat["returns"]] == ["history", "message"]
+    model = next(p for p in chat["parameters"] if p["parameter_name"] == "model")
+    assert {"internvl-fast", "internvl-slow"} <= set(model["type"].get("enum", []) or
+                                                      model["python_type"]["type"].split("'")[1::2])
+    assert "/stop" not in api  # a client stops an answer with job.cancel()
+
+
+def test_bad_input_through_the_api_is_an_answer_not_an_exception(client):
+    history, box = client.predict({"text": "   ", "files": []}, [], "internvl-fast", *SETTINGS, api_name="/chat")
+    assert history == []
+    assert client.predict([], "internvl-fast", *SETTINGS, api_name="/regenerate") == []
