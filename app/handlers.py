@@ -37,7 +37,6 @@ from app.texts import EN, language, tr
 from common.errors import ServingError
 
 History = list[dict[str, Any]]
-UPDATE_INTERVAL_S = 0.05  # at most 20 browser updates per second while an answer streams
 
 
 class ChatHandlers:
@@ -108,7 +107,7 @@ class ChatHandlers:
         stats, answer, outcome = StreamStats(), "", "stopped"
         try:
             stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
-            async with aclosing(stream), aclosing(coalesce(stream, UPDATE_INTERVAL_S)) as deltas:
+            async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
                 async for delta in deltas:
                     if stats.first_token_s is None:
                         stats.first_token_s = round(time.monotonic() - stats.started, 4)

@@ -30,14 +30,16 @@ class UIProcess:
                 self.popen.wait(5)
 
 
-def start_ui(controller_url: str, log_dir: Path, conversation_dir: Path, *extra: str) -> UIProcess:
+def start_ui(controller_url: str, log_dir: Path, conversation_dir: Path, *extra: str,
+             root: Path = ROOT) -> UIProcess:
+    """`root`: the checkout whose app/ runs (benchmarks compare two)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ui-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as out:
         popen = subprocess.Popen([sys.executable, "-m", "app", "--controller-url", controller_url, "--port", str(port),
-                                  "--log-dir", str(conversation_dir), *extra], cwd=ROOT, env=env, stdout=out,
+                                  "--log-dir", str(conversation_dir), *extra], cwd=root, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     ui = UIProcess(f"http://127.0.0.1:{port}", popen, log_path)
     deadline = time.monotonic() + 90
