@@ -64,6 +64,13 @@ class LaunchSettings(BaseSettings):
     def _auto_int(cls, value: str, info) -> str:
         return _auto_or_positive(value, "--" + info.field_name)
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in ("auto", "turbomind", "transformers") and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"--engine takes auto, turbomind, transformers or module.path:ClassName, not {value!r}")
+        return value
+
     @field_validator("api_key", "registration_secret")
     @classmethod
     def _plain_secret(cls, value: str | None) -> str | None:
