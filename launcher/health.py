@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import httpx
-
 PROBLEM_GRACE_S = 8.0  # a registration problem is allowed this long (the first attempt can race the server start)
 
 
@@ -20,8 +18,10 @@ class Probe:
     registers: bool = False  # a worker: ready only once registered
     problem_since: float | None = None
 
-    def check(self, client: httpx.Client) -> tuple[bool, str | None]:
-        """(ready, lasting problem). Not answering yet is neither."""
+    def check(self, client) -> tuple[bool, str | None]:
+        """(ready, lasting problem) from one GET with `client` (an httpx.Client). Not answering yet is neither."""
+        import httpx  # here, not at start-up: the launcher spawns its processes before it needs it
+
         try:
             r = client.get(self.url)
         except httpx.HTTPError:
@@ -49,6 +49,8 @@ class Probe:
 
 def wait_url(url: str, timeout_s: float, registers: bool = False, alive=lambda: True) -> None:
     """Block until `url` answers ready; RuntimeError when `alive()` turns False, on a lasting problem, or late."""
+    import httpx
+
     probe = Probe(url, registers)
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:

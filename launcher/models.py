@@ -58,8 +58,19 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _hub_cache() -> Path:
+    """huggingface_hub's cache folder, worked out as it does, without importing it (a second on a busy machine)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 def from_hub(repo_id: str, download: bool) -> Path:
     """The snapshot from the local cache, or downloaded when `download`."""
+    if not download and not (_hub_cache() / f"models--{repo_id.replace('/', '--')}").is_dir():
+        raise ResolveError(f"could not get '{repo_id}' from the local hub cache (the hub is not reachable): not in "
+                           f"{_hub_cache()}. Download it elsewhere and pass its folder: --model /path/to/checkpoint")
     from huggingface_hub import snapshot_download
 
     try:

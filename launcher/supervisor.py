@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from launcher.health import Probe
 
 _PR_SET_PDEATHSIG = 1
@@ -136,7 +134,7 @@ class Supervisor:
         self.quick_crash_s = quick_crash_s
         self.stop_timeout_s = stop_timeout_s
         self.services: list[Service] = []
-        self._client = httpx.Client(timeout=2.0)
+        self._http = None  # an httpx.Client, made at the first health check (importing httpx takes a while)
         self._echo_offsets: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------------ starting
@@ -161,7 +159,11 @@ class Supervisor:
         if service.probe is None:
             service.ready_after_s = time.monotonic() - service.started_at
             return None
-        ok, problem = service.probe.check(self._client)
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(timeout=2.0)
+        ok, problem = service.probe.check(self._http)
         if ok:
             service.ready_after_s = time.monotonic() - service.started_at
         return problem
@@ -256,4 +258,5 @@ class Supervisor:
             stop_groups(running, self.stop_timeout_s)
         for s in self.services:
             s.popen = None
-        self._client.close()
+        if self._http is not None:
+            self._http.close()
