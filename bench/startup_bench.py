@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -44,7 +46,22 @@ def scratch_copy(rev: str | None, dest: Path, demo: Path) -> Path:
     return dest
 
 
-def one_run(checkout: Path, timeout: float = 300) -> tuple[float, list[str]]:
+def cpu_seconds(root: psutil.Process) -> tuple[float, float]:
+    """(CPU seconds used so far by `root` and everything it started, of which the worker's), load-independent."""
+    total = worker = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            used = t.user + t.system + t.children_user + t.children_system  # children_*: the reaped helpers
+            total += used
+            if p.cmdline()[1:3] == ["-m", "workers"]:
+                worker = used
+        except psutil.NoSuchProcess:
+            pass
+    return total, worker
+
+
+def one_run(checkout: Path, timeout: float = 300) -> tuple[float, list[str], tuple[float, float]]:
     ports = [free_port() for _ in range(3)]
     env = {**os.environ, "INTERNVL_VENV": sys.prefix, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     t0 = time.monotonic()
@@ -56,7 +73,7 @@ def one_run(checkout: Path, timeout: float = 300) -> tuple[float, list[str]]:
         for line in popen.stdout:
             lines.append(line.rstrip())
             if line.startswith("==> Ready"):
-                return time.monotonic() - t0, lines
+                return time.monotonic() - t0, lines, cpu_seconds(psutil.Process(popen.pid))
             if time.monotonic() - t0 > timeout:
                 break
         raise RuntimeError("not ready:\n" + "\n".join(lines[-30:]))
@@ -82,19 +99,27 @@ def main() -> int:
                  "new": scratch_copy(None, Path(tmp) / "new", demo)}
         one_run(sides["new"])  # warm the page cache for both (same interpreter and libraries)
         times: dict[str, list[float]] = {"old": [], "new": []}
+        cpu: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
         loads = [os.getloadavg()[0]]
         phases = []
         for i in range(args.runs):
             for side in (("old", "new") if i % 2 == 0 else ("new", "old")):
-                took, lines = one_run(sides[side])
+                took, lines, used = one_run(sides[side])
                 times[side].append(took)
+                cpu[side].append(used)
                 loads.append(os.getloadavg()[0])
-                print(f"run {i + 1} {side}: ready in {took:.1f} s (load {loads[-1]:.1f})", flush=True)
+                print(f"run {i + 1} {side}: ready in {took:.1f} s (load {loads[-1]:.1f}); CPU {used[0]:.1f} s in "
+                      f"all, {used[1]:.1f} s in the worker", flush=True)
                 if side == "new":
                     phases.append([m.group(0) for line in lines if (m := re.search(r"\S+ ready \([\d.]+ s\)", line))])
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
     print(f"\nmedian time to Ready: old {old:.1f} s, new {new:.1f} s, new/old {new / old:.2f}")
     print(f"1-min load average during the runs: {min(loads):.1f} .. {max(loads):.1f} on {os.cpu_count()} CPUs")
+    for side in ("old", "new"):
+        total = statistics.median(c[0] for c in cpu[side])
+        worker = statistics.median(c[1] for c in cpu[side])
+        print(f"{side}: median CPU to Ready {total:.1f} s in all, {worker:.1f} s in the worker (the critical path); "
+              f"on 2 idle cores at least {max(worker, total / 2):.1f} s")
     print("new launcher, per process (last run): " + ", ".join(phases[-1]))
     return 0
 
