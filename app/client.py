@@ -93,7 +93,7 @@ class ControllerClient:
         # Under ./launch.sh a controller that died is restarted within seconds: say so, the page stays usable.
         return ServingError(ErrorCode.NO_WORKER, f"reconnecting to the model: the controller at {self.base_url} "
                             f"does not answer ({exc}). Try again in a few seconds; if it stays away, start it "
-                            "(`./launch.sh controller`) or pass --controller-url")
+                            "(`./launch.sh controller` or `python -m controller`) or pass --controller-url")
 
 
 def _error_from_response(status: int, content: bytes) -> ServingError:

@@ -1,5 +1,6 @@
-"""`./launch.sh ui` against a controller that is not there (yet, or restarting): the page stays up and a chat gets
-a note that says the model is reconnecting; once the controller is there, the same page chats."""
+"""`./launch.sh ui` against a controller that is not there (yet, or restarting), then a controller without a worker
+(one being restarted): the page stays up and a chat gets a note that says the model is reconnecting; once both are
+there, the same page chats."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def test_ui_says_reconnecting_while_the_controller_is_away_then_chats(tmp_path, 
         assert "reconnecting to the model" in note.lower(), history
 
         controller = start_controller(log_dir, port=controller_port)
+        history, _ = client.predict(box={"text": "Hi", "files": []}, history=[], model="demo", system_prompt="",
+                                    max_new_tokens=16, api_name="/chat")  # no worker yet: it may be restarting
+        assert "reconnecting" in str(history[-1]["content"]).lower(), history
+
         worker = start_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="demo")
         history, _ = client.predict(box={"text": "Hi", "files": []}, history=[], model="demo", system_prompt="",
                                     max_new_tokens=16, api_name="/chat")
