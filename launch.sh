@@ -70,6 +70,9 @@ if [[ -n ${INTERNVL_VENV:-} ]]; then
 elif [[ ${1:-} == test ]]; then
   install_sets requirements.txt requirements-test.txt
 else
+  case " $* " in
+    *" -h "* | *" --help "*) [[ -x $PY ]] || say "--help needs the virtualenv (the flags live in the launcher): setting it up first" ;;
+  esac
   install_sets requirements.txt
 fi
 

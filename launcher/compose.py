@@ -31,6 +31,13 @@ def shown_host(host: str) -> str:
         return host
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the in-process stack, tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

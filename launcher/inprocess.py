@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from launcher.compose import ROOT
+from launcher.compose import ROOT, free_port
 from launcher.models import resolve
 
 log = logging.getLogger("launcher.inprocess")
 
 ZEROGPU_ENGINE = "workers.engines.zerogpu_engine:ZeroGPUEngine"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_in_thread(app, port: int, name: str, timeout_s: float = 900.0) -> None:

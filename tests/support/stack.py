@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,11 @@ from pathlib import Path
 
 import httpx
 
-from launcher.compose import ROOT, python_module
+from launcher.compose import ROOT, free_port, python_module
 from launcher.health import Probe
 from launcher.supervisor import ServiceSpec, signal_group, spawn
 
 SCRIPTED = "tests.support.scripted_engine:ScriptedEngine"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
