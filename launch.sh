@@ -71,7 +71,8 @@ elif [[ ${1:-} == test ]]; then
   install_sets requirements.txt requirements-test.txt
 else
   case " $* " in
-    *" -h "* | *" --help "*) [[ -x $PY ]] || say "--help needs the virtualenv (the flags live in the launcher): setting it up first" ;;
+    *" -h "* | *" --help "*)
+      [[ -x $PY ]] || say "--help needs the virtualenv (the flags live in the launcher): setting it up first" ;;
   esac
   install_sets requirements.txt
 fi
