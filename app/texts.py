@@ -153,15 +153,21 @@ ERROR_HEADLINES: dict[str, dict[str, str]] = {
 }
 NEXT_STEPS: dict[str, dict[str, str]] = {
     "no_worker_available": {
-        EN: "Start a worker: `python -m workers --model-path PATH --controller-url URL`; the model list updates "
-            "by itself.",
-        HANS: "请启动 worker：`python -m workers --model-path PATH --controller-url URL`；模型列表会自动更新。",
-        HANT: "請啟動 worker：`python -m workers --model-path PATH --controller-url URL`；模型列表會自動更新。"},
+        EN: "If the model is reconnecting (./launch.sh restarts a worker that stopped), press Regenerate in a few "
+            "seconds. Otherwise start a worker: `python -m workers --model-path PATH --controller-url URL`; the "
+            "model list updates by itself.",
+        HANS: "如果模型正在重连（./launch.sh 会重启停止的 worker），请几秒后按“重新生成”。否则请启动 worker："
+              "`python -m workers --model-path PATH --controller-url URL`；模型列表会自动更新。",
+        HANT: "如果模型正在重新連線（./launch.sh 會重啟停止的 worker），請幾秒後按「重新產生」。否則請啟動 worker："
+              "`python -m workers --model-path PATH --controller-url URL`；模型列表會自動更新。"},
     "controller": {
-        EN: "Start the controller (`python -m controller`) or start this UI with the right --controller-url; "
-            "this page reconnects by itself.",
-        HANS: "请启动控制器（`python -m controller`），或用正确的 --controller-url 启动本界面；页面会自动重连。",
-        HANT: "請啟動控制器（`python -m controller`），或用正確的 --controller-url 啟動本介面；頁面會自動重新連線。"},
+        EN: "Under ./launch.sh it is restarted within seconds: press Regenerate in a moment. Otherwise start the "
+            "controller (`python -m controller`) or start this UI with the right --controller-url; this page "
+            "reconnects by itself.",
+        HANS: "在 ./launch.sh 下它会在几秒内自动重启：请稍后按“重新生成”。否则请启动控制器（`python -m controller`），"
+              "或用正确的 --controller-url 启动本界面；页面会自动重连。",
+        HANT: "在 ./launch.sh 下它會在幾秒內自動重啟：請稍後按「重新產生」。否則請啟動控制器（`python -m controller`），"
+              "或用正確的 --controller-url 啟動本介面；頁面會自動重新連線。"},
     "model_not_found": {
         EN: "Pick a model that is served now (Settings).",
         HANS: "请在“设置”中选择当前在服务的模型。", HANT: "請在「設定」中選擇目前在服務的模型。"},

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.stack import ROOT
-from tests.test_ui_client import EXAMPLES, ui_stack  # noqa: F401  (shared session fixture)
+from tests.app.test_ui_client import EXAMPLES, ui_stack  # noqa: F401  (shared session fixture)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -61,8 +61,8 @@ def test_image_and_video_chat_streams_stop_regenerate_and_screenshots(browser, u
     url, controller, _ = ui_stack
     ARTIFACTS.mkdir(exist_ok=True)
     page = open_page(browser, url)
-    page.locator("#random-banner").wait_for(state="visible", timeout=30_000)
-    assert "random weights" in page.locator("#random-banner").inner_text()
+    page.locator("#status-line").wait_for(state="visible", timeout=30_000)
+    assert "random weights" in page.locator("#status-line").inner_text()
 
     # Greedy decoding: the random model then answers the same every run (sampling could end it at once).
     page.locator("#temperature input[type=number]").fill("0")

@@ -63,10 +63,11 @@ def text_of(message: dict) -> str:
 
 
 def test_models_endpoint_lists_served_models_and_flags_random_weights(client):
-    dropdown, info, banner = client.predict("", api_name="/models")
+    dropdown, info, banner, max_tokens = client.predict("", 1024, api_name="/models")
     assert [c[0] for c in dropdown["choices"]] == ["internvl-demo", "internvl-scripted"]
     assert dropdown["value"] == "internvl-demo" and "Served by: `worker-" in info
-    assert banner["visible"] is True
+    assert banner["visible"] is True and "random weights" in banner["value"]
+    assert max_tokens["maximum"] == 3072  # the demo checkpoint's 4096-token context, less room for the prompt
 
 
 def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(client, ui_stack):
@@ -102,7 +103,7 @@ def test_unknown_model_gets_a_readable_error_and_the_chat_stays_usable(client):
     history = client.predict({"text": "hi", "files": []}, [], "no-such-model", *SETTINGS, api_name="/chat")[0]
     note = history[-1]
     assert note["metadata"]["title"].startswith("⚠") and "no-such-model" in text_of(note)
-    assert "Press ↻" in text_of(note)
+    assert "Pick a model that is served now" in text_of(note)
     history = client.predict({"text": "hi again", "files": []}, history, "internvl-demo", *SETTINGS,
                              api_name="/chat")[0]
     assert history[-1]["metadata"] is None and text_of(history[-1]).strip()
