@@ -13,6 +13,7 @@ from app.ui import create_app, launch_options
 def main() -> None:
     settings = CliApp.run(UISettings)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel("WARNING")  # the model panel polls the controller every few seconds
     demo = create_app(settings)
     demo.queue(default_concurrency_limit=settings.concurrency_limit)
     demo.launch(**launch_options(settings, demo))
