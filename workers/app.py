@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from common.errors import ServingError
 from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
@@ -17,6 +17,7 @@ from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList
 from workers.engines.base import Engine
+from workers.lease import ClientGone, Lease, until_client_leaves
 from workers.registration import Registrar
 from workers.serving import ChatService
 from workers.settings import WorkerSettings
@@ -73,6 +74,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         registrar = app.state.registrar
         return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
                              "in_flight": service.in_flight, "queued": service.queued,
+                             "stages": service.leases.stages(), "engine_running": engine.running,
+                             "preprocess_pixels": service.leases.pixels.in_use,
                              "random_weights": engine.spec.random_weights,
                              "registered": registrar.registered if registrar else None,
                              "registration_problem": registrar.problem if registrar else None})
@@ -86,11 +89,34 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
         req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
-        first, events = await service.start(req, request_id)
-        if req.stream:
-            return sse_response(service.stream_chunks(req, first, events))
-        completion = await service.complete(req, first, events)
-        return JSONResponse(completion.model_dump(exclude_none=True))
+        # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
+        lease = service.admit(req, request_id_var.get())
+        try:
+            if not req.stream:
+                completion = await until_client_leaves(request.receive, service.answer(req, lease))
+                return JSONResponse(completion.model_dump(exclude_none=True))
+            first, events = await until_client_leaves(request.receive, service.start(req, lease))
+        except ClientGone:
+            log.info("client left; request %s stopped", lease.id)
+            return Response(status_code=499)  # nobody reads it: for the access log ("client closed request")
+        finally:
+            if not req.stream:
+                await lease.release()
+        return _Released(sse_response(service.stream_chunks(req, lease, first, events)), lease)
 
     return app
+
+
+class _Released(Response):
+    """Sends `inner` and then releases the lease, also when the stream never started (the client left in between)
+    or the server stops it."""
+
+    def __init__(self, inner: Response, lease: Lease):
+        self.inner, self.lease = inner, lease
+        self.background = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            await self.lease.release()

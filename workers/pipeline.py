@@ -9,7 +9,9 @@ across the whole conversation; a video becomes 'Frame1: <image>\\nFrame2: <image
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,9 +23,12 @@ from workers.model_spec import ModelSpec
 from workers.prompts.templates import get_template, image_placeholder
 from workers.settings import MediaLimits
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
-from workers.vision.images import decode_image
+from workers.vision.images import decode_image, header_pixels
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
-from workers.vision.video import decode_video
+from workers.vision.video import decode_video, frame_pixels
+
+if TYPE_CHECKING:
+    from workers.lease import Lease
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -37,11 +42,20 @@ class _Media:
 
 
 async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits,
-                             request_id: str) -> GenerationRequest:
+                             request_id: str, lease: Lease | None = None) -> GenerationRequest:
+    """With `lease` (the worker's path), the decoding threads take their pixels from the worker's preprocessing
+    budget and stop when the request is cancelled (workers/lease.py)."""
+    in_thread = lease.in_thread if lease is not None else _in_thread
+    check = lease.check if lease is not None else _never
     system, turns, media = _parse_messages(req, spec, limits)
     datas = await asyncio.gather(*(fetch_media(_url(m.part), limits, m.label) for m in media))
-    tiles = await asyncio.gather(*(asyncio.to_thread(_to_tiles, m, data, spec, limits)
-                                   for m, data in zip(media, datas, strict=True)))
+    costs = await in_thread(_decoded_pixels, media, datas) if media else []
+    if sum(costs) > limits.max_request_pixels:
+        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"the images and video frames of this request decode to "
+                           f"{sum(costs):,} pixels; the limit is {limits.max_request_pixels:,} per request "
+                           "(max_request_pixels): send fewer or smaller images, or fewer video frames")
+    tiles = await asyncio.gather(*(in_thread(_to_tiles, m, data, spec, limits, check, pixels=cost)
+                                   for m, data, cost in zip(media, datas, costs, strict=True)))
     counts = [t.shape[0] for t in tiles]
     check_image_tokens_fit(spec, sum(counts))
 
@@ -56,9 +70,23 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
         std = tuple(spec.extra.get("image_std", IMAGENET_STD))
         # In a thread: the float work, and in a worker whose engine does not load torch, the first call's import of
         # torch (seconds), must not stall the event loop (heartbeats, other requests).
-        pixel_values = await asyncio.to_thread(normalize, np.concatenate(tiles, axis=0), mean, std)
+        pixel_values = await in_thread(normalize, np.concatenate(tiles, axis=0), mean, std)
     return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
                              num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
+
+
+async def _in_thread(fn, *args, pixels: int = 0):
+    return await asyncio.to_thread(fn, *args)
+
+
+def _never() -> None:
+    return None
+
+
+def _decoded_pixels(media: list[_Media], datas: list[bytes]) -> list[int]:
+    """Pixels each item will decode to, from the file headers: an image's size, a video's frame size x frames."""
+    return [frame_pixels(data) * m.num_frames if isinstance(m.part, VideoPart) else header_pixels(data)
+            for m, data in zip(media, datas, strict=True)]
 
 
 def _url(part: ImagePart | VideoPart) -> str:
@@ -125,13 +153,15 @@ def _refuse_image_markup(spec: ModelSpec, texts: list[str], index: int) -> None:
                                f"{marker!r} in its text; send images as image_url parts", param=f"messages[{index}]")
 
 
-def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits) -> np.ndarray:
-    """Runs in a worker thread: decode + tile one media item -> uint8 [N, S, S, 3]."""
+def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits,
+              check: Callable[[], None] = _never) -> np.ndarray:
+    """Runs in a worker thread: decode + tile one media item -> uint8 [N, S, S, 3]. `check` raises to stop."""
     size = spec.image_size
     if isinstance(m.part, VideoPart):
         v = m.part.video_url
-        return decode_video(data, limits, m.num_frames, v.start, v.end, m.label, tile_size=size)
-    image = decode_image(data, limits, m.label)
+        return decode_video(data, limits, m.num_frames, v.start, v.end, m.label, tile_size=size, check=check)
+    image = decode_image(data, limits, m.label, check)
+    check()
     if not spec.dynamic:
         return square_tile(image, size)
     return cut_tiles(image, tile_size=size, min_tiles=min(spec.min_tiles, m.max_tiles), max_tiles=m.max_tiles,

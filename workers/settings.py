@@ -16,6 +16,9 @@ class MediaLimits:
 
     max_media_bytes: int = 20 * 1024 * 1024  # one decoded image or video
     max_image_pixels: int = 64_000_000  # decompression-bomb guard (e.g. 8000x8000)
+    # All the pixels one request makes the worker decode (images + sampled video frames; 32 frames of 4K, or 30
+    # photos of 12 MP): bounds one request's memory, checked from the file headers before any decoding.
+    max_request_pixels: int = 400_000_000
     max_video_seconds: float = 600.0
     max_images_per_request: int = 16
     default_num_frames: int = 8
@@ -73,6 +76,10 @@ class WorkerSettings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     max_media_bytes: int = Field(MediaLimits.max_media_bytes, ge=1)
     max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)
+    max_request_pixels: int = Field(MediaLimits.max_request_pixels, ge=1, description="decoded pixels per request "
+                                    "(images + video frames), checked from the headers before decoding; more: 413")
+    preprocess_pixels: int = Field(200_000_000, ge=1, description="decoded pixels being prepared at once by the "
+                                   "whole worker (~3.5 bytes each at the peak); requests past it wait their turn")
     max_video_seconds: float = Field(MediaLimits.max_video_seconds, gt=0)
     max_images_per_request: int = Field(MediaLimits.max_images_per_request, ge=1, le=256)
     default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)
@@ -84,6 +91,7 @@ class WorkerSettings(BaseSettings):
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(max_media_bytes=self.max_media_bytes, max_image_pixels=self.max_image_pixels,
+                           max_request_pixels=self.max_request_pixels,
                            max_video_seconds=self.max_video_seconds,
                            max_images_per_request=self.max_images_per_request,
                            default_num_frames=self.default_num_frames, allow_remote_media=self.allow_remote_media)

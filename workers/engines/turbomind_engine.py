@@ -9,8 +9,9 @@ that prompt ourselves (the same bytes every engine sees) and hand lmdeploy's Asy
   language model only (`language_model_only`) and our PyTorch InternViT (vision_v1.py) computes the features, passed
   as `input_embeddings` over the same runs.
 
-Aborting (client gone, Stop in the UI, `abort(request_id)`) closes lmdeploy's stream, which cancels the TurboMind
-request and returns once the engine has released its KV blocks.
+Stopping (client gone, Stop in the UI) is closing our stream (workers/engines/base.py): before TurboMind has the
+request, the await in progress (vision tower, lmdeploy's preprocessing) ends and a preprocessed session is dropped;
+after, closing lmdeploy's stream cancels the TurboMind request and returns once the engine has released its KV blocks.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
-from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent, longest_token_chars
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
@@ -125,12 +125,6 @@ class StopStrings:
         return out
 
 
-@dataclass
-class _Live:
-    session: Any = None  # lmdeploy Session, once preprocessed
-    aborted: bool = False
-
-
 class TurbomindEngine(Engine):
     name = "turbomind"
 
@@ -148,7 +142,7 @@ class TurbomindEngine(Engine):
         self._tokenizer = None
         self._image_token_id: int | None = None
         self._session_ids = itertools.count(1)
-        self._live: dict[str, _Live] = {}
+        self._max_token_chars: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -176,6 +170,7 @@ class TurbomindEngine(Engine):
         self._image_token_id = tokenizer.convert_tokens_to_ids(self.spec.image_token)
         if self._image_token_id is None or self._image_token_id == tokenizer.unk_token_id:
             raise ServingError(ErrorCode.ENGINE_ERROR, f"the tokenizer has no {self.spec.image_token} token")
+        self._max_token_chars = longest_token_chars(tokenizer)
         if resolved.language_model_only:
             self._vision = await asyncio.to_thread(self._load_vision, vision_device)
         self._pipe = await asyncio.to_thread(self._build_pipe, resolved)
@@ -238,8 +233,16 @@ class TurbomindEngine(Engine):
         # add_special_tokens as the checkpoints' own chat() does: BOS for Llama/Yi/InternLM2, none for Qwen2.
         return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(self.encode(prompt))
+    def tokenize(self, prompt: str) -> list[int]:
+        return self.encode(prompt)
+
+    @property
+    def context_length(self) -> int:
+        return self.resolved.session_len if self.resolved is not None else self.spec.context_length
+
+    @property
+    def max_token_chars(self) -> int | None:
+        return self._max_token_chars
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -283,17 +286,16 @@ class TurbomindEngine(Engine):
         pipe = self._pipe
         if pipe is None:
             raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind is not loaded yet")
-        live = self._live.setdefault(request.request_id, _Live())  # first: an abort may come at any await
-        stream = None
+        self.running += 1
+        stream = prepared = None
         completion, reason = 0, "length"
         try:
-            input_ids = self.encode(request.prompt)
+            # Tokenized and checked against session_len by the serving layer (workers/context_check.py); lmdeploy's
+            # preprocess refuses a prompt that does not fit as well.
+            input_ids = request.input_ids if request.input_ids is not None else self.encode(request.prompt)
             session_len = self.resolved.session_len
-            if len(input_ids) >= session_len:
-                raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt has {len(input_ids)} tokens (images "
-                                   f"included) but this worker's context is {session_len} tokens", param="messages")
             extra = await self.image_inputs(request, input_ids)
-            max_new = min(request.sampling.max_new_tokens, session_len - len(input_ids))
+            max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
             gen_cfg = generation_config(request.sampling, max_new_tokens=max_new, ignore_eos=self.ignore_eos)
             stops = StopStrings(request.sampling.stop)
             try:
@@ -302,43 +304,29 @@ class TurbomindEngine(Engine):
             except RequestError as exc:
                 raise serving_error(exc) from exc
             prepared.inputs.update(extra)
-            live.session = prepared.session
-            if live.aborted:  # aborted while we tokenized or ran the vision tower
-                pipe.session_mgr.remove(prepared.session)
-                reason = "abort"
-            else:
-                stream = pipe.generate(prepared, stream_response=True)
-                try:
-                    async for out in stream:
-                        completion = max(completion, out.generate_token_len)
-                        text = stops.feed(out.response)
-                        if text:
-                            yield TokenEvent(text)
-                        if stops.hit:
-                            reason = "stop"
-                            break
-                        if live.aborted:
-                            reason = "abort"
-                            break
-                        if out.finish_reason:
-                            reason = out.finish_reason
-                except RequestError as exc:
-                    raise serving_error(exc) from exc
-                if reason == "error":
-                    raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
-                tail = stops.flush()
-                if tail:
-                    yield TokenEvent(tail)
+            stream = pipe.generate(prepared, stream_response=True)  # started by the loop below, with no await between
+            try:
+                async for out in stream:
+                    completion = max(completion, out.generate_token_len)
+                    text = stops.feed(out.response)
+                    if text:
+                        yield TokenEvent(text)
+                    if stops.hit:
+                        reason = "stop"
+                        break
+                    if out.finish_reason:
+                        reason = out.finish_reason
+            except RequestError as exc:
+                raise serving_error(exc) from exc
+            if reason == "error":
+                raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
+            tail = stops.flush()
+            if tail:
+                yield TokenEvent(tail)
             yield FinishEvent(reason=reason, prompt_tokens=len(input_ids), completion_tokens=completion)
         finally:
             if stream is not None:
                 await stream.aclose()  # cancels the TurboMind request if it still runs; waits for the KV release
-            self._live.pop(request.request_id, None)
-
-    async def abort(self, request_id: str) -> None:
-        live = self._live.get(request_id)
-        if live is None:
-            return
-        live.aborted = True
-        if live.session is not None:
-            await live.session.async_abort()
+            elif prepared is not None:
+                pipe.session_mgr.remove(prepared.session)  # preprocessed, never started
+            self.running -= 1

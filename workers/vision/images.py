@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -23,8 +24,37 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Image.Image:
-    """`label` names the image in error messages (e.g. "image 2 (message 3)")."""
+def header_pixels(data: bytes) -> int:
+    """width x height from the file's header, without decoding (0 when unreadable: decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.width * img.height
+    except Exception:  # noqa: BLE001 - any failure here is reported by decode_image with its real cause
+        return 0
+
+
+class _CheckedBytes(io.BytesIO):
+    """The file as PIL reads it, block by block while it decodes: `check` runs before each block, so a decoding can
+    be stopped (it raises) every 64 KB of compressed data."""
+
+    def __init__(self, data: bytes, check: Callable[[], None]):
+        super().__init__(data)
+        self._check = check
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read(size)
+
+
+def _never() -> None:
+    return None
+
+
+def decode_image(data: bytes, limits: MediaLimits, label: str = "image",
+                 check: Callable[[], None] = _never) -> Image.Image:
+    """`label` names the image in error messages (e.g. "image 2 (message 3)"); `check` raises to stop decoding."""
     if len(data) > limits.max_media_bytes:
         raise ServingError(ErrorCode.UPLOAD_TOO_LARGE,
                            f"{label} is {_mb(len(data))}; the limit is {_mb(limits.max_media_bytes)}")
@@ -35,7 +65,7 @@ def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(_CheckedBytes(data, check))
             width, height = img.size
             if width * height > limits.max_image_pixels:
                 raise ServingError(ErrorCode.INVALID_IMAGE,
