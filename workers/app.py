@@ -12,10 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from common.errors import ServingError
-from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.http import check_api_key, install_error_handlers, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import ChatCompletionRequest, ModelCard, ModelList
+from common.protocol import ModelCard, ModelList
+from workers.body_parser import BodyParser
 from workers.engines.base import Engine
 from workers.lease import ClientGone, Lease, until_client_leaves
 from workers.registration import Registrar
@@ -35,10 +36,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
+    bodies = BodyParser()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await bodies.start()
         if engine.spec.random_weights:
             log.warning("SERVING THE DEMO CHECKPOINT: its weights are random and its answers are noise")
         async with httpx.AsyncClient() as client:
@@ -55,6 +58,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
                 if task is not None:
                     task.cancel()
                     await registrar.unregister()
+                bodies.stop()
                 await engine.stop()
 
     app = FastAPI(title="InternVL worker", lifespan=lifespan)
@@ -88,7 +92,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
+        req = await bodies.parse(request, settings.max_body_bytes)
         # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
         lease = service.admit(req, request_id_var.get())
         try:

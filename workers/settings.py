@@ -78,8 +78,8 @@ class WorkerSettings(BaseSettings):
     max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)
     max_request_pixels: int = Field(MediaLimits.max_request_pixels, ge=1, description="decoded pixels per request "
                                     "(images + video frames), checked from the headers before decoding; more: 413")
-    preprocess_pixels: int = Field(200_000_000, ge=1, description="decoded pixels being prepared at once by the "
-                                   "whole worker (~3.5 bytes each at the peak); requests past it wait their turn")
+    preprocess_pixels: int = Field(100_000_000, ge=1, description="decoded pixels being prepared at once by the "
+                                   "whole worker (~6 bytes each at the peak); requests past it wait their turn")
     max_video_seconds: float = Field(MediaLimits.max_video_seconds, gt=0)
     max_images_per_request: int = Field(MediaLimits.max_images_per_request, ge=1, le=256)
     default_num_frames: int = Field(MediaLimits.default_num_frames, ge=1, le=64)

@@ -1,0 +1,66 @@
+"""The chat request body, parsed and validated once, without holding the worker's event loop.
+
+Validating JSON holds the GIL all along (pydantic's parser does not release it; ~8 ms per MB here), so a thread does
+not help: a 50 MB prompt would stall /health and the heartbeats for half a second. Bodies past a few megabytes are
+therefore parsed in a helper process, started with the app, and come back as the validated model (strings are
+copied back at memory speed). Small bodies are parsed in place: the hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from common.errors import ErrorCode, ServingError
+from common.http import describe_validation, read_body
+from common.protocol import ChatCompletionRequest
+
+IN_PLACE_MAX_BYTES = 2 * 1024 * 1024
+
+
+def _validate(raw: bytes) -> tuple[bool, object]:
+    """-> (True, request) or (False, (code, message, param)): a ServingError does not survive pickling."""
+    try:
+        return True, ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        return False, describe_validation(exc.errors())
+
+
+def _ready() -> bool:
+    return True
+
+
+class BodyParser:
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        # spawn: a fork of a process holding CUDA or engine threads is not safe; the child imports only the protocol.
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        await asyncio.get_running_loop().run_in_executor(self._pool, _ready)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def parse(self, request: Request, max_bytes: int) -> ChatCompletionRequest:
+        raw = await read_body(request, max_bytes)
+        if len(raw) <= IN_PLACE_MAX_BYTES or self._pool is None:
+            ok, result = _validate(raw)
+        else:
+            try:
+                ok, result = await asyncio.get_running_loop().run_in_executor(self._pool, _validate, raw)
+            except BrokenProcessPool:  # the helper died (killed, out of memory): parse here, start a new one
+                self.stop()
+                await self.start()
+                ok, result = _validate(raw)
+        if not ok:
+            code, message, param = result
+            raise ServingError(code if isinstance(code, ErrorCode) else ErrorCode(code), message, param=param)
+        return result
