@@ -20,9 +20,12 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -66,40 +69,59 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
-class Prober(threading.Thread):
-    """GET `url` every `every` s; keeps each answer's latency (a failure or timeout counts as its time taken)."""
+def probe(url: str, every: float, done, out) -> None:
+    """In its own process (the senders' work must not delay the probes): GET `url` every `every` s until `done`;
+    puts (latencies, answers, failures) on `out`. A failure or timeout counts as the time it took."""
+    latencies, answers, failures = [], [], 0
+    with httpx.Client(timeout=10.0) as http:
+        while not done.is_set():
+            started = time.monotonic()
+            try:
+                answers.append(http.get(url).json())
+            except httpx.HTTPError:
+                failures += 1
+            latencies.append(time.monotonic() - started)
+            done.wait(max(0.0, every - (time.monotonic() - started)))
+    out.put((latencies, answers, failures))
 
-    def __init__(self, url: str, every: float, timeout: float = 10.0):
-        super().__init__(daemon=True)
-        self.url, self.every, self.timeout = url, every, timeout
+
+class Prober:
+    def __init__(self, url: str, every: float):
+        ctx = multiprocessing.get_context("spawn")
+        self.done, self.out = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=probe, args=(url, every, self.done, self.out), daemon=True)
         self.latencies: list[float] = []
         self.answers: list[dict] = []
         self.failures = 0
-        self.done = threading.Event()
 
-    def run(self) -> None:
-        with httpx.Client(timeout=self.timeout) as http:
-            while not self.done.is_set():
-                started = time.monotonic()
-                try:
-                    self.answers.append(http.get(self.url).json())
-                except httpx.HTTPError:
-                    self.failures += 1
-                self.latencies.append(time.monotonic() - started)
-                self.done.wait(max(0.0, self.every - (time.monotonic() - started)))
+    def start(self) -> None:
+        self.proc.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.latencies, self.answers, self.failures = self.out.get(timeout=60)
+        self.proc.join(10)
 
 
 def send(url: str, body: bytes, results: dict, name: str) -> None:
+    """A plain socket: the upload ends at a known moment, so the worker's own answer time is measured from there."""
+    parts = urllib.parse.urlsplit(url)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     started = time.monotonic()
-    try:
-        r = httpx.post(url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"},
-                       timeout=600)
-        code = r.json().get("error", {}).get("code") if r.status_code >= 400 else None
-        results[name] = {"status": r.status_code, "code": code, "seconds": time.monotonic() - started,
-                         "body_mb": len(body) / 1e6}
-    except httpx.HTTPError as exc:
-        results[name] = {"status": None, "code": type(exc).__name__, "seconds": time.monotonic() - started,
-                         "body_mb": len(body) / 1e6}
+    with socket.create_connection((parts.hostname, parts.port), timeout=600) as sock:
+        sock.sendall(head + body)
+        sent = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    done = time.monotonic()
+    status_line, _, rest = answer.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    payload = rest.partition(b"\r\n\r\n")[2]
+    code = json.loads(payload).get("error", {}).get("code") if status >= 400 else None
+    results[name] = {"status": status, "code": code, "seconds": done - started, "after_upload_s": done - sent,
+                     "body_mb": len(body) / 1e6}
 
 
 def phase_load(stack: Stack, controller, worker) -> dict:
@@ -125,10 +147,8 @@ def phase_load(stack: Stack, controller, worker) -> dict:
         t.join()
     wall = time.monotonic() - started
     time.sleep(1.0)
-    health.done.set()
-    workers.done.set()
-    health.join()
-    workers.join()
+    health.stop()
+    workers.stop()
     usage = sampler.usage_since(before, wall)["worker"]
     sampler.close()
     ages = [w["last_heartbeat_age_s"] for answer in workers.answers for w in answer.get("workers", [])
@@ -171,9 +191,11 @@ def main() -> None:
           f"worker dropped: {load['worker_dropped']}")
     print(f"worker RSS {load['worker_rss_start_mb']:.0f} MB -> peak {load['worker_rss_peak_mb']:.0f} MB")
     for name, r in load["requests"].items():
-        print(f"  {name:24s} {r['body_mb']:6.1f} MB body -> {r['status']} {r['code'] or ''} in {r['seconds']:.2f} s")
+        print(f"  {name:24s} {r['body_mb']:6.1f} MB body -> {r['status']} {r['code'] or ''} in {r['seconds']:.2f} s, "
+              f"{r['after_upload_s']:.2f} s after its upload ended")
     print(f"pixels phase: 16 x 8000x8000 PNG ({pixels['body_mb']:.1f} MB body) -> {pixels['status']} "
-          f"{pixels['code'] or ''} in {pixels['seconds']:.2f} s; worker peak RSS +{pixels['peak_rss_growth_mb']:.0f} MB")
+          f"{pixels['code'] or ''} in {pixels['seconds']:.2f} s ({pixels['after_upload_s']:.2f} s after its upload); "
+          f"worker peak RSS +{pixels['peak_rss_growth_mb']:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps({"load": load, "pixels": pixels}, indent=2))
 

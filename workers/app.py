@@ -92,7 +92,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
-        req = await bodies.parse(request, settings.max_body_bytes)
+        req = await bodies.parse(request, settings.max_body_bytes, engine.context_length, engine.max_token_chars)
         # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
         lease = service.admit(req, request_id_var.get())
         try:

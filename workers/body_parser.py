@@ -3,7 +3,9 @@
 Validating JSON holds the GIL all along (pydantic's parser does not release it; ~8 ms per MB here), so a thread does
 not help: a 50 MB prompt would stall /health and the heartbeats for half a second. Bodies past a few megabytes are
 therefore parsed in a helper process, started with the app, and come back as the validated model (strings are
-copied back at memory speed). Small bodies are parsed in place: the hop would cost more than it saves.
+copied back at memory speed). The helper also applies the first, free context check (workers/context_check.py), so
+text far beyond the context is refused without its copy coming back. Small bodies are parsed in place: the hop would
+cost more than it saves.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from pydantic import ValidationError
 from common.errors import ErrorCode, ServingError
 from common.http import describe_validation, read_body
 from common.protocol import ChatCompletionRequest
+from workers.context_check import refuse_text_beyond
 
 IN_PLACE_MAX_BYTES = 2 * 1024 * 1024
 
 
-def _validate(raw: bytes) -> tuple[bool, object]:
+def _validate(raw: bytes, context: int, longest_token: int | None) -> tuple[bool, object]:
     """-> (True, request) or (False, (code, message, param)): a ServingError does not survive pickling."""
     try:
-        return True, ChatCompletionRequest.model_validate_json(raw)
+        req = ChatCompletionRequest.model_validate_json(raw)
+        refuse_text_beyond(req, context, longest_token)
+        return True, req
     except ValidationError as exc:
         return False, describe_validation(exc.errors())
+    except ServingError as err:
+        return False, (err.code, err.message, err.param)
 
 
 def _ready() -> bool:
@@ -49,17 +56,19 @@ class BodyParser:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def parse(self, request: Request, max_bytes: int) -> ChatCompletionRequest:
+    async def parse(self, request: Request, max_bytes: int, context: int,
+                    longest_token: int | None) -> ChatCompletionRequest:
         raw = await read_body(request, max_bytes)
+        args = (raw, context, longest_token)
         if len(raw) <= IN_PLACE_MAX_BYTES or self._pool is None:
-            ok, result = _validate(raw)
+            ok, result = _validate(*args)
         else:
             try:
-                ok, result = await asyncio.get_running_loop().run_in_executor(self._pool, _validate, raw)
+                ok, result = await asyncio.get_running_loop().run_in_executor(self._pool, _validate, *args)
             except BrokenProcessPool:  # the helper died (killed, out of memory): parse here, start a new one
                 self.stop()
                 await self.start()
-                ok, result = _validate(raw)
+                ok, result = _validate(*args)
         if not ok:
             code, message, param = result
             raise ServingError(code if isinstance(code, ErrorCode) else ErrorCode(code), message, param=param)

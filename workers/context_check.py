@@ -34,16 +34,18 @@ def text_chars(req: ChatCompletionRequest) -> int:
 
 def refuse_impossible_text(req: ChatCompletionRequest, engine: Engine) -> None:
     """Step 1."""
-    longest = engine.max_token_chars
-    if not longest:
+    refuse_text_beyond(req, engine.context_length, engine.max_token_chars)
+
+
+def refuse_text_beyond(req: ChatCompletionRequest, context: int, longest_token: int | None) -> None:
+    """Step 1 with the engine's figures as numbers (the body parser's helper process has no engine)."""
+    if not longest_token:
         return
-    chars = text_chars(req)
-    context = engine.context_length
-    if chars > context * longest * NORMALISER_SLACK:
+    chars, most = text_chars(req), context * longest_token * NORMALISER_SLACK
+    if chars > most:
         raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the conversation's text is {chars:,} characters; the "
-                           f"model's context holds {context} tokens, which no text of more than "
-                           f"{context * longest * NORMALISER_SLACK:,} characters fits; shorten it or start a new "
-                           "chat", param="messages")
+                           f"model's context holds {context} tokens, which no text of more than {most:,} characters "
+                           "fits; shorten it or start a new chat", param="messages")
 
 
 def tokenize_within_context(engine: Engine, prompt: str) -> list[int]:
