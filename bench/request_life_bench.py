@@ -124,9 +124,9 @@ def send(url: str, body: bytes, results: dict, name: str) -> None:
                      "body_mb": len(body) / 1e6}
 
 
-def phase_load(stack: Stack, controller, worker) -> dict:
+def phase_load(stack: Stack, controller, worker, text_mb: list[int]) -> dict:
     print("building the bodies ...", flush=True)
-    bodies = {"text 5 MB": chat_bytes("hello world " * 440_000), "text 50 MB": chat_bytes("hello world " * 4_400_000)}
+    bodies = {f"text {mb} MB": chat_bytes("hello world " * (88_000 * mb)) for mb in text_mb}
     for i in range(4):
         content = [{"type": "image_url", "image_url": {"url": data_url(jpeg(2 * i + k), "image/jpeg")}}
                    for k in range(2)]
@@ -176,6 +176,7 @@ def phase_pixels(worker) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--text-mb", default="5,50", help="sizes of the text prompts, MB (default 5,50)")
     args = parser.parse_args()
     print(machine(), flush=True)
     with Stack() as stack:
@@ -183,7 +184,7 @@ def main() -> None:
         controller = stack.controller(heartbeat_expiry_s=3 * HEARTBEAT_S)
         worker = stack._keep("worker", start_worker(stack.logs, checkpoint, controller.url, model_name="demo",
                                                     heartbeat_interval_s=HEARTBEAT_S, log_level="warning"))
-        load = phase_load(stack, controller, worker)
+        load = phase_load(stack, controller, worker, [int(x) for x in args.text_mb.split(",") if x])
         pixels = phase_pixels(worker)
     print(f"\nload phase ({load['wall_s']:.1f} s): worker /health {fmt_ms(load['health'])}  "
           f"(n={load['health']['n']}, failures {load['health_failures']})")
