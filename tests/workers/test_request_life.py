@@ -31,11 +31,13 @@ from tests.support.stack import SCRIPTED, start_worker
 
 CHAT = "/v1/chat/completions"
 STOP_WITHIN_S = 1.0  # the bound for "the work has stopped"
+PREPROCESS_PIXELS = 40_000_000  # the worker's decoding budget: one 35 MP photo at a time
 
 
 @pytest.fixture(scope="module")
 def worker(demo_checkpoint, log_dir):
-    proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo", max_concurrency=4)
+    proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo", max_concurrency=4,
+                        preprocess_pixels=PREPROCESS_PIXELS)
     yield proc
     proc.kill()
 
@@ -152,12 +154,16 @@ def test_leaving_while_a_video_is_decoded_stops_the_decoding(worker):
     wait_for(worker, idle, STOP_WITHIN_S, "decoding stops and the request ends")
 
 
-def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
-    noise = np.random.default_rng(1).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 35 MP, 17 MB as JPEG
+def photo_35mp() -> list[dict]:
+    noise = np.random.default_rng(1).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 17 MB as JPEG
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG", quality=60)
-    content = [{"type": "image_url", "image_url": {"url": data_url(buf.getvalue(), "image/jpeg")}},
-               {"type": "text", "text": "what is it?"}]
+    return [{"type": "image_url", "image_url": {"url": data_url(buf.getvalue(), "image/jpeg")}},
+            {"type": "text", "text": "what is it?"}]
+
+
+def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
+    content = photo_35mp()
     client = LeavingClient(worker.url, CHAT, chat(content))
     try:
         wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the image is being decoded")
@@ -234,6 +240,24 @@ def test_decoded_pixel_budget_refuses_sixteen_8000px_pngs_without_growing(worker
     assert r.status_code == 413 and error["code"] == "upload_too_large", r.text[:300]
     assert "1,024,000,000" in error["message"] and "max_request_pixels" in error["message"], error["message"]
     assert grew < 1024**3, f"worker peak RSS grew by {grew / 1024**3:.2f} GiB"
+
+
+def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker):
+    body = chat(photo_35mp(), stream=False)
+    answers: list[int] = []
+    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=body,
+                                                                          timeout=120).status_code))
+               for _ in range(2)]
+    for t in senders:
+        t.start()
+    seen = []
+    while any(t.is_alive() for t in senders):
+        h = health(worker)
+        seen.append((h["stages"].get("media", 0), h["preprocess_pixels"]))
+        time.sleep(0.02)
+    assert answers == [200, 200]
+    assert max(pixels for _, pixels in seen) <= PREPROCESS_PIXELS, seen
+    assert (2, 35_000_000) in seen, seen  # both preparing media, one of them waiting for the other's pixels
 
 
 # -- request ids ----------------------------------------------------------------------------------------------------
