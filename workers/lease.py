@@ -107,7 +107,7 @@ class Leases:
                                "retry shortly or add workers")
         lease = Lease(self, client_id, self.pixels)
         self._live[lease.id] = lease
-        log.info("admitted request %s", lease.id, extra={"engine_request_id": lease.id})
+        log.info("admitted as %s", lease.id)  # the line that ties the client's id (request_id=) to the engine's
         return lease
 
     def drop(self, lease: Lease) -> None:

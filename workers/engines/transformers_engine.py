@@ -308,8 +308,8 @@ class _QueueStreamer:
 
 
 class _CancelCriteria:
-    """transformers stopping-criteria protocol: stop at the next token once the request's event is set (abort,
-    client gone, stop string reached)."""
+    """transformers stopping-criteria protocol: stop at the next token once the request's event is set (client
+    gone, stop string reached)."""
 
     def __init__(self, cancel: threading.Event):
         self.cancel = cancel

@@ -1,4 +1,4 @@
-"""LMDeploy TurboMind behind the Engine protocol: continuous batching across requests, tensor parallelism, abort.
+"""LMDeploy TurboMind behind the Engine protocol: continuous batching across requests, tensor parallelism, stopping.
 
 Requests arrive templated, with each image already expanded to `<img>` + `<IMG_CONTEXT>` * n + `</img>`. We tokenize
 that prompt ourselves (the same bytes every engine sees) and hand lmdeploy's AsyncEngine token ids plus the images:
