@@ -220,6 +220,13 @@ def test_text_far_beyond_the_context_is_refused_at_once(worker):
     assert took < 3.0, f"refused after {took:.1f} s: the text was tokenized before the cheap check"
 
 
+def test_text_many_times_the_context_is_refused_from_a_prefix(worker):
+    r = httpx.post(worker.url + CHAT, json=chat("hello world " * 6000, stream=False), timeout=60)  # 72,000 chars
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "its first 32,768 of" in error["message"], error["message"]
+
+
 def test_text_just_over_the_context_is_counted_and_refused(worker):
     r = httpx.post(worker.url + CHAT, json=chat("one two three " * 2000, stream=False), timeout=60)
     error = r.json()["error"]
