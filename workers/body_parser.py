@@ -24,6 +24,7 @@ from common.protocol import ChatCompletionRequest
 from workers.context_check import refuse_text_beyond
 
 IN_PLACE_MAX_BYTES = 2 * 1024 * 1024
+HELPERS = 2
 
 
 def _validate(raw: bytes, context: int, longest_token: int | None) -> tuple[bool, object]:
@@ -47,9 +48,11 @@ class BodyParser:
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
-        # spawn: a fork of a process holding CUDA or engine threads is not safe; the child imports only the protocol.
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        await asyncio.get_running_loop().run_in_executor(self._pool, _ready)
+        # spawn: a fork of a process holding CUDA or engine threads is not safe; the children import only the
+        # protocol. Two, so that a big prompt to refuse does not wait behind every big image body (~60 MB each).
+        self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(HELPERS)))
 
     def stop(self) -> None:
         if self._pool is not None:
