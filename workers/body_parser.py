@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -43,6 +46,18 @@ def _ready() -> bool:
     return True
 
 
+def _exit_with_parent() -> None:
+    """Helper initializer: a worker killed with SIGKILL cannot stop its helpers, so they watch for it themselves."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 class BodyParser:
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
@@ -50,7 +65,8 @@ class BodyParser:
     async def start(self) -> None:
         # spawn: a fork of a process holding CUDA or engine threads is not safe; the children import only the
         # protocol. Two, so that a big prompt to refuse does not wait behind every big image body (~60 MB each).
-        self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_exit_with_parent)
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(HELPERS)))
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -265,6 +267,27 @@ def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker)
     assert answers == [200, 200]
     assert max(pixels for _, pixels in seen) <= PREPROCESS_PIXELS, seen
     assert (2, 35_000_000) in seen, seen  # both preparing media, one of them waiting for the other's pixels
+
+
+def test_a_killed_worker_leaves_no_helper_processes(demo_checkpoint, log_dir):
+    """The body parser's helper processes go with their worker, even when it is killed with SIGKILL."""
+    proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo")
+    helpers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+    assert helpers
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+        time.sleep(0.2)
+    assert not [pid for pid in helpers if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # -- request ids ----------------------------------------------------------------------------------------------------
