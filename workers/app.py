@@ -36,7 +36,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
-    bodies = BodyParser()
+    bodies = BodyParser(settings.body_parsers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -27,7 +27,6 @@ from common.protocol import ChatCompletionRequest
 from workers.context_check import refuse_text_beyond
 
 IN_PLACE_MAX_BYTES = 2 * 1024 * 1024
-HELPERS = 2
 
 
 def _validate(raw: bytes, context: int, longest_token: int | None) -> tuple[bool, object]:
@@ -59,16 +58,22 @@ def _exit_with_parent() -> None:
 
 
 class BodyParser:
-    def __init__(self) -> None:
+    """`helpers` processes (0: parse in this process, for hosts that allow one process only)."""
+
+    def __init__(self, helpers: int) -> None:
+        self.helpers = helpers
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
+        if not self.helpers:
+            return
         # spawn: a fork of a process holding CUDA or engine threads is not safe; the children import only the
-        # protocol. Two, so that a big prompt to refuse does not wait behind every big image body (~60 MB each).
-        self._pool = ProcessPoolExecutor(HELPERS, mp_context=multiprocessing.get_context("spawn"),
+        # protocol. The default is two, so that a big prompt to refuse does not wait behind every big image body
+        # (~60 MB each).
+        self._pool = ProcessPoolExecutor(self.helpers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_exit_with_parent)
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(HELPERS)))
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.helpers)))
 
     def stop(self) -> None:
         if self._pool is not None:

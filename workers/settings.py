@@ -74,6 +74,8 @@ class WorkerSettings(BaseSettings):
     load_in_8bit: bool = Field(False, description="transformers engine: bitsandbytes 8-bit weights (GPU)")
     tp: int = Field(1, ge=1, le=16, description="tensor-parallel GPUs for this worker")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    body_parsers: int = Field(2, ge=0, le=16, description="helper processes that validate request bodies over 2 MB "
+                              "(the JSON parse holds the GIL); 0: in the worker's own process")
     max_media_bytes: int = Field(MediaLimits.max_media_bytes, ge=1)
     max_image_pixels: int = Field(MediaLimits.max_image_pixels, ge=1)
     max_request_pixels: int = Field(MediaLimits.max_request_pixels, ge=1, description="decoded pixels per request "
