@@ -16,6 +16,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -54,6 +55,11 @@ class ScriptedTurboMind:
         self.vision_dtype = None if engine_config.language_model_only else \
             lmdeploy_dtype(requested, cfg.get("vision_config") or {})
         self.engine_config, self.tokens = engine_config, tokens
+        if self.vision_dtype is not None:  # lmdeploy's InternVitVisionModel: the native format's image_seq_length
+            vision = cfg["vision_config"]  # (transformers' default 256), else from the vision config's own sizes
+            seq = cfg.get("image_seq_length", 256) if "text_config" in cfg else \
+                int((vision["image_size"] // vision["patch_size"]) ** 2 * cfg.get("downsample_ratio", 0.5) ** 2)
+            self.source_model = SimpleNamespace(vision_model=SimpleNamespace(_image_seq_length=seq))
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.fail_status = None  # a ResponseType to answer every request with
@@ -112,6 +118,7 @@ class ScriptedInstance:
             yield EngineOutput(self.tm.fail_status, [])
             return
         engine = asyncio.get_running_loop().create_task(self._engine(call))
+        engine.add_done_callback(lambda task: call.signal.set())
         sent = 0
         try:
             while True:
@@ -130,10 +137,9 @@ class ScriptedInstance:
         except (GeneratorExit, asyncio.CancelledError):  # as lmdeploy: cancel and swallow
             call.cancel_requested = True
         finally:
-            while not call.released.is_set():  # as lmdeploy: wait for the engine's confirmation
+            while not call.released.is_set() and not engine.done():  # as lmdeploy: wait for the confirmation
                 await call.signal.wait()
                 call.signal.clear()
-            await engine
 
 
 def install(monkeypatch, tokens: list[int]) -> dict[str, ScriptedTurboMind]:
