@@ -5,7 +5,7 @@ against (tests/gpu/test_turbomind_outputs.py), exercised on CPU by tests/workers
   (`workers.engines.transformers_loading.load_model`), fed the pixels; transformers places the image features.
 - ps_version v1 (InternVL-Chat-V1-2 layout, which ships no model code): transformers' LlamaForCausalLM with the
   checkpoint's `language_model.*` weights, fed embeddings where the `<IMG_CONTEXT>` runs hold our InternViT's
-  features (proven equal to transformers' own InternVL vision path on CPU in tests/test_vision_v1.py).
+  features (proven equal to transformers' own InternVL vision path on CPU in tests/workers/test_vision_v1.py).
 
 `compare` states what "equal" means where bf16 kernels legitimately differ. The reference scores the tokens the
 engine under test chose (teacher forcing: one forward pass over prompt + those tokens), then at every step
