@@ -152,7 +152,8 @@ def main() -> None:
     if {"turbomind", "transformers"} <= results.keys():
         for n in args.streams:
             ratios[n] = results["turbomind"][n]["tok_s"] / results["transformers"][n]["tok_s"]
-            print(f"turbomind / transformers at {n} streams: {ratios[n]:.1f}x" + ("  (target >= 5x)" if n >= 16 else ""))
+            target = "  (target >= 5x)" if n >= 16 else ""
+            print(f"turbomind / transformers at {n} streams: {ratios[n]:.1f}x{target}")
     if args.json:
         args.json.write_text(json.dumps({
             "gpu": torch.cuda.get_device_name(0), "size": args.size, "output_tokens": args.tokens,

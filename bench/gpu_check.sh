@@ -19,7 +19,7 @@ OUT=${1:-}
 PHASE=${2:-all}
 BUNDLE=${TM_BUNDLE:-.tm/turbomind-bundle-cp312.tar.xz}
 SITE=${TM_SITE:-/tmp/site}
-TESTS_S=${GPU_TESTS_S:-300}  # pytest tests/gpu, all of it
+TESTS_S=${GPU_TESTS_S:-330}  # pytest tests/gpu, all of it (outputs first: they matter most)
 BENCH_S=${GPU_BENCH_S:-320}  # building the 2B checkpoint + both engines at 1 and 16 streams
 
 if [ -z "$OUT" ]; then
@@ -54,7 +54,8 @@ else
   [ -d "$SITE/lmdeploy" ] || die 4 "the bundle holds no lmdeploy/"
 fi
 for f in lmdeploy/turbomind/_turbomind.cpython-312-x86_64-linux-gnu.so nvidia/cuda_runtime/lib/libcudart.so.12 \
-         nvidia/cublas/lib/libcublas.so.12 nvidia/cublas/lib/libcublasLt.so.12 fastapi/__init__.py uvicorn/__init__.py; do
+         nvidia/cublas/lib/libcublas.so.12 nvidia/cublas/lib/libcublasLt.so.12 \
+         fastapi/__init__.py uvicorn/__init__.py; do
   [ -e "$SITE/$f" ] || die 4 "the unpacked bundle lacks $f (TurboMind finds CUDA 12 there through its RUNPATH)"
 done
 [ -e "$SITE/nvidia/__init__.py" ] && die 4 "$SITE/nvidia/__init__.py would hide torch's own nvidia packages"
@@ -85,7 +86,8 @@ failed=0
 if [ "$PHASE" = all ] || [ "$PHASE" = tests ]; then
   log "GPU tests (limit ${TESTS_S}s)"
   # -o addopts= drops pytest.ini's options for plugins that machine may lack; -p no:cacheprovider keeps it read-only
-  timeout -k 10 "$TESTS_S" python3 -m pytest tests/gpu -m gpu -q -rA -s -p no:cacheprovider -o addopts= \
+  timeout -k 10 "$TESTS_S" python3 -m pytest tests/gpu/test_turbomind_outputs.py tests/gpu/test_turbomind_gpu.py \
+    -m gpu -q -rA -s -p no:cacheprovider -o addopts= \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 124 ] && log "GPU tests ran past ${TESTS_S}s and were stopped"
