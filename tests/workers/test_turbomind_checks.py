@@ -149,3 +149,16 @@ def test_v1_route_keeps_lmdeploy_prefill_and_pins_nothing_for_a_vit(v1_checkpoin
     r = tc.resolve_options(TurbomindOptions(), spec=spec, facts=tc.CheckpointFacts.read(v1_checkpoint), gpus=GPU,
                            tp=1, dtype="auto", max_concurrency=8)
     assert (r.max_prefill_token_num, r.vit_pinned_bytes) == (4096, 0)  # 8192, capped at the 4096-token session
+
+
+def test_tp2_stays_a_checked_configuration(v2_checkpoint):
+    """tp=2 (documented, checked on CPU only: one GPU can be borrowed): each rank pins its own ViT buffer, sized by
+    max_prefill_token_num + max_batch_size rounded up to a multiple of tp."""
+    spec = detect_model_spec(v2_checkpoint)
+    gpus = tc.GpuFacts(name="2 x H100", count=2, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
+    r = tc.resolve_options(TurbomindOptions(max_batch_size=7), spec=spec, facts=tc.CheckpointFacts.read(v2_checkpoint),
+                           gpus=gpus, tp=2, dtype="auto", max_concurrency=8)
+    assert (r.tp, r.devices, r.dtype) == (2, [0, 1], "bfloat16")
+    assert r.vit_pinned_bytes == 2 * 4104 * 3 * 448 * 448 * 2  # 4096 + 7 = 4103, rounded up to 4104
+    cfg = tc.engine_config(r)
+    assert (cfg.tp, cfg.devices, cfg.dtype, cfg.max_prefill_token_num) == (2, [0, 1], "bfloat16", 4096)
