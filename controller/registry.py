@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration, WorkerStatus
@@ -26,7 +26,6 @@ class WorkerRecord:
     healthy: bool = True  # false after a connection failure, until the next heartbeat
     served: int = 0
     failures: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def load(self) -> float:

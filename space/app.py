@@ -61,7 +61,7 @@ def start_backend(env: dict[str, str]) -> str:
     from scripts.resolve_model import resolve
     from workers.app import create_app as worker_app
     from workers.engines.select import create_engine
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     folder, random_weights = resolve(env.get("INTERNVL_MODEL") or None, ROOT / "checkpoints" / "demo")

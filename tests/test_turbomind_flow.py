@@ -18,7 +18,7 @@ from workers.engines import turbomind_config as tc
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from workers.engines.turbomind_engine import StopStrings, TurbomindEngine, embedding_ranges, image_runs
 from workers.engines.vision_v1 import InternVisionV1
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import WorkerSettings
 
