@@ -16,7 +16,7 @@ import torch
 from common.errors import ErrorCode, ServingError
 from workers.engines import turbomind_config as tc
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.turbomind_engine import StopStrings, TurbomindEngine, embedding_ranges, image_runs
+from workers.engines.turbomind_engine import TurbomindEngine, embedding_ranges, image_runs
 from workers.engines.vision_v1 import InternVisionV1
 from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
@@ -37,13 +37,6 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
         embedding_ranges(ids, ctx, [2], 2, 256)
     with pytest.raises(ServingError, match="expected 2 tiles x 256"):
         embedding_ranges(ids[:runs[1][0]] + ids[runs[1][1]:], ctx, [2], 2, 256)
-
-
-def test_stop_strings_cut_across_chunks():
-    s = StopStrings(("STOP",))
-    assert [s.feed(x) for x in ["ab", "cS", "TO", "Pxyz"]] == ["ab", "c", "", ""] and s.hit
-    s = StopStrings(("STOP",))
-    assert s.feed("aST") == "a" and s.feed("x") == "STx" and s.flush() == ""
 
 
 # -- the request flow through lmdeploy's AsyncEngine ----------------------------------------------------------------
