@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.errors import ErrorCode, ServingError
-from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration, WorkerStatus
+from common.protocol import ModelCard, ModelLimits, WorkerHeartbeat, WorkerRegistration, WorkerStatus
 
 
 @dataclass
@@ -83,6 +83,8 @@ class Registry:
             for mid, card in rec.models.items():
                 merged = cards.setdefault(mid, card.model_copy(update={"workers": []}))
                 merged.workers.append(rec.worker_id)
+                if merged.limits is not None and card.limits is not None and merged.limits != card.limits:
+                    merged.limits = _tightest(merged.limits, card.limits)  # any of them may get the request
         return sorted(cards.values(), key=lambda c: c.id)
 
     def acquire(self, rec: WorkerRecord) -> None:
@@ -105,3 +107,8 @@ class Registry:
                              last_heartbeat_age_s=round(now - r.last_heartbeat, 3), served=r.served,
                              failures=r.failures)
                 for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
+
+
+def _tightest(a: ModelLimits, b: ModelLimits) -> ModelLimits:
+    """Field by field the smaller bound (`default_num_frames` too: it must stay within every worker's limit)."""
+    return ModelLimits(**{name: min(getattr(a, name), getattr(b, name)) for name in ModelLimits.model_fields})

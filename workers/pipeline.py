@@ -19,7 +19,7 @@ from workers.engines.base import GenerationRequest, SamplingParams
 from workers.media import fetch_media
 from workers.model_spec import ModelSpec
 from workers.prompts.templates import get_template, image_placeholder
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
 from workers.vision.images import decode_image
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
@@ -101,14 +101,19 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
                 pieces.append(f"Image-{image_no}: " if total_images > 1 else "")
             else:
                 frames = part.video_url.num_frames or req.num_frames or limits.default_num_frames
-                media.append(_Media(part, f"video in message {i + 1}", num_frames=frames))
+                label = f"video in message {i + 1}"
+                if frames > limits.max_video_frames:
+                    raise ServingError(ErrorCode.INVALID_REQUEST, f"{label} asks for {frames} frames; this server "
+                                       f"samples at most {limits.max_video_frames} per video", param="num_frames")
+                media.append(_Media(part, label, num_frames=frames))
             pieces.append(None)
         turns.append((msg.role, pieces + texts))
         if i == newest:
             _assign_budgets(spec, req, [m for m in media[first:] if isinstance(m.part, ImagePart)])
     if len(media) > limits.max_images_per_request:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation has {len(media)} images/videos; this "
-                           f"server accepts at most {limits.max_images_per_request} per request")
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation as a whole has {len(media)} images and "
+                           f"videos (earlier turns included); this server takes at most "
+                           f"{limits.max_images_per_request} per request: start a new conversation", param="messages")
     return system, turns, media
 
 

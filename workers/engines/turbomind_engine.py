@@ -198,6 +198,10 @@ class TurbomindEngine(Engine):
         if status.get("status") != "healthy":
             raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind is {status.get('status')}: {status.get('message')}")
 
+    @property
+    def context_length(self) -> int:
+        return self.resolved.session_len if self.resolved is not None else self.spec.context_length
+
     # -- tokens ----------------------------------------------------------------------------------------------------
 
     @property
