@@ -35,6 +35,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
+    metrics.track_media_cache(service.media_cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -69,6 +69,8 @@ class WorkerSettings(BaseSettings):
     max_images_per_request: int = Field(DEFAULTS.max_images_per_request, ge=1, le=256,
                                         description="most images and videos in one conversation")
     default_num_frames: int = Field(DEFAULTS.default_num_frames, ge=1, le=256)
+    media_cache_mb: int = Field(1024, ge=0, description="preprocessed images and videos kept for the next turns "
+                                "of a conversation, in MiB of float32 tiles (0: off)")
     allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
     turbomind: TurbomindOptions = Field(default_factory=TurbomindOptions,
                                         description="TurboMind engine knobs (--turbomind.session-len ...)")
