@@ -225,3 +225,11 @@ async def test_v2_images_go_to_turbomind_native_vision(v2_checkpoint, monkeypatc
         await eng.check_health()
     finally:
         await eng.stop()
+
+
+async def test_the_advertised_context_is_turbomind_session_len(v1_checkpoint, monkeypatch):
+    eng = await _engine(v1_checkpoint, monkeypatch, turbomind={"session_len": 1024})
+    try:
+        assert eng.spec.context_length != 1024 and eng.context_length == 1024 == eng.tm.engine_config.session_len
+    finally:
+        await eng.stop()
