@@ -24,14 +24,11 @@ if TYPE_CHECKING:
 Key = tuple[object, ...]
 
 
-def content_key(source: str | bytes, params: tuple[object, ...]) -> Key:
-    """`source`: a data: URL (hashed whole, media type included: one copy of the text less than cutting it) or
-    raw bytes."""
-    if isinstance(source, str):
-        digest = ("data-url", hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest())
-    else:
-        digest = ("bytes", hashlib.sha256(source).hexdigest())
-    return (*digest, *params)
+def content_digest(source: str | bytes) -> str:
+    """SHA-256 of a data: URL (hashed whole, media type included: one copy of the text fewer than cutting it) or of
+    raw bytes (downloaded media). A key is (digest, *preprocessing parameters)."""
+    data = source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source
+    return ("u" if isinstance(source, str) else "b") + hashlib.sha256(data).hexdigest()
 
 
 class MediaCache:

@@ -19,7 +19,7 @@ from common.protocol import ChatCompletionRequest, ImagePart, TextPart, VideoPar
 from workers.engines.base import GenerationRequest, SamplingParams
 from workers.limits import MediaLimits
 from workers.media import decode_data_url, fetch_media
-from workers.media_cache import MediaCache, content_key
+from workers.media_cache import Key, MediaCache, content_digest
 from workers.model_spec import ModelSpec
 from workers.prompts.templates import get_template, image_placeholder
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
@@ -46,9 +46,13 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
     system, turns, media = _parse_messages(req, spec, limits)
     sources = await asyncio.gather(*(_source(m, limits) for m in media))
     # In threads: hashing, decoding and the float work, and in a worker whose engine does not load torch, the first
-    # call's import of torch (seconds), must not stall the event loop (heartbeats, other requests).
-    pixels = await asyncio.gather(*(asyncio.to_thread(_pixels, m, source, spec, limits, cache)
-                                    for m, source in zip(media, sources, strict=True)))
+    # call's import of torch (seconds), must not stall the event loop (heartbeats, other requests). One thread looks
+    # everything up in the cache; what it lacks is preprocessed item by item in parallel.
+    keys, pixels = await asyncio.to_thread(_cached, media, sources, spec, cache) if media else ([], [])
+    fresh = iter(await asyncio.gather(*(asyncio.to_thread(_preprocess, m, source, spec, limits, cache, key)
+                                        for m, source, key, found in zip(media, sources, keys, pixels, strict=True)
+                                        if found is None)))
+    pixels = [found if found is not None else next(fresh) for found in pixels]
     counts = [int(p.shape[0]) for p in pixels]
     check_image_tokens_fit(spec, sum(counts))
 
@@ -140,23 +144,33 @@ async def _source(m: _Media, limits: MediaLimits) -> str | bytes:
     return await fetch_media(url, limits, m.label)
 
 
-def _pixels(m: _Media, source: str | bytes, spec: ModelSpec, limits: MediaLimits,
-            cache: MediaCache | None) -> torch.Tensor:
-    """Runs in a worker thread: one media item -> its normalised tiles float32 [N, 3, S, S], from the cache when
-    the same content was preprocessed the same way before."""
-    key = content_key(source, _params(m, spec)) if cache is not None and cache.enabled else None
-    if key is not None and (hit := cache.get(key)) is not None:
-        return hit
+def _cached(media: list[_Media], sources: list[str | bytes], spec: ModelSpec,
+            cache: MediaCache | None) -> tuple[list[Key | None], list[torch.Tensor | None]]:
+    """Runs in a worker thread: each item's cache key (each distinct content hashed once) and its cached pixels."""
+    if cache is None or not cache.enabled:
+        return [None] * len(media), [None] * len(media)
+    digests: dict[str | bytes, str] = {}
+    keys: list[Key | None] = []
+    for m, source in zip(media, sources, strict=True):
+        if source not in digests:
+            digests[source] = content_digest(source)
+        keys.append((digests[source], *_params(m, spec)))
+    return keys, [cache.get(key) for key in keys]
+
+
+def _preprocess(m: _Media, source: str | bytes, spec: ModelSpec, limits: MediaLimits, cache: MediaCache | None,
+                key: Key | None) -> torch.Tensor:
+    """Runs in a worker thread: one media item -> its normalised tiles float32 [N, 3, S, S], kept in the cache."""
     data = decode_data_url(source, limits, m.label) if isinstance(source, str) else source
     tiles = _to_tiles(m, data, spec, limits)
     pixels = normalize(tiles, tuple(spec.extra.get("image_mean", IMAGENET_MEAN)),
                        tuple(spec.extra.get("image_std", IMAGENET_STD)))
-    if key is not None:
+    if cache is not None and key is not None:
         cache.put(key, pixels)
         if isinstance(m.part, ImagePart) and m.max_tiles > 1 and (len(tiles) == 1 or spec.use_thumbnail):
             # The 1-tile version (how the image is sent once it is in an earlier turn) is the whole image resized
             # to one tile: the thumbnail, or the only tile, of this one. Stored now, the next turn needs no decoding.
-            cache.put(content_key(source, _params(replace(m, max_tiles=1), spec)), pixels[-1:].clone())
+            cache.put((key[0], *_params(replace(m, max_tiles=1), spec)), pixels[-1:].clone())
     return pixels
 
 
