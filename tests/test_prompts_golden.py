@@ -1,8 +1,9 @@
-"""Prompts checked against lmdeploy's chat templates (0.18 registers `llava-chatml` = V1-2's Hermes-2 format and
-`internvl-zh` = V1-1, less its system separator) and against the demo checkpoint's own tokenizer chat template (the InternVL 2.5/3 "-hf"
-format). lmdeploy 0.18 no longer registers internlm2 / phi3 / internvl2_5 templates (it reads them from the real
-checkpoint's tokenizer); for those, lmdeploy's own BaseChatTemplate renderer is driven with the markers of InternVL's
-conversation.py, so the rendering logic (system, turns, generation prefix) is still lmdeploy's."""
+"""Prompts checked against lmdeploy's chat templates (0.18 registers `llava-chatml` = V1-2's Hermes-2 format
+and `internvl-zh` = V1-1, less its system separator) and against the demo checkpoint's own tokenizer chat template
+(the InternVL 2.5/3 "-hf" format). lmdeploy 0.18 no longer registers internlm2 / phi3 / internvl2_5 templates (it
+reads them from the real checkpoint's tokenizer); for those, lmdeploy's own BaseChatTemplate renderer is driven with
+the markers of InternVL's conversation.py, so the rendering logic (system, turns, generation prefix) is still
+lmdeploy's."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """From an OpenAI chat request to the engine's GenerationRequest: fetch and decode media, tile within budget (or
-take the pixels from the media cache when this content was preprocessed the same way before), build the family's prompt with each image expanded to its tokens, and map the sampling fields.
+take the pixels from the media cache when this content was preprocessed the same way before), build the family's
+prompt with each image expanded to its tokens, and map the sampling fields.
 
 Prompt conventions (InternVL model cards): a message's images and videos come before its text, as in training
 ('<image>\\nquestion'); with more than one image in the conversation each is labelled 'Image-k: <image>\\n', k counted

@@ -72,5 +72,6 @@ async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers,
     note = history[-1]
     assert note["metadata"]["id"] == "error"
     assert "conversation as a whole" in note["content"] and "4 files" in note["content"]
-    assert "press Clear to start a new chat" in note["content"] and "use a smaller or shorter file" not in note["content"]
+    assert "press Clear to start a new chat" in note["content"]
+    assert "use a smaller or shorter file" not in note["content"]
     assert handlers.encoded.hits >= 6  # earlier photos were not re-encoded on later turns

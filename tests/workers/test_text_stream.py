@@ -1,6 +1,6 @@
-"""The one module both engines use to turn generated tokens into the text a client sees (workers/engines/text_stream.py):
-stop strings cut across deltas and tokens, multi-byte characters split across tokens, with the demo checkpoint's real
-byte-level BPE tokenizer (which splits a CJK character into several byte tokens)."""
+"""The one module both engines use to turn generated tokens into the text a client sees
+(workers/engines/text_stream.py): stop strings cut across deltas and tokens, multi-byte characters split across
+tokens, with the demo checkpoint's real byte-level BPE tokenizer (which splits a CJK character into byte tokens)."""
 
 from __future__ import annotations
 
