@@ -87,7 +87,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
+        req = await parse_json_body(request, ChatCompletionRequest, service.limits.max_body_bytes)
         request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
         first, events = await service.start(req, request_id)
         if req.stream:
