@@ -4,15 +4,15 @@ The worker's settings (`--max-media-bytes` ...) take their defaults from here, t
 the worker advertises them on its model card (`limits` in `/v1/models`, on the worker and through the controller),
 so the UI and API clients can refuse a file before uploading it. Where each is enforced, once:
 
-| limit                   | checked in                                                           |
-|-------------------------|----------------------------------------------------------------------|
-| max_body_bytes          | reading the request body (common/http.py `read_body`)               |
-| max_media_bytes         | when a file's bytes arrive: data: URL decoding or download (media.py) |
-| max_images_per_request  | parsing the conversation (pipeline.py)                               |
-| max_video_frames        | parsing the conversation (pipeline.py)                               |
-| max_image_pixels        | decoding: image header, video frame size (vision/)                   |
-| max_video_seconds       | decoding: video length (vision/video.py)                             |
-| context length          | the engine's own limit (Engine.context_length), checked in serving.py |
+| limit                  | checked in                                                            |
+|------------------------|-----------------------------------------------------------------------|
+| max_body_bytes         | reading the request body (common/http.py `read_body`)                 |
+| max_media_bytes        | when a file's bytes arrive: data: URL decoding or download (media.py) |
+| max_images_per_request | parsing the conversation (pipeline.py)                                |
+| max_video_frames       | parsing the conversation (pipeline.py)                                |
+| max_image_pixels       | decoding: image header, video frame size (vision/)                    |
+| max_video_seconds      | decoding: video length (vision/video.py)                              |
+| context length         | the engine's own limit (Engine.context_length), checked in serving.py |
 
 The body carries the whole conversation: every earlier image and video travels again on each turn (OpenAI's chat
 API is stateless), so a chat can outgrow `max_body_bytes` while each of its files is well under `max_media_bytes`;
