@@ -90,7 +90,7 @@ async def turbomind_outputs(path: Path, spec, inputs: list[tuple[str, list[int],
 @pytest.mark.parametrize("route", ["remote_v1", "native_v2"])
 def test_turbomind_equals_transformers(route, tmp_path, monkeypatch):
     from workers.engines.turbomind_engine import TurbomindEngine
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     path = {"remote_v1": build_remote_v1, "native_v2": build_native_v2}[route](tmp_path / route, "tiny", "cpu")

@@ -15,7 +15,7 @@ from tests.support import reference_decode as rd
 from workers.engines.base import GenerationRequest, SamplingParams, TokenEvent
 from workers.engines.transformers_engine import TransformersEngine
 from workers.engines.turbomind_engine import TurbomindEngine
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.settings import WorkerSettings
 
 

@@ -16,7 +16,7 @@ from tests.support import scripted_turbomind
 from workers.engines import turbomind_config as tc
 from workers.engines.base import GenerationRequest, SamplingParams
 from workers.engines.turbomind_engine import TurbomindEngine
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import TurbomindOptions, WorkerSettings
 
