@@ -19,6 +19,7 @@ from common.protocol import ModelCard, ModelList
 from workers.body_parser import BodyParser
 from workers.engines.base import Engine
 from workers.lease import ClientGone, Lease, until_client_leaves
+from workers.limits import MediaLimits
 from workers.registration import Registrar
 from workers.serving import ChatService
 from workers.settings import WorkerSettings
@@ -26,16 +27,17 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def model_card(engine: Engine) -> ModelCard:
+def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
-    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name,
-                     context_length=spec.context_length, random_weights=spec.random_weights)
+    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
+                     random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
+    metrics.track_media_cache(service.media_cache)
     bodies = BodyParser(settings.body_parsers)
 
     @contextlib.asynccontextmanager
@@ -48,7 +50,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
             registrar = None
             task = None
             if settings.controller_url:
-                registrar = Registrar(settings, client, model_card(engine),
+                registrar = Registrar(settings, client, model_card(engine, service.limits),
                                       lambda: (service.in_flight, service.queued))
                 task = asyncio.create_task(registrar.run())
             app.state.registrar = registrar
@@ -87,12 +89,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
         check_api_key(request, settings.api_keys)
-        return ModelList(data=[model_card(engine)])
+        return ModelList(data=[model_card(engine, service.limits)])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
-        req = await bodies.parse(request, settings.max_body_bytes, engine.context_length, engine.max_token_chars)
+        req = await bodies.parse(request, service.limits.max_body_bytes, engine.context_length, engine.max_token_chars)
         # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
         lease = service.admit(req, request_id_var.get())
         try:

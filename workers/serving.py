@@ -23,6 +23,7 @@ from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletion
 from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
 from workers.engines.base import Engine, EngineEvent, FinishEvent, TokenEvent
 from workers.lease import Lease, Leases, PixelPool
+from workers.media_cache import MediaCache
 from workers.pipeline import prepare_generation
 from workers.settings import WorkerSettings
 
@@ -35,6 +36,7 @@ class ChatService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.limits = settings.media_limits()
+        self.media_cache = MediaCache(settings.media_cache_mb * 2**20)
         self.leases = Leases(settings.max_concurrency, PixelPool(settings.preprocess_pixels))
 
     @property
@@ -60,7 +62,7 @@ class ChatService:
         try:
             refuse_impossible_text(req, self.engine)
             lease.stage = "media"
-            gen = await prepare_generation(req, self.engine.spec, self.limits, lease.id, lease)
+            gen = await prepare_generation(req, self.engine.spec, self.limits, lease.id, self.media_cache, lease)
             lease.stage = "tokenizing"
             gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt)
             fit_context(self.engine, gen, req.max_new_tokens)

@@ -81,14 +81,15 @@ class Engine(ABC):
     async def check_health(self) -> None:
         """Raise ServingError when the engine cannot serve."""
 
+    @property
+    def context_length(self) -> int:
+        """Tokens of prompt + answer this engine really holds: the one context check's limit, advertised on the model
+        card."""
+        return self.spec.context_length
+
     @abstractmethod
     def tokenize(self, prompt: str) -> list[int]:
         """The prompt's token ids as the engine will consume them (image tokens included). Called in a thread."""
-
-    @property
-    def context_length(self) -> int:
-        """The engine's real limit on prompt + answer tokens."""
-        return self.spec.context_length
 
     @property
     def max_token_chars(self) -> int | None:
