@@ -156,8 +156,9 @@ def test_leaving_while_a_video_is_decoded_stops_the_decoding(worker):
     wait_for(worker, idle, STOP_WITHIN_S, "decoding stops and the request ends")
 
 
-def photo_35mp() -> list[dict]:
-    noise = np.random.default_rng(1).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 17 MB as JPEG
+def photo_35mp(seed: int) -> list[dict]:
+    """A fresh photo per test: the worker's media cache would skip decoding one it has seen."""
+    noise = np.random.default_rng(seed).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 17 MB as JPEG
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG", quality=60)
     return [{"type": "image_url", "image_url": {"url": data_url(buf.getvalue(), "image/jpeg")}},
@@ -165,7 +166,7 @@ def photo_35mp() -> list[dict]:
 
 
 def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
-    content = photo_35mp()
+    content = photo_35mp(seed=1)
     client = LeavingClient(worker.url, CHAT, chat(content))
     try:
         wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the image is being decoded")
@@ -252,7 +253,7 @@ def test_decoded_pixel_budget_refuses_sixteen_8000px_pngs_without_growing(worker
 
 
 def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker):
-    body = chat(photo_35mp(), stream=False)
+    body = chat(photo_35mp(seed=2), stream=False)
     answers: list[int] = []
     senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=body,
                                                                           timeout=120).status_code))
