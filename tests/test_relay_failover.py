@@ -149,7 +149,8 @@ async def test_unknown_model_and_no_workers_are_told_apart(make):
 
 async def test_full_workers_answer_busy_not_hang(make):
     dispatcher, registry, _ = await make({"a": ok()})
-    registry.get("a").in_flight = 2
+    registry.acquire(registry.get("a"))
+    registry.acquire(registry.get("a"))
     with pytest.raises(ServingError) as err:
         await drain(dispatcher)
     assert err.value.code == ErrorCode.WORKER_BUSY and err.value.status == 429
