@@ -114,18 +114,19 @@ def _drop_other_branches(errors: list[dict]) -> list[dict]:
     return [e for e in errors if not noise(e)] or errors
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims)."""
+async def read_body(request: Request, max_bytes: int) -> bytearray:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims). Grown
+    in place as it arrives: one bytearray, resized by realloc, never a join of a 40 MiB body (~100 ms of copying
+    in one step, during which the event loop serves no one)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(size, max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if len(body) + len(chunk) > max_bytes:
+            raise _too_large(len(body) + len(chunk), max_bytes)
+        body += chunk
+    return body
 
 
 def _too_large(size: int, limit: int) -> ServingError:

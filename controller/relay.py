@@ -85,7 +85,7 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics or Metrics()
 
-    async def open(self, body: bytes, model: str, request_id: str, headers: dict[str, str] | None = None) -> Upstream:
+    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None) -> Upstream:
         """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds.
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
@@ -136,7 +136,7 @@ class Dispatcher:
         return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model '{model}' is not served here; available: {names}",
                             param="model")
 
-    async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes, request_id: str,
+    async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
                        headers: dict[str, str] | None) -> Upstream:
         s = self.settings
         try:
@@ -144,8 +144,9 @@ class Dispatcher:
             # On the timeout, as on any cancellation, aiohttp closes the connection: the worker sees its client
             # gone and stops the abandoned attempt.
             async with asyncio.timeout(s.first_token_timeout_s):
-                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=body,
+                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=_payload(body),
                                                   headers={"Content-Type": "application/json",
+                                                           "Content-Length": str(len(body)),
                                                            "X-Request-ID": request_id, **(headers or {})})
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
@@ -252,6 +253,23 @@ class Dispatcher:
                     self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
                 except (ValueError, AttributeError, TypeError):
                     pass  # not ours to judge: the event is relayed as it is
+
+
+_SLICE = 256 * 1024
+
+
+def _payload(body: bytes | bytearray) -> bytes | AsyncIterator[memoryview]:
+    """A small body goes in one write with the headers; a large one in slices that the socket takes as it can, so
+    no single step copies the whole body (aiohttp joins headers and a bytes body into one buffer first)."""
+    if len(body) <= _SLICE:
+        return bytes(body)
+
+    async def slices() -> AsyncIterator[memoryview]:
+        with memoryview(body) as view:
+            for at in range(0, len(view), _SLICE):
+                yield view[at:at + _SLICE]
+
+    return slices()
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

@@ -34,7 +34,7 @@ class _Invalid(Exception):
     pass
 
 
-async def peek_request(body: bytes) -> Peeked:
+async def peek_request(body: bytes | bytearray) -> Peeked:
     """The routing fields of a chat request body; ServingError (400) when they are missing, of the wrong type, or
     the body is not a JSON object."""
     try:
@@ -57,7 +57,7 @@ async def peek_request(body: bytes) -> Peeked:
     return Peeked(model, stream)
 
 
-async def _top_level(body: bytes, wanted: set[bytes]) -> dict[str, object] | None:
+async def _top_level(body: bytes | bytearray, wanted: set[bytes]) -> dict[str, object] | None:
     """The values of the `wanted` keys (JSON-quoted) of the top-level object (the last one of a repeated key, as
     JSON parsers do). None when the body is not an object. A value that is an object or array reads as a list."""
     start = _SPACE.match(body).end()
@@ -83,7 +83,7 @@ async def _top_level(body: bytes, wanted: set[bytes]) -> dict[str, object] | Non
             if depth == 1:
                 colon = _SPACE.match(body, end).end()
                 if body[colon:colon + 1] == b":":
-                    key = body[at:end]
+                    key = bytes(body[at:end])
                     if key in wanted or (b"\\" in key and json.dumps(json.loads(key)).encode() in wanted):
                         value_at = _SPACE.match(body, colon + 1).end()
                         value, end = _value(body, value_at)
@@ -101,7 +101,7 @@ async def _top_level(body: bytes, wanted: set[bytes]) -> dict[str, object] | Non
                 raise _Invalid
 
 
-def _string_end(body: bytes, at: int) -> int:
+def _string_end(body: bytes | bytearray, at: int) -> int:
     """Index just past the string that opens at `at`. Media strings hold no escapes: one search each."""
     close = body.find(b'"', at + 1)
     if close < 0:
@@ -114,7 +114,7 @@ def _string_end(body: bytes, at: int) -> int:
     return m.end()
 
 
-def _value(body: bytes, at: int) -> tuple[object, int]:
+def _value(body: bytes | bytearray, at: int) -> tuple[object, int]:
     """A scalar value and the index past it; for an object or array, a list marker and `at` (the walk goes on
     through it)."""
     head = body[at:at + 1]
