@@ -223,9 +223,11 @@ class Dispatcher:
                     chunk = await self._read(up.response, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
+                    self.registry.mark_unreachable(up.worker)  # silent or cut off: no new requests until it beats
                     yield self._failed(err.code, err.message)
                     return
                 if not chunk:
+                    self.registry.mark_unreachable(up.worker)
                     yield self._failed(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped in the middle "
                                        "of the answer; please retry")
                     return
