@@ -114,19 +114,25 @@ def _drop_other_branches(errors: list[dict]) -> list[dict]:
     return [e for e in errors if not noise(e)] or errors
 
 
-async def read_body(request: Request, max_bytes: int) -> bytearray:
-    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims). Grown
-    in place as it arrives: one bytearray, resized by realloc, never a join of a 40 MiB body (~100 ms of copying
-    in one step, during which the event loop serves no one)."""
+_JOIN_OFF_LOOP = 1024 * 1024
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims). A
+    large body is joined in a thread (bytes.join lets go of the GIL for big copies): joining 40 MiB on the event
+    loop stalled every other request on it for ~100 ms."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
-    body = bytearray()
+    chunks, size = [], 0
     async for chunk in request.stream():
-        if len(body) + len(chunk) > max_bytes:
-            raise _too_large(len(body) + len(chunk), max_bytes)
-        body += chunk
-    return body
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+    if size > _JOIN_OFF_LOOP:
+        return await asyncio.to_thread(b"".join, chunks)
+    return b"".join(chunks)
 
 
 def _too_large(size: int, limit: int) -> ServingError:

@@ -3,7 +3,8 @@
 The body travels to the worker byte for byte, and the worker validates all of it; the controller must not pay for a
 parse of a body that is mostly base64 media (a 40 MiB body cost ~300 ms of pydantic on the one event loop that
 relays every stream). So this walks only the JSON's structure: brackets and strings, each string skipped with one
-byte search, and reads the values of the two top-level keys it needs. Malformed JSON that the walk meets (an
+byte search, and reads the values of the two top-level keys it needs; a large body is walked in a thread (its
+searches are short, so the event loop gets the GIL between them). Malformed JSON that the walk meets (an
 unterminated string or bracket) is refused here; anything subtler is the worker's to refuse.
 """
 
@@ -21,7 +22,7 @@ _STRING_TAIL = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.S)  # the rest of a string
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _LITERAL = re.compile(rb"true|false|null|-?[0-9][0-9.eE+-]*")
 MAX_VALUES = 200_000  # brackets and strings walked at most: a real chat has far fewer
-_YIELD_EVERY = 5_000  # let the event loop run between slices of a long walk
+_WALK_OFF_LOOP = 64 * 1024  # bodies larger than this are walked in a thread
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,10 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
     """The routing fields of a chat request body; ServingError (400) when they are missing, of the wrong type, or
     the body is not a JSON object."""
     try:
-        fields = await _top_level(body, {b'"model"', b'"stream"'})
+        if len(body) > _WALK_OFF_LOOP:
+            fields = await asyncio.to_thread(_top_level, body, _WANTED)
+        else:
+            fields = _top_level(body, _WANTED)
     except _Invalid:
         raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
     if fields is None:
@@ -57,7 +61,10 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
     return Peeked(model, stream)
 
 
-async def _top_level(body: bytes | bytearray, wanted: set[bytes]) -> dict[str, object] | None:
+_WANTED = frozenset({b'"model"', b'"stream"'})
+
+
+def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]) -> dict[str, object] | None:
     """The values of the `wanted` keys (JSON-quoted) of the top-level object (the last one of a repeated key, as
     JSON parsers do). None when the body is not an object. A value that is an object or array reads as a list."""
     start = _SPACE.match(body).end()
@@ -76,8 +83,6 @@ async def _top_level(body: bytes | bytearray, wanted: set[bytes]) -> dict[str, o
         if walked > MAX_VALUES:
             raise ServingError(ErrorCode.INVALID_REQUEST, f"invalid request: the body holds more than {MAX_VALUES:,} "
                                "JSON objects, arrays and strings")
-        if walked % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
         if char == 0x22:  # '"'
             end = _string_end(body, at)
             if depth == 1:
@@ -102,11 +107,12 @@ async def _top_level(body: bytes | bytearray, wanted: set[bytes]) -> dict[str, o
 
 
 def _string_end(body: bytes | bytearray, at: int) -> int:
-    """Index just past the string that opens at `at`. Media strings hold no escapes: one search each."""
+    """Index just past the string that opens at `at`: one search, unless the quote found is preceded by a backslash
+    (then it may be escaped, and the string is matched escape by escape)."""
     close = body.find(b'"', at + 1)
     if close < 0:
         raise _Invalid
-    if body.find(b"\\", at + 1, close) < 0:
+    if body[close - 1] != 0x5C:  # not a backslash: nothing escapes this quote
         return close + 1
     m = _STRING_TAIL.match(body, at + 1)
     if m is None:

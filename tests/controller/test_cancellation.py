@@ -138,8 +138,13 @@ async def test_the_workers_get_the_clients_bytes_unchanged(controller):
             async with http.stream("POST", controller.url + "/v1/chat/completions", content=streamed,
                                    headers={"Content-Type": "application/json"}) as s:
                 events = [line async for line in s.aiter_lines() if line.startswith("data:")]
-        one, two = workers["w"].seen
-        assert one.body == body and two.body == streamed
+            big = json.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url",
+                              "image_url": {"url": "data:image/png;base64," + "QUJD" * 800_000}}]}]}).encode()
+            r = await http.post(controller.url + "/v1/chat/completions", content=big,  # joined, peeked, sent
+                                headers={"Content-Type": "application/json"})     # off the loop, in slices
+            assert r.status_code == 200, r.text
+        one, two, three = workers["w"].seen
+        assert one.body == body and two.body == streamed and three.body == big
         assert one.headers["X-Relay-Stream"] == "1" and one.headers["X-Relay-Include-Usage"] == "1"
         assert two.headers["X-Relay-Stream"] == "1" and "X-Relay-Include-Usage" not in two.headers
         assert events == [f"data: {CHUNK}"] * 2 + [f"data: {FINISH}", "data: [DONE]"]
