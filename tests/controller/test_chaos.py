@@ -73,6 +73,18 @@ class Tally:
         self.lost.append(why)
 
 
+async def post(http: aiohttp.ClientSession, url: str, body: dict, tally: Tally) -> aiohttp.ClientResponse:
+    """POST, sent once more when a reused keep-alive connection was reset before any answer, as HTTP clients do
+    (the OpenAI client retries connection errors): a frozen controller's uvicorn closes connections that idled past
+    its keep-alive limit the moment it wakes, racing clients that just wrote a request on them. Nothing reached the
+    application then; the retry is counted and printed."""
+    try:
+        return await http.post(url + "/v1/chat/completions", json=body)
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+        tally.counts["resent after a keep-alive reset"] += 1
+        return await http.post(url + "/v1/chat/completions", json=body)
+
+
 async def one_request(http: aiohttp.ClientSession, url: str, history: list[dict], tally: Tally) -> str | None:
     """One streamed turn; returns the answer text when it completed."""
     tally.counts["requests"] += 1
@@ -80,7 +92,7 @@ async def one_request(http: aiohttp.ClientSession, url: str, history: list[dict]
     text, state = [], "streaming"  # -> "finished" (a finish_reason) or "failed" (an error event)
     try:
         async with asyncio.timeout(HANG_S):
-            async with http.post(url + "/v1/chat/completions", json=body) as r:
+            async with await post(http, url, body, tally) as r:
                 if r.status != 200:
                     payload = await r.json(content_type=None)
                     tally.error(payload["error"]["code"])  # a KeyError/ValueError here means no clear error body
@@ -177,7 +189,8 @@ def test_chaos_every_request_ends_cleanly_and_nothing_stays_busy(cluster, log_di
     tally, actions = asyncio.run(run_chaos(ctl, workers, log_dir, demo_checkpoint))
     print(f"\nchaos for {DURATION_S:.0f} s, {CHATS} chats, driver: {dict(actions)}")
     print(f"requests {tally.counts['requests']}, completed {tally.counts['completed']}, clean errors "
-          f"{tally.counts['clean errors']} {dict(tally.errors)}, lost {tally.counts['lost']}")
+          f"{tally.counts['clean errors']} {dict(tally.errors)}, lost {tally.counts['lost']} (resent after a "
+          f"keep-alive reset: {tally.counts['resent after a keep-alive reset']})")
     assert tally.counts["lost"] == 0, Counter(tally.lost).most_common(5)
     assert tally.counts["requests"] == tally.counts["completed"] + tally.counts["clean errors"]
     assert tally.counts["completed"] > tally.counts["requests"] / 2
