@@ -184,8 +184,8 @@ def main() -> None:
                       max_body_bytes=int((args.body_mib + 8) * 2**20), max_concurrency=64)
         if args.pin:
             pin(stack)
-        upload_cmd = [*taskset(args.pin), sys.executable, __file__, "--uploaders-only", ctl.url, "--clients", str(args.clients),
-                      "--body-mib", str(args.body_mib), "--duration", str(args.duration)]
+        upload_cmd = [*taskset(args.pin), sys.executable, __file__, "--uploaders-only", ctl.url,
+                      "--clients", str(args.clients), "--body-mib", str(args.body_mib), "--duration", str(args.duration)]
         rows = asyncio.run(measure(ctl.url, args, upload_cmd))
     nominal = 1000 / args.stream_rate
     print(f"\n{args.streams} streams at {args.stream_rate:g} tokens/s (one event every {nominal:.0f} ms) and /health "
