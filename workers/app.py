@@ -12,10 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from common.errors import ServingError
-from common.http import check_api_key, install_error_handlers, sse_response
+from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import ModelCard, ModelList
+from common.protocol import ChatCompletionRequest, ModelCard, ModelList, StreamOptions
 from workers.body_parser import BodyParser
 from workers.engines.base import Engine
 from workers.lease import ClientGone, Lease, until_client_leaves
@@ -31,6 +31,17 @@ def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
     return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
                      random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
+
+
+def relayed(req: ChatCompletionRequest, request: Request) -> ChatCompletionRequest:
+    """The controller forwards its client's body unchanged and asks in headers for what it needs on top: always a
+    stream (so failover and counting work alike), and the usage event when its client wants one answer."""
+    if request.headers.get(RELAY_STREAM) != "1":
+        return req
+    update: dict = {"stream": True}
+    if request.headers.get(RELAY_INCLUDE_USAGE) == "1":
+        update["stream_options"] = StreamOptions(include_usage=True)
+    return req.model_copy(update=update)
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
@@ -94,7 +105,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request, settings.api_keys)
-        req = await bodies.parse(request, service.limits.max_body_bytes, engine.context_length, engine.max_token_chars)
+        req = relayed(await bodies.parse(request, service.limits.max_body_bytes, engine.context_length,
+                                         engine.max_token_chars), request)
         # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
         lease = service.admit(req, request_id_var.get())
         try:
