@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 
+from common.auth import bearer_token, one_of
 from common.errors import ErrorCode, ServingError, error_body
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,5 @@ def check_api_key(request: Request, keys: list[str]) -> None:
     """Bearer-token check used by routes when keys are configured; no keys means open (loopback default)."""
     if not keys:
         return
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if token not in keys:
+    if not one_of(bearer_token(request), keys):
         raise ServingError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")

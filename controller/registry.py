@@ -26,6 +26,7 @@ class WorkerRecord:
     healthy: bool = True  # false after a connection failure, until the next heartbeat
     served: int = 0
     failures: int = 0
+    relay_token: str = ""  # issued at registration, sent as X-Worker-Token on every relayed request
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -39,11 +40,11 @@ class Registry:
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
 
-    def register(self, reg: WorkerRegistration) -> WorkerRecord:
+    def register(self, reg: WorkerRegistration, relay_token: str = "") -> WorkerRecord:
         old = self._workers.get(reg.worker_id)
         rec = WorkerRecord(worker_id=reg.worker_id, url=reg.url.rstrip("/"),
                            models={m.id: m for m in reg.models}, max_concurrency=reg.max_concurrency,
-                           last_heartbeat=self._clock())
+                           last_heartbeat=self._clock(), relay_token=relay_token)
         if old is not None:  # re-registration keeps the counts of requests still running through us
             rec.in_flight, rec.served, rec.failures = old.in_flight, old.served, old.failures
         self._workers[reg.worker_id] = rec

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.auth import RELAY_TOKEN_HEADER
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
 from controller.policies import Policy
@@ -76,6 +77,8 @@ class Dispatcher:
                 self.registry.release(worker, ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
                             worker.worker_id, err.message)
+                if err.code == ErrorCode.RELAY_LOOP:  # its URL leads back to a controller: never a worker
+                    self.registry.remove(worker.worker_id)
                 if not err.retryable:
                     raise
                 last = err
@@ -95,8 +98,8 @@ class Dispatcher:
             return ServingError(ErrorCode.NO_WORKER, "no worker is registered with the controller; start one with "
                                 "`python -m workers --model-path PATH` or ./launch.sh")
         names = ", ".join(c.id for c in cards)
-        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model '{model}' is not served here; available: {names}",
-                            param="model")
+        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model {excerpt(model)} is not served here; available: "
+                            f"{names}", param="model")
 
     async def _connect(self, worker: WorkerRecord, body: bytes, request_id: str) -> Upstream:
         s = self.settings
@@ -105,7 +108,8 @@ class Dispatcher:
             async with asyncio.timeout(s.first_token_timeout_s):
                 response = await self.client.post(f"{worker.url}/v1/chat/completions", data=body,
                                                   headers={"Content-Type": "application/json",
-                                                           "X-Request-ID": request_id})
+                                                           "X-Request-ID": request_id,
+                                                           RELAY_TOKEN_HEADER: worker.relay_token})
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
@@ -116,6 +120,9 @@ class Dispatcher:
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         try:
+            if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
+                raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
+                                   "relay token (it restarted or registered again)")
             if response.status != 200:
                 raw = await response.read()
                 try:

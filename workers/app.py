@@ -11,8 +11,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.auth import WorkerAccess
 from common.errors import ServingError
-from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.http import install_error_handlers, parse_json_body, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList
@@ -60,8 +61,11 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.service = service
+    app.state.registrar = None
+    access = WorkerAccess(settings.api_keys, settings.controller_url,
+                          lambda: app.state.registrar.relay_token if app.state.registrar else None)
     install_error_handlers(app)
-    install_metrics(app, metrics, settings.api_keys)
+    install_metrics(app, metrics, access.check)
     install_request_ids(app)
 
     @app.get("/health")
@@ -71,7 +75,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         except ServingError as err:
             return JSONResponse(err.body(), status_code=503)
         registrar = app.state.registrar
-        return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
+        return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id, "engine": engine.name,
                              "in_flight": service.in_flight, "queued": service.queued,
                              "random_weights": engine.spec.random_weights,
                              "registered": registrar.registered if registrar else None,
@@ -79,12 +83,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
-        check_api_key(request, settings.api_keys)
+        access.check(request)
         return ModelList(data=[model_card(engine)])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        check_api_key(request, settings.api_keys)
+        access.check(request)
         req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
         request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
         first, events = await service.start(req, request_id)
