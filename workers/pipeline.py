@@ -18,6 +18,7 @@ from common.protocol import ChatCompletionRequest, ImagePart, TextPart, VideoPar
 from workers.engines.base import GenerationRequest, SamplingParams
 from workers.media import fetch_media
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import UntrustedText
 from workers.prompts.templates import get_template, image_placeholder
 from workers.settings import MediaLimits
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
@@ -38,7 +39,8 @@ class _Media:
 
 async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits,
                              request_id: str) -> GenerationRequest:
-    system, turns, media = _parse_messages(req, spec, limits)
+    untrusted = UntrustedText()
+    system, turns, media = _parse_messages(req, spec, limits, untrusted)
     datas = await asyncio.gather(*(fetch_media(_url(m.part), limits, m.label) for m in media))
     tiles = await asyncio.gather(*(asyncio.to_thread(_to_tiles, m, data, spec, limits)
                                    for m, data in zip(media, datas, strict=True)))
@@ -48,7 +50,7 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
     expanded = iter(_expand(spec, m, n) for m, n in zip(media, counts, strict=True))
     rendered = [(role, "".join(next(expanded) if piece is None else piece for piece in pieces))
                 for role, pieces in turns]
-    prompt = get_template(spec.template).render(system, rendered)
+    prompt, user_spans = untrusted.split(get_template(spec.template).render(system, rendered))
 
     pixel_values = None
     if tiles:
@@ -57,7 +59,7 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
         # In a thread: the float work, and in a worker whose engine does not load torch, the first call's import of
         # torch (seconds), must not stall the event loop (heartbeats, other requests).
         pixel_values = await asyncio.to_thread(normalize, np.concatenate(tiles, axis=0), mean, std)
-    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
+    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values, user_spans=user_spans,
                              num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
 
 
@@ -65,9 +67,9 @@ def _url(part: ImagePart | VideoPart) -> str:
     return part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
 
 
-def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits):
+def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, untrusted: UntrustedText):
     """-> (system, turns, media). A turn is (role, pieces); a piece is text, or None where a media item's
-    expansion goes (media listed in prompt order)."""
+    expansion goes (media listed in prompt order). The messages' text is wrapped by `untrusted`."""
     system = spec.system_message
     turns: list[tuple[str, list[str | None]]] = []
     media: list[_Media] = []
@@ -89,7 +91,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
             if i != 0:
                 raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1}: a system message must come first",
                                    param=f"messages[{i}]")
-            system = "".join(texts)
+            system = untrusted.wrap("".join(texts))
             continue
         _refuse_image_markup(spec, texts, i)
         pieces: list[str | None] = []
@@ -103,7 +105,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
                 frames = part.video_url.num_frames or req.num_frames or limits.default_num_frames
                 media.append(_Media(part, f"video in message {i + 1}", num_frames=frames))
             pieces.append(None)
-        turns.append((msg.role, pieces + texts))
+        turns.append((msg.role, pieces + [untrusted.wrap(t) for t in texts]))
         if i == newest:
             _assign_budgets(spec, req, [m for m in media[first:] if isinstance(m.part, ImagePart)])
     if len(media) > limits.max_images_per_request:

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from collections.abc import AsyncIterator
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
@@ -46,7 +46,7 @@ class ChatService:
         """Admit, prepare and run up to the first engine event. On success the caller owns `finish()`."""
         if req.model != self.engine.model_id:
             raise ServingError(ErrorCode.MODEL_NOT_FOUND, f"this worker serves '{self.engine.model_id}', "
-                               f"not '{req.model}'", param="model")
+                               f"not {excerpt(req.model)}", param="model")
         self._admit()
         events = None
         started = time.monotonic()

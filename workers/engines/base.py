@@ -33,6 +33,8 @@ class GenerationRequest:
     pixel_values: torch.Tensor | None  # [sum(num_tiles), 3, S, S] float32, images in prompt order
     num_tiles: list[int] = field(default_factory=list)  # tiles per image, prompt order
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # (start, end) of the messages' text in `prompt`: tokenized as plain text (workers.prompts.escaping)
+    user_spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

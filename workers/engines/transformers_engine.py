@@ -20,6 +20,8 @@ from common.errors import ErrorCode, ServingError
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from workers.engines.transformers_loading import LoadedModel, load_model
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -212,8 +214,10 @@ class TransformersEngine(Engine):
 
     def _prepare_inputs(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
         """Tokenize and check that the image tokens in the prompt match the pixel tiles, before taking the model."""
-        encoded = loaded.tokenizer(request.prompt, return_tensors="pt")
-        input_ids = encoded["input_ids"]
+        import torch
+
+        ids = encode_prompt(loaded.tokenizer, request.prompt, request.user_spans, get_template(self.spec.template))
+        input_ids = torch.tensor([ids], dtype=torch.long)
         if input_ids.shape[1] >= self.spec.context_length:
             raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt takes {input_ids.shape[1]} tokens; "
                                f"{self.model_id} has a context of {self.spec.context_length}")
@@ -233,7 +237,7 @@ class TransformersEngine(Engine):
                                f"the prompt holds {image_tokens} {self.spec.image_token} tokens but {tiles} image "
                                f"tiles need {tiles * self.spec.tokens_per_tile} ({self.spec.tokens_per_tile} per "
                                f"tile); image placeholders must not be typed into the text")
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": encoded["attention_mask"]}
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if tiles:
             inputs["pixel_values"] = pixels
         return inputs

@@ -30,6 +30,8 @@ from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationReq
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +236,9 @@ class TurbomindEngine(Engine):
                 self.model_path, trust_remote_code=self.spec.checkpoint_format == "remote_code")
         return self._tokenizer
 
-    def encode(self, prompt: str) -> list[int]:
-        # add_special_tokens as the checkpoints' own chat() does: BOS for Llama/Yi/InternLM2, none for Qwen2.
-        return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+    def encode(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        # BOS as the checkpoints' own chat() adds it (Llama/Yi/InternLM2; none for Qwen2); message text as plain text.
+        return encode_prompt(self.tokenizer, prompt, user_spans, get_template(self.spec.template))
 
     def count_prompt_tokens(self, prompt: str) -> int:
         return len(self.encode(prompt))
@@ -287,7 +289,7 @@ class TurbomindEngine(Engine):
         stream = None
         completion, reason = 0, "length"
         try:
-            input_ids = self.encode(request.prompt)
+            input_ids = self.encode(request.prompt, request.user_spans)
             session_len = self.resolved.session_len
             if len(input_ids) >= session_len:
                 raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt has {len(input_ids)} tokens (images "
