@@ -22,6 +22,7 @@ from app.client import ControllerClient, StreamStats
 from app.conversation_log import ConversationLog
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
+from app.history_guard import SessionMedia
 from app.messages import (NOTE_ERROR, NOTE_GROUNDING, conversation_turns, from_display, is_note, last_image,
                           media_kind, message_files, message_text, to_display, to_openai_messages)
 from app.settings import UISettings
@@ -38,6 +39,7 @@ class ChatHandlers:
         self.log = log
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="internvl-ui-"))
         self.max_bytes = settings.max_upload_mb * 2**20
+        self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -66,6 +68,7 @@ class ChatHandlers:
                            num_frames: float, request: gr.Request | None = None):
         """Stream the answer to the last user message, yielding the whole history each time it grows."""
         history = list(history or [])
+        self.media.check(history, request)  # before any file in it is opened
         if not model:
             yield self._error_note(history, "No model is selected. Start a worker (`python -m workers "
                                    "--model-path PATH`), then press ↻ next to the model list.")
@@ -114,6 +117,7 @@ class ChatHandlers:
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                    max_tiles: float, num_frames: float, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, lock the box, stream the answer."""
+        self.media.received(request, box)
         history, box_update = self.add_user_message(history, box)
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
