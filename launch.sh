@@ -299,7 +299,7 @@ case "$MODE" in
     ;;
   controller)
     if [[ -z $REG_SECRET && $HOST != 127.0.0.1 && $HOST != localhost ]]; then
-      warn "without --registration-secret anyone who reaches port $CONTROLLER_PORT can register a worker"
+      warn "without --registration-secret only workers on this machine can register; set one for other hosts"
     fi
     start_controller
     wait_healthy controller "http://$(local_host):$CONTROLLER_PORT/health"
@@ -322,6 +322,9 @@ case "$MODE" in
     if [[ $HOST == 127.0.0.1 && ! $WORKER_URL =~ ://(127\.|localhost) ]]; then
       warn "this worker binds 127.0.0.1 but advertises $WORKER_URL; a controller on another machine cannot" \
         "reach it: add --host 0.0.0.0 (or that interface's address)"
+    fi
+    if [[ -z $REG_SECRET && ! $CONTROLLER_URL =~ ://(127\.|localhost) ]]; then
+      warn "a controller on another host accepts this worker only with --registration-secret (the same on both)"
     fi
     resolve_and_plan
     start_workers "$CONTROLLER_URL" "$WORKER_URL"

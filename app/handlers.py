@@ -43,7 +43,8 @@ class ChatHandlers:
 
     # ------------------------------------------------------------------------------------------ turn steps
 
-    def add_user_message(self, history: History | None, box: dict[str, Any] | None) -> tuple[History, Any]:
+    def add_user_message(self, history: History | None, box: dict[str, Any] | None,
+                         request: gr.Request | None = None) -> tuple[History, Any]:
         """Append the user's message (files first, then text) and clear/lock the input box."""
         box = box or {}
         text = (box.get("text") or "").strip()
@@ -55,6 +56,7 @@ class ChatHandlers:
                 media_kind(path)
             except ServingError as err:
                 raise gr.Error(err.message, duration=8) from None
+        self.media.received(request, files)  # Gradio took them as this session's uploads
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                                          for p in files]
@@ -117,8 +119,7 @@ class ChatHandlers:
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                    max_tiles: float, num_frames: float, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, lock the box, stream the answer."""
-        self.media.received(request, box)
-        history, box_update = self.add_user_message(history, box)
+        history, box_update = self.add_user_message(history, box, request)
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
                                          repetition_penalty, max_tiles, num_frames, request):

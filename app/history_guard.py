@@ -51,9 +51,8 @@ class SessionMedia:
         self._lock = threading.Lock()
         self._pruned_at = 0.0
 
-    def received(self, request: gr.Request | None, box: dict[str, Any] | None) -> None:
+    def received(self, request: gr.Request | None, paths: list[str]) -> None:
         """Remember the files of a submitted message box: Gradio accepted them as this session's uploads."""
-        paths = [f if isinstance(f, str) else (f or {}).get("path") for f in (box or {}).get("files") or []]
         with self._lock:
             known = self._sessions.setdefault(_session(request), set())
             self._sessions.move_to_end(_session(request))
