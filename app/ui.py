@@ -71,11 +71,11 @@ def create_app(settings: UISettings) -> gr.Blocks:
                 max_tiles = gr.Slider(1, 40, value=settings.default_max_tiles, step=1, label=t("max_tiles"))
                 num_frames = gr.Slider(1, 64, value=settings.default_num_frames, step=1, label=t("num_frames"))
 
-        chatbot = GuardedChatbot(label=t("chat_label"), show_label=False, elem_id="chat", scale=1, height="62vh", min_height=320,
-                             latex_delimiters=LATEX, sanitize_html=True, render_markdown=True, allow_tags=False,
-                             buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
-                             placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
-                             group_consecutive_messages=False)
+        chatbot = GuardedChatbot(label=t("chat_label"), show_label=False, elem_id="chat", scale=1, height="62vh",
+                                 min_height=320, latex_delimiters=LATEX, sanitize_html=True, render_markdown=True,
+                                 allow_tags=False, buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
+                                 placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
+                                 group_consecutive_messages=False)
         box = gr.MultimodalTextbox(placeholder=t("input_placeholder"), show_label=False, elem_id="input",
                                    file_types=["image", "video", ".gif", ".avi", ".mov", ".webm", ".mkv"],
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,

@@ -81,10 +81,10 @@ async def check_worker_identity(client: aiohttp.ClientSession, reg: WorkerRegist
         raise _refused(f"{url}/health did not answer as an InternVL worker; {_HINT}")
     models = {m.id for m in reg.models}
     if health.get("worker_id") != reg.worker_id or health.get("model") not in models:
+        wanted = excerpt(", ".join(sorted(models)), 128)
         raise _refused(f"{url}/health answers as worker {excerpt(health.get('worker_id'))} serving "
-                       f"{excerpt(health.get('model'))}, not as {excerpt(reg.worker_id)} serving "
-                       f"{excerpt(', '.join(sorted(models)), 128)}; two workers may share an advertised URL (check --worker-url "
-                       "and --port)")
+                       f"{excerpt(health.get('model'))}, not as {excerpt(reg.worker_id)} serving {wanted}; two "
+                       "workers may share an advertised URL (check --worker-url and --port)")
 
 
 def _refused(why: str) -> ServingError:

@@ -168,7 +168,8 @@ def launched(tmp_path_factory, demo_checkpoint):
     env = {**os.environ, "INTERNVL_VENV": sys.prefix, "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path_factory.mktemp("hf")), "PYTHONPATH": ""}
     popen = subprocess.Popen(["./launch.sh", "--port", str(ports["ui"]), "--controller-port", str(ports["controller"]),
-                              "--worker-port", str(ports["worker"]), "--", "--api-keys", "scrape-key"], cwd=root, env=env, stdout=subprocess.PIPE,
+                              "--worker-port", str(ports["worker"]), "--", "--api-keys", "scrape-key"],
+                             cwd=root, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     stack = Launched(popen, root, ports)
     try:

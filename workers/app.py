@@ -75,8 +75,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         except ServingError as err:
             return JSONResponse(err.body(), status_code=503)
         registrar = app.state.registrar
-        return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id, "engine": engine.name,
-                             "in_flight": service.in_flight, "queued": service.queued,
+        return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id,
+                             "engine": engine.name, "in_flight": service.in_flight, "queued": service.queued,
                              "random_weights": engine.spec.random_weights,
                              "registered": registrar.registered if registrar else None,
                              "registration_problem": registrar.problem if registrar else None})

@@ -52,7 +52,7 @@ def _tokenizer(kind: str, template):
     else:
         bpe.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
         bpe.decoder = decoders.Metaspace(prepend_scheme="first")
-        alphabet = sorted(set("".join(CORPUS) + "<>|/_▁\n:!-.,?" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+        alphabet = sorted(set("".join(CORPUS) + "<>|/_▁\n:!-.,?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
                                                         initial_alphabet=alphabet))
     if kind == "metaspace":  # BOS before every sequence, as Llama/Yi/InternLM2 tokenizers add it
