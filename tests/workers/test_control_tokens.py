@@ -2,8 +2,9 @@
 
 Per template, the real pipeline builds the prompt of a conversation whose system, user and assistant text hold every
 special token of the tokenizer; the token ids must hold control tokens only where the template puts them: the same
-control ids, in the same order, as for the same conversation with harmless text. Two tokenizer kinds per template: a
-byte-level BPE (Qwen2/InternLM-style) and a SentencePiece-style Metaspace BPE that adds BOS (Llama/Yi-style). Then the
+control ids, in the same order, as for the same conversation with harmless text. Three tokenizer kinds per template: a
+byte-level BPE (Qwen2-style), a SentencePiece-style Metaspace BPE that adds BOS (Llama/Yi-style), and a pure-Python
+tokenizer (as remote-code InternLM2 ones are) that adds EOS. Then the
 two engines: the transformers engine in a real worker process (usage counts `<|im_end|>` typed by a user as several
 tokens, not one) and the TurboMind engine's tokenization.
 """
@@ -44,6 +45,12 @@ def _tokenizer(kind: str, template):
     specials = ["<unk>", "<s>", "</s>", *_template_tokens(template), "<img>", "</img>", "<IMG_CONTEXT>", "<video>",
                 "<|endoftext|>", *sorted(GROUNDING_TOKENS)]
     specials = list(dict.fromkeys(specials))
+    if kind == "python":  # a pure-Python tokenizer, as remote-code ones are (InternLM2Tokenizer)
+        from transformers import ByT5Tokenizer
+
+        slow = ByT5Tokenizer()
+        slow.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in ("<unk>", "</s>")]})
+        return slow
     bpe = Tokenizer(models.BPE(unk_token="<unk>" if kind == "metaspace" else None))
     if kind == "bytelevel":
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,15 +84,19 @@ def _ids(tokenizer, template_name: str, req: ChatCompletionRequest) -> tuple[lis
     return encode_prompt(tokenizer, gen.prompt, gen.user_spans, TEMPLATES[template_name]), gen.prompt
 
 
-@pytest.mark.parametrize("kind", ["bytelevel", "metaspace"])
+@pytest.mark.parametrize("kind", ["bytelevel", "metaspace", "python"])
 @pytest.mark.parametrize("template_name", sorted(TEMPLATES))
 def test_special_tokens_in_message_text_are_plain_text(template_name, kind):
     tokenizer = _tokenizer(kind, TEMPLATES[template_name])
-    controls = control_tokens(tokenizer, TEMPLATES[template_name])
+    # every token that this tokenizer makes out of its own text in one piece: special and added tokens alike
+    candidates = {*tokenizer.all_special_tokens, *(t.content for t in tokenizer.added_tokens_decoder.values())}
+    matched = {t for t in candidates
+               if tokenizer(t, add_special_tokens=False).input_ids == [tokenizer.convert_tokens_to_ids(t)]}
     image_markers = {"<img>", "</img>", "<IMG_CONTEXT>"}  # refused with a 400 in message text (test below)
-    hostile = [t for t in controls if t not in image_markers]
-    assert {"<|endoftext|>", "<video>", "<s>", "</s>"} <= set(hostile)
-    control_ids = {tokenizer.convert_tokens_to_ids(t) for t in controls}
+    hostile = sorted(matched - GROUNDING_TOKENS - image_markers)
+    assert {"<|endoftext|>", "<video>", "<s>"} <= set(hostile) and set(hostile) <= set(control_tokens(
+        tokenizer, TEMPLATES[template_name]))
+    control_ids = {tokenizer.convert_tokens_to_ids(t) for t in matched - GROUNDING_TOKENS}
 
     def control_sequence(ids: list[int]) -> list[int]:
         return [i for i in ids if i in control_ids]

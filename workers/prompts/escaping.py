@@ -10,7 +10,8 @@ So the pipeline records where the messages' text lies in the prompt (`split_untr
 `apply_chat_template(..., sanitize_control_tokens=True)`): marked tokens are encoded as plain text, everything else as
 the tokenizer always does. A prompt whose messages hold no control token is tokenized exactly as before.
 
-Control tokens: the tokenizer's special added tokens, and its added tokens that the template itself writes. InternVL's
+Control tokens: the tokenizer's special tokens and special added tokens, and its added tokens that the template itself
+writes. InternVL's
 grounding markup (`<ref>`, `<box>`, `<quad>` and their closing forms) stays a token in user text: it is how users ask
 for grounding (the model cards' own prompts), and it cannot close a turn.
 """
@@ -86,9 +87,10 @@ def encode_prompt(tokenizer, prompt: str, spans: Spans, template: Template) -> l
 def control_tokens(tokenizer, template: Template) -> tuple[str, ...]:
     written = "\0".join((template.prefix, template.system_start, template.system_end, template.user_start,
                          template.user_end, template.assistant_start, template.assistant_end, *template.stop_words))
+    special = set(tokenizer.all_special_tokens)  # some tokenizers do not flag their bos/eos/pad as special
     return tuple(sorted(t.content for t in tokenizer.added_tokens_decoder.values()
-                        if (t.special or t.content in written) and t.content not in GROUNDING_TOKENS
-                        and not t.content.isspace()))
+                        if (t.special or t.content in special or t.content in written)
+                        and t.content not in GROUNDING_TOKENS and not t.content.isspace()))
 
 
 def _control_pattern(tokenizer, template: Template) -> re.Pattern | None:
