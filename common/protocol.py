@@ -232,7 +232,7 @@ class WorkerRegistration(WireModel):
 
 
 class WorkerHeartbeat(WireModel):
-    worker_id: str
+    worker_id: str = Field(min_length=1, max_length=128)
     in_flight: int = Field(0, ge=0)
     queued: int = Field(0, ge=0)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.errors import ErrorCode, ServingError
+from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration, WorkerStatus
 
 
@@ -54,7 +54,7 @@ class Registry:
         rec = self._workers.get(hb.worker_id)
         if rec is None:
             raise ServingError(ErrorCode.UNKNOWN_WORKER,
-                               f"worker '{hb.worker_id}' is not registered here; register again")
+                               f"worker {excerpt(hb.worker_id)} is not registered here; register again")
         rec.last_heartbeat = self._clock()
         rec.queued = hb.queued
         rec.healthy = True
