@@ -26,11 +26,15 @@ SETTINGS = ("", 0.7, 0.9, 16, 1.05, 2, 4)  # system prompt, temperature, top_p, 
 MAX_AGE_S = 2  # for the test of the clean-up only
 
 
-def _start_ui(log_dir: Path, controller_url: str, base: Path, max_age_s: int):
+def _start_ui(log_dir: Path, controller_url: str, base: Path, max_age_s: int, own_cache: bool = True):
+    """`own_cache`: give Gradio a cache folder to inspect; otherwise the UI picks its default."""
     cache, conv_logs = base / "gradio-cache", base / "conversations"
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_TEMP_DIR": str(cache), "INTERNVL_UI_LOG_DIR": str(conv_logs),
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTERNVL_UI_LOG_DIR": str(conv_logs),
            "INTERNVL_UI_MEDIA_MAX_AGE_S": str(max_age_s)}
+    env.pop("GRADIO_TEMP_DIR", None)
+    if own_cache:
+        env["GRADIO_TEMP_DIR"] = str(cache)
     log = log_dir / f"ui-{port}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "app", "--controller-url", controller_url, "--port", str(port)],
@@ -140,13 +144,15 @@ def test_a_file_uploaded_by_another_session_is_refused(ui, secret_image):
     assert "not uploaded in this session" in str(done["output"].get("error"))
 
 
-def test_uploads_are_deleted_after_the_set_age(backend, log_dir, tmp_path, secret_image):
-    proc, ui = _start_ui(log_dir, backend, tmp_path, MAX_AGE_S)
+def test_uploads_are_private_and_deleted_after_the_set_age(backend, log_dir, tmp_path, secret_image):
+    proc, ui = _start_ui(log_dir, backend, tmp_path, MAX_AGE_S, own_cache=False)
     try:
         r = httpx.post(ui["url"] + "/gradio_api/upload", files={"files": ("old.png", secret_image.read_bytes())})
         assert r.status_code == 200, r.text
         uploaded = Path(r.json()[0])
         assert uploaded.exists()
+        root = uploaded.parents[1]  # <upload folder>/<hash>/old.png
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700, f"{root}: {oct(root.stat().st_mode)}"
         deadline = time.monotonic() + MAX_AGE_S * 5
         while uploaded.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
