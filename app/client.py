@@ -90,8 +90,10 @@ class ControllerClient:
         if isinstance(exc, httpx.TimeoutException):
             return ServingError(ErrorCode.WORKER_TIMEOUT, f"the controller at {self.base_url} did not answer in "
                                 "time ({type(exc).__name__}); try again, or check that it and its workers run")
-        return ServingError(ErrorCode.NO_WORKER, f"cannot reach the controller at {self.base_url} ({exc}); start "
-                            "it with `python -m controller` or pass --controller-url")
+        # Under ./launch.sh a controller that died is restarted within seconds: say so, the page stays usable.
+        return ServingError(ErrorCode.NO_WORKER, f"reconnecting to the model: the controller at {self.base_url} "
+                            f"does not answer ({exc}). Try again in a few seconds; if it stays away, start it "
+                            "(`./launch.sh controller` or `python -m controller`) or pass --controller-url")
 
 
 def _error_from_response(status: int, content: bytes) -> ServingError:

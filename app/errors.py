@@ -9,8 +9,9 @@ from __future__ import annotations
 from common.errors import ErrorCode, ServingError
 
 _NEXT_STEP: dict[ErrorCode, str] = {
-    ErrorCode.NO_WORKER: "Start a worker: `python -m workers --model-path PATH --controller-url URL`, then press ↻ "
-                         "next to the model list.",
+    ErrorCode.NO_WORKER: "If the model is reconnecting (./launch.sh restarts a worker or controller that stopped), "
+                         "press Regenerate in a few seconds. Otherwise Start a worker: `python -m workers --model-path "
+                         "PATH --controller-url URL`, then press ↻ next to the model list.",
     ErrorCode.MODEL_NOT_FOUND: "Press ↻ next to the model list and pick a model that is served now.",
     ErrorCode.CONTEXT_TOO_LONG: "Start a new chat (Clear), lower 'Max new tokens', or use fewer images, fewer tiles per "
                                 "image or fewer frames per video (Settings).",

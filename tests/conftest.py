@@ -15,12 +15,12 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items or _cuda_available():  # torch is imported only when a GPU test was collected
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; run on the GPU machine (see docs/gpu.md)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

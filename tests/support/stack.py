@@ -1,10 +1,13 @@
-"""Start real controller and worker processes on free loopback ports, wait until they are healthy, stop them."""
+"""Start real controller and worker processes on free loopback ports, wait until they are healthy, stop them.
+
+Built on the launcher's own process handling (launcher/supervisor.py: own process group, log file) and readiness
+probe (launcher/health.py), so tests start processes the way `./launch.sh` does.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +16,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from launcher.compose import ROOT, free_port, python_module
+from launcher.health import Probe
+from launcher.supervisor import ServiceSpec, signal_group, spawn
+
 SCRIPTED = "tests.support.scripted_engine:ScriptedEngine"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        signal_group(self.popen.pid, signal.SIGKILL)  # anything it started (its own process group)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -64,27 +65,23 @@ def _flags(options: dict) -> list[str]:
 
 
 def _spawn(name: str, module: str, options: dict, log_dir: Path, env: dict | None) -> tuple[subprocess.Popen, Path]:
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen([sys.executable, "-m", module, *_flags(options)], cwd=ROOT, env=full_env,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return popen, log_path
+    pythonpath = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    spec = ServiceSpec(name, python_module(module, *_flags(options)), log_path,
+                       {"PYTHONPATH": pythonpath, **(env or {})}, cwd=ROOT)
+    return spawn(spec), log_path
 
 
 def wait_healthy(proc: Proc, timeout: float = 90.0, path: str = "/health") -> None:
+    probe = Probe(proc.url + path)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-3000:]}")
-        try:
-            if httpx.get(proc.url + path, timeout=2).status_code == 200:
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()[-3000:]}")
+            if probe.check(client)[0]:
                 return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+            time.sleep(0.1)
     proc.stop()
     raise RuntimeError(f"{proc.name} not healthy after {timeout} s:\n{proc.log()[-3000:]}")
 
@@ -128,16 +125,12 @@ def wait_worker(proc: Proc, controller_url: str | None = None, timeout: float = 
 def start_lmdeploy_proxy(log_dir: Path, port: int | None = None) -> Proc:
     """lmdeploy's own `lmdeploy serve proxy`, for side-by-side overhead figures (bench/overhead_bench.py)."""
     port = port or free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"lmdeploy-proxy-{port}.log"
-    lmdeploy = Path(sys.executable).with_name("lmdeploy")
-    cmd = [str(lmdeploy), "serve", "proxy", "--server-name", "127.0.0.1", "--server-port", str(port),
+    lmdeploy = str(Path(sys.executable).with_name("lmdeploy"))
+    cmd = [lmdeploy, "serve", "proxy", "--server-name", "127.0.0.1", "--server-port", str(port),
            "--routing-strategy", "random", "--disable-cache-status", "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "UVICORN_LOG_LEVEL": "warning"}
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    proc = Proc("lmdeploy-proxy", popen, f"http://127.0.0.1:{port}", log_path)
+    spec = ServiceSpec(f"lmdeploy-proxy-{port}", cmd, log_dir / f"lmdeploy-proxy-{port}.log",
+                       {"UVICORN_LOG_LEVEL": "warning"}, cwd=ROOT)
+    proc = Proc("lmdeploy-proxy", spawn(spec), f"http://127.0.0.1:{port}", spec.log_path)
     wait_healthy(proc, path="/v1/models")
     return proc
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ def load_model(settings: WorkerSettings, spec: ModelSpec) -> LoadedModel:
     path = Path(settings.model_path)
     if not (path / "config.json").is_file():
         raise ServingError(ErrorCode.ENGINE_ERROR, f"{path} is not a checkpoint folder (no config.json)")
+    weights_mib = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
+    # One line per phase (the launcher shows them while the stack starts): imports take most of a small model's load.
+    log.info("importing torch and transformers, then loading %.0f MiB of weights from %s", weights_mib, path)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     if settings.load_in_8bit and device != "cuda":

@@ -13,7 +13,7 @@ from PIL import Image
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest
-from tests.test_video import make_video
+from tests.workers.test_video import make_video
 from workers.media import fetch_media
 from workers.pipeline import prepare_generation
 from workers.prompts.families import detect_model_spec

@@ -1,19 +1,16 @@
 """Turn `--model PATH_OR_HUB_ID` (or nothing) into a local checkpoint folder.
 
-    python -m scripts.resolve_model [MODEL] [--demo-dir DIR]
-
 - a folder: used as it is (it must hold config.json);
 - a hub id (`org/name`): downloaded from the Hugging Face Hub, or taken from the local hub cache when offline;
 - nothing: the default model from the local cache or the hub when reachable, else the demo checkpoint (built once
   into --demo-dir; its weights are random, and everything that serves it says so).
 
-Prints two lines: the folder, then `real` or `random`. Problems go to stderr with exit status 2. A model that was
-asked for by name is never silently replaced by the demo checkpoint.
+A model that was asked for by name is never silently replaced by the demo checkpoint: that is a ResolveError.
+A download shows huggingface_hub's own progress bars on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -61,8 +58,19 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _hub_cache() -> Path:
+    """huggingface_hub's cache folder, worked out as it does, without importing it (a second on a busy machine)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 def from_hub(repo_id: str, download: bool) -> Path:
     """The snapshot from the local cache, or downloaded when `download`."""
+    if not download and not (_hub_cache() / f"models--{repo_id.replace('/', '--')}").is_dir():
+        raise ResolveError(f"could not get '{repo_id}' from the local hub cache (the hub is not reachable): not in "
+                           f"{_hub_cache()}. Download it elsewhere and pass its folder: --model /path/to/checkpoint")
     from huggingface_hub import snapshot_download
 
     try:
@@ -83,7 +91,7 @@ def resolve(model: str | None, demo_dir: Path) -> tuple[Path, bool]:
                 raise ResolveError(f"--model {model}: no such folder, and not a hub id like '{DEFAULT_MODEL}'")
             folder = local_folder(path)
         else:
-            print(f"resolve: fetching {model} from the Hugging Face Hub (or its local cache) ...", file=sys.stderr)
+            print(f"==> fetching {model} from the Hugging Face Hub (or its local cache) ...", file=sys.stderr)
             folder = from_hub(model, download=hub_reachable())
         return folder, is_random(folder)
     try:
@@ -91,34 +99,14 @@ def resolve(model: str | None, demo_dir: Path) -> tuple[Path, bool]:
     except ResolveError:
         pass
     if hub_reachable():
-        print(f"resolve: no model given; downloading the default {DEFAULT_MODEL} ...", file=sys.stderr)
+        print(f"==> no model given; downloading the default {DEFAULT_MODEL} ...", file=sys.stderr)
         try:
             return from_hub(DEFAULT_MODEL, download=True), False
         except ResolveError as exc:
-            print(f"resolve: {exc}", file=sys.stderr)
+            print(f"==> {exc}", file=sys.stderr)
     from workers.demo_checkpoint import ensure_demo_checkpoint
 
     folder, built = ensure_demo_checkpoint(demo_dir)
-    print(f"resolve: no model given and none available (no hub, nothing cached): "
+    print(f"==> no model given and none available (no hub, nothing cached): "
           f"{'built' if built else 'reusing'} the demo checkpoint in {folder}", file=sys.stderr)
     return Path(folder).resolve(), True
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.resolve_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", default="", help="checkpoint folder or hub id (default: see above)")
-    parser.add_argument("--demo-dir", type=Path, default=Path(".cache/demo-checkpoint"),
-                        help="where the demo checkpoint is built when needed")
-    args = parser.parse_args(argv)
-    try:
-        folder, random_weights = resolve(args.model or None, args.demo_dir)
-    except (ResolveError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(folder)
-    print("random" if random_weights else "real")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 
-# PyAV before decord (see tests/test_video.py).
+# PyAV before decord (see tests/workers/test_video.py).
 import av  # noqa: F401
 import numpy as np
 import pytest
 
-from tests.test_video import colour_gif, make_video
+from tests.workers.test_video import colour_gif, make_video
 from workers.settings import MediaLimits
 from workers.vision.video import decode_video, sample_indices
 

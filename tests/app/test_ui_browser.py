@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.stack import ROOT
-from tests.test_ui_client import EXAMPLES, ui_stack  # noqa: F401  (shared session fixture)
+from tests.app.test_ui_client import EXAMPLES, ui_stack  # noqa: F401  (shared session fixture)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

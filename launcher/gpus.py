@@ -1,19 +1,14 @@
 """Group the visible GPUs into workers: `tp` GPUs per worker, as many workers as fit.
 
-    python -m scripts.plan_gpus --model-path PATH [--tp auto|N] [--workers auto|N] [--gpus 0,1,...]
-
-Prints one line `tp N`, then one line per worker: `worker 0,1` (GPU indices for CUDA_VISIBLE_DEVICES) or
-`worker cpu`. The reasoning goes to stderr. GPUs are read from nvidia-smi (no torch import: this runs before
-anything heavy).
+GPUs are read from nvidia-smi (no torch import: this runs before anything heavy). A worker's group becomes its
+CUDA_VISIBLE_DEVICES; an empty group is a CPU worker.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,36 +107,9 @@ def plan(gpus: list[Gpu], model_bytes: int, tp: int | None = None, workers: int 
     return Plan(tp, groups, f"{len(gpus)} GPU(s); {why}; {workers} worker(s)")
 
 
-def _auto_int(text: str) -> int | None:
-    if text == "auto":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
-    return int(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.plan_gpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-path", default="", help="checkpoint folder (its weight files size the tp)")
-    parser.add_argument("--tp", type=_auto_int, default=None, help="GPUs per worker (auto)")
-    parser.add_argument("--workers", type=_auto_int, default=None, help="number of workers (auto)")
-    parser.add_argument("--gpus", default="", help="comma-separated GPU indices to use (default: all visible)")
-    parser.add_argument("--cpu", action="store_true", help="ignore GPUs")
-    args = parser.parse_args(argv)
-    try:
-        gpus = [] if args.cpu else select(visible_gpus(), args.gpus)
-        if args.gpus and args.cpu:
-            raise PlanError("--gpus and --cpu contradict each other")
-        result = plan(gpus, weights_bytes(args.model_path), args.tp, args.workers)
-    except PlanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"plan: {result.reason}", file=sys.stderr)
-    print(f"tp {result.tp}")
-    for group in result.groups:
-        print("worker " + (",".join(group) or "cpu"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def plan_for(model_path: str | Path, tp: int | None, workers: int | None, gpus: str | None, cpu: bool) -> Plan:
+    """The plan for these launcher settings; PlanError when they cannot be met."""
+    if gpus and cpu:
+        raise PlanError("--gpus and --cpu contradict each other")
+    found = [] if cpu else select(visible_gpus(), gpus)
+    return plan(found, weights_bytes(model_path), tp, workers)

@@ -16,7 +16,7 @@ from workers.demo_checkpoint import (IMG_CONTEXT, SPECIAL_TOKENS, TILE, TOKENS_P
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory) -> Path:
-    # Same path as tests/test_transformers_engine.py: the second module reuses the build.
+    # Same path as tests/workers/test_transformers_engine.py: the second module reuses the build.
     path, _ = ensure_demo_checkpoint(tmp_path_factory.getbasetemp() / "demo-checkpoint-seed0", seed=0)
     return path
 
