@@ -18,6 +18,8 @@ _NEXT_STEP: dict[ErrorCode, str] = {
     ErrorCode.INVALID_IMAGE: "Press Undo to get your message back, remove that image and try another file.",
     ErrorCode.INVALID_VIDEO: "Press Undo to get your message back, remove that video and try another file.",
     ErrorCode.UPLOAD_TOO_LARGE: "Press Undo to get your message back and use a smaller or shorter file.",
+    ErrorCode.REQUEST_TOO_LARGE: "Every turn sends all earlier images and videos again: press Clear to start a new "
+                                 "chat, or Undo and send fewer or smaller files.",
     ErrorCode.WORKER_BUSY: "Every worker is busy right now; press Regenerate in a moment.",
     ErrorCode.WORKER_LOST: "The worker stopped answering; press Regenerate to try another one.",
     ErrorCode.WORKER_TIMEOUT: "The worker took too long; press Regenerate, or lower 'Max new tokens'.",

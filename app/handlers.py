@@ -20,9 +20,11 @@ import gradio as gr
 
 from app.client import ControllerClient, StreamStats
 from app.conversation_log import ConversationLog
+from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
 from app.history_guard import SessionMedia
+from app.limits import check_conversation, limits_for
 from app.messages import (NOTE_ERROR, NOTE_GROUNDING, conversation_turns, from_display, is_note, last_image,
                           media_kind, message_files, message_text, to_display, to_openai_messages)
 from app.settings import UISettings
@@ -40,6 +42,7 @@ class ChatHandlers:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="internvl-ui-"))
         self.max_bytes = settings.max_upload_mb * 2**20
         self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
+        self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -79,7 +82,10 @@ class ChatHandlers:
                   "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
                   "num_frames": int(num_frames)}
         try:
-            messages = to_openai_messages(history, system_prompt or "", int(num_frames), self.max_bytes)
+            limits = await limits_for(self.client, model, self.max_bytes)
+            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
+                                               limits.max_file_bytes, self.encoded.get)
+            check_conversation(messages, limits)
         except ServingError as err:
             yield self._error_note(history, describe(err))
             return

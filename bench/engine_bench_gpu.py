@@ -45,7 +45,7 @@ async def run_engine(name: str, path: str, streams: list[int], tokens: int) -> d
 
     from workers.engines.base import GenerationRequest, SamplingParams, TokenEvent
     from workers.engines.select import load_engine_class
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.prompts.templates import get_template
     from workers.settings import WorkerSettings
 

@@ -20,7 +20,8 @@ class ErrorCode(StrEnum):
     CONTEXT_TOO_LONG = "context_length_exceeded"
     INVALID_IMAGE = "invalid_image"
     INVALID_VIDEO = "invalid_video"
-    UPLOAD_TOO_LARGE = "upload_too_large"
+    UPLOAD_TOO_LARGE = "upload_too_large"  # one file over the per-file limit
+    REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
     WORKER_BUSY = "worker_busy"
     NO_WORKER = "no_worker_available"
@@ -42,6 +43,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 400,
     ErrorCode.INVALID_VIDEO: 400,
     ErrorCode.UPLOAD_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
     ErrorCode.WORKER_BUSY: 429,
     ErrorCode.NO_WORKER: 503,

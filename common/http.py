@@ -86,19 +86,22 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
+        raise _too_large(max_bytes, int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise _too_large(size, max_bytes)
+            raise _too_large(max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> ServingError:
-    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"request body is larger than the {limit / 2**20:.0f} MiB "
-                        f"this server accepts ({size / 2**20:.1f} MiB or more); send smaller or fewer files")
+def _too_large(limit: int, size: int | None = None) -> ServingError:
+    # Each chat request carries the whole conversation, so this is the conversation's size, not one file's.
+    what = f"the request is {size / 2**20:.1f} MB," if size is not None else "the request is"
+    return ServingError(ErrorCode.REQUEST_TOO_LARGE, f"{what} over the {limit / 2**20:.1f} MB this server takes "
+                        "per request; a chat request carries the whole conversation, every earlier image and video "
+                        "included: start a new conversation, or send fewer or smaller files")
 
 
 async def parse_json_body(request: Request, model: type[M], max_bytes: int) -> M:

@@ -74,7 +74,8 @@ class ImagePart(WireModel):
 class VideoURL(WireModel):
     url: str
     _url = field_validator("url")(_media_url)
-    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from the clip")
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from the clip (at most the model "
+                                   "card's limits.max_video_frames)")
     start: float | None = Field(None, ge=0, description="seconds; optional segment start")
     end: float | None = Field(None, gt=0, description="seconds; optional segment end")
 
@@ -119,7 +120,8 @@ class ChatCompletionRequest(WireModel):
     user: str | None = None
     # InternVL extensions (send with the OpenAI client's `extra_body`).
     max_tiles: int | None = Field(None, ge=1, le=40, description="tile budget for the newest turn's images")
-    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from each video")
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from each video (at most the "
+                                   "model card's limits.max_video_frames)")
 
     @field_validator("stop")
     @classmethod
@@ -192,6 +194,20 @@ def new_completion_id() -> str:
 # ---------------------------------------------------------------------------------------------- models
 
 
+class ModelLimits(OutModel):
+    """What one request to this model may carry (workers/limits.py declares and enforces them). Bytes are the
+    files' own bytes; on the wire base64 makes them 4/3 as large, and the body holds the whole conversation."""
+
+    max_body_bytes: int = Field(description="one request body: the conversation, every earlier file included")
+    max_media_bytes: int = Field(description="one image or video file")
+    max_image_pixels: int = Field(description="one image, or one video frame")
+    max_images_per_request: int = Field(description="images and videos in the whole conversation")
+    max_video_seconds: float
+    max_video_frames: int = Field(description="frames sampled from one video")
+    default_num_frames: int
+    context_length: int = Field(description="tokens of prompt (images included) + answer")
+
+
 class ModelCard(OutModel):
     """One served model. Extra fields beyond OpenAI's say what a person needs to know about it."""
 
@@ -203,6 +219,7 @@ class ModelCard(OutModel):
     engine: str | None = None
     context_length: int | None = None
     random_weights: bool = Field(False, description="True for the demo checkpoint: its answers are noise")
+    limits: ModelLimits | None = Field(None, description="what one request may carry (None: not advertised)")
     workers: list[str] | None = None
 
 

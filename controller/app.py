@@ -110,7 +110,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
         check_api_key(request, settings.api_keys)
-        return ModelList(data=registry.model_cards())
+        return ModelList(data=registry.model_cards(settings.max_body_bytes))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.errors import ErrorCode, ServingError, excerpt
-from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration, WorkerStatus
+from common.protocol import ModelCard, ModelLimits, WorkerHeartbeat, WorkerRegistration, WorkerStatus
 
 
 @dataclass
@@ -27,7 +27,6 @@ class WorkerRecord:
     served: int = 0
     failures: int = 0
     relay_token: str = ""  # issued at registration, sent as X-Worker-Token on every relayed request
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def load(self) -> float:
@@ -79,12 +78,19 @@ class Registry:
     def serving(self, model: str) -> list[WorkerRecord]:
         return [r for r in self._workers.values() if model in r.models]
 
-    def model_cards(self) -> list[ModelCard]:
+    def model_cards(self, max_body_bytes: int | None = None) -> list[ModelCard]:
+        """One card per model; its limits are the tightest of its workers' (any of them may get a request) and of
+        the controller's own body limit (`max_body_bytes`)."""
         cards: dict[str, ModelCard] = {}
         for rec in self._workers.values():
             for mid, card in rec.models.items():
                 merged = cards.setdefault(mid, card.model_copy(update={"workers": []}))
                 merged.workers.append(rec.worker_id)
+                if merged.limits is not None and card.limits is not None and merged.limits != card.limits:
+                    merged.limits = _tightest(merged.limits, card.limits)
+        for card in cards.values():
+            if card.limits is not None and max_body_bytes is not None and max_body_bytes < card.limits.max_body_bytes:
+                card.limits = card.limits.model_copy(update={"max_body_bytes": max_body_bytes})
         return sorted(cards.values(), key=lambda c: c.id)
 
     def acquire(self, rec: WorkerRecord) -> None:
@@ -107,3 +113,8 @@ class Registry:
                              last_heartbeat_age_s=round(now - r.last_heartbeat, 3), served=r.served,
                              failures=r.failures)
                 for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
+
+
+def _tightest(a: ModelLimits, b: ModelLimits) -> ModelLimits:
+    """Field by field the smaller bound (`default_num_frames` too: it must stay within every worker's limit)."""
+    return ModelLimits(**{name: min(getattr(a, name), getattr(b, name)) for name in ModelLimits.model_fields})

@@ -53,7 +53,7 @@ def start_backend(model: str | None, engine: str = "auto", demo_dir: Path = ROOT
     from controller.settings import ControllerSettings
     from workers.app import create_app as worker_app
     from workers.engines.select import create_engine
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     folder, random_weights = resolve(model, demo_dir)

@@ -24,7 +24,7 @@ def main() -> None:
     # Heavy imports after flag parsing, so --help is instant.
     from workers.app import create_app
     from workers.engines.select import create_engine
-    from workers.prompts.families import UnsupportedCheckpoint, detect_model_spec
+    from workers.model_spec import UnsupportedCheckpoint, detect_model_spec
 
     try:
         spec = detect_model_spec(settings.model_path)

@@ -18,6 +18,7 @@ from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList
 from workers.engines.base import Engine
+from workers.limits import MediaLimits
 from workers.registration import Registrar
 from workers.serving import ChatService
 from workers.settings import WorkerSettings
@@ -25,16 +26,17 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def model_card(engine: Engine) -> ModelCard:
+def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
-    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name,
-                     context_length=spec.context_length, random_weights=spec.random_weights)
+    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
+                     random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
+    metrics.track_media_cache(service.media_cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,7 +47,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
             registrar = None
             task = None
             if settings.controller_url:
-                registrar = Registrar(settings, client, model_card(engine),
+                registrar = Registrar(settings, client, model_card(engine, service.limits),
                                       lambda: (service.in_flight, service.queued))
                 task = asyncio.create_task(registrar.run())
             app.state.registrar = registrar
@@ -83,12 +85,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> ModelList:  # open, like /health (which names the model too)
-        return ModelList(data=[model_card(engine)])
+        return ModelList(data=[model_card(engine, service.limits)])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         access.check(request)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
+        req = await parse_json_body(request, ChatCompletionRequest, service.limits.max_body_bytes)
         request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
         first, events = await service.start(req, request_id)
         if req.stream:

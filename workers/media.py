@@ -1,4 +1,5 @@
-"""Turn an image_url / video_url into bytes: data: URLs always; http(s) only when the server allows remote media,
+"""Turn an image_url / video_url into bytes, refusing a file over `max_media_bytes` as its bytes arrive (the one
+place that limit is checked): data: URLs always; http(s) only when the server allows remote media,
 and then never towards private, loopback, link-local, multicast or reserved addresses (checked after DNS
 resolution, and again for every redirect hop), with a size cap enforced while streaming.
 
@@ -19,7 +20,7 @@ import urllib.parse
 import httpx
 
 from common.errors import ErrorCode, ServingError, excerpt
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits, mb
 
 _MAX_REDIRECTS = 3
 
@@ -62,8 +63,9 @@ def decode_data_url(url: str, limits: MediaLimits, label: str) -> bytes:
 
 
 def _too_large(label: str, size: int, limits: MediaLimits) -> ServingError:
-    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {size / 1048576:.1f} MB; the limit is "
-                        f"{limits.max_media_bytes / 1048576:.1f} MB")
+    """One file over the per-file limit (the whole conversation over the body limit is REQUEST_TOO_LARGE)."""
+    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {mb(size)}; this server takes files of up to "
+                        f"{mb(limits.max_media_bytes)} each")
 
 
 async def check_public_host(host: str, port: int, label: str) -> None:

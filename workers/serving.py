@@ -18,6 +18,7 @@ from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              Delta, ResponseMessage, Usage, new_completion_id)
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.media_cache import MediaCache
 from workers.pipeline import prepare_generation
 from workers.settings import WorkerSettings
 
@@ -30,6 +31,7 @@ class ChatService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.limits = settings.media_limits()
+        self.media_cache = MediaCache(settings.media_cache_mb * 2**20)
         self.in_flight = 0
 
     @property
@@ -51,7 +53,7 @@ class ChatService:
         events = None
         started = time.monotonic()
         try:
-            gen = await prepare_generation(req, self.engine.spec, self.limits, request_id)
+            gen = await prepare_generation(req, self.engine.spec, self.limits, request_id, self.media_cache)
             self._fit_context(gen, req.max_new_tokens)
             events = self._measured(self.engine.generate(gen), started)
             first = await anext(events)

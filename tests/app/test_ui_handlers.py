@@ -33,6 +33,9 @@ class ScriptedStream:
         self.payloads: list[dict] = []
         self.closed = asyncio.Event()
 
+    async def models(self):  # no limits advertised: the UI's own upload ceiling applies
+        return []
+
     async def stream_chat(self, payload, stats):
         self.payloads.append(payload)
         stats.worker = "worker-test"

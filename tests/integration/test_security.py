@@ -134,7 +134,7 @@ def test_request_body_over_the_limit_is_refused(stack):
     r = httpx.post(controller.url + "/v1/chat/completions", headers=AUTH,
                    json={"model": model, "messages": [{"role": "user", "content": big}]})
     assert r.status_code == 413
-    assert r.json()["error"]["code"] == "upload_too_large"
+    assert r.json()["error"]["code"] == "request_too_large"
 
 
 def test_servers_bind_loopback_unless_told_otherwise(stack):

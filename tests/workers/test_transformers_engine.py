@@ -29,7 +29,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 def demo_spec() -> ModelSpec:
     return ModelSpec(family="internvl3", checkpoint_format="native", template="internvl2_5",
                      llm_arch="Qwen2ForCausalLM", image_size=TILE, dynamic=True, use_thumbnail=True, min_tiles=1,
-                     max_tiles=12, tokens_per_tile=TOKENS_PER_TILE, ps_version="v2", normalize="imagenet",
+                     max_tiles=12, tokens_per_tile=TOKENS_PER_TILE, ps_version="v2",
                      context_length=4096, stop_words=("<|im_end|>",), random_weights=True)
 
 

@@ -16,9 +16,9 @@ import torch
 from common.errors import ErrorCode, ServingError
 from workers.engines import turbomind_config as tc
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.turbomind_engine import StopStrings, TurbomindEngine, embedding_ranges, image_runs
+from workers.engines.turbomind_engine import TurbomindEngine, embedding_ranges, image_runs
 from workers.engines.vision_v1 import InternVisionV1
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import WorkerSettings
 
@@ -37,13 +37,6 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
         embedding_ranges(ids, ctx, [2], 2, 256)
     with pytest.raises(ServingError, match="expected 2 tiles x 256"):
         embedding_ranges(ids[:runs[1][0]] + ids[runs[1][1]:], ctx, [2], 2, 256)
-
-
-def test_stop_strings_cut_across_chunks():
-    s = StopStrings(("STOP",))
-    assert [s.feed(x) for x in ["ab", "cS", "TO", "Pxyz"]] == ["ab", "c", "", ""] and s.hit
-    s = StopStrings(("STOP",))
-    assert s.feed("aST") == "a" and s.feed("x") == "STx" and s.flush() == ""
 
 
 # -- the request flow through lmdeploy's AsyncEngine ----------------------------------------------------------------
@@ -230,5 +223,13 @@ async def test_v2_images_go_to_turbomind_native_vision(v2_checkpoint, monkeypatc
             assert m["pixel_values"].dtype == torch.bfloat16
             torch.testing.assert_close(m["pixel_values"].float(), req.pixel_values[i:i + 1], atol=0.02, rtol=0.01)
         await eng.check_health()
+    finally:
+        await eng.stop()
+
+
+async def test_the_advertised_context_is_turbomind_session_len(v1_checkpoint, monkeypatch):
+    eng = await _engine(v1_checkpoint, monkeypatch, turbomind={"session_len": 1024})
+    try:
+        assert eng.spec.context_length != 1024 and eng.context_length == 1024 == eng.tm.engine_config.session_len
     finally:
         await eng.stop()

@@ -79,6 +79,11 @@ class Engine(ABC):
     async def check_health(self) -> None:
         """Raise ServingError when the engine cannot serve."""
 
+    @property
+    def context_length(self) -> int:
+        """Tokens of prompt + answer this engine really holds (advertised on the model card)."""
+        return self.spec.context_length
+
     @abstractmethod
     def count_prompt_tokens(self, prompt: str) -> int:
         """Tokens the prompt occupies in the context (image tokens included), for the context-length check."""

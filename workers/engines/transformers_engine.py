@@ -1,8 +1,9 @@
 """Transformers engine: any InternVL checkpoint on CPU or GPU, one generation at a time.
 
 The quick-start engine (and the one the demo checkpoint runs on). `model.generate` runs in a worker thread and hands
-token ids to the event loop through a streamer; text is decoded incrementally here, so stop strings, aborts and
-token counts are handled in one place. Throughput is not its job: the TurboMind engine serves batched traffic.
+token ids to the event loop through a streamer; text is decoded incrementally here (text_stream.py, shared with
+TurboMind), so stop strings, aborts and token counts are handled in one place. Throughput is not its job: the
+TurboMind engine serves batched traffic.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from common.errors import ErrorCode, ServingError
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from workers.engines.text_stream import IncrementalDecoder, StopStrings
 from workers.engines.transformers_loading import LoadedModel, load_model
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import encode_prompt
@@ -103,8 +105,8 @@ class TransformersEngine(Engine):
             future = loop.run_in_executor(self._executor, self._run, loaded, inputs,
                                           self._generation_kwargs(sampling), sampling.seed, state.cancel,
                                           _QueueStreamer(loop, queue))
-            decoder = _IncrementalDecoder(loaded.tokenizer)
-            stops = _StopStrings(sampling.stop)
+            decoder = IncrementalDecoder(loaded.tokenizer)
+            stops = StopStrings(sampling.stop)
             completion, last_token, hit_stop = 0, None, False
             while not hit_stop:
                 item = await queue.get()
@@ -115,14 +117,16 @@ class TransformersEngine(Engine):
                     raise self._as_serving_error(item, prompt_tokens, request)
                 for token_id in item:
                     completion, last_token = completion + 1, token_id
-                    text, hit_stop = stops.push(decoder.push(token_id))
+                    text = stops.feed(decoder.push(token_id))
+                    hit_stop = stops.hit
                     if text:
                         yield TokenEvent(text)
                     if hit_stop:
                         state.cancel.set()  # the thread stops after its current token
                         break
             if not hit_stop and not state.cancel.is_set():
-                tail, hit_stop = stops.push(decoder.flush())
+                tail = stops.feed(decoder.flush())
+                hit_stop = stops.hit
                 tail = tail if hit_stop else tail + stops.flush()
                 if tail:
                     yield TokenEvent(tail)
@@ -307,58 +311,3 @@ class _CancelCriteria:
         import torch
 
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _IncrementalDecoder:
-    """Text deltas from token ids: decode a short window, and hold back while a multi-byte character is split."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # window start (context for tokenizers whose pieces depend on the previous one)
-        self._read = 0  # ids already turned into text
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix:self._read])
-        after = self._decode(self._ids[self._prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self._ids)
-            return after[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self._ids[self._prefix:self._read])
-        after = self._decode(self._ids[self._prefix:])
-        self._prefix = self._read = len(self._ids)
-        return after[len(before):]
-
-
-class _StopStrings:
-    """Cuts the stream at the first stop string; holds back text that may be the start of one."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self._stops = [s for s in stops if s]
-        self._longest = max((len(s) for s in self._stops), default=0)
-        self._text = ""
-        self._sent = 0
-
-    def push(self, delta: str) -> tuple[str, bool]:
-        """Returns (text safe to send, whether a stop string was reached)."""
-        self._text += delta
-        start = max(0, self._sent - self._longest + 1)
-        hits = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
-        if hits:
-            return self._take(min(hits)), True
-        hold = max((n for s in self._stops for n in range(1, len(s)) if self._text.endswith(s[:n])), default=0)
-        return self._take(max(self._sent, len(self._text) - hold)), False
-
-    def flush(self) -> str:
-        return self._take(len(self._text))
-
-    def _take(self, end: int) -> str:
-        out, self._sent = self._text[self._sent:end], end
-        return out

@@ -214,8 +214,8 @@ def engine_config(resolved: ResolvedTurbomind) -> TurbomindEngineConfig:
     )
 
 
-# lmdeploy's registered templates that are byte-identical to ours (same markers, same trimming); other families
-# get lmdeploy's plain template with every marker spelled out.
+# lmdeploy's registered templates of the same families (same markers, same trimming), with our markers spelled out
+# on top (lmdeploy's `internvl-zh` lacks V1-1's system separator); other families get lmdeploy's plain template.
 _LMDEPLOY_NAMES = {"Hermes-2": "llava-chatml", "internvl_zh": "internvl-zh"}
 
 
@@ -232,10 +232,11 @@ def chat_template_config(spec: ModelSpec) -> ChatTemplateConfig:
         tpl = get_template(spec.template)
     except ValueError as exc:
         raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {exc}") from exc
-    none = spec.system_message is None  # lmdeploy drops None fields: empty markers render no system block
+    # lmdeploy drops None fields: empty markers render no system block (unless the family always has one)
+    none = spec.system_message is None and not tpl.always_system
     return ChatTemplateConfig(
         model_name=_LMDEPLOY_NAMES.get(tpl.name, "base"), system="" if none else tpl.system_start,
-        meta_instruction="" if none else spec.system_message, eosys="" if none else tpl.system_end,
+        meta_instruction="" if none else spec.system_message or "", eosys="" if none else tpl.system_end,
         user=tpl.user_start, eoh=tpl.user_end, assistant=tpl.assistant_start, eoa=tpl.assistant_end, separator="",
         stop_words=list(dict.fromkeys([*tpl.stop_words, *spec.stop_words])))
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from common.errors import ErrorCode, ServingError
 from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.engines.text_stream import StopStrings
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
@@ -99,32 +100,6 @@ def embedding_ranges(input_ids: list[int], image_token_id: int, num_tiles: list[
             raise ServingError(ErrorCode.INVALID_REQUEST, f"an image placeholder has {end - begin} tokens, expected "
                                f"{tiles} tiles x {tokens_per_tile}")
     return runs
-
-
-class StopStrings:
-    """Cuts the text stream at the first stop string (which is not emitted). Text that could still become a stop
-    string is held back until it cannot."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, text: str) -> str:
-        if not self.stops:
-            return text
-        buf = self.pending + text
-        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if found:
-            self.hit, self.pending = True, ""
-            return buf[:min(found)]
-        hold = max((k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
-        self.pending = buf[len(buf) - hold:] if hold else ""
-        return buf[:len(buf) - hold]
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 @dataclass
@@ -224,6 +199,10 @@ class TurbomindEngine(Engine):
         status = await self._pipe.health_probe(scheduler_stall_timeout=120.0)
         if status.get("status") != "healthy":
             raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind is {status.get('status')}: {status.get('message')}")
+
+    @property
+    def context_length(self) -> int:
+        return self.resolved.session_len if self.resolved is not None else self.spec.context_length
 
     # -- tokens ----------------------------------------------------------------------------------------------------
 

@@ -13,21 +13,15 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from common.errors import ErrorCode, ServingError
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB"
-
-
 def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Image.Image:
-    """`label` names the image in error messages (e.g. "image 2 (message 3)")."""
-    if len(data) > limits.max_media_bytes:
-        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE,
-                           f"{label} is {_mb(len(data))}; the limit is {_mb(limits.max_media_bytes)}")
+    """`label` names the image in error messages (e.g. "image 2 (message 3)"). Its byte size was checked when the
+    bytes arrived (workers/media.py)."""
     if not data:
         raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} is empty (0 bytes)")
     # lmdeploy sets this global to True when its vision module is imported; truncated uploads must still fail here.

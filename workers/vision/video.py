@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageSequence
 
 from common.errors import ErrorCode, ServingError
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 from workers.vision.images import to_rgb
 from workers.vision.tiling import frame_tile, square_tiles_of_frames, usable_cores
 
@@ -106,10 +106,8 @@ def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float
     """Bytes of a video file (or animated GIF) -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that
     says why. With `tile_size`, one tile_size x tile_size tile per frame instead (as `square_tiles_of_frames`
     makes them); the usual path resizes each frame as soon as it is decoded, in its decoding thread, so the resizes
-    overlap the decoding and the full-size frames (200 MB for 32 of 1080p) are never all held at once."""
-    if len(data) > limits.max_media_bytes:
-        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {len(data) / 1048576:.1f} MB; the limit is "
-                           f"{limits.max_media_bytes / 1048576:.1f} MB")
+    overlap the decoding and the full-size frames (200 MB for 32 of 1080p) are never all held at once. The file's
+    byte size was checked when its bytes arrived (workers/media.py)."""
     if start is not None and end is not None and end <= start:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: end ({end}s) must be after start ({start}s)")
     if data[:6] in GIF_MAGIC:
