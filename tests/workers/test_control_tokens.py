@@ -21,7 +21,7 @@ from workers.model_spec import ModelSpec
 from workers.pipeline import prepare_generation
 from workers.prompts.escaping import GROUNDING_TOKENS, control_tokens, encode_prompt
 from workers.prompts.templates import TEMPLATES
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 from tests.support.stack import start_worker
 
 CORPUS = ["What is in the picture? A red bicycle leans against a white wall.", "Answer the questions.",
@@ -70,7 +70,7 @@ def _tokenizer(kind: str, template):
 def _spec(template: str) -> ModelSpec:
     return ModelSpec(family="test", checkpoint_format="remote_code", template=template, llm_arch="x", image_size=448,
                      dynamic=False, use_thumbnail=False, min_tiles=1, max_tiles=1, tokens_per_tile=4,
-                     ps_version="v2", normalize="imagenet", context_length=100_000, system_message=None)
+                     ps_version="v2", context_length=100_000, system_message=None)
 
 
 def _conversation(system: str, user: str, assistant: str) -> ChatCompletionRequest:
@@ -161,7 +161,7 @@ def test_transformers_worker_counts_a_typed_special_token_as_plain_text(worker, 
 
 def test_turbomind_engine_tokenizes_message_text_as_plain_text(v1_checkpoint):
     from workers.engines.turbomind_engine import TurbomindEngine
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     spec = detect_model_spec(v1_checkpoint)

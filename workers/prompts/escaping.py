@@ -85,8 +85,8 @@ def encode_prompt(tokenizer, prompt: str, spans: Spans, template: Template) -> l
 
 
 def control_tokens(tokenizer, template: Template) -> tuple[str, ...]:
-    written = "\0".join((template.prefix, template.system_start, template.system_end, template.user_start,
-                         template.user_end, template.assistant_start, template.assistant_end, *template.stop_words))
+    written = "\0".join((template.system_start, template.system_end, template.user_start, template.user_end,
+                         template.assistant_start, template.assistant_end, *template.stop_words))
     special = set(tokenizer.all_special_tokens)  # some tokenizers do not flag their bos/eos/pad as special
     return tuple(sorted(t.content for t in tokenizer.added_tokens_decoder.values()
                         if (t.special or t.content in special or t.content in written)
