@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -15,14 +14,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from common.auth import new_relay_token, refuse_relayed
-from common.http import SSEBytesResponse, check_api_key, install_error_handlers, parse_json_body
+from common.errors import ErrorCode, ServingError
+from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, SSEBytesResponse, check_api_key, install_error_handlers,
+                         parse_json_body, read_body, until_client_leaves)
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
+from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
 from controller.policies import POLICIES
 from controller.registry import Registry
+from controller.request_peek import peek_request
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 
@@ -116,19 +118,21 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     async def chat_completions(request: Request):
         refuse_relayed(request)
         check_api_key(request, settings.api_keys)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request_id_var.get()  # set by RequestIdMiddleware, forwarded to the worker
-        forwarded = req.model_dump(exclude_none=True) | {"stream": True}  # workers always stream to us
-        if not req.stream:
-            forwarded["stream_options"] = {"include_usage": True}
+        body = await read_body(request, settings.max_body_bytes)
+        asked = await peek_request(body)  # the worker validates the rest; the body goes to it unchanged
+        relay_headers = {RELAY_STREAM: "1"}  # workers always stream to us: failover and counting work alike
+        if not asked.stream:
+            relay_headers[RELAY_INCLUDE_USAGE] = "1"  # the one answer carries usage
         dispatcher: Dispatcher = request.app.state.dispatcher
-        upstream = await dispatcher.open(json.dumps(forwarded).encode(), req.model, request_id)
+        # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
+        upstream = await until_client_leaves(request, dispatcher.open(body, asked.model, request_id_var.get(),
+                                                                      relay_headers))
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
-        if req.stream:
-            return SSEBytesResponse(blocks, served_by)
+        if asked.stream:
+            return SSEBytesResponse(blocks, served_by)  # watches for the client leaving from here on
         try:
-            completion = await collect(payloads(blocks), req.model)
+            completion = await until_client_leaves(request, collect(payloads(blocks), asked.model))
         finally:
             await blocks.aclose()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)

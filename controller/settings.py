@@ -17,7 +17,9 @@ class ControllerSettings(BaseSettings):
     heartbeat_expiry_s: float = Field(15.0, gt=0, description="a worker silent this long is removed")
     dispatch_policy: Literal["shortest_queue", "lottery"] = "shortest_queue"
     max_attempts: int = Field(3, ge=1, le=16, description="workers tried for one request before the first token")
-    connect_timeout_s: float = Field(3.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, description="longest wait for a connection to a worker; a worker "
+                                     "that times out is marked unreachable until its next heartbeat (under a burst "
+                                     "of thousands of new streams, 3 s turned a busy loop into errors)")
     first_token_timeout_s: float = Field(120.0, gt=0, description="a worker silent this long before its first "
                                          "token is given up on and the request goes to another worker")
     token_timeout_s: float = Field(60.0, gt=0, description="longest gap between two streamed tokens")

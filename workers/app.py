@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 
 from common.auth import WorkerAccess
 from common.errors import ServingError
-from common.http import install_error_handlers, parse_json_body, sse_response
+from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, install_error_handlers, parse_json_body, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import ChatCompletionRequest, ModelCard, ModelList
+from common.protocol import ChatCompletionRequest, ModelCard, ModelList, StreamOptions
 from workers.engines.base import Engine
 from workers.limits import MediaLimits
 from workers.registration import Registrar
@@ -30,6 +30,17 @@ def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
     return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
                      random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
+
+
+def relayed(req: ChatCompletionRequest, request: Request) -> ChatCompletionRequest:
+    """The controller forwards its client's body unchanged and asks in headers for what it needs on top: always a
+    stream (so failover and counting work alike), and the usage event when its client wants one answer."""
+    if request.headers.get(RELAY_STREAM) != "1":
+        return req
+    update: dict = {"stream": True}
+    if request.headers.get(RELAY_INCLUDE_USAGE) == "1":
+        update["stream_options"] = StreamOptions(include_usage=True)
+    return req.model_copy(update=update)
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
@@ -90,7 +101,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         access.check(request)
-        req = await parse_json_body(request, ChatCompletionRequest, service.limits.max_body_bytes)
+        req = relayed(await parse_json_body(request, ChatCompletionRequest, service.limits.max_body_bytes), request)
         request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
         first, events = await service.start(req, request_id)
         if req.stream:

@@ -16,14 +16,19 @@ class TurbomindOptions(BaseModel):
 
     session_len: int | None = Field(None, ge=16, description="longest prompt + answer in tokens; "
                                     "default: the checkpoint's context length")
-    cache_max_entry_count: float | None = Field(None, gt=0, le=1, description="share of free GPU memory (after "
-                                                "weights) for the KV cache; default: what max_batch_size full "
-                                                "sessions need, at most 90%")
+    # lt=1: TurboMind 0.18 checks 0 < share < 1 with a fatal TM_CHECK (it no longer takes a block count).
+    cache_max_entry_count: float | None = Field(None, gt=0, lt=1, description="share of free GPU memory (after "
+                                                "weights) for the KV cache, below 1; default: what max_batch_size "
+                                                "full sessions need, at most 90%")
     max_batch_size: int | None = Field(None, ge=1, le=4096, description="sequences decoded together; "
                                        "default: the worker's max_concurrency")
     enable_prefix_caching: bool | None = Field(None, description="reuse KV blocks of shared prompt prefixes; "
                                                "default: on when TurboMind runs the vision tower itself, off "
                                                "(and refused) for ps_version v1 checkpoints")
+    max_prefill_token_num: int | None = Field(None, ge=256, le=65536, description="prompt tokens TurboMind "
+                                              "prefills per step; with TurboMind's own vision tower it also sizes "
+                                              "a pinned host buffer (see docs/gpu.md); default: one full-size "
+                                              "image per step, 2048 to 8192")
     quant_policy: int | None = Field(None, description="KV cache quantisation: 0 none, 8 int8, 4 int4; "
                                      "default: 0, or 8 when fewer than 4 full sessions fit")
 
