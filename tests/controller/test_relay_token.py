@@ -39,7 +39,7 @@ async def test_each_worker_gets_its_own_token_and_a_refused_token_fails_over():
         settings = ControllerSettings(first_token_timeout_s=2, token_timeout_s=2)
         async with worker_client(settings) as client:
             dispatcher = Dispatcher(registry, ShortestQueue(random.Random(0)), client, settings)
-            registry.get("good").in_flight = 1  # busier: the stale worker is tried first
+            registry.get("good").external = 1  # busier: the stale worker is tried first
             up = await dispatcher.open(b'{"model": "m"}', "m", "rid")
             assert up.worker.worker_id == "good"  # the client never sees the worker's 401
             assert [e async for e in payloads(dispatcher.relay(up))]
