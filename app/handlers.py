@@ -23,6 +23,7 @@ from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
+from app.history_guard import SessionMedia
 from app.limits import check_conversation, limits_for
 from app.messages import (NOTE_ERROR, NOTE_GROUNDING, conversation_turns, from_display, is_note, last_image,
                           media_kind, message_files, message_text, to_display, to_openai_messages)
@@ -40,11 +41,13 @@ class ChatHandlers:
         self.log = log
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="internvl-ui-"))
         self.max_bytes = settings.max_upload_mb * 2**20
+        self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
 
     # ------------------------------------------------------------------------------------------ turn steps
 
-    def add_user_message(self, history: History | None, box: dict[str, Any] | None) -> tuple[History, Any]:
+    def add_user_message(self, history: History | None, box: dict[str, Any] | None,
+                         request: gr.Request | None = None) -> tuple[History, Any]:
         """Append the user's message (files first, then text) and clear/lock the input box."""
         box = box or {}
         text = (box.get("text") or "").strip()
@@ -56,6 +59,7 @@ class ChatHandlers:
                 media_kind(path)
             except ServingError as err:
                 raise gr.Error(err.message, duration=8) from None
+        self.media.received(request, files)  # Gradio took them as this session's uploads
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                                          for p in files]
@@ -69,6 +73,7 @@ class ChatHandlers:
                            num_frames: float, request: gr.Request | None = None):
         """Stream the answer to the last user message, yielding the whole history each time it grows."""
         history = list(history or [])
+        self.media.check(history, request)  # before any file in it is opened
         if not model:
             yield self._error_note(history, "No model is selected. Start a worker (`python -m workers "
                                    "--model-path PATH`), then press ↻ next to the model list.")
@@ -120,7 +125,7 @@ class ChatHandlers:
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                    max_tiles: float, num_frames: float, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, lock the box, stream the answer."""
-        history, box_update = self.add_user_message(history, box)
+        history, box_update = self.add_user_message(history, box, request)
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
                                          repetition_penalty, max_tiles, num_frames, request):

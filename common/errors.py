@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
     WORKER_TIMEOUT = "worker_timeout"
+    RELAY_LOOP = "relay_loop"
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal_error"
 
@@ -48,6 +49,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
     ErrorCode.WORKER_TIMEOUT: 504,
+    ErrorCode.RELAY_LOOP: 508,
     ErrorCode.ENGINE_ERROR: 500,
     ErrorCode.INTERNAL: 500,
 }
@@ -101,7 +103,15 @@ class ServingError(Exception):
 
 
 RETRYABLE = frozenset({ErrorCode.WORKER_BUSY, ErrorCode.WORKER_LOST, ErrorCode.WORKER_TIMEOUT, ErrorCode.ENGINE_ERROR,
-                       ErrorCode.INTERNAL, ErrorCode.UNKNOWN_WORKER})
+                       ErrorCode.INTERNAL, ErrorCode.UNKNOWN_WORKER, ErrorCode.RELAY_LOOP})
+
+
+def excerpt(value: object, limit: int = 64) -> str:
+    """A client's value as error messages show it: quoted, control characters escaped, cut to `limit` characters
+    (a megabyte-long model name must not come back whole)."""
+    text = str(value)
+    shown = repr(text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
 
 
 def _code_for_status(status: int) -> ErrorCode:

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.auth import bearer_token, one_of
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,17 @@ def describe_validation(errors: Any) -> tuple[ErrorCode, str, str | None]:
         return ErrorCode.INVALID_JSON, "the request body is not valid JSON", None
     parts = []
     for e in errors[:5]:
-        loc = _field_path(e)
+        loc = _field_path(e)[:_SHOWN_FIELD]  # field names are the client's too: a megabyte key is not echoed
         if e.get("type") == "extra_forbidden":
             parts.append(f"unknown field '{loc}'")
         elif e.get("type") == "union_tag_invalid":
-            parts.append(f"{loc}: unsupported content part type {e.get('ctx', {}).get('tag')!r} "
+            parts.append(f"{loc}: unsupported content part type {excerpt(e.get('ctx', {}).get('tag'))} "
                          "(expected 'text', 'image_url' or 'video_url')")
         elif e.get("type") == "union_tag_not_found":
             parts.append(f"{loc}: content part without a 'type' (expected 'text', 'image_url' or 'video_url')")
         else:
             parts.append(f"{loc or 'body'}: {e.get('msg')}")
-    first = _field_path(errors[0]) if errors else None
+    first = _field_path(errors[0])[:_SHOWN_FIELD] if errors else None
     return ErrorCode.INVALID_REQUEST, "invalid request: " + "; ".join(parts), first or None
 
 
@@ -98,6 +99,7 @@ def _field_path(error: dict) -> str:
     return ".".join(out)
 
 
+_SHOWN_FIELD = 120
 _BRANCHES = {"str", "int", "float", "list", "dict", "bool", "none"}
 
 
@@ -245,7 +247,5 @@ def check_api_key(request: Request, keys: list[str]) -> None:
     """Bearer-token check used by routes when keys are configured; no keys means open (loopback default)."""
     if not keys:
         return
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if token not in keys:
+    if not one_of(bearer_token(request), keys):
         raise ServingError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")

@@ -133,8 +133,9 @@ class _CountRequests:
             self.metrics.requests.labels(name, scope.get("method", ""), str(status)).inc()
 
 
-def install_metrics(app: FastAPI, metrics: Metrics, api_keys: list[str]) -> None:
-    """Count requests and errors on `app` and serve `/metrics` (behind the API keys when keys are set).
+def install_metrics(app: FastAPI, metrics: Metrics, access: list[str] | Callable[[Request], None]) -> None:
+    """Count requests and errors on `app` and serve `/metrics` behind `access`: API keys (none: open), or a check
+    that raises ServingError (a worker's: its keys or the controller's relay token).
 
     Call after `install_error_handlers`: the ServingError handler is wrapped so every error answer is counted by code.
     """
@@ -158,5 +159,8 @@ def install_metrics(app: FastAPI, metrics: Metrics, api_keys: list[str]) -> None
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route(request: Request) -> Response:
-        check_api_key(request, api_keys)
+        if callable(access):
+            access(request)
+        else:
+            check_api_key(request, access)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -13,12 +13,14 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.auth import new_relay_token, refuse_relayed
 from common.errors import ErrorCode, ServingError
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, SSEBytesResponse, check_api_key, install_error_handlers,
                          parse_json_body, read_body, until_client_leaves)
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
+from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
 from controller.policies import POLICIES
 from controller.registry import Registry
@@ -34,22 +36,6 @@ async def _expire_loop(registry: Registry) -> None:
         await asyncio.sleep(max(registry.expiry_s / 4, 0.05))
         for worker_id in registry.expire():
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
-
-
-async def check_reachable(client: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
-    """Refuse a worker whose advertised URL this controller cannot reach: otherwise it would be registered, then
-    fail every request sent to it."""
-    hint = ("start the worker with --worker-url set to an address this controller can reach (and --host binding "
-            "that interface, e.g. 0.0.0.0)")
-    try:
-        async with client.get(f"{url.rstrip('/')}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-            status = r.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: the controller cannot reach "
-                           f"the worker's advertised URL {url} ({type(exc).__name__}); {hint}", param="url") from None
-    if status != 200:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: {url}/health answered HTTP "
-                           f"{status}, so it is not this worker; {hint}", param="url")
 
 
 def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
@@ -76,6 +62,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
                                              metrics)
             expiry = asyncio.create_task(_expire_loop(registry))
+            announce(settings)
             try:
                 yield
             finally:
@@ -88,35 +75,32 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     install_metrics(app, metrics, settings.api_keys)
     install_request_ids(app)
 
-    def check_secret(request: Request) -> None:
-        secret = settings.registration_secret
-        if secret and request.headers.get("x-registration-secret") != secret:
-            raise ServingError(ErrorCode.FORBIDDEN, "worker registration refused: wrong or missing registration "
-                               "secret (set the same --registration-secret on worker and controller)")
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "workers": len(registry.all()), "models": [c.id for c in registry.model_cards()]}
 
     @app.post("/workers/register")
     async def register(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)  # before anything is parsed or probed
         reg = await parse_json_body(request, WorkerRegistration, 1024 * 1024)
         if settings.check_worker_reachable:
-            await check_reachable(request.app.state.dispatcher.client, reg.url, settings.connect_timeout_s)
-        registry.register(reg)
+            await check_worker_identity(request.app.state.dispatcher.client, reg, settings,
+                                        settings.connect_timeout_s)
+        token = new_relay_token()
+        registry.register(reg, relay_token=token)
         log.info("worker %s registered at %s serving %s", reg.worker_id, reg.url, [m.id for m in reg.models])
-        return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s}
+        return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s,
+                "relay_token": token}
 
     @app.post("/workers/heartbeat")
     async def heartbeat(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)
         registry.heartbeat(await parse_json_body(request, WorkerHeartbeat, 64 * 1024))
         return {"ok": True}
 
     @app.post("/workers/unregister")
     async def unregister(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)
         hb = await parse_json_body(request, WorkerHeartbeat, 64 * 1024)
         return {"removed": registry.remove(hb.worker_id)}
 
@@ -132,6 +116,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        refuse_relayed(request)
         check_api_key(request, settings.api_keys)
         body = await read_body(request, settings.max_body_bytes)
         asked = await peek_request(body)  # the worker validates the rest; the body goes to it unchanged

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.errors import ErrorCode, ServingError
+from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import ModelCard, ModelLimits, WorkerHeartbeat, WorkerRegistration, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class WorkerRecord:
     healthy: bool = True  # false after a connection failure, until the next heartbeat
     served: int = 0
     failures: int = 0
+    relay_token: str = ""  # issued at registration, sent as X-Worker-Token on every relayed request
     mismatch_since: float | None = None  # when the worker's count started to disagree with ours
     mismatch_low: int = 0  # over that time, the smallest disagreement seen (ours minus the worker's)
     mismatch_high: int = 0
@@ -88,7 +89,7 @@ class Registry:
         self._workers: dict[str, WorkerRecord] = {}
         self._departed: dict[str, WorkerRecord] = {}  # removed while requests still held leases on them
 
-    def register(self, reg: WorkerRegistration) -> WorkerRecord:
+    def register(self, reg: WorkerRegistration, relay_token: str = "") -> WorkerRecord:
         """New worker, or the same one again: then its record is updated in place, so the leases of requests
         running through us stay on the record that dispatch reads."""
         rec = self._workers.get(reg.worker_id) or self._departed.pop(reg.worker_id, None)
@@ -99,6 +100,7 @@ class Registry:
         rec.max_concurrency = reg.max_concurrency
         rec.last_heartbeat = self._clock()
         rec.healthy = True
+        rec.relay_token = relay_token  # a new token with every registration
         self._workers[reg.worker_id] = rec
         return rec
 
@@ -106,7 +108,7 @@ class Registry:
         rec = self._workers.get(hb.worker_id)
         if rec is None:
             raise ServingError(ErrorCode.UNKNOWN_WORKER,
-                               f"worker '{hb.worker_id}' is not registered here; register again")
+                               f"worker {excerpt(hb.worker_id)} is not registered here; register again")
         now = self._clock()
         rec.last_heartbeat = now
         rec.queued = hb.queued

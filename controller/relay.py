@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.auth import RELAY_TOKEN_HEADER
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
 from controller.policies import Policy
@@ -108,6 +109,8 @@ class Dispatcher:
                 lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
                             worker.worker_id, err.message)
+                if err.code == ErrorCode.RELAY_LOOP:  # its URL leads back to a controller: never a worker
+                    self.registry.remove(worker.worker_id)
                 if not err.retryable:
                     raise
                 last = err
@@ -133,8 +136,8 @@ class Dispatcher:
             return ServingError(ErrorCode.NO_WORKER, "no worker is registered with the controller; start one with "
                                 "`python -m workers --model-path PATH` or ./launch.sh")
         names = ", ".join(c.id for c in cards)
-        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model '{model}' is not served here; available: {names}",
-                            param="model")
+        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model {excerpt(model)} is not served here; available: "
+                            f"{names}", param="model")
 
     async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
                        headers: dict[str, str] | None) -> Upstream:
@@ -147,7 +150,8 @@ class Dispatcher:
                 response = await self.client.post(f"{worker.url}/v1/chat/completions", data=_payload(body),
                                                   headers={"Content-Type": "application/json",
                                                            "Content-Length": str(len(body)),
-                                                           "X-Request-ID": request_id, **(headers or {})})
+                                                           "X-Request-ID": request_id, **(headers or {}),
+                                                           RELAY_TOKEN_HEADER: worker.relay_token})
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
@@ -158,6 +162,9 @@ class Dispatcher:
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         try:
+            if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
+                raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
+                                   "relay token (it restarted or registered again)")
             if response.status != 200:
                 raw = await response.read()
                 try:

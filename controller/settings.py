@@ -25,8 +25,9 @@ class ControllerSettings(BaseSettings):
     token_timeout_s: float = Field(60.0, gt=0, description="longest gap between two streamed tokens")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys for /v1; empty: no auth")
-    registration_secret: str | None = Field(None, description="when set, workers must send it to register")
-    check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and "
-                                         "refuse it when unreachable")
+    registration_secret: str | None = Field(None, description="workers must send it to register; unset: only "
+                                            "workers on this machine (loopback) may register")
+    check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and refuse "
+                                         "it unless its /health answers as that worker (id and model)")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")

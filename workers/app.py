@@ -11,8 +11,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from common.auth import WorkerAccess
 from common.errors import ServingError
-from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, sse_response
+from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, install_error_handlers, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList, StreamOptions
@@ -78,8 +79,11 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.service = service
+    app.state.registrar = None
+    access = WorkerAccess(settings.api_keys, settings.controller_url,
+                          lambda: app.state.registrar.relay_token if app.state.registrar else None)
     install_error_handlers(app)
-    install_metrics(app, metrics, settings.api_keys)
+    install_metrics(app, metrics, access.check)
     install_request_ids(app)
 
     @app.get("/health")
@@ -89,8 +93,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         except ServingError as err:
             return JSONResponse(err.body(), status_code=503)
         registrar = app.state.registrar
-        return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
-                             "in_flight": service.in_flight, "queued": service.queued,
+        return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id,
+                             "engine": engine.name, "in_flight": service.in_flight, "queued": service.queued,
                              "stages": service.leases.stages(), "engine_running": engine.running,
                              "preprocess_pixels": service.leases.pixels.in_use,
                              "random_weights": engine.spec.random_weights,
@@ -98,13 +102,12 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
                              "registration_problem": registrar.problem if registrar else None})
 
     @app.get("/v1/models")
-    async def models(request: Request) -> ModelList:
-        check_api_key(request, settings.api_keys)
+    async def models() -> ModelList:  # open, like /health (which names the model too)
         return ModelList(data=[model_card(engine, service.limits)])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        check_api_key(request, settings.api_keys)
+        access.check(request)
         req = relayed(await bodies.parse(request, service.limits.max_body_bytes, engine.context_length,
                                          engine.max_token_chars), request)
         # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.

@@ -48,19 +48,20 @@ def refuse_text_beyond(req: ChatCompletionRequest, context: int, longest_token: 
                            "fits; shorten it or start a new chat", param="messages")
 
 
-def tokenize_within_context(engine: Engine, prompt: str) -> list[int]:
+def tokenize_within_context(engine: Engine, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
     """Steps 2 and 3. Runs in a thread (tokenizers release the GIL while they work)."""
     context = engine.context_length
     prefix_chars = context * PREFIX_CHARS_PER_TOKEN
     if len(prompt) > prefix_chars:
         # A prefix cut in the middle of a word can gain a token or two over the whole text's tokens there.
-        prefix_tokens = len(engine.tokenize(prompt[:prefix_chars]))
+        spans = tuple((a, min(b, prefix_chars)) for a, b in user_spans if a < prefix_chars)
+        prefix_tokens = len(engine.tokenize(prompt[:prefix_chars], spans))
         if prefix_tokens > context + 2:
             raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the conversation needs more than {prefix_tokens} "
                                f"tokens (its first {prefix_chars:,} of {len(prompt):,} characters already do) but "
                                f"the model's context holds {context}; shorten it or start a new chat",
                                param="messages")
-    return engine.tokenize(prompt)
+    return engine.tokenize(prompt, user_spans)
 
 
 def fit_context(engine: Engine, gen: GenerationRequest, asked: int | None) -> None:

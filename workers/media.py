@@ -19,7 +19,7 @@ import urllib.parse
 import httpx
 import pybase64
 
-from common.errors import ErrorCode, ServingError
+from common.errors import ErrorCode, ServingError, excerpt
 from workers.limits import MediaLimits, mb
 
 _MAX_REDIRECTS = 3
@@ -87,7 +87,7 @@ async def check_public_host(host: str, port: int, label: str) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: cannot resolve host {host!r}") from exc
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: cannot resolve host {excerpt(host)}") from exc
     for info in infos:
         addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:

@@ -23,6 +23,7 @@ from workers.limits import MediaLimits
 from workers.media import decode_data_url, fetch_media
 from workers.media_cache import Key, MediaCache, content_digest
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import UntrustedText
 from workers.prompts.templates import get_template, image_placeholder
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
 from workers.vision.images import decode_image, header_pixels
@@ -51,7 +52,8 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
     and stop when the request is cancelled (workers/lease.py)."""
     in_thread = lease.in_thread if lease is not None else _in_thread
     check = lease.check if lease is not None else _never
-    system, turns, media = _parse_messages(req, spec, limits)
+    untrusted = UntrustedText()
+    system, turns, media = _parse_messages(req, spec, limits, untrusted)
     sources = await asyncio.gather(*(_source(m, limits) for m in media))
     # In threads: hashing, decoding and the float work, and in a worker whose engine does not load torch, the first
     # call's import of torch (seconds), must not stall the event loop (heartbeats, other requests). One thread looks
@@ -75,10 +77,10 @@ async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits
     expanded = iter(_expand(spec, m, n) for m, n in zip(media, counts, strict=True))
     rendered = [(role, "".join(next(expanded) if piece is None else piece for piece in pieces))
                 for role, pieces in turns]
-    prompt = get_template(spec.template).render(system, rendered)
+    prompt, user_spans = untrusted.split(get_template(spec.template).render(system, rendered))
 
     pixel_values = await in_thread(_concatenate, pixels) if pixels else None
-    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
+    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values, user_spans=user_spans,
                              num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
 
 
@@ -86,9 +88,9 @@ def _url(part: ImagePart | VideoPart) -> str:
     return part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
 
 
-def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits):
+def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, untrusted: UntrustedText):
     """-> (system, turns, media). A turn is (role, pieces); a piece is text, or None where a media item's
-    expansion goes (media listed in prompt order)."""
+    expansion goes (media listed in prompt order). The messages' text is wrapped by `untrusted`."""
     system = spec.system_message
     turns: list[tuple[str, list[str | None]]] = []
     media: list[_Media] = []
@@ -110,7 +112,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
             if i != 0:
                 raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1}: a system message must come first",
                                    param=f"messages[{i}]")
-            system = "".join(texts)
+            system = untrusted.wrap("".join(texts))
             continue
         _refuse_image_markup(spec, texts, i)
         pieces: list[str | None] = []
@@ -128,7 +130,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
                                        f"samples at most {limits.max_video_frames} per video", param="num_frames")
                 media.append(_Media(part, label, num_frames=frames))
             pieces.append(None)
-        turns.append((msg.role, pieces + texts))
+        turns.append((msg.role, pieces + [untrusted.wrap(t) for t in texts]))
         if i == newest:
             _assign_budgets(spec, req, [m for m in media[first:] if isinstance(m.part, ImagePart)])
     if len(media) > limits.max_images_per_request:

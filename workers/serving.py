@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
@@ -51,7 +51,7 @@ class ChatService:
         """Take the request's lease (or refuse: wrong model, worker full). The caller makes sure it is released."""
         if req.model != self.engine.model_id:
             raise ServingError(ErrorCode.MODEL_NOT_FOUND, f"this worker serves '{self.engine.model_id}', "
-                               f"not '{req.model}'", param="model")
+                               f"not {excerpt(req.model)}", param="model")
         return self.leases.admit(client_id)
 
     async def start(self, req: ChatCompletionRequest, lease: Lease) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
@@ -64,7 +64,7 @@ class ChatService:
             lease.stage = "media"
             gen = await prepare_generation(req, self.engine.spec, self.limits, lease.id, self.media_cache, lease)
             lease.stage = "tokenizing"
-            gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt)
+            gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt, gen.user_spans)
             fit_context(self.engine, gen, req.max_new_tokens)
             lease.stage = "engine"
             events = self._measured(self.engine.generate(gen), started)

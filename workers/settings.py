@@ -57,7 +57,10 @@ class WorkerSettings(BaseSettings):
                                        "empty to run standalone")
     heartbeat_interval_s: float = Field(5.0, gt=0, le=300)
     registration_secret: str | None = Field(None, description="shared secret the controller requires to register")
-    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys; empty: no auth")
+    api_keys: list[str] = Field(default_factory=list, description="bearer keys accepted for direct use of this "
+                                "worker; requests relayed by the controller carry the token it issued at registration")
+    allow_unauthenticated: bool = Field(False, description="let a worker bound to a non-loopback address run with "
+                                        "neither --api-keys nor a controller (anyone who reaches it may use it)")
     max_concurrency: int = Field(8, ge=1, le=4096, description="requests admitted at once; more get HTTP 429")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"

@@ -55,7 +55,7 @@ class ScriptedEngine(Engine):
         if not self.started:
             raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine not started")
 
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
         return [0] * len(re.findall(r"<IMG_CONTEXT>|\S+", prompt))
 
     def _aimed_at_me(self, prompt: str, action: str) -> bool:

@@ -33,6 +33,8 @@ class GenerationRequest:
     pixel_values: torch.Tensor | None  # [sum(num_tiles), 3, S, S] float32, images in prompt order
     num_tiles: list[int] = field(default_factory=list)  # tiles per image, prompt order
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # (start, end) of the messages' text in `prompt`: tokenized as plain text (workers.prompts.escaping)
+    user_spans: tuple[tuple[int, int], ...] = ()
     # The prompt's token ids (`Engine.tokenize`), checked against the context by the serving layer: engines use them
     # as they are. None only when an engine is driven directly (its tests); it then tokenizes the prompt itself.
     input_ids: list[int] | None = None
@@ -88,8 +90,9 @@ class Engine(ABC):
         return self.spec.context_length
 
     @abstractmethod
-    def tokenize(self, prompt: str) -> list[int]:
-        """The prompt's token ids as the engine will consume them (image tokens included). Called in a thread."""
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        """The prompt's token ids as the engine will consume them (image tokens included; the text in `user_spans`
+        as plain text, workers/prompts/escaping.py). Called in a thread."""
 
     @property
     def max_token_chars(self) -> int | None:

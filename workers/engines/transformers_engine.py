@@ -27,6 +27,8 @@ from workers.engines.base import (Engine, EngineEvent, FinishEvent, GenerationRe
 from workers.engines.text_stream import IncrementalDecoder, StopStrings
 from workers.engines.transformers_loading import LoadedModel, load_model
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,8 @@ class TransformersEngine(Engine):
         if self._loaded is None or self._executor is None:
             raise ServingError(ErrorCode.ENGINE_ERROR, f"model {self.model_id} is not loaded")
 
-    def tokenize(self, prompt: str) -> list[int]:
-        return list(self._require().tokenizer(prompt).input_ids)
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        return encode_prompt(self._require().tokenizer, prompt, user_spans, get_template(self.spec.template))
 
     @property
     def max_token_chars(self) -> int | None:
@@ -220,7 +222,7 @@ class TransformersEngine(Engine):
         tokenized and checked against the context (workers/context_check.py)."""
         import torch
 
-        ids = request.input_ids if request.input_ids is not None else self.tokenize(request.prompt)
+        ids = request.input_ids if request.input_ids is not None else self.tokenize(request.prompt, request.user_spans)
         input_ids = torch.tensor([ids], dtype=torch.long)
         image_tokens = int((input_ids == loaded.image_token_id).sum())
         pixels = request.pixel_values

@@ -39,6 +39,8 @@ from workers.engines.text_stream import StopStrings
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +257,12 @@ class TurbomindEngine(Engine):
                 self.model_path, trust_remote_code=self.spec.checkpoint_format == "remote_code")
         return self._tokenizer
 
-    def encode(self, prompt: str) -> list[int]:
-        # add_special_tokens as the checkpoints' own chat() does: BOS for Llama/Yi/InternLM2, none for Qwen2.
-        return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+    def encode(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        # BOS as the checkpoints' own chat() adds it (Llama/Yi/InternLM2; none for Qwen2); message text as plain text.
+        return encode_prompt(self.tokenizer, prompt, user_spans, get_template(self.spec.template))
 
-    def tokenize(self, prompt: str) -> list[int]:
-        return self.encode(prompt)
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        return self.encode(prompt, user_spans)
 
     @property
     def max_token_chars(self) -> int | None:
@@ -315,7 +317,8 @@ class TurbomindEngine(Engine):
         try:
             # Tokenized and checked against session_len once, by the serving layer (workers/context_check.py);
             # lmdeploy's preprocess refuses a prompt that does not fit as well.
-            input_ids = request.input_ids if request.input_ids is not None else self.encode(request.prompt)
+            input_ids = (request.input_ids if request.input_ids is not None
+                         else self.encode(request.prompt, request.user_spans))
             session_len = self.resolved.session_len
             extra = await self.image_inputs(request, input_ids)
             max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
