@@ -1,7 +1,7 @@
 """Conversation log: one JSON line per chat turn (and per vote), media stored once under its content hash.
 
 Layout under log_dir: `YYYY-MM-DD.jsonl` plus `media/<sha256><ext>`. Turned off with --no-logging, in which case
-nothing is written at all.
+nothing is written at all. Conversations are private: files are created 0600 in 0700 folders, whatever the umask.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -31,9 +32,10 @@ class ConversationLog:
         name = digest.hexdigest() + src.suffix.lower()
         target = self.dir / "media" / name
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(target.parent)
             tmp = target.with_suffix(target.suffix + ".part")
-            shutil.copyfile(src, tmp)
+            with open(src, "rb") as f, _private_file(tmp, "wb") as out:
+                shutil.copyfileobj(f, out)
             tmp.replace(target)
         return name
 
@@ -43,8 +45,8 @@ class ConversationLog:
         now = dt.datetime.now(dt.timezone.utc)
         line = json.dumps({"time": now.isoformat(timespec="milliseconds"), **record}, ensure_ascii=False)
         with self._lock:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with open(self.dir / f"{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as f:
+            _private_dir(self.dir)
+            with _private_file(self.dir / f"{now:%Y-%m-%d}.jsonl", "a") as f:
                 f.write(line + "\n")
 
     def log_turn(self, *, session: str, turn: int, model: str, params: dict[str, Any], messages: list[dict],
@@ -55,3 +57,16 @@ class ConversationLog:
 
     def log_vote(self, *, session: str, turn: int, vote: str | None, answer: str) -> None:
         self.write({"type": "vote", "session": session, "turn": turn, "vote": vote, "answer": answer})
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:  # made earlier, or by someone else's umask: close it
+        path.chmod(0o700)
+
+
+def _private_file(path: Path, mode: str):
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through os.open
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")

@@ -26,11 +26,15 @@ import gradio as gr
 from app.client import ControllerClient, StreamStats
 from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
+from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
 from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
                           is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
+from app.history_guard import SessionMedia
+from app.limits import check_conversation as check_request
+from app.limits import limits_for
 from app.preflight import Limits, check_conversation, reader_labels, served_limits
 from app.settings import UISettings
 from app.texts import EN, language, tr
@@ -47,13 +51,16 @@ class ChatHandlers:
         self.log = log
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="internvl-ui-"))
         self.max_bytes = settings.max_upload_mb * 2**20
+        self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
+        self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
 
     # ------------------------------------------------------------------------------------------ turn steps
 
     def add_user_message(self, history: History | None, box: dict[str, Any] | None,
-                         lang: str = EN) -> tuple[History, Any] | None:
+                         request: gr.Request | None = None) -> tuple[History, Any] | None:
         """Append the user's message (one message: files, then text) and clear the input box; None (after a
         toast) when there is nothing to send or a file is not an image or video."""
+        lang = language(request)
         box = box or {}
         text = (box.get("text") or "").strip()
         files = [f if isinstance(f, str) else f.get("path") for f in box.get("files") or []]
@@ -68,6 +75,7 @@ class ChatHandlers:
                 gr.Warning(tr("bad_file", lang, name=Path(path).name, images=", ".join(sorted(IMAGE_EXTS)),
                               videos=", ".join(sorted(VIDEO_EXTS))), duration=8)
                 return None
+        self.media.received(request, files)  # Gradio took them as this session's uploads
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                                          for p in files]
@@ -82,6 +90,11 @@ class ChatHandlers:
         """Stream the answer to the last user message, yielding the whole history each time it grows."""
         lang = language(request)
         history = list(history or [])
+        try:
+            self.media.check(history, request)  # before any file in it is opened
+        except gr.Error as err:  # a note, not a raised error: that would leave the page locked
+            yield self._error_note(history, str(err.message), lang)
+            return
         if not model:  # none served, or the controller is gone: say which
             try:
                 await self.client.models()
@@ -96,8 +109,10 @@ class ChatHandlers:
         try:
             limits = await self._limits(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
+            upload = await limits_for(self.client, model, self.max_bytes)
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
-                                               self.max_bytes)
+                                               upload.max_file_bytes, self.encoded.get)
+            check_request(messages, upload)
         except ServingError as err:
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
@@ -135,7 +150,7 @@ class ChatHandlers:
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
                    max_tiles: float, num_frames: float, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, clear the box, stream the answer."""
-        added = self.add_user_message(history, box, language(request))
+        added = self.add_user_message(history, box, request)
         if added is None:  # nothing to send: the conversation stays as it is (the toast says why)
             yield list(history or []), gr.skip()
             return

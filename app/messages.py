@@ -12,6 +12,7 @@ import base64
 import html
 import mimetypes
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def data_url(path: str | Path, max_bytes: int) -> tuple[str, str]:
         raise ServingError(code, f"'{p.name}' is empty; upload another file")
     if size > max_bytes:
         raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"'{p.name}' is {size / 2**20:.1f} MB; the limit is "
-                           f"{max_bytes / 2**20:.0f} MB. Use a smaller or shorter file")
+                           f"{max_bytes / 2**20:.1f} MB. Use a smaller or shorter file")
     b64 = base64.b64encode(p.read_bytes()).decode("ascii")
     return kind, f"data:{_mime(p, kind)};base64,{b64}"
 
@@ -132,8 +133,9 @@ def conversation_turns(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-def to_openai_messages(history: list[dict[str, Any]], system_prompt: str, num_frames: int,
-                       max_bytes: int) -> list[dict[str, Any]]:
+def to_openai_messages(history: list[dict[str, Any]], system_prompt: str, num_frames: int, max_bytes: int,
+                       encode: Callable[[str, int], tuple[str, str]] = data_url) -> list[dict[str, Any]]:
+    """`encode(path, max_bytes)` -> (kind, data: URL); the handlers pass their EncodedFiles cache."""
     messages: list[dict[str, Any]] = []
     if system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt.strip()})
@@ -143,7 +145,7 @@ def to_openai_messages(history: list[dict[str, Any]], system_prompt: str, num_fr
             continue
         content: list[dict[str, Any]] = []
         for path in message_files(turn):
-            kind, url = data_url(path, max_bytes)
+            kind, url = encode(path, max_bytes)
             if kind == "image":
                 content.append({"type": "image_url", "image_url": {"url": url}})
             else:

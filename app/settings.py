@@ -18,7 +18,11 @@ class UISettings(BaseSettings):
     api_key: str | None = Field(None, description="bearer key sent to the controller when it requires one")
     logging: bool = Field(True, description="write one JSON line per chat turn (--no-logging turns it off)")
     log_dir: Path = Field(Path("logs/conversations"), description="where conversation logs and media go")
-    max_upload_mb: int = Field(50, ge=1, le=2048, description="largest file a user may upload")
+    media_max_age_s: int = Field(24 * 3600, ge=1, description="uploads and generated files older than this are "
+                                 "deleted (checked every few minutes)")
+    max_upload_mb: int = Field(50, ge=1, le=2048, description="largest file a user may upload (the model's own "
+                               "advertised limit applies when lower)")
+    encoded_cache_mb: int = Field(256, ge=0, description="uploaded files kept base64-encoded between turns")
     share: bool = Field(False, description="ask Gradio for a public share link (off: stays on this machine)")
     request_timeout_s: float = Field(600.0, gt=0, description="longest one answer may stream")
     connect_timeout_s: float = Field(5.0, gt=0)

@@ -144,6 +144,7 @@ ERROR_HEADLINES: dict[str, dict[str, str]] = {
     "invalid_image": {HANS: "有一张图片无法使用。", HANT: "有一張圖片無法使用。"},
     "invalid_video": {HANS: "有一个视频无法使用。", HANT: "有一個影片無法使用。"},
     "upload_too_large": {HANS: "文件太大。", HANT: "檔案太大。"},
+    "request_too_large": {HANS: "请求太大。", HANT: "請求太大。"},
     "worker_busy": {HANS: "所有 worker 都在忙。", HANT: "所有 worker 都在忙。"},
     "worker_lost": {HANS: "worker 中途停止了响应。", HANT: "worker 中途停止了回應。"},
     "worker_timeout": {HANS: "等待回答超时。", HANT: "等待回答逾時。"},
@@ -185,6 +186,11 @@ NEXT_STEPS: dict[str, dict[str, str]] = {
     "upload_too_large": {
         EN: "Press Undo to get your message back and use a smaller or shorter file.",
         HANS: "请按“撤销”取回消息，换用更小或更短的文件。", HANT: "請按「復原」取回訊息，換用更小或更短的檔案。"},
+    "request_too_large": {
+        EN: "Every turn sends all earlier images and videos again: press Clear to start a new chat, or Undo and send "
+            "fewer or smaller files.",
+        HANS: "每一轮都会重新发送之前所有的图片和视频：请按“清空”开始新对话，或按“撤销”后发送更少或更小的文件。",
+        HANT: "每一輪都會重新傳送之前所有的圖片和影片：請按「清除」開始新對話，或按「復原」後傳送更少或更小的檔案。"},
     "worker_busy": {
         EN: "Every worker is busy right now; press Regenerate in a moment.",
         HANS: "所有 worker 都在忙；请稍后按“重新生成”。", HANT: "所有 worker 都在忙；請稍後按「重新產生」。"},

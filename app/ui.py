@@ -19,6 +19,7 @@ from app import models_panel, past_chats
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
+from app.history_guard import GuardedChatbot
 from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
@@ -75,7 +76,9 @@ def create_app(settings: UISettings) -> gr.Blocks:
     limit = settings.concurrency_limit
     model_ids = _served_model_ids(settings)
 
-    with gr.Blocks(title="InternVL Chat", fill_height=True, fill_width=True) as demo:
+    age = settings.media_max_age_s  # Gradio deletes its cached uploads and copies past this age
+    with gr.Blocks(title="InternVL Chat", fill_height=True, fill_width=True,
+                   delete_cache=(max(1, min(age // 2, 600)), age)) as demo:
         with gr.Row(elem_id="app-header"):
             gr.Markdown(f"## {t('title')}", elem_id="app-title")
             gr.Markdown(t("subtitle"), elem_id="app-subtitle")
@@ -105,11 +108,11 @@ def create_app(settings: UISettings) -> gr.Blocks:
                 max_tiles = gr.Slider(1, 40, value=settings.default_max_tiles, step=1, label=t("max_tiles"))
                 num_frames = gr.Slider(1, 64, value=settings.default_num_frames, step=1, label=t("num_frames"))
 
-        chatbot = gr.Chatbot(label="history", show_label=False, elem_id="chat", scale=1, min_height=240,
-                             latex_delimiters=LATEX, sanitize_html=True, render_markdown=True, allow_tags=False,
-                             buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
-                             placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
-                             group_consecutive_messages=True, editable="user", autoscroll=True)
+        chatbot = GuardedChatbot(label="history", show_label=False, elem_id="chat", scale=1, min_height=240,
+                                 latex_delimiters=LATEX, sanitize_html=True, render_markdown=True, allow_tags=False,
+                                 buttons=["copy", "copy_all"], feedback_options=("Like", "Dislike"),
+                                 placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
+                                 group_consecutive_messages=True, editable="user", autoscroll=True)
         box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
                                    elem_id="input", file_types=["image", "video", ".gif", ".avi", ".mov", ".webm",
                                                                 ".mkv"],

@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 from tests.support.stack import (SCRIPTED, Proc, add_proxy_node, free_port, spawn_worker,  # noqa: E402
                                  start_controller, start_lmdeploy_proxy, wait_worker)
 
+BENCH_KEY = "bench-key"  # workers' own key: the benchmarks also call them directly, not only through the controller
 QUIET = "warning"  # every server logs at the same level (no access log lines), so no path pays for logging alone
 
 
@@ -69,6 +70,7 @@ class Stack(contextlib.ExitStack):
         All are spawned before any is waited for, so their imports overlap."""
         options.setdefault("log_level", QUIET)
         options.setdefault("heartbeat_interval_s", 2.0)
+        options.setdefault("api_keys", [BENCH_KEY])  # the direct and lmdeploy-proxy paths call workers themselves
         url = controller.url if controller else None
         procs = []
         for kind, env in kinds.items():
@@ -227,7 +229,8 @@ def machine() -> str:
 
 def client(max_connections: int | None = None, timeout: float = 120.0) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=max_connections or 0, force_close=False)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=30.0))
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=30.0),
+                                 headers={"Authorization": f"Bearer {BENCH_KEY}"})  # the controller has no keys
 
 
 __all__ = ["Stack", "ProcSampler", "StreamResult", "Usage", "build_checkpoint", "chat_body", "client", "fmt_ms",

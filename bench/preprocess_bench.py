@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.settings import MediaLimits  # noqa: E402
+from workers.limits import MediaLimits  # noqa: E402
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize  # noqa: E402
 from workers.vision.video import decode_video, sample_indices  # noqa: E402
 

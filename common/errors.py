@@ -20,12 +20,14 @@ class ErrorCode(StrEnum):
     CONTEXT_TOO_LONG = "context_length_exceeded"
     INVALID_IMAGE = "invalid_image"
     INVALID_VIDEO = "invalid_video"
-    UPLOAD_TOO_LARGE = "upload_too_large"
+    UPLOAD_TOO_LARGE = "upload_too_large"  # one file over the per-file limit
+    REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
     WORKER_BUSY = "worker_busy"
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
     WORKER_TIMEOUT = "worker_timeout"
+    RELAY_LOOP = "relay_loop"
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal_error"
 
@@ -41,11 +43,13 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 400,
     ErrorCode.INVALID_VIDEO: 400,
     ErrorCode.UPLOAD_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
     ErrorCode.WORKER_BUSY: 429,
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
     ErrorCode.WORKER_TIMEOUT: 504,
+    ErrorCode.RELAY_LOOP: 508,
     ErrorCode.ENGINE_ERROR: 500,
     ErrorCode.INTERNAL: 500,
 }
@@ -99,7 +103,15 @@ class ServingError(Exception):
 
 
 RETRYABLE = frozenset({ErrorCode.WORKER_BUSY, ErrorCode.WORKER_LOST, ErrorCode.WORKER_TIMEOUT, ErrorCode.ENGINE_ERROR,
-                       ErrorCode.INTERNAL, ErrorCode.UNKNOWN_WORKER})
+                       ErrorCode.INTERNAL, ErrorCode.UNKNOWN_WORKER, ErrorCode.RELAY_LOOP})
+
+
+def excerpt(value: object, limit: int = 64) -> str:
+    """A client's value as error messages show it: quoted, control characters escaped, cut to `limit` characters
+    (a megabyte-long model name must not come back whole)."""
+    text = str(value)
+    shown = repr(text[:limit])
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
 
 
 def _code_for_status(status: int) -> ErrorCode:

@@ -9,6 +9,9 @@ Both processes expose the same metric names (Prometheus tells them apart by job/
     internvl_time_to_first_token_seconds                request arrival -> first generated token
     internvl_generation_tokens_per_second               completion tokens / (finish - first token)
     internvl_workers{state}                             controller only: registered workers, healthy or unhealthy
+    internvl_media_cache_hits_total                     workers only: media whose preprocessed pixels were reused
+    internvl_media_cache_misses_total                   workers only: media decoded and preprocessed
+    internvl_media_cache_bytes                          workers only: bytes of pixels the media cache holds
 
 Each app owns its own CollectorRegistry (never the global one), so several apps can live in one process (tests,
 the Space's in-process mode) without clashing registrations.
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ErrorCode, ServingError
@@ -61,6 +66,10 @@ class Metrics:
         self.workers.labels("healthy").set_function(healthy)
         self.workers.labels("unhealthy").set_function(unhealthy)
 
+    def track_media_cache(self, cache: CacheCounts) -> None:
+        """The worker's media cache counters, read at scrape time from the cache itself."""
+        self.registry.register(_MediaCacheCollector(cache))
+
     def count_error(self, code: ErrorCode | str) -> None:
         self.errors.labels(str(ErrorCode(code).value if isinstance(code, ErrorCode) else code)).inc()
 
@@ -75,6 +84,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CacheCounts(Protocol):
+    hits: int
+    misses: int
+    held_bytes: int
+
+
+class _MediaCacheCollector:
+    def __init__(self, cache: CacheCounts):
+        self.cache = cache
+
+    def collect(self):
+        yield CounterMetricFamily("internvl_media_cache_hits", "media whose preprocessed pixels came from the cache",
+                                  value=self.cache.hits)
+        yield CounterMetricFamily("internvl_media_cache_misses", "media decoded and preprocessed (not in the cache)",
+                                  value=self.cache.misses)
+        yield GaugeMetricFamily("internvl_media_cache_bytes", "bytes of pixels held by the media cache",
+                                value=self.cache.held_bytes)
 
 
 class _CountRequests:
@@ -105,8 +133,9 @@ class _CountRequests:
             self.metrics.requests.labels(name, scope.get("method", ""), str(status)).inc()
 
 
-def install_metrics(app: FastAPI, metrics: Metrics, api_keys: list[str]) -> None:
-    """Count requests and errors on `app` and serve `/metrics` (behind the API keys when keys are set).
+def install_metrics(app: FastAPI, metrics: Metrics, access: list[str] | Callable[[Request], None]) -> None:
+    """Count requests and errors on `app` and serve `/metrics` behind `access`: API keys (none: open), or a check
+    that raises ServingError (a worker's: its keys or the controller's relay token).
 
     Call after `install_error_handlers`: the ServingError handler is wrapped so every error answer is counted by code.
     """
@@ -130,5 +159,8 @@ def install_metrics(app: FastAPI, metrics: Metrics, api_keys: list[str]) -> None
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route(request: Request) -> Response:
-        check_api_key(request, api_keys)
+        if callable(access):
+            access(request)
+        else:
+            check_api_key(request, access)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ OpenAI fields we accept but do not act on are listed explicitly.
 from __future__ import annotations
 
 import time
+import urllib.parse
 import uuid
 from typing import Annotated, Literal
 
@@ -28,6 +29,30 @@ class OutModel(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- content parts
 
+SEED_MAX = 2**63 - 1  # engines take a signed 64-bit seed
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def check_http_url(url: str, what: str = "URL") -> str:
+    """An http(s) URL must parse: a host, a port in range, no control characters (those become 400s here, before any
+    connection, rather than errors deep in an HTTP client)."""
+    if any(c in _CONTROL for c in url):
+        raise ValueError(f"the {what} contains a control character")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"malformed {what}: {exc}") from None
+    if not parsed.hostname:
+        raise ValueError(f"the {what} has no host")
+    return url
+
+
+def _media_url(url: str) -> str:
+    if url[:8].lower().startswith(("http://", "https://")):
+        check_http_url(url, "media URL")
+    return url
+
 
 class TextPart(WireModel):
     type: Literal["text"]
@@ -36,6 +61,7 @@ class TextPart(WireModel):
 
 class ImageURL(WireModel):
     url: str = Field(description="data: URL (base64), or http(s) URL when the server allows remote media")
+    _url = field_validator("url")(_media_url)
     detail: Literal["auto", "low", "high"] | None = None
     max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="tile budget for this image")
 
@@ -47,7 +73,9 @@ class ImagePart(WireModel):
 
 class VideoURL(WireModel):
     url: str
-    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from the clip")
+    _url = field_validator("url")(_media_url)
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from the clip (at most the model "
+                                   "card's limits.max_video_frames)")
     start: float | None = Field(None, ge=0, description="seconds; optional segment start")
     end: float | None = Field(None, gt=0, description="seconds; optional segment end")
 
@@ -87,12 +115,13 @@ class ChatCompletionRequest(WireModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=65536)
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     n: Literal[1] = 1
     user: str | None = None
     # InternVL extensions (send with the OpenAI client's `extra_body`).
     max_tiles: int | None = Field(None, ge=1, le=40, description="tile budget for the newest turn's images")
-    num_frames: int | None = Field(None, ge=1, le=64, description="frames sampled from each video")
+    num_frames: int | None = Field(None, ge=1, description="frames sampled from each video (at most the "
+                                   "model card's limits.max_video_frames)")
 
     @field_validator("stop")
     @classmethod
@@ -165,6 +194,22 @@ def new_completion_id() -> str:
 # ---------------------------------------------------------------------------------------------- models
 
 
+class ModelLimits(OutModel):
+    """What one request to this model may carry (workers/limits.py declares and enforces them). Bytes are the
+    files' own bytes; on the wire base64 makes them 4/3 as large, and the body holds the whole conversation."""
+
+    max_body_bytes: int = Field(description="one request body: the conversation, every earlier file included")
+    max_media_bytes: int = Field(description="one image or video file")
+    max_image_pixels: int = Field(description="one image, or one video frame")
+    max_request_pixels: int | None = Field(None, description="all the images and video frames of one request "
+                                           "(their decoded pixels)")
+    max_images_per_request: int = Field(description="images and videos in the whole conversation")
+    max_video_seconds: float
+    max_video_frames: int = Field(description="frames sampled from one video")
+    default_num_frames: int
+    context_length: int = Field(description="tokens of prompt (images included) + answer")
+
+
 class ModelCard(OutModel):
     """One served model. Extra fields beyond OpenAI's say what a person needs to know about it."""
 
@@ -176,6 +221,7 @@ class ModelCard(OutModel):
     engine: str | None = None
     context_length: int | None = None
     random_weights: bool = Field(False, description="True for the demo checkpoint: its answers are noise")
+    limits: ModelLimits | None = Field(None, description="what one request may carry (None: not advertised)")
     workers: list[str] | None = None
 
 
@@ -187,15 +233,25 @@ class ModelList(OutModel):
 # ---------------------------------------------------------------------------------------------- worker registry
 
 
+MAX_WORKER_CONCURRENCY = 4096  # the worker's own --max-concurrency bound
+
+
 class WorkerRegistration(WireModel):
     worker_id: str = Field(min_length=1, max_length=128)
-    url: str = Field(description="base URL the controller uses to reach the worker")
-    models: list[ModelCard] = Field(min_length=1)
-    max_concurrency: int = Field(ge=1)
+    url: str = Field(max_length=2048, description="base URL the controller uses to reach the worker")
+    models: list[ModelCard] = Field(min_length=1, max_length=16)
+    max_concurrency: int = Field(ge=1, le=MAX_WORKER_CONCURRENCY)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.lower().startswith(("http://", "https://")):
+            raise ValueError("the worker URL must be http:// or https://")
+        return check_http_url(v, "worker URL")
 
 
 class WorkerHeartbeat(WireModel):
-    worker_id: str
+    worker_id: str = Field(min_length=1, max_length=128)
     in_flight: int = Field(0, ge=0)
     queued: int = Field(0, ge=0)
 

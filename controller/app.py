@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -14,14 +13,18 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.auth import new_relay_token, refuse_relayed
 from common.errors import ErrorCode, ServingError
-from common.http import SSEBytesResponse, check_api_key, install_error_handlers, parse_json_body
+from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, SSEBytesResponse, check_api_key, install_error_handlers,
+                         parse_json_body, read_body, until_client_leaves)
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import (ChatCompletionRequest, ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration)
+from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
+from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
 from controller.policies import POLICIES
 from controller.registry import Registry
+from controller.request_peek import peek_request
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 
@@ -33,22 +36,6 @@ async def _expire_loop(registry: Registry) -> None:
         await asyncio.sleep(max(registry.expiry_s / 4, 0.05))
         for worker_id in registry.expire():
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
-
-
-async def check_reachable(client: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
-    """Refuse a worker whose advertised URL this controller cannot reach: otherwise it would be registered, then
-    fail every request sent to it."""
-    hint = ("start the worker with --worker-url set to an address this controller can reach (and --host binding "
-            "that interface, e.g. 0.0.0.0)")
-    try:
-        async with client.get(f"{url.rstrip('/')}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-            status = r.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: the controller cannot reach "
-                           f"the worker's advertised URL {url} ({type(exc).__name__}); {hint}", param="url") from None
-    if status != 200:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"worker registration refused: {url}/health answered HTTP "
-                           f"{status}, so it is not this worker; {hint}", param="url")
 
 
 def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
@@ -75,6 +62,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
                                              metrics)
             expiry = asyncio.create_task(_expire_loop(registry))
+            announce(settings)
             try:
                 yield
             finally:
@@ -87,35 +75,32 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     install_metrics(app, metrics, settings.api_keys)
     install_request_ids(app)
 
-    def check_secret(request: Request) -> None:
-        secret = settings.registration_secret
-        if secret and request.headers.get("x-registration-secret") != secret:
-            raise ServingError(ErrorCode.FORBIDDEN, "worker registration refused: wrong or missing registration "
-                               "secret (set the same --registration-secret on worker and controller)")
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "workers": len(registry.all()), "models": [c.id for c in registry.model_cards()]}
 
     @app.post("/workers/register")
     async def register(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)  # before anything is parsed or probed
         reg = await parse_json_body(request, WorkerRegistration, 1024 * 1024)
         if settings.check_worker_reachable:
-            await check_reachable(request.app.state.dispatcher.client, reg.url, settings.connect_timeout_s)
-        registry.register(reg)
+            await check_worker_identity(request.app.state.dispatcher.client, reg, settings,
+                                        settings.connect_timeout_s)
+        token = new_relay_token()
+        registry.register(reg, relay_token=token)
         log.info("worker %s registered at %s serving %s", reg.worker_id, reg.url, [m.id for m in reg.models])
-        return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s}
+        return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s,
+                "relay_token": token}
 
     @app.post("/workers/heartbeat")
     async def heartbeat(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)
         registry.heartbeat(await parse_json_body(request, WorkerHeartbeat, 64 * 1024))
         return {"ok": True}
 
     @app.post("/workers/unregister")
     async def unregister(request: Request) -> dict:
-        check_secret(request)
+        check_registrant(request, settings)
         hb = await parse_json_body(request, WorkerHeartbeat, 64 * 1024)
         return {"removed": registry.remove(hb.worker_id)}
 
@@ -127,24 +112,27 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
         check_api_key(request, settings.api_keys)
-        return ModelList(data=registry.model_cards())
+        return ModelList(data=registry.model_cards(settings.max_body_bytes))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        refuse_relayed(request)
         check_api_key(request, settings.api_keys)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request_id_var.get()  # set by RequestIdMiddleware, forwarded to the worker
-        forwarded = req.model_dump(exclude_none=True) | {"stream": True}  # workers always stream to us
-        if not req.stream:
-            forwarded["stream_options"] = {"include_usage": True}
+        body = await read_body(request, settings.max_body_bytes)
+        asked = await peek_request(body)  # the worker validates the rest; the body goes to it unchanged
+        relay_headers = {RELAY_STREAM: "1"}  # workers always stream to us: failover and counting work alike
+        if not asked.stream:
+            relay_headers[RELAY_INCLUDE_USAGE] = "1"  # the one answer carries usage
         dispatcher: Dispatcher = request.app.state.dispatcher
-        upstream = await dispatcher.open(json.dumps(forwarded).encode(), req.model, request_id)
+        # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
+        upstream = await until_client_leaves(request, dispatcher.open(body, asked.model, request_id_var.get(),
+                                                                      relay_headers))
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
-        if req.stream:
-            return SSEBytesResponse(blocks, served_by)
+        if asked.stream:
+            return SSEBytesResponse(blocks, served_by)  # watches for the client leaving from here on
         try:
-            completion = await collect(payloads(blocks), req.model)
+            completion = await until_client_leaves(request, collect(payloads(blocks), asked.model))
         finally:
             await blocks.aclose()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)

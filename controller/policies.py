@@ -14,7 +14,7 @@ class Policy(ABC):
         self.rng = rng or random.Random()
 
     def choose(self, candidates: Sequence[WorkerRecord]) -> WorkerRecord | None:
-        usable = [w for w in candidates if w.healthy and w.in_flight < w.max_concurrency]
+        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency]
         return self._pick(usable) if usable else None
 
     @abstractmethod
@@ -33,7 +33,7 @@ class Lottery(Policy):
     """Random, weighted by free capacity: bigger or idler workers win more often."""
 
     def _pick(self, usable: Sequence[WorkerRecord]) -> WorkerRecord:
-        weights = [max(w.max_concurrency - w.in_flight, 0) + 1e-9 for w in usable]
+        weights = [max(w.max_concurrency - w.busy, 0) + 1e-9 for w in usable]
         return self.rng.choices(list(usable), weights=weights, k=1)[0]
 
 

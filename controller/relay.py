@@ -16,16 +16,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.auth import RELAY_TOKEN_HEADER
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
 from controller.policies import Policy
-from controller.registry import Registry, WorkerRecord
+from controller.registry import Lease, Registry, WorkerRecord
 from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,40 @@ class Upstream:
     """An open worker stream whose first event has arrived."""
 
     worker: WorkerRecord
+    lease: Lease
     response: aiohttp.ClientResponse
     buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
+
+    def finish(self, ok: bool | None) -> None:
+        """End this attempt: idempotent. A stream read to its end goes back to the pool; any other is closed, which
+        is what tells the worker we are gone (it aborts the generation). `ok` None: the client left."""
+        if self.response.content.at_eof():
+            self.response.release()
+        else:
+            self.response.close()
+        self.lease.release(ok=ok)
+
+
+class Relay:
+    """The relayed blocks of one stream. `aclose()` always ends the attempt, even when iteration never started
+    (an async generator closed before its first step skips its own cleanup)."""
+
+    def __init__(self, blocks: AsyncIterator[bytes], upstream: Upstream):
+        self._blocks = blocks
+        self.upstream = upstream
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._blocks.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._blocks.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.upstream.finish(ok=None)
 
 
 class Dispatcher:
@@ -54,8 +86,11 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics or Metrics()
 
-    async def open(self, body: bytes, model: str, request_id: str) -> Upstream:
-        """`body`: the JSON request to send to the worker, streaming."""
+    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None) -> Upstream:
+        """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds.
+        Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
+        left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
+        with the returned stream, whose `relay` releases it."""
         serving = self.registry.serving(model)
         if not serving:
             raise self._no_such_model(model)
@@ -67,22 +102,28 @@ class Dispatcher:
             if worker is None:
                 break
             tried.add(worker.worker_id)
-            self.registry.acquire(worker)
+            lease = self.registry.acquire(worker)
             try:
-                upstream = await self._connect(worker, body, request_id)
-                self.metrics.observe_first_token(started)
-                return upstream
+                upstream = await self._connect(worker, lease, body, request_id, headers)
             except ServingError as err:
-                self.registry.release(worker, ok=False)
+                lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
                             worker.worker_id, err.message)
+                if err.code == ErrorCode.RELAY_LOOP:  # its URL leads back to a controller: never a worker
+                    self.registry.remove(worker.worker_id)
                 if not err.retryable:
                     raise
                 last = err
+                continue
+            except BaseException:
+                lease.release(ok=None)
+                raise
+            self.metrics.observe_first_token(started)
+            return upstream
         if last is not None:
             raise ServingError(ErrorCode.NO_WORKER, f"every worker tried for model '{model}' failed before "
                                f"answering ({len(tried)} tried); last error: {last.message}")
-        busy = [w for w in self.registry.serving(model) if w.healthy and w.in_flight >= w.max_concurrency]
+        busy = [w for w in self.registry.serving(model) if w.healthy and w.busy >= w.max_concurrency]
         if busy:
             raise ServingError(ErrorCode.WORKER_BUSY, f"all workers serving '{model}' are at capacity; "
                                "retry in a few seconds")
@@ -95,17 +136,22 @@ class Dispatcher:
             return ServingError(ErrorCode.NO_WORKER, "no worker is registered with the controller; start one with "
                                 "`python -m workers --model-path PATH` or ./launch.sh")
         names = ", ".join(c.id for c in cards)
-        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model '{model}' is not served here; available: {names}",
-                            param="model")
+        return ServingError(ErrorCode.MODEL_NOT_FOUND, f"model {excerpt(model)} is not served here; available: "
+                            f"{names}", param="model")
 
-    async def _connect(self, worker: WorkerRecord, body: bytes, request_id: str) -> Upstream:
+    async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
+                       headers: dict[str, str] | None) -> Upstream:
         s = self.settings
         try:
             # One timeout covers sending the request and the worker's headers, which it sends with its first token.
+            # On the timeout, as on any cancellation, aiohttp closes the connection: the worker sees its client
+            # gone and stops the abandoned attempt.
             async with asyncio.timeout(s.first_token_timeout_s):
-                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=body,
+                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=_payload(body),
                                                   headers={"Content-Type": "application/json",
-                                                           "X-Request-ID": request_id})
+                                                           "Content-Length": str(len(body)),
+                                                           "X-Request-ID": request_id, **(headers or {}),
+                                                           RELAY_TOKEN_HEADER: worker.relay_token})
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
@@ -116,6 +162,9 @@ class Dispatcher:
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         try:
+            if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
+                raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
+                                   "relay token (it restarted or registered again)")
             if response.status != 200:
                 raw = await response.read()
                 try:
@@ -129,7 +178,7 @@ class Dispatcher:
             err = error_in_event(first)
             if err is not None:
                 raise err
-            return Upstream(worker, response, buffered, time.monotonic())
+            return Upstream(worker, lease, response, buffered, time.monotonic())
         except BaseException:
             response.close()
             raise
@@ -157,9 +206,13 @@ class Dispatcher:
         except aiohttp.ClientError as exc:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
 
-    async def relay(self, up: Upstream) -> AsyncIterator[bytes]:
-        """Yield blocks of complete SSE events, the first event first, and always exactly one end marker."""
-        ok = False
+    def relay(self, up: Upstream) -> Relay:
+        """Blocks of complete SSE events, the first event first, and always exactly one end marker. The request's
+        lease is released when the stream ends, however it ends."""
+        return Relay(self._blocks(up), up)
+
+    async def _blocks(self, up: Upstream) -> AsyncIterator[bytes]:
+        ok: bool | None = False
         pending = up.buffered
         try:
             while True:
@@ -177,21 +230,20 @@ class Dispatcher:
                     chunk = await self._read(up.response, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
+                    self.registry.mark_unreachable(up.worker)  # silent or cut off: no new requests until it beats
                     yield self._failed(err.code, err.message)
                     return
                 if not chunk:
+                    self.registry.mark_unreachable(up.worker)
                     yield self._failed(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped in the middle "
                                        "of the answer; please retry")
                     return
                 pending = pending + chunk if pending else chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            ok = ok or None  # the client left: not the worker's failure
+            raise
         finally:
-            # Also on a client disconnect (this generator is closed then): closing the connection is what tells the
-            # worker we are gone, so it aborts the generation. A finished stream goes back to the pool instead.
-            if up.response.content.at_eof():
-                up.response.release()
-            else:
-                up.response.close()
-            self.registry.release(up.worker, ok=ok)
+            up.finish(ok)  # also on a client disconnect: this generator is closed then
 
     def _failed(self, code: ErrorCode, message: str) -> bytes:
         self.metrics.count_error(code)
@@ -210,6 +262,23 @@ class Dispatcher:
                     self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
                 except (ValueError, AttributeError, TypeError):
                     pass  # not ours to judge: the event is relayed as it is
+
+
+_SLICE = 256 * 1024
+
+
+def _payload(body: bytes | bytearray) -> bytes | AsyncIterator[memoryview]:
+    """A small body goes in one write with the headers; a large one in slices that the socket takes as it can, so
+    no single step copies the whole body (aiohttp joins headers and a bytes body into one buffer first)."""
+    if len(body) <= _SLICE:
+        return bytes(body)
+
+    async def slices() -> AsyncIterator[memoryview]:
+        with memoryview(body) as view:
+            for at in range(0, len(view), _SLICE):
+                yield view[at:at + _SLICE]
+
+    return slices()
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

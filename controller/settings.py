@@ -17,14 +17,17 @@ class ControllerSettings(BaseSettings):
     heartbeat_expiry_s: float = Field(15.0, gt=0, description="a worker silent this long is removed")
     dispatch_policy: Literal["shortest_queue", "lottery"] = "shortest_queue"
     max_attempts: int = Field(3, ge=1, le=16, description="workers tried for one request before the first token")
-    connect_timeout_s: float = Field(3.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, description="longest wait for a connection to a worker; a worker "
+                                     "that times out is marked unreachable until its next heartbeat (under a burst "
+                                     "of thousands of new streams, 3 s turned a busy loop into errors)")
     first_token_timeout_s: float = Field(120.0, gt=0, description="a worker silent this long before its first "
                                          "token is given up on and the request goes to another worker")
     token_timeout_s: float = Field(60.0, gt=0, description="longest gap between two streamed tokens")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys for /v1; empty: no auth")
-    registration_secret: str | None = Field(None, description="when set, workers must send it to register")
-    check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and "
-                                         "refuse it when unreachable")
+    registration_secret: str | None = Field(None, description="workers must send it to register; unset: only "
+                                            "workers on this machine (loopback) may register")
+    check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and refuse "
+                                         "it unless its /health answers as that worker (id and model)")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")

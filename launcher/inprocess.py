@@ -53,7 +53,7 @@ def start_backend(model: str | None, engine: str = "auto", demo_dir: Path = ROOT
     from controller.settings import ControllerSettings
     from workers.app import create_app as worker_app
     from workers.engines.select import create_engine
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     folder, random_weights = resolve(model, demo_dir)
@@ -64,7 +64,7 @@ def start_backend(model: str | None, engine: str = "auto", demo_dir: Path = ROOT
     controller_url = f"http://127.0.0.1:{cport}"
     serve_in_thread(controller_app(ControllerSettings(port=cport, registration_secret=secret)), cport, "controller")
     settings = WorkerSettings(model_path=str(folder), port=wport, controller_url=controller_url,
-                              registration_secret=secret, engine=engine)
+                              registration_secret=secret, engine=engine, body_parsers=0)  # one process: no helpers
     worker_engine = create_engine(settings, detect_model_spec(folder))
     log.info("in-process worker: %s engine, model %s", worker_engine.name, folder)
     serve_in_thread(worker_app(settings, worker_engine), wport, "worker")

@@ -190,6 +190,8 @@ def run_worker(s: LaunchSettings, sup: Supervisor, stack: Stack, extra: list[str
     if s.host in LOOPBACK and not re.match(r"https?://(127\.|localhost|\[::1\])", base):
         warn(f"this worker binds {s.host} but advertises {base}; a controller on another machine cannot reach it: "
              "add --host 0.0.0.0 (or that interface's address)")
+    if not s.registration_secret and not re.match(r"https?://(127\.|localhost|\[::1\])", s.controller_url):
+        warn("a controller on another host accepts this worker only with --registration-secret (the same on both)")
     folder, random_weights = _model(s)
     _start_workers(sup, stack, s, folder, s.controller_url, s.host, base, first_port, s.registration_secret, extra)
     sup.wait_ready(s.start_timeout_s, t0)

@@ -9,14 +9,18 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from common.auth import WorkerAccess
 from common.errors import ServingError
-from common.http import check_api_key, install_error_handlers, parse_json_body, sse_response
+from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, install_error_handlers, sse_response
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
-from common.protocol import ChatCompletionRequest, ModelCard, ModelList
+from common.protocol import ChatCompletionRequest, ModelCard, ModelList, StreamOptions
+from workers.body_parser import BodyParser
 from workers.engines.base import Engine
+from workers.lease import ClientGone, Lease, until_client_leaves
+from workers.limits import MediaLimits
 from workers.registration import Registrar
 from workers.serving import ChatService
 from workers.settings import WorkerSettings
@@ -24,27 +28,41 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def model_card(engine: Engine) -> ModelCard:
+def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
-    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name,
-                     context_length=spec.context_length, random_weights=spec.random_weights)
+    return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
+                     random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
+
+
+def relayed(req: ChatCompletionRequest, request: Request) -> ChatCompletionRequest:
+    """The controller forwards its client's body unchanged and asks in headers for what it needs on top: always a
+    stream (so failover and counting work alike), and the usage event when its client wants one answer."""
+    if request.headers.get(RELAY_STREAM) != "1":
+        return req
+    update: dict = {"stream": True}
+    if request.headers.get(RELAY_INCLUDE_USAGE) == "1":
+        update["stream_options"] = StreamOptions(include_usage=True)
+    return req.model_copy(update=update)
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
     metrics = Metrics()
     service = ChatService(engine, settings, metrics)
     metrics.track_load(lambda: service.in_flight, lambda: service.queued)
+    metrics.track_media_cache(service.media_cache)
+    bodies = BodyParser(settings.body_parsers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await bodies.start()
         if engine.spec.random_weights:
             log.warning("SERVING THE DEMO CHECKPOINT: its weights are random and its answers are noise")
         async with httpx.AsyncClient() as client:
             registrar = None
             task = None
             if settings.controller_url:
-                registrar = Registrar(settings, client, model_card(engine),
+                registrar = Registrar(settings, client, model_card(engine, service.limits),
                                       lambda: (service.in_flight, service.queued))
                 task = asyncio.create_task(registrar.run())
             app.state.registrar = registrar
@@ -54,14 +72,18 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
                 if task is not None:
                     task.cancel()
                     await registrar.unregister()
+                bodies.stop()
                 await engine.stop()
 
     app = FastAPI(title="InternVL worker", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.service = service
+    app.state.registrar = None
+    access = WorkerAccess(settings.api_keys, settings.controller_url,
+                          lambda: app.state.registrar.relay_token if app.state.registrar else None)
     install_error_handlers(app)
-    install_metrics(app, metrics, settings.api_keys)
+    install_metrics(app, metrics, access.check)
     install_request_ids(app)
 
     @app.get("/health")
@@ -71,26 +93,51 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         except ServingError as err:
             return JSONResponse(err.body(), status_code=503)
         registrar = app.state.registrar
-        return JSONResponse({"status": "ok", "model": engine.model_id, "engine": engine.name,
-                             "in_flight": service.in_flight, "queued": service.queued,
+        return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id,
+                             "engine": engine.name, "in_flight": service.in_flight, "queued": service.queued,
+                             "stages": service.leases.stages(), "engine_running": engine.running,
+                             "preprocess_pixels": service.leases.pixels.in_use,
                              "random_weights": engine.spec.random_weights,
                              "registered": registrar.registered if registrar else None,
                              "registration_problem": registrar.problem if registrar else None})
 
     @app.get("/v1/models")
-    async def models(request: Request) -> ModelList:
-        check_api_key(request, settings.api_keys)
-        return ModelList(data=[model_card(engine)])
+    async def models() -> ModelList:  # open, like /health (which names the model too)
+        return ModelList(data=[model_card(engine, service.limits)])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        check_api_key(request, settings.api_keys)
-        req = await parse_json_body(request, ChatCompletionRequest, settings.max_body_bytes)
-        request_id = request_id_var.get()  # the controller's id when it sent one (RequestIdMiddleware)
-        first, events = await service.start(req, request_id)
-        if req.stream:
-            return sse_response(service.stream_chunks(req, first, events))
-        completion = await service.complete(req, first, events)
-        return JSONResponse(completion.model_dump(exclude_none=True))
+        access.check(request)
+        req = relayed(await bodies.parse(request, service.limits.max_body_bytes, engine.context_length,
+                                         engine.max_token_chars), request)
+        # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
+        lease = service.admit(req, request_id_var.get())
+        try:
+            if not req.stream:
+                completion = await until_client_leaves(request.receive, service.answer(req, lease))
+                return JSONResponse(completion.model_dump(exclude_none=True))
+            first, events = await until_client_leaves(request.receive, service.start(req, lease))
+        except ClientGone:
+            log.info("client left; request %s stopped", lease.id)
+            return Response(status_code=499)  # nobody reads it: for the access log ("client closed request")
+        finally:
+            if not req.stream:
+                await lease.release()
+        return _Released(sse_response(service.stream_chunks(req, lease, first, events)), lease)
 
     return app
+
+
+class _Released(Response):
+    """Sends `inner` and then releases the lease, also when the stream never started (the client left in between)
+    or the server stops it."""
+
+    def __init__(self, inner: Response, lease: Lease):
+        self.inner, self.lease = inner, lease
+        self.background = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            await self.lease.release()

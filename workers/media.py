@@ -1,4 +1,5 @@
-"""Turn an image_url / video_url into bytes: data: URLs always; http(s) only when the server allows remote media,
+"""Turn an image_url / video_url into bytes, refusing a file over `max_media_bytes` as its bytes arrive (the one
+place that limit is checked): data: URLs always; http(s) only when the server allows remote media,
 and then never towards private, loopback, link-local, multicast or reserved addresses (checked after DNS
 resolution, and again for every redirect hop), with a size cap enforced while streaming.
 
@@ -10,16 +11,16 @@ unless the worker's network is itself restricted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import ipaddress
 import socket
 import urllib.parse
 
 import httpx
+import pybase64
 
-from common.errors import ErrorCode, ServingError
-from workers.settings import MediaLimits
+from common.errors import ErrorCode, ServingError, excerpt
+from workers.limits import MediaLimits, mb
 
 _MAX_REDIRECTS = 3
 
@@ -27,7 +28,8 @@ _MAX_REDIRECTS = 3
 async def fetch_media(url: str, limits: MediaLimits, label: str, client: httpx.AsyncClient | None = None) -> bytes:
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
-        return decode_data_url(url, limits, label)
+        # In a thread: splitting and decoding a 20 MB payload still costs milliseconds the event loop need not wait.
+        return await asyncio.to_thread(decode_data_url, url, limits, label)
     if scheme in ("http", "https"):
         if not limits.allow_remote_media:
             raise ServingError(ErrorCode.REMOTE_URL_FORBIDDEN,
@@ -51,7 +53,7 @@ def decode_data_url(url: str, limits: MediaLimits, label: str) -> bytes:
         if len(payload) * 3 // 4 > limits.max_media_bytes + 3:
             raise _too_large(label, len(payload) * 3 // 4, limits)
         try:
-            data = base64.b64decode("".join(payload.split()), validate=True)
+            data = _b64decode(payload)
         except (binascii.Error, ValueError) as exc:
             raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: the data: URL is not valid base64") from exc
     else:
@@ -61,9 +63,23 @@ def decode_data_url(url: str, limits: MediaLimits, label: str) -> bytes:
     return data
 
 
+def _b64decode(payload: str) -> bytes:
+    """Strict base64 in one SIMD pass (milliseconds for 20 MB, where the standard library holds the GIL for a third
+    of a second); a payload wrapped with line breaks or spaces (some encoders wrap lines) decodes on a second pass
+    without them."""
+    try:
+        return pybase64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        stripped = "".join(payload.split())
+        if stripped == payload:
+            raise
+        return pybase64.b64decode(stripped, validate=True)
+
+
 def _too_large(label: str, size: int, limits: MediaLimits) -> ServingError:
-    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {size / 1048576:.1f} MB; the limit is "
-                        f"{limits.max_media_bytes / 1048576:.1f} MB")
+    """One file over the per-file limit (the whole conversation over the body limit is REQUEST_TOO_LARGE)."""
+    return ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {mb(size)}; this server takes files of up to "
+                        f"{mb(limits.max_media_bytes)} each")
 
 
 async def check_public_host(host: str, port: int, label: str) -> None:
@@ -71,7 +87,7 @@ async def check_public_host(host: str, port: int, label: str) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: cannot resolve host {host!r}") from exc
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: cannot resolve host {excerpt(host)}") from exc
     for info in infos:
         addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:

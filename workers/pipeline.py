@@ -1,5 +1,6 @@
-"""From an OpenAI chat request to the engine's GenerationRequest: fetch and decode media, tile within budget,
-build the family's prompt with each image expanded to its tokens, and map the sampling fields.
+"""From an OpenAI chat request to the engine's GenerationRequest: fetch and decode media, tile within budget (or
+take the pixels from the media cache when this content was preprocessed the same way before), build the family's
+prompt with each image expanded to its tokens, and map the sampling fields.
 
 Prompt conventions (InternVL model cards): a message's images and videos come before its text, as in training
 ('<image>\\nquestion'); with more than one image in the conversation each is labelled 'Image-k: <image>\\n', k counted
@@ -9,21 +10,30 @@ across the whole conversation; a video becomes 'Frame1: <image>\\nFrame2: <image
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest, ImagePart, TextPart, VideoPart
 from workers.engines.base import GenerationRequest, SamplingParams
-from workers.media import fetch_media
+from workers.limits import MediaLimits
+from workers.media import decode_data_url, fetch_media
+from workers.media_cache import Key, MediaCache, content_digest
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import UntrustedText
 from workers.prompts.templates import get_template, image_placeholder
-from workers.settings import MediaLimits
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
-from workers.vision.images import decode_image
+from workers.vision.images import decode_image, header_pixels
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
-from workers.vision.video import decode_video
+from workers.vision.video import decode_video, frame_pixels
+
+if TYPE_CHECKING:
+    import torch
+
+    from workers.lease import Lease
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -36,28 +46,41 @@ class _Media:
     num_frames: int = 0
 
 
-async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits,
-                             request_id: str) -> GenerationRequest:
-    system, turns, media = _parse_messages(req, spec, limits)
-    datas = await asyncio.gather(*(fetch_media(_url(m.part), limits, m.label) for m in media))
-    tiles = await asyncio.gather(*(asyncio.to_thread(_to_tiles, m, data, spec, limits)
-                                   for m, data in zip(media, datas, strict=True)))
-    counts = [t.shape[0] for t in tiles]
+async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, request_id: str,
+                             cache: MediaCache | None = None, lease: Lease | None = None) -> GenerationRequest:
+    """With `lease` (the worker's path), decoding threads take their pixels from the worker's preprocessing budget
+    and stop when the request is cancelled (workers/lease.py)."""
+    in_thread = lease.in_thread if lease is not None else _in_thread
+    check = lease.check if lease is not None else _never
+    untrusted = UntrustedText()
+    system, turns, media = _parse_messages(req, spec, limits, untrusted)
+    sources = await asyncio.gather(*(_source(m, limits) for m in media))
+    # In threads: hashing, decoding and the float work, and in a worker whose engine does not load torch, the first
+    # call's import of torch (seconds), must not stall the event loop (heartbeats, other requests). One thread looks
+    # everything up in the cache; what it lacks is preprocessed item by item in parallel.
+    keys, pixels = await in_thread(_cached, media, sources, spec, cache) if media else ([], [])
+    todo = [i for i, found in enumerate(pixels) if found is None]
+    datas = await asyncio.gather(*(in_thread(_bytes_of, media[i], sources[i], limits) for i in todo))
+    # What the uncached items decode to, from their headers, before any of them is decoded.
+    costs = await in_thread(_decoded_pixels, [media[i] for i in todo], datas) if todo else []
+    if sum(costs) > limits.max_request_pixels:
+        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"the images and video frames of this request decode to "
+                           f"{sum(costs):,} pixels; the limit is {limits.max_request_pixels:,} per request "
+                           "(max_request_pixels): send fewer or smaller images, or fewer video frames")
+    fresh = iter(await asyncio.gather(*(in_thread(_preprocess, media[i], data, spec, limits, cache, keys[i], check,
+                                                  pixels=cost)
+                                        for i, data, cost in zip(todo, datas, costs, strict=True))))
+    pixels = [found if found is not None else next(fresh) for found in pixels]
+    counts = [int(p.shape[0]) for p in pixels]
     check_image_tokens_fit(spec, sum(counts))
 
     expanded = iter(_expand(spec, m, n) for m, n in zip(media, counts, strict=True))
     rendered = [(role, "".join(next(expanded) if piece is None else piece for piece in pieces))
                 for role, pieces in turns]
-    prompt = get_template(spec.template).render(system, rendered)
+    prompt, user_spans = untrusted.split(get_template(spec.template).render(system, rendered))
 
-    pixel_values = None
-    if tiles:
-        mean = tuple(spec.extra.get("image_mean", IMAGENET_MEAN))
-        std = tuple(spec.extra.get("image_std", IMAGENET_STD))
-        # In a thread: the float work, and in a worker whose engine does not load torch, the first call's import of
-        # torch (seconds), must not stall the event loop (heartbeats, other requests).
-        pixel_values = await asyncio.to_thread(normalize, np.concatenate(tiles, axis=0), mean, std)
-    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values,
+    pixel_values = await in_thread(_concatenate, pixels) if pixels else None
+    return GenerationRequest(request_id=request_id, prompt=prompt, pixel_values=pixel_values, user_spans=user_spans,
                              num_tiles=_tiles_per_image(media, counts), sampling=_sampling(req, spec))
 
 
@@ -65,9 +88,9 @@ def _url(part: ImagePart | VideoPart) -> str:
     return part.image_url.url if isinstance(part, ImagePart) else part.video_url.url
 
 
-def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits):
+def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, untrusted: UntrustedText):
     """-> (system, turns, media). A turn is (role, pieces); a piece is text, or None where a media item's
-    expansion goes (media listed in prompt order)."""
+    expansion goes (media listed in prompt order). The messages' text is wrapped by `untrusted`."""
     system = spec.system_message
     turns: list[tuple[str, list[str | None]]] = []
     media: list[_Media] = []
@@ -89,7 +112,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
             if i != 0:
                 raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1}: a system message must come first",
                                    param=f"messages[{i}]")
-            system = "".join(texts)
+            system = untrusted.wrap("".join(texts))
             continue
         _refuse_image_markup(spec, texts, i)
         pieces: list[str | None] = []
@@ -101,14 +124,19 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
                 pieces.append(f"Image-{image_no}: " if total_images > 1 else "")
             else:
                 frames = part.video_url.num_frames or req.num_frames or limits.default_num_frames
-                media.append(_Media(part, f"video in message {i + 1}", num_frames=frames))
+                label = f"video in message {i + 1}"
+                if frames > limits.max_video_frames:
+                    raise ServingError(ErrorCode.INVALID_REQUEST, f"{label} asks for {frames} frames; this server "
+                                       f"samples at most {limits.max_video_frames} per video", param="num_frames")
+                media.append(_Media(part, label, num_frames=frames))
             pieces.append(None)
-        turns.append((msg.role, pieces + texts))
+        turns.append((msg.role, pieces + [untrusted.wrap(t) for t in texts]))
         if i == newest:
             _assign_budgets(spec, req, [m for m in media[first:] if isinstance(m.part, ImagePart)])
     if len(media) > limits.max_images_per_request:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation has {len(media)} images/videos; this "
-                           f"server accepts at most {limits.max_images_per_request} per request")
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation as a whole has {len(media)} images and "
+                           f"videos (earlier turns included); this server takes at most "
+                           f"{limits.max_images_per_request} per request: start a new conversation", param="messages")
     return system, turns, media
 
 
@@ -125,13 +153,90 @@ def _refuse_image_markup(spec: ModelSpec, texts: list[str], index: int) -> None:
                                f"{marker!r} in its text; send images as image_url parts", param=f"messages[{index}]")
 
 
-def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits) -> np.ndarray:
-    """Runs in a worker thread: decode + tile one media item -> uint8 [N, S, S, 3]."""
+async def _source(m: _Media, limits: MediaLimits) -> str | bytes:
+    """A data: URL stays text here: it is decoded in the preprocessing thread, and only when its pixels are not
+    cached. Remote media is downloaded (its bytes are the cache's content key)."""
+    url = _url(m.part)
+    if url[:5].lower() == "data:":
+        return url
+    return await fetch_media(url, limits, m.label)
+
+
+def _cached(media: list[_Media], sources: list[str | bytes], spec: ModelSpec,
+            cache: MediaCache | None) -> tuple[list[Key | None], list[torch.Tensor | None]]:
+    """Runs in a worker thread: each item's cache key (each distinct content hashed once) and its cached pixels."""
+    if cache is None or not cache.enabled:
+        return [None] * len(media), [None] * len(media)
+    digests: dict[str | bytes, str] = {}
+    keys: list[Key | None] = []
+    for m, source in zip(media, sources, strict=True):
+        if source not in digests:
+            digests[source] = content_digest(source)
+        keys.append((digests[source], *_params(m, spec)))
+    return keys, [cache.get(key) for key in keys]
+
+
+async def _in_thread(fn, *args, pixels: int = 0):
+    return await asyncio.to_thread(fn, *args)
+
+
+def _never() -> None:
+    return None
+
+
+def _bytes_of(m: _Media, source: str | bytes, limits: MediaLimits) -> bytes:
+    """Runs in a worker thread: a data: URL's bytes (its size checked), or the downloaded bytes."""
+    return decode_data_url(source, limits, m.label) if isinstance(source, str) else source
+
+
+def _decoded_pixels(media: list[_Media], datas: list[bytes]) -> list[int]:
+    """Pixels each item will decode to, from the file headers: an image's size, a video's frame size x frames."""
+    return [frame_pixels(data) * m.num_frames if isinstance(m.part, VideoPart) else header_pixels(data)
+            for m, data in zip(media, datas, strict=True)]
+
+
+def _preprocess(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits, cache: MediaCache | None,
+                key: Key | None, check: Callable[[], None] = _never) -> torch.Tensor:
+    """Runs in a worker thread: one media item -> its normalised tiles float32 [N, 3, S, S], kept in the cache.
+    `check` raises to stop (the request was cancelled)."""
+    tiles = _to_tiles(m, data, spec, limits, check)
+    check()
+    pixels = normalize(tiles, tuple(spec.extra.get("image_mean", IMAGENET_MEAN)),
+                       tuple(spec.extra.get("image_std", IMAGENET_STD)))
+    if cache is not None and key is not None:
+        cache.put(key, pixels)
+        if isinstance(m.part, ImagePart) and m.max_tiles > 1 and (len(tiles) == 1 or spec.use_thumbnail):
+            # The 1-tile version (how the image is sent once it is in an earlier turn) is the whole image resized
+            # to one tile: the thumbnail, or the only tile, of this one. Stored now, the next turn needs no decoding.
+            cache.put((key[0], *_params(replace(m, max_tiles=1), spec)), pixels[-1:].clone())
+    return pixels
+
+
+def _params(m: _Media, spec: ModelSpec) -> tuple[object, ...]:
+    """Everything besides the content that decides the pixels of `m`."""
+    if isinstance(m.part, VideoPart):
+        v = m.part.video_url
+        return ("video", spec.image_size, m.num_frames, v.start, v.end)
+    return ("image", spec.image_size, spec.dynamic, min(spec.min_tiles, m.max_tiles), m.max_tiles,
+            spec.use_thumbnail)
+
+
+def _concatenate(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """One new tensor for the engine (never a cached one itself)."""
+    import torch
+
+    return torch.cat(pixels, dim=0)
+
+
+def _to_tiles(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits,
+              check: Callable[[], None] = _never) -> np.ndarray:
+    """Decode + tile one media item -> uint8 [N, S, S, 3]. `check` raises to stop."""
     size = spec.image_size
     if isinstance(m.part, VideoPart):
         v = m.part.video_url
-        return decode_video(data, limits, m.num_frames, v.start, v.end, m.label, tile_size=size)
-    image = decode_image(data, limits, m.label)
+        return decode_video(data, limits, m.num_frames, v.start, v.end, m.label, tile_size=size, check=check)
+    image = decode_image(data, limits, m.label, check)
+    check()
     if not spec.dynamic:
         return square_tile(image, size)
     return cut_tiles(image, tile_size=size, min_tiles=min(spec.min_tiles, m.max_tiles), max_tiles=m.max_tiles,

@@ -23,6 +23,7 @@ class Registrar:
         self.card = card
         self.load = load  # () -> (in_flight, queued)
         self.registered = False
+        self.relay_token: str | None = None  # the controller's credential for the requests it relays to us
         self._headers = ({"X-Registration-Secret": settings.registration_secret}
                          if settings.registration_secret else {})
         self._base = (settings.controller_url or "").rstrip("/")
@@ -58,6 +59,7 @@ class Registrar:
                                          models=[self.card], max_concurrency=self.settings.max_concurrency)
                 r = await self._post("/workers/register", reg.model_dump(exclude_none=True))
                 self._check(r, "registration")
+                self.relay_token = _relay_token(r)
                 self.registered = True
                 self._problem(None)
                 log.info("registered with %s as %s (%s)", self._base, self.settings.worker_id,
@@ -96,3 +98,14 @@ class Registrar:
         if problem and problem != self._last_problem:
             log.error(problem)
         self._last_problem = problem
+
+
+def _relay_token(r: httpx.Response) -> str:
+    try:
+        token = r.json()["relay_token"]
+    except (ValueError, KeyError, TypeError):
+        token = None
+    if not isinstance(token, str) or not token:
+        raise RuntimeError("the controller's registration answer carries no relay token (is it an older version?); "
+                           "update the controller")
+    return token

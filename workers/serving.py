@@ -2,6 +2,10 @@
 
 The response headers go out only after the engine produced its first event: every failure before the first token is
 an HTTP error the controller can fail over on. After that, a failure is one error event and the end marker.
+
+Each request holds a lease (workers/lease.py) from admission to its end; its stages, in order: `admitted`
+(cheap checks), `media` (fetch, decode, tile: in threads, within the worker's pixel budget), `tokenizing` (in a
+thread; the one context check), `engine` (queued for or inside the engine, up to the first token), `streaming`.
 """
 
 from __future__ import annotations
@@ -9,15 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator
 
-from common.errors import ErrorCode, ServingError, error_body
+from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              Delta, ResponseMessage, Usage, new_completion_id)
-from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
+from workers.engines.base import Engine, EngineEvent, FinishEvent, TokenEvent
+from workers.lease import Lease, Leases, PixelPool
+from workers.media_cache import MediaCache
 from workers.pipeline import prepare_generation
 from workers.settings import WorkerSettings
 
@@ -30,54 +36,47 @@ class ChatService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.limits = settings.media_limits()
-        self.in_flight = 0
+        self.media_cache = MediaCache(settings.media_cache_mb * 2**20)
+        self.leases = Leases(settings.max_concurrency, PixelPool(settings.preprocess_pixels))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.leases)
 
     @property
     def queued(self) -> int:
         return int(getattr(self.engine, "queued", 0))
 
-    def _admit(self) -> None:
-        if self.in_flight >= self.settings.max_concurrency:
-            raise ServingError(ErrorCode.WORKER_BUSY, f"worker is at capacity ({self.in_flight} requests running); "
-                               "retry shortly or add workers")
-        self.in_flight += 1
-
-    async def start(self, req: ChatCompletionRequest, request_id: str) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
-        """Admit, prepare and run up to the first engine event. On success the caller owns `finish()`."""
+    def admit(self, req: ChatCompletionRequest, client_id: str) -> Lease:
+        """Take the request's lease (or refuse: wrong model, worker full). The caller makes sure it is released."""
         if req.model != self.engine.model_id:
             raise ServingError(ErrorCode.MODEL_NOT_FOUND, f"this worker serves '{self.engine.model_id}', "
-                               f"not '{req.model}'", param="model")
-        self._admit()
+                               f"not {excerpt(req.model)}", param="model")
+        return self.leases.admit(client_id)
+
+    async def start(self, req: ChatCompletionRequest, lease: Lease) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
+        """Prepare and run up to the first engine event. On success the caller owns the events and `lease`; on any
+        failure or cancellation the lease is released here."""
         events = None
         started = time.monotonic()
         try:
-            gen = await prepare_generation(req, self.engine.spec, self.limits, request_id)
-            self._fit_context(gen, req.max_new_tokens)
+            refuse_impossible_text(req, self.engine)
+            lease.stage = "media"
+            gen = await prepare_generation(req, self.engine.spec, self.limits, lease.id, self.media_cache, lease)
+            lease.stage = "tokenizing"
+            gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt, gen.user_spans)
+            fit_context(self.engine, gen, req.max_new_tokens)
+            lease.stage = "engine"
             events = self._measured(self.engine.generate(gen), started)
+            lease.on_release(events.aclose)  # closing the stream is how an engine stops (engines/base.py)
             first = await anext(events)
+            lease.stage = "streaming"
             return first, events
         except BaseException as exc:
-            if events is not None:
-                await events.aclose()
-            self.in_flight -= 1
+            await lease.release()
             if isinstance(exc, StopAsyncIteration):
                 raise ServingError(ErrorCode.ENGINE_ERROR, "the engine produced no output") from None
             raise
-
-    def _fit_context(self, gen: GenerationRequest, asked: int | None) -> None:
-        context = self.engine.spec.context_length
-        prompt_tokens = self.engine.count_prompt_tokens(gen.prompt)
-        room = context - prompt_tokens
-        if room < 1:
-            raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the conversation needs {prompt_tokens} tokens but the "
-                               f"model's context holds {context}; start a new chat, send fewer images or lower "
-                               "max tiles per image")
-        if asked is not None and asked > room:
-            raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"max_tokens={asked} does not fit: the prompt uses "
-                               f"{prompt_tokens} of the model's {context} tokens, leaving {room}",
-                               param="max_tokens")
-        if gen.sampling.max_new_tokens > room:
-            gen.sampling = replace(gen.sampling, max_new_tokens=room)
 
     async def _measured(self, events: AsyncIterator[EngineEvent], started: float) -> AsyncIterator[EngineEvent]:
         """The engine's events, unchanged, timed for the TTFT and tokens/s histograms. Closing this closes the
@@ -94,10 +93,7 @@ class ChatService:
         finally:
             await events.aclose()
 
-    def finish(self) -> None:
-        self.in_flight -= 1
-
-    async def stream_chunks(self, req: ChatCompletionRequest, first: EngineEvent,
+    async def stream_chunks(self, req: ChatCompletionRequest, lease: Lease, first: EngineEvent,
                             events: AsyncIterator[EngineEvent]) -> AsyncIterator[str]:
         cid, model = new_completion_id(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -128,10 +124,14 @@ class ChatService:
             yield json.dumps(error_body(err.code, err.message))
             yield DONE
         finally:
-            await events.aclose()  # on client disconnect this aborts the generation
-            self.finish()
+            await lease.release()  # closes the engine's stream: on client disconnect this stops the generation
 
-    async def complete(self, req: ChatCompletionRequest, first: EngineEvent,
+    async def answer(self, req: ChatCompletionRequest, lease: Lease) -> ChatCompletion:
+        """The whole non-streaming answer."""
+        first, events = await self.start(req, lease)
+        return await self.complete(req, lease, first, events)
+
+    async def complete(self, req: ChatCompletionRequest, lease: Lease, first: EngineEvent,
                        events: AsyncIterator[EngineEvent]) -> ChatCompletion:
         parts: list[str] = []
         try:
@@ -140,8 +140,7 @@ class ChatService:
                 parts.append(event.text)
                 event = await anext(events)
         finally:
-            await events.aclose()
-            self.finish()
+            await lease.release()
         return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(event), choices=[
             Choice(message=ResponseMessage(content="".join(parts)), finish_reason=event.reason)])
 

@@ -33,7 +33,7 @@ class ScriptedStream:
         self.payloads: list[dict] = []
         self.closed = asyncio.Event()
 
-    async def models(self):  # no card: the handlers fall back to the workers' default limits
+    async def models(self):  # no limits advertised: the UI's own upload ceiling applies
         return []
 
     async def stream_chat(self, payload, stats):

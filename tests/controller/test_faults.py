@@ -23,6 +23,7 @@ HEARTBEAT_S = 1.0
 EXPIRY_S = 3.0
 FIRST_TOKEN_TIMEOUT_S = 1.5
 MODEL = "scripted"
+WORKER_KEY = "worker-direct-key"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def stack(demo_checkpoint, log_dir):
         for worker_id in ("a", "b"):  # answers of up to 400 tokens at 40/s: long enough to act in the middle
             state["workers"][worker_id] = spawn_worker(
                 log_dir, demo_checkpoint, ctl.url, SCRIPTED, env={"SCRIPTED_TOKENS": "400", "SCRIPTED_RATE": "40"},
-                model_name=MODEL, worker_id=worker_id, heartbeat_interval_s=HEARTBEAT_S)
+                model_name=MODEL, worker_id=worker_id, heartbeat_interval_s=HEARTBEAT_S, api_keys=[WORKER_KEY])
         for proc in state["workers"].values():
             wait_worker(proc, ctl.url)
         yield state
@@ -59,7 +60,8 @@ def data_lines(response: httpx.Response):
 
 
 def ask(http: httpx.Client, url: str, text: str = "hello") -> httpx.Response:
-    return http.post(url + "/v1/chat/completions", json=body(text))
+    # The key lets the test call a worker directly (the controller ignores it: it has no keys of its own).
+    return http.post(url + "/v1/chat/completions", json=body(text), headers={"Authorization": f"Bearer {WORKER_KEY}"})
 
 
 class HeldStream:

@@ -41,7 +41,7 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 @pytest.fixture(scope="module")
 def worker(demo_checkpoint, monkeypatch_module):
     from workers.app import create_app
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
     from workers.settings import WorkerSettings
 
     monkeypatch_module.setenv("SCRIPTED_TOKENS", "6")

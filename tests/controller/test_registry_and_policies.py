@@ -45,15 +45,18 @@ def test_silent_workers_expire_and_heartbeats_keep_them():
     assert [w.worker_id for w in registry.all()] == ["a"]
 
 
+def take(registry: Registry, rec, n: int) -> list:
+    return [registry.acquire(rec) for _ in range(n)]
+
+
 def test_in_flight_is_exact_and_survives_re_registration():
     registry = Registry(expiry_s=10)
     rec = registry.register(reg("a"))
-    registry.acquire(rec)
-    registry.acquire(rec)
-    rec = registry.register(reg("a"))  # controller-side count must not reset
+    first, second = take(registry, rec, 2)
+    assert registry.register(reg("a")) is rec  # updated in place: the leases stay on the record dispatch reads
     assert rec.in_flight == 2
-    registry.release(rec, ok=True)
-    registry.release(rec, ok=False)
+    assert first.release(ok=True) and not first.release(ok=True)  # only the first release counts
+    second.release(ok=False)
     assert (rec.in_flight, rec.served, rec.failures) == (0, 1, 1)
 
 
@@ -69,13 +72,13 @@ def test_model_cards_list_each_model_once_with_its_workers():
 def test_shortest_queue_picks_least_loaded_and_skips_unhealthy_and_full():
     registry = Registry(expiry_s=10)
     a, b, c = (registry.register(reg(w, cap=2)) for w in "abc")
-    a.in_flight, b.in_flight = 1, 0
+    take(registry, a, 1)
     c.healthy = False
     policy = ShortestQueue(random.Random(0))
     assert policy.choose([a, b, c]) is b
-    b.in_flight = 2  # full
+    take(registry, b, 2)  # full
     assert policy.choose([a, b, c]) is a
-    a.in_flight = 2
+    take(registry, a, 1)
     assert policy.choose([a, b, c]) is None
 
 
@@ -92,5 +95,6 @@ def test_lottery_favours_free_capacity_and_returns_none_when_all_unusable():
     policy = Lottery(random.Random(1))
     wins = Counter(policy.choose([big, small]).worker_id for _ in range(2000))
     assert wins["big"] > 3 * wins["small"] > 0
-    big.healthy, small.in_flight = False, 1
+    big.healthy = False
+    take(registry, small, 1)
     assert policy.choose([big, small]) is None

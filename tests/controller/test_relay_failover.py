@@ -149,7 +149,17 @@ async def test_unknown_model_and_no_workers_are_told_apart(make):
 
 async def test_full_workers_answer_busy_not_hang(make):
     dispatcher, registry, _ = await make({"a": ok()})
-    registry.get("a").in_flight = 2
+    registry.acquire(registry.get("a"))
+    registry.acquire(registry.get("a"))
     with pytest.raises(ServingError) as err:
         await drain(dispatcher)
     assert err.value.code == ErrorCode.WORKER_BUSY and err.value.status == 429
+
+
+async def test_a_relay_closed_before_its_first_block_still_releases(make):
+    # The client left between dispatch and the first write: the relay is closed without ever being iterated.
+    dispatcher, registry, _ = await make({"a": ok()})
+    up = await dispatcher.open(BODY, "m", "rid")
+    assert registry.get("a").in_flight == 1
+    await dispatcher.relay(up).aclose()
+    assert registry.get("a").in_flight == 0 and up.response.closed

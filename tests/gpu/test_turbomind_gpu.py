@@ -1,7 +1,8 @@
 """TurboMind on a real GPU: a real worker process (`python -m workers --engine turbomind`) on random-weight
 checkpoints of both vision routes, several concurrent multi-image streams, one aborted, the rest complete.
 
-Run on the GPU machine (docs/gpu.md): python -m pytest tests/gpu -m gpu -q -p no:cacheprovider
+Run on the GPU machine by bench/gpu_check.sh (docs/gpu.md). Plain tests that call asyncio.run: the GPU machine has
+no pytest-asyncio. Outputs equal to transformers': test_turbomind_outputs.py.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ async def stream(client: httpx.AsyncClient, url: str, body: dict, stop_after: in
     return {"chunks": chunks, "finish": finish}
 
 
-async def test_concurrent_multi_image_streams_with_one_abort(worker):
+def test_concurrent_multi_image_streams_with_one_abort(worker):
+    asyncio.run(concurrent_streams_with_one_abort(worker))
+
+
+async def concurrent_streams_with_one_abort(worker):
     async with httpx.AsyncClient(timeout=300) as client:
         health = (await client.get(f"{worker.url}/health")).json()
         assert health["engine"] == "turbomind"
@@ -84,10 +89,10 @@ async def test_concurrent_multi_image_streams_with_one_abort(worker):
         assert again["finish"] == "length"
 
 
-async def test_over_long_prompt_is_a_400(worker):
+def test_over_long_prompt_is_a_400(worker):
     body = chat(1, 8) | {"stream": False}
     body["messages"][0]["content"][-1]["text"] = "word " * 20000
-    async with httpx.AsyncClient(timeout=120) as client:
-        resp = await client.post(f"{worker.url}/v1/chat/completions", json=body)
+    with httpx.Client(timeout=120) as client:
+        resp = client.post(f"{worker.url}/v1/chat/completions", json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] == "context_length_exceeded"

@@ -63,8 +63,8 @@ def test_unreachable_advertised_url_is_refused_with_the_fix(stack):
 
 
 def test_advertised_url_that_is_not_a_worker_is_refused(stack):
-    controller, _, _ = stack
-    url = controller.url + "/not-a-worker"  # reachable, but its /health is a 404
+    controller, worker, _ = stack
+    url = worker.url + "/not-a-worker"  # reachable, but its /health is a 404
     r = httpx.post(controller.url + "/workers/register", json=registration(url),
                    headers={"X-Registration-Secret": SECRET})
     assert r.status_code == 400
@@ -72,11 +72,14 @@ def test_advertised_url_that_is_not_a_worker_is_refused(stack):
 
 
 async def _serve_health(port: int) -> asyncio.Server:
-    """A bare HTTP server answering 200 to anything: stands for a worker that comes up late."""
+    """A bare HTTP server answering every request as the worker 'late-worker' would answer /health: stands for a
+    worker that comes up late."""
+    body = b'{"status": "ok", "worker_id": "late-worker", "model": "late-model"}'
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
-                     b"connection: close\r\n\r\n{}")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                     b"connection: close\r\n\r\n%s" % (len(body), body))
         await writer.drain()
         writer.close()
 
@@ -131,7 +134,7 @@ def test_request_body_over_the_limit_is_refused(stack):
     r = httpx.post(controller.url + "/v1/chat/completions", headers=AUTH,
                    json={"model": model, "messages": [{"role": "user", "content": big}]})
     assert r.status_code == 413
-    assert r.json()["error"]["code"] == "upload_too_large"
+    assert r.json()["error"]["code"] == "request_too_large"
 
 
 def test_servers_bind_loopback_unless_told_otherwise(stack):

@@ -14,6 +14,7 @@ from PIL import Image
 from tests.support.stack import start_controller, start_worker
 
 MODEL = "internvl-demo"
+DIRECT_KEY = "direct-use-key"  # a registered worker takes the controller's relay token, or one of its own keys
 
 
 def data_url(color: tuple[int, int, int], size=(120, 80)) -> str:
@@ -25,7 +26,7 @@ def data_url(color: tuple[int, int, int], size=(120, 80)) -> str:
 @pytest.fixture(scope="module")
 def stack(demo_checkpoint, log_dir):
     controller = start_controller(log_dir)
-    workers = [start_worker(log_dir, demo_checkpoint, controller.url) for _ in range(2)]
+    workers = [start_worker(log_dir, demo_checkpoint, controller.url, api_keys=[DIRECT_KEY]) for _ in range(2)]
     yield controller, workers
     for proc in [*workers, controller]:
         proc.stop()
@@ -98,7 +99,7 @@ def test_errors_reach_the_openai_client_as_typed_exceptions(client):
 
 def test_worker_can_be_used_directly(stack):
     worker = stack[1][0]
-    direct = openai.OpenAI(base_url=worker.url + "/v1", api_key="unused", max_retries=0)
+    direct = openai.OpenAI(base_url=worker.url + "/v1", api_key=DIRECT_KEY, max_retries=0)
     reply = direct.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.choices[0].finish_reason in ("stop", "length")
 

@@ -77,7 +77,8 @@ def launched(tmp_path_factory, demo_checkpoint):
     env = {**os.environ, "INTERNVL_VENV": sys.prefix, "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path_factory.mktemp("hf")), "PYTHONPATH": ""}
     popen = subprocess.Popen(["./launch.sh", "--port", str(ports["ui"]), "--controller-port", str(ports["controller"]),
-                              "--worker-port", str(ports["worker"])], cwd=root, env=env, stdout=subprocess.PIPE,
+                              "--worker-port", str(ports["worker"]), "--", "--api-keys", "scrape-key"],
+                             cwd=root, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     stack = Launched(popen, root, ports)
     try:
@@ -120,7 +121,9 @@ def test_chat_round_trips_through_the_ui_api_and_is_counted(launched):
     metrics = httpx.get(launched.url("controller") + "/metrics", timeout=5).text
     assert 'internvl_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in metrics
     assert 'internvl_workers{state="healthy"} 1.0' in metrics
-    worker_metrics = httpx.get(launched.url("worker") + "/metrics", timeout=5).text
+    assert httpx.get(launched.url("worker") + "/metrics", timeout=5).status_code == 401  # workers need a credential
+    worker_metrics = httpx.get(launched.url("worker") + "/metrics", headers={"Authorization": "Bearer scrape-key"},
+                               timeout=5).text
     assert "internvl_time_to_first_token_seconds_count 1.0" in worker_metrics
 
 

@@ -48,7 +48,6 @@ class ScriptedEngine(Engine):
         self.fail_left = int(os.environ.get("SCRIPTED_FAIL_FIRST_N", "0"))
         self.crash_after = int(os.environ.get("SCRIPTED_CRASH_AFTER", "-1"))
         self.worker_id = settings.worker_id
-        self.aborted: set[str] = set()
         self.running = 0
         self.queued = 0
         self.started = False
@@ -60,43 +59,39 @@ class ScriptedEngine(Engine):
         if not self.started:
             raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine not started")
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(re.findall(r"<IMG_CONTEXT>|\S+", prompt))
-
-    async def abort(self, request_id: str) -> None:
-        self.aborted.add(request_id)
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        return [0] * len(re.findall(r"<IMG_CONTEXT>|\S+", prompt))
 
     def _aimed_at_me(self, prompt: str, action: str) -> bool:
         targets = re.findall(rf"scripted:{action}=([\w.*-]+)", prompt)
         return any(t in ("*", self.worker_id) for t in targets)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        """Stops (closing the stream) at any await: the hang, the pace between tokens."""
         if self.fail_left > 0:
             self.fail_left -= 1
             raise ServingError(ErrorCode.ENGINE_ERROR, "scripted engine failure (SCRIPTED_FAIL_FIRST_N)")
         if self._aimed_at_me(request.prompt, "fail"):
             raise ServingError(ErrorCode.ENGINE_ERROR, f"scripted engine failure on {self.worker_id} (scripted:fail)")
-        if self.hang_first_s:
-            await asyncio.sleep(self.hang_first_s)
-        elif self._aimed_at_me(request.prompt, "hang"):
-            await asyncio.sleep(30.0)
-        images = request.prompt.count(self.spec.image_start)
-        first = f"I see {images} image{'s' if images != 1 else ''}."
-        script = GROUNDING_ANSWER if "scripted:ground" in request.prompt else None
-        limit = min(len(script) if script else self.tokens, request.sampling.max_new_tokens)
+        prompt_tokens = len(request.input_ids) if request.input_ids is not None else len(self.tokenize(request.prompt))
         self.running += 1
         try:
+            if self.hang_first_s:
+                await asyncio.sleep(self.hang_first_s)
+            elif self._aimed_at_me(request.prompt, "hang"):
+                await asyncio.sleep(30.0)
+            images = request.prompt.count(self.spec.image_start)
+            first = f"I see {images} image{'s' if images != 1 else ''}."
+            script = GROUNDING_ANSWER if "scripted:ground" in request.prompt else None
+            limit = min(len(script) if script else self.tokens, request.sampling.max_new_tokens)
             for i in range(limit):  # words made one at a time: answers may be a million tokens long (benchmarks)
                 word = (" " if i else "") + script[i] if script else first if i == 0 else f" word{i}"
-                if request.request_id in self.aborted:
-                    yield FinishEvent("abort", self.count_prompt_tokens(request.prompt), i)
-                    return
                 if i == self.crash_after:
                     os._exit(17)
                 if self.rate:
                     await asyncio.sleep(1.0 / self.rate)
                 yield TokenEvent(word)
             reason = "length" if limit < (len(script) if script else self.tokens) else "stop"
-            yield FinishEvent(reason, self.count_prompt_tokens(request.prompt), limit)
+            yield FinishEvent(reason, prompt_tokens, limit)
         finally:
             self.running -= 1

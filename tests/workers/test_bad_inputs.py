@@ -130,9 +130,9 @@ CASES = [
     Case("loopback-url", lambda: chat([{"type": "image_url", "image_url": {"url": "http://127.0.0.1/a.png"}}]),
          400, "remote_url_forbidden", ("remote",)),
     Case("image-too-large", lambda: with_image(noise_png(int(1.5 * MAX_MEDIA_BYTES))), 413, "upload_too_large",
-         ("image 1", "limit")),
-    Case("body-too-large", lambda: with_image(noise_png(MAX_BODY_BYTES)), 413, "upload_too_large",
-         ("request body", "MiB")),
+         ("image 1", "files of up to")),
+    Case("body-too-large", lambda: with_image(noise_png(MAX_BODY_BYTES)), 413, "request_too_large",
+         ("per request", "whole conversation")),
     # broken videos
     Case("text-renamed-mp4", lambda: chat([video_part(b"just some text, not a video\n" * 20), text("?")]), 400,
          "invalid_video", ("video",)),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workers.prompts.families import UnsupportedCheckpoint, detect_model_spec
+from workers.model_spec import UnsupportedCheckpoint, detect_model_spec
 from workers.prompts.templates import SYSTEM_INTERNVL2, SYSTEM_INTERNVL2_5, SYSTEM_V1_2
 
 VIT_6B = {"hidden_size": 3200, "image_size": 448, "patch_size": 14}
@@ -70,7 +70,7 @@ def test_folder_name_is_ignored(tmp_path):
 def test_v1_2_reads_mean_std_from_its_clip_processor_config(tmp_path):
     pre = {"image_processor_type": "CLIPImageProcessor", "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}
     spec = detect_model_spec(_write(tmp_path, CASES["V1-2"][0], **{"preprocessor_config.json": pre}))
-    assert spec.normalize == "clip" and spec.extra["image_mean"] == (0.5, 0.5, 0.5)
+    assert spec.extra["image_mean"] == (0.5, 0.5, 0.5)
 
 
 NATIVE_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -16,7 +16,7 @@ from common.protocol import ChatCompletionRequest
 from tests.workers.test_video import make_video
 from workers.media import fetch_media
 from workers.pipeline import prepare_generation
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.settings import MediaLimits
 from workers.vision.tiling import cut_tiles, normalize
 

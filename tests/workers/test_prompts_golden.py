@@ -1,8 +1,9 @@
-"""Prompts checked against lmdeploy's chat templates (0.18 registers `llava-chatml` = V1-2's Hermes-2 format and
-`internvl-zh` = V1-1) and against the demo checkpoint's own tokenizer chat template (the InternVL 2.5/3 "-hf"
-format). lmdeploy 0.18 no longer registers internlm2 / phi3 / internvl2_5 templates (it reads them from the real
-checkpoint's tokenizer); for those, lmdeploy's own BaseChatTemplate renderer is driven with the markers of InternVL's
-conversation.py, so the rendering logic (system, turns, generation prefix) is still lmdeploy's."""
+"""Prompts checked against lmdeploy's chat templates (0.18 registers `llava-chatml` = V1-2's Hermes-2 format
+and `internvl-zh` = V1-1, less its system separator) and against the demo checkpoint's own tokenizer chat template
+(the InternVL 2.5/3 "-hf" format). lmdeploy 0.18 no longer registers internlm2 / phi3 / internvl2_5 templates (it
+reads them from the real checkpoint's tokenizer); for those, lmdeploy's own BaseChatTemplate renderer is driven with
+the markers of InternVL's conversation.py, so the rendering logic (system, turns, generation prefix) is still
+lmdeploy's."""
 
 from __future__ import annotations
 
@@ -45,9 +46,14 @@ def test_v1_2_hermes2_equals_lmdeploy_llava_chatml(messages):
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
-def test_v1_1_equals_lmdeploy_internvl_zh(messages):
+def test_v1_1_is_lmdeploy_internvl_zh_with_the_system_separator(messages):
+    """InternVL's conversation.py puts one space after the (possibly empty) system message; lmdeploy does not
+    (tests/workers/test_prompt_v1_1.py has the exact bytes)."""
     ref = MODELS.get("internvl-zh")()
-    assert _ours("internvl_zh", messages, None) == ref.messages2prompt(messages)
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    rendered = ref.messages2prompt(messages)
+    assert rendered.startswith(system)
+    assert _ours("internvl_zh", messages, None) == system + " " + rendered[len(system):]
     assert ref.eoa in get_template("internvl_zh").stop_words
 
 
@@ -81,7 +87,7 @@ def demo_tokenizer(tmp_path_factory):
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 def test_native_format_equals_the_checkpoint_chat_template(demo_tokenizer, messages):
-    from workers.prompts.families import detect_model_spec
+    from workers.model_spec import detect_model_spec
 
     path, tokenizer = demo_tokenizer
     spec = detect_model_spec(path)

@@ -4,6 +4,7 @@ input checks, error mapping; plus the multi-GPU device-map builder."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from common.errors import ErrorCode, ServingError
 from workers.demo_checkpoint import IMG_CONTEXT, TILE, TOKENS_PER_TILE, ensure_demo_checkpoint
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.transformers_engine import TransformersEngine
+from workers.engines.transformers_engine import _END, TransformersEngine
 from workers.engines.transformers_loading import NATIVE_LAYOUT, remote_code_layout, split_device_map
 from workers.model_spec import ModelSpec
 from workers.settings import WorkerSettings
@@ -29,7 +30,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 def demo_spec() -> ModelSpec:
     return ModelSpec(family="internvl3", checkpoint_format="native", template="internvl2_5",
                      llm_arch="Qwen2ForCausalLM", image_size=TILE, dynamic=True, use_thumbnail=True, min_tiles=1,
-                     max_tiles=12, tokens_per_tile=TOKENS_PER_TILE, ps_version="v2", normalize="imagenet",
+                     max_tiles=12, tokens_per_tile=TOKENS_PER_TILE, ps_version="v2",
                      context_length=4096, stop_words=("<|im_end|>",), random_weights=True)
 
 
@@ -76,7 +77,7 @@ async def test_stream_matches_transformers_generate(engine):
     expected_text, expected_ids = reference_greedy(engine, request)
     assert text == expected_text
     assert deltas >= 3 and len(set(expected_ids)) >= 3
-    assert finish.prompt_tokens == engine.count_prompt_tokens(request.prompt)
+    assert finish.prompt_tokens == len(engine.tokenize(request.prompt))
     assert finish.completion_tokens == len(expected_ids)
     assert finish.reason == ("stop" if expected_ids[-1] in engine._eos_ids else "length")
     assert (engine.queued, engine.running) == (0, 0)
@@ -112,17 +113,32 @@ async def test_stop_string_truncates_the_text(engine):
     assert finish.completion_tokens < 40
 
 
-async def test_abort_mid_stream_stops_quickly_and_frees_the_model(engine):
-    stream = engine.generate(make_request("long", max_new_tokens=LONG))
-    assert isinstance(await anext(stream), TokenEvent)
-    await engine.abort("long")
-    rest = [event async for event in stream]
-    finish = rest[-1]
-    assert finish.reason == "abort"
-    assert finish.completion_tokens < LONG // 2
-    text, after, _ = await asyncio.wait_for(collect(engine.generate(make_request("next", max_new_tokens=8))), 30)
-    assert after.completion_tokens > 0 and text
-    assert (engine.queued, engine.running) == (0, 0)
+async def test_a_cancelled_prefill_stops_within_a_layer(engine):
+    """The cancel flag set between the prompt and the first token (the client left during prefill): the layer hooks
+    stop the forward pass, no token is made, and the model is free again."""
+    request = make_request("prefill", max_new_tokens=LONG)
+    inputs = engine._prepare_inputs(request, engine._loaded)
+    cancel = threading.Event()
+    tokens: list = []
+
+    class Streamer:
+        def put(self, value):
+            if not cancel.is_set():
+                cancel.set()  # generate() puts the prompt right before the prefill forward pass
+            else:
+                tokens.append(value)
+
+        def end(self):
+            pass
+
+        def send(self, item):
+            tokens.append(item)
+
+    streamer = Streamer()
+    engine._run(engine._loaded, inputs, engine._generation_kwargs(request.sampling), None, cancel, streamer)
+    assert tokens == [_END]  # no token, no error: just the end
+    _, finish, _ = await asyncio.wait_for(collect(engine.generate(make_request("next", max_new_tokens=8))), 30)
+    assert finish.completion_tokens > 0
 
 
 async def test_closing_the_stream_early_frees_the_model(engine):
@@ -149,17 +165,17 @@ async def test_cancelled_consumer_frees_the_model(engine):
     assert finish.completion_tokens > 0
 
 
-async def test_requests_queue_for_the_model_and_a_queued_one_can_be_aborted(engine):
+async def test_requests_queue_for_the_model_and_a_queued_one_can_leave(engine):
     first = engine.generate(make_request("first", max_new_tokens=LONG))
     assert isinstance(await anext(first), TokenEvent)
     waiting = asyncio.create_task(collect(engine.generate(make_request("second", max_new_tokens=8))))
     while engine.queued == 0:
         await asyncio.sleep(0.01)
     assert (engine.queued, engine.running) == (1, 1)
-    await engine.abort("second")
-    text, finish, deltas = await asyncio.wait_for(waiting, 10)
-    assert (finish.reason, finish.completion_tokens, deltas) == ("abort", 0, 0)
-    assert engine.running == 1  # the first stream still holds the model
+    waiting.cancel()  # its consumer went away while it waited for the model
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (engine.queued, engine.running) == (0, 1)  # the first stream still holds the model
     await first.aclose()
 
 
@@ -186,7 +202,7 @@ async def test_model_failures_become_serving_errors(engine, monkeypatch):
     assert (engine.queued, engine.running) == (0, 0)
 
 
-async def test_health_and_token_count(demo_checkpoint):
+async def test_health_tokens_and_limits(demo_checkpoint):
     eng = TransformersEngine(WorkerSettings(model_path=str(demo_checkpoint), device="cpu", controller_url=None),
                              demo_spec())
     assert eng.model_id == demo_checkpoint.name
@@ -196,8 +212,11 @@ async def test_health_and_token_count(demo_checkpoint):
     await eng.start()
     await eng.check_health()
     request = make_request(tiles=3)
-    assert eng.count_prompt_tokens(request.prompt) == len(eng._loaded.tokenizer(request.prompt).input_ids)
-    assert eng.count_prompt_tokens(request.prompt) > 3 * TOKENS_PER_TILE
+    assert eng.tokenize(request.prompt) == eng._loaded.tokenizer(request.prompt).input_ids
+    assert len(eng.tokenize(request.prompt)) > 3 * TOKENS_PER_TILE
+    assert eng.context_length == demo_spec().context_length
+    longest = max(len(eng._loaded.tokenizer.decode([i])) for i in range(len(eng._loaded.tokenizer)))
+    assert eng.max_token_chars >= longest  # a sound bound: no token stands for more characters
     await eng.stop()
 
 

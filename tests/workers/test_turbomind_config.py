@@ -15,7 +15,7 @@ from workers.engines import turbomind_config as tc
 from workers.engines.base import SamplingParams
 from workers.engines.select import choose_engine, load_engine_class, turbomind_checkpoint_problem
 from workers.engines.turbomind_engine import TurbomindEngine, serving_error
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import WorkerSettings
 
@@ -30,7 +30,7 @@ V1_2 = tc.CheckpointFacts(architecture="InternVLChatModel", num_layers=60, num_h
 def spec_like(**changes):
     base = dict(family="internvl-chat-v1-2", checkpoint_format="remote_code", template="Hermes-2",
                 llm_arch="LlamaForCausalLM", image_size=448, dynamic=False, use_thumbnail=False, min_tiles=1,
-                max_tiles=1, tokens_per_tile=256, ps_version="v1", normalize="clip", context_length=4096,
+                max_tiles=1, tokens_per_tile=256, ps_version="v1", context_length=4096,
                 stop_words=("<|im_end|>", "<|endoftext|>"), system_message="Answer the questions.")
     from workers.model_spec import ModelSpec
 

@@ -3,7 +3,8 @@ tests/gpu/test_turbomind_gpu.py).
 
 The flow tests run the real lmdeploy AsyncEngine (sessions, request-handle pool, detokenizer, error statuses) with
 our engine on top. Only TurboMind's CUDA instance cannot run here: it is replaced at lmdeploy's own seam
-(`AsyncEngine._build_turbomind`) by a scripted stand-in that records what lmdeploy hands it and streams fixed tokens.
+(`AsyncEngine._build_turbomind`) by tests/support/scripted_turbomind.py, which records what lmdeploy hands it and
+streams fixed tokens.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import pytest
 import torch
 
 from common.errors import ErrorCode, ServingError
+from tests.support import scripted_turbomind
 from workers.engines import turbomind_config as tc
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.turbomind_engine import StopStrings, TurbomindEngine, embedding_ranges, image_runs
+from workers.engines.turbomind_engine import TurbomindEngine, embedding_ranges, image_runs
 from workers.engines.vision_v1 import InternVisionV1
-from workers.prompts.families import detect_model_spec
+from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import WorkerSettings
 
@@ -39,76 +41,11 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
         embedding_ranges(ids[:runs[1][0]] + ids[runs[1][1]:], ctx, [2], 2, 256)
 
 
-def test_stop_strings_cut_across_chunks():
-    s = StopStrings(("STOP",))
-    assert [s.feed(x) for x in ["ab", "cS", "TO", "Pxyz"]] == ["ab", "c", "", ""] and s.hit
-    s = StopStrings(("STOP",))
-    assert s.feed("aST") == "a" and s.feed("x") == "STx" and s.flush() == ""
-
-
 # -- the request flow through lmdeploy's AsyncEngine ----------------------------------------------------------------
 
-class ScriptedTurboMind:
-    """Stands in for lmdeploy.turbomind.TurboMind (CUDA only): records each request, streams one token per step."""
-
-    def __init__(self, engine_config, tokens):
-        self.engine_config, self.tokens, self.calls, self.fail_status = engine_config, tokens, [], None
-
-    def create_instance(self, cuda_stream_id=0):
-        return ScriptedInstance(self)
-
-    def close(self):
-        pass
-
-    async def get_health_status(self):
-        return dict(alive=True, message="scripted", schedule_metrics=None)
-
-
-class ScriptedInstance:
-    def __init__(self, tm):
-        self.tm, self.cancelled, self.call = tm, False, None
-
-    async def async_cancel(self, session_id=None):  # what lmdeploy calls to stop a running request
-        self.cancelled = True
-        if self.call is not None:
-            self.call["cancelled"] = True
-
-    async def async_stream_infer(self, session_id, input_ids, gen_config=None, input_embeddings=None,
-                                 input_embedding_ranges=None, multimodal=None, stream_output=False, **kwargs):
-        from lmdeploy.messages import EngineOutput, ResponseType
-
-        self.cancelled = False
-        call = dict(input_ids=list(input_ids), embeds=input_embeddings, ranges=input_embedding_ranges,
-                    multimodal=multimodal, cancelled=False, released=False)
-        self.tm.calls.append(call)
-        self.call = call
-        try:
-            if self.tm.fail_status is not None:
-                yield EngineOutput(self.tm.fail_status, [])
-                return
-            for i in range(gen_config.max_new_tokens):
-                await asyncio.sleep(0.002)
-                if self.cancelled:
-                    yield EngineOutput(ResponseType.CANCEL, [])
-                    return
-                yield EngineOutput(ResponseType.SUCCESS, [self.tm.tokens[i % len(self.tm.tokens)]])
-            yield EngineOutput(ResponseType.FINISH, [])
-        finally:
-            call["released"] = True  # TurboMind frees the sequence's KV blocks when its stream ends
-
-
 async def _engine(path, monkeypatch, **settings):
-    from lmdeploy.serve.core import AsyncEngine
-
     eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    tokens = eng.encode(" the cat sat on the mat STOP and")
-    scripted = {}
-
-    def build(self, model_path, backend_config=None, trust_remote_code=False, **kw):
-        scripted["tm"] = ScriptedTurboMind(backend_config, tokens)
-        return scripted["tm"]
-
-    monkeypatch.setattr(AsyncEngine, "_build_turbomind", build)
+    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat STOP and"))
     gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
     await eng.load(eng.resolve(gpus), vision_device="cpu")
     eng.tm = scripted["tm"]
@@ -144,13 +81,13 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
     assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.encode(req.prompt))
     assert "".join(e.text for e in events[:-1]) == eng.tokenizer.decode(eng.tm.tokens[:6])
     call = eng.tm.calls[-1]
-    assert call["multimodal"] is None and call["input_ids"] == eng.encode(req.prompt)
+    assert call.multimodal is None and call.input_ids == eng.encode(req.prompt)
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert [tuple(r) for r in call["ranges"]] == image_runs(call["input_ids"], ctx)
+    assert [tuple(r) for r in call.ranges] == image_runs(call.input_ids, ctx)
     reference = InternVisionV1.from_pretrained(v1_checkpoint, dtype=torch.float32)(req.pixel_values)
-    for i, emb in enumerate(call["embeds"]):
+    for i, emb in enumerate(call.embeds):
         torch.testing.assert_close(emb, reference[i], rtol=1e-4, atol=1e-4)
-    assert call["released"]
+    assert call.released.is_set() and not eng.tm.violations
 
 
 async def test_abort_ends_the_turbomind_request(v1_engine):
@@ -161,7 +98,9 @@ async def test_abort_ends_the_turbomind_request(v1_engine):
     await eng.abort("abort-me")
     rest = await collect(gen)
     assert rest[-1].reason == "abort" and rest[-1].completion_tokens < 500
-    assert eng.tm.calls[-1]["cancelled"] and eng.tm.calls[-1]["released"]
+    await eng.settle()
+    call = eng.tm.calls[-1]
+    assert call.cancel_requested and call.status == "cancel" and not eng.tm.violations
 
 
 async def test_closing_the_stream_cancels_and_releases(v1_engine):
@@ -169,9 +108,34 @@ async def test_closing_the_stream_cancels_and_releases(v1_engine):
     gen = eng.generate(request(eng, images=1, max_new=500, rid="gone"))
     await gen.__anext__()
     await gen.aclose()  # the client went away
+    assert eng._live == {}
+    await eng.settle()
     call = eng.tm.calls[-1]
-    assert call["cancelled"] and call["released"] and eng._live == {}
-    assert eng._pipe.session_mgr.sessions == {}
+    assert call.cancel_requested and call.status == "cancel" and not eng.tm.violations
+    assert eng._pipe.session_mgr.sessions == {} and eng.running == 0
+
+
+async def test_leaving_before_turbomind_has_the_request_drops_it(v1_engine, monkeypatch):
+    """The consumer leaves while the vision tower runs: TurboMind never gets the request, no session is left."""
+    eng = v1_engine
+    features = eng._features
+    entered = asyncio.Event()
+
+    async def slow_features(pixels):
+        entered.set()
+        await asyncio.sleep(30)
+        return await features(pixels)
+
+    monkeypatch.setattr(eng, "_features", slow_features)
+    calls = len(eng.tm.calls)
+    task = asyncio.create_task(collect(eng.generate(request(eng, images=1, rid="early"))))
+    await entered.wait()
+    assert eng.running == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eng.settle()
+    assert eng.running == 0 and len(eng.tm.calls) == calls and eng._pipe.session_mgr.sessions == {}
 
 
 async def test_concurrent_requests_and_one_abort(v1_engine):
@@ -192,7 +156,8 @@ async def test_stop_string_ends_with_stop_and_is_not_emitted(v1_engine):
     events = await collect(eng.generate(request(eng, images=0, max_new=50, stop=("STOP",))))
     text = "".join(e.text for e in events[:-1])
     assert events[-1].reason == "stop" and "STOP" not in text and text.strip().endswith("mat")
-    assert eng.tm.calls[-1]["released"]
+    await eng.settle()
+    assert eng.tm.calls[-1].status == "cancel" and not eng.tm.violations
 
 
 async def test_context_errors_are_4xx(v1_engine):
@@ -222,13 +187,21 @@ async def test_v2_images_go_to_turbomind_native_vision(v2_checkpoint, monkeypatc
         req = request(eng)
         await collect(eng.generate(req))
         call = eng.tm.calls[-1]
-        assert call["embeds"] is None
+        assert call.embeds is None
         ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
-        runs = image_runs(call["input_ids"], ctx)
-        assert [(m["offset"], m["offset"] + m["image_tokens"]) for m in call["multimodal"]] == runs
-        for i, m in enumerate(call["multimodal"]):
+        runs = image_runs(call.input_ids, ctx)
+        assert [(m["offset"], m["offset"] + m["image_tokens"]) for m in call.multimodal] == runs
+        for i, m in enumerate(call.multimodal):
             assert m["pixel_values"].dtype == torch.bfloat16
             torch.testing.assert_close(m["pixel_values"].float(), req.pixel_values[i:i + 1], atol=0.02, rtol=0.01)
         await eng.check_health()
+    finally:
+        await eng.stop()
+
+
+async def test_the_advertised_context_is_turbomind_session_len(v1_checkpoint, monkeypatch):
+    eng = await _engine(v1_checkpoint, monkeypatch, turbomind={"session_len": 1024})
+    try:
+        assert eng.spec.context_length != 1024 and eng.context_length == 1024 == eng.tm.engine_config.session_len
     finally:
         await eng.stop()

@@ -33,6 +33,11 @@ class GenerationRequest:
     pixel_values: torch.Tensor | None  # [sum(num_tiles), 3, S, S] float32, images in prompt order
     num_tiles: list[int] = field(default_factory=list)  # tiles per image, prompt order
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # (start, end) of the messages' text in `prompt`: tokenized as plain text (workers.prompts.escaping)
+    user_spans: tuple[tuple[int, int], ...] = ()
+    # The prompt's token ids (`Engine.tokenize`), checked against the context by the serving layer: engines use them
+    # as they are. None only when an engine is driven directly (its tests); it then tokenizes the prompt itself.
+    input_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,17 @@ EngineEvent = TokenEvent | FinishEvent
 class Engine(ABC):
     """Lifecycle: `await start()` once (loads weights), then concurrent `generate` calls, then `await stop()`.
 
-    `generate` yields TokenEvents then exactly one FinishEvent, or raises ServingError. Closing the iterator early
-    (client gone) or `abort(request_id)` must stop the work and free its resources.
+    `generate` yields TokenEvents then exactly one FinishEvent, or raises ServingError. Stopping a generation has one
+    mechanism: closing its iterator (`aclose()`, or cancelling the task that awaits it), which the worker does when
+    the request's client leaves, at any point, the first token included. The engine must then stop the work and
+    free its resources (queue place, KV cache, GPU memory); `running` drops when it is really out.
     """
 
     name: str = "base"
     spec: ModelSpec
     model_id: str
+    running: int = 0  # generations the engine is computing now (for /health: "has the work stopped?")
+    queued: int = 0  # generations waiting inside the engine
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -71,12 +80,28 @@ class Engine(ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]: ...
 
     @abstractmethod
-    async def abort(self, request_id: str) -> None: ...
-
-    @abstractmethod
     async def check_health(self) -> None:
         """Raise ServingError when the engine cannot serve."""
 
+    @property
+    def context_length(self) -> int:
+        """Tokens of prompt + answer this engine really holds: the one context check's limit, advertised on the model
+        card."""
+        return self.spec.context_length
+
     @abstractmethod
-    def count_prompt_tokens(self, prompt: str) -> int:
-        """Tokens the prompt occupies in the context (image tokens included), for the context-length check."""
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        """The prompt's token ids as the engine will consume them (image tokens included; the text in `user_spans`
+        as plain text, workers/prompts/escaping.py). Called in a thread."""
+
+    @property
+    def max_token_chars(self) -> int | None:
+        """The most characters one token can stand for (None: unknown), for refusing text far too long for the
+        context before tokenizing it (workers/context_check.py)."""
+        return None
+
+
+def longest_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token covers: its longest vocabulary entry as written (a byte-level
+    entry has one character per byte, a SentencePiece one its text, a byte-fallback one more)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)

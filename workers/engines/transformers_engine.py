@@ -1,8 +1,13 @@
 """Transformers engine: any InternVL checkpoint on CPU or GPU, one generation at a time.
 
 The quick-start engine (and the one the demo checkpoint runs on). `model.generate` runs in a worker thread and hands
-token ids to the event loop through a streamer; text is decoded incrementally here, so stop strings, aborts and
-token counts are handled in one place. Throughput is not its job: the TurboMind engine serves batched traffic.
+token ids to the event loop through a streamer; text is decoded incrementally here (text_stream.py, shared with
+TurboMind), so stop strings, stopping and token counts are handled in one place. Throughput is not its job: the
+TurboMind engine serves batched traffic.
+
+Stopping (the consumer closed the stream): a request waiting for the model leaves the queue at once; a running one
+sets its cancel flag, which the generation thread reads after every token (stopping criteria) and before every
+decoder layer (a forward pre-hook), so a long prefill stops within one layer too.
 """
 
 from __future__ import annotations
@@ -17,20 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
-from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from workers.engines.base import (Engine, EngineEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent,
+                                  longest_token_chars)
+from workers.engines.text_stream import IncrementalDecoder, StopStrings
 from workers.engines.transformers_loading import LoadedModel, load_model
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 _END = object()  # queue sentinel: generation thread finished
+_generating = threading.local()  # the generation thread's cancel flag, for the layer hooks
+
+
+class _Stopped(Exception):
+    """Raised by a layer hook inside model.generate once the request's cancel flag is set."""
 
 
 @dataclass
 class _RequestState:
     cancel: threading.Event = field(default_factory=threading.Event)  # read by the generation thread
-    aborted: asyncio.Event = field(default_factory=asyncio.Event)  # wakes a request still queued for the lock
 
 
 class TransformersEngine(Engine):
@@ -47,6 +60,7 @@ class TransformersEngine(Engine):
         self._executor: ThreadPoolExecutor | None = None
         self._requests: dict[str, _RequestState] = {}
         self._eos_ids: list[int] = []
+        self._max_token_chars: int | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -54,6 +68,8 @@ class TransformersEngine(Engine):
         self._loaded = await asyncio.to_thread(load_model, self.settings, self.spec)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformers-generate")
         self._eos_ids = self._stop_token_ids()
+        self._max_token_chars = longest_token_chars(self._loaded.tokenizer)
+        _hook_layers(self._loaded.model)
         log.info("loaded %s (%s format) on %s as %s", self.settings.model_path, self.spec.checkpoint_format,
                  self._loaded.input_device, self._loaded.dtype)
 
@@ -69,14 +85,12 @@ class TransformersEngine(Engine):
         if self._loaded is None or self._executor is None:
             raise ServingError(ErrorCode.ENGINE_ERROR, f"model {self.model_id} is not loaded")
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(self._require().tokenizer(prompt).input_ids)
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        return encode_prompt(self._require().tokenizer, prompt, user_spans, get_template(self.spec.template))
 
-    async def abort(self, request_id: str) -> None:
-        state = self._requests.get(request_id)
-        if state is not None:
-            state.cancel.set()
-            state.aborted.set()
+    @property
+    def max_token_chars(self) -> int | None:
+        return self._max_token_chars
 
     # ------------------------------------------------------------------------------------------------ generation
 
@@ -92,17 +106,15 @@ class TransformersEngine(Engine):
         holding = False
         future: asyncio.Future | None = None
         try:
-            holding = await self._wait_turn(state)
-            if not holding:
-                yield FinishEvent("abort", prompt_tokens, 0)
-                return
+            await self._wait_turn()
+            holding = True
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
             future = loop.run_in_executor(self._executor, self._run, loaded, inputs,
                                           self._generation_kwargs(sampling), sampling.seed, state.cancel,
                                           _QueueStreamer(loop, queue))
-            decoder = _IncrementalDecoder(loaded.tokenizer)
-            stops = _StopStrings(sampling.stop)
+            decoder = IncrementalDecoder(loaded.tokenizer)
+            stops = StopStrings(sampling.stop)
             completion, last_token, hit_stop = 0, None, False
             while not hit_stop:
                 item = await queue.get()
@@ -113,14 +125,16 @@ class TransformersEngine(Engine):
                     raise self._as_serving_error(item, prompt_tokens, request)
                 for token_id in item:
                     completion, last_token = completion + 1, token_id
-                    text, hit_stop = stops.push(decoder.push(token_id))
+                    text = stops.feed(decoder.push(token_id))
+                    hit_stop = stops.hit
                     if text:
                         yield TokenEvent(text)
                     if hit_stop:
                         state.cancel.set()  # the thread stops after its current token
                         break
             if not hit_stop and not state.cancel.is_set():
-                tail, hit_stop = stops.push(decoder.flush())
+                tail = stops.feed(decoder.flush())
+                hit_stop = stops.hit
                 tail = tail if hit_stop else tail + stops.flush()
                 if tail:
                     yield TokenEvent(tail)
@@ -142,29 +156,18 @@ class TransformersEngine(Engine):
                        sampling: SamplingParams) -> str:
         if hit_stop or last_token in self._eos_ids:
             return "stop"
-        if state.aborted.is_set() or state.cancel.is_set():
+        if state.cancel.is_set():
             return "abort"
         return "length" if completion >= sampling.max_new_tokens else "stop"
 
-    async def _wait_turn(self, state: _RequestState) -> bool:
-        """Queue for the model; False when aborted while waiting. A cancelled waiter never keeps the lock."""
+    async def _wait_turn(self) -> None:
+        """Queue for the model. A waiter cancelled (its consumer left) leaves the queue and never keeps the lock."""
         self.queued += 1
-        acquire = asyncio.ensure_future(self._lock.acquire())
-        aborted = asyncio.ensure_future(state.aborted.wait())
-        got_lock = False
         try:
-            await asyncio.wait({acquire, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            got_lock = acquire.done() and not state.aborted.is_set()
+            await self._lock.acquire()
         finally:
             self.queued -= 1
-            aborted.cancel()
-            if not acquire.done():
-                acquire.cancel()
-            elif not acquire.cancelled() and not got_lock:
-                self._lock.release()  # won the lock but aborted, or cancelled at the same moment
-        if got_lock:
-            self.running += 1
-        return got_lock
+        self.running += 1
 
     def _release(self) -> None:
         self.running -= 1
@@ -176,6 +179,7 @@ class TransformersEngine(Engine):
         import torch
         from transformers import StoppingCriteriaList
 
+        _generating.cancel = cancel
         try:
             if cancel.is_set():
                 return
@@ -188,9 +192,12 @@ class TransformersEngine(Engine):
             with torch.inference_mode():
                 loaded.model.generate(**inputs, **generation_kwargs, streamer=streamer,
                                       stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]))
+        except _Stopped:
+            pass  # the consumer is gone or stopped at a stop string: nobody waits for an error
         except BaseException as exc:  # noqa: BLE001 - reported to the consumer, which raises a ServingError
             streamer.send(exc)
         finally:
+            _generating.cancel = None
             streamer.send(_END)
 
     def _generation_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
@@ -211,12 +218,12 @@ class TransformersEngine(Engine):
     # ------------------------------------------------------------------------------------------------ inputs
 
     def _prepare_inputs(self, request: GenerationRequest, loaded: LoadedModel) -> dict[str, Any]:
-        """Tokenize and check that the image tokens in the prompt match the pixel tiles, before taking the model."""
-        encoded = loaded.tokenizer(request.prompt, return_tensors="pt")
-        input_ids = encoded["input_ids"]
-        if input_ids.shape[1] >= self.spec.context_length:
-            raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt takes {input_ids.shape[1]} tokens; "
-                               f"{self.model_id} has a context of {self.spec.context_length}")
+        """Check that the image tokens in the prompt match the pixel tiles, before taking the model. The prompt comes
+        tokenized and checked against the context (workers/context_check.py)."""
+        import torch
+
+        ids = request.input_ids if request.input_ids is not None else self.tokenize(request.prompt, request.user_spans)
+        input_ids = torch.tensor([ids], dtype=torch.long)
         image_tokens = int((input_ids == loaded.image_token_id).sum())
         pixels = request.pixel_values
         tiles = 0 if pixels is None else int(pixels.shape[0])
@@ -233,7 +240,7 @@ class TransformersEngine(Engine):
                                f"the prompt holds {image_tokens} {self.spec.image_token} tokens but {tiles} image "
                                f"tiles need {tiles * self.spec.tokens_per_tile} ({self.spec.tokens_per_tile} per "
                                f"tile); image placeholders must not be typed into the text")
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": encoded["attention_mask"]}
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if tiles:
             inputs["pixel_values"] = pixels
         return inputs
@@ -269,6 +276,20 @@ class TransformersEngine(Engine):
         return self._loaded
 
 
+def _hook_layers(model) -> None:
+    """A pre-hook on every transformer layer (language model and vision tower): stop within one layer once the
+    running generation's cancel flag is set. Outside a generation thread the hook does nothing."""
+
+    def check(module, args) -> None:
+        cancel = getattr(_generating, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            raise _Stopped
+
+    for module in model.modules():
+        if type(module).__name__.endswith(("DecoderLayer", "EncoderLayer")):
+            module.register_forward_pre_hook(check)
+
+
 class _QueueStreamer:
     """transformers streamer protocol (`put`/`end`): forwards new token ids to an asyncio queue."""
 
@@ -293,8 +314,8 @@ class _QueueStreamer:
 
 
 class _CancelCriteria:
-    """transformers stopping-criteria protocol: stop at the next token once the request's event is set (abort,
-    client gone, stop string reached)."""
+    """transformers stopping-criteria protocol: stop at the next token once the request's event is set (client
+    gone, stop string reached)."""
 
     def __init__(self, cancel: threading.Event):
         self.cancel = cancel
@@ -303,58 +324,3 @@ class _CancelCriteria:
         import torch
 
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _IncrementalDecoder:
-    """Text deltas from token ids: decode a short window, and hold back while a multi-byte character is split."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # window start (context for tokenizers whose pieces depend on the previous one)
-        self._read = 0  # ids already turned into text
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix:self._read])
-        after = self._decode(self._ids[self._prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(self._ids)
-            return after[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self._ids[self._prefix:self._read])
-        after = self._decode(self._ids[self._prefix:])
-        self._prefix = self._read = len(self._ids)
-        return after[len(before):]
-
-
-class _StopStrings:
-    """Cuts the stream at the first stop string; holds back text that may be the start of one."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self._stops = [s for s in stops if s]
-        self._longest = max((len(s) for s in self._stops), default=0)
-        self._text = ""
-        self._sent = 0
-
-    def push(self, delta: str) -> tuple[str, bool]:
-        """Returns (text safe to send, whether a stop string was reached)."""
-        self._text += delta
-        start = max(0, self._sent - self._longest + 1)
-        hits = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
-        if hits:
-            return self._take(min(hits)), True
-        hold = max((n for s in self._stops for n in range(1, len(s)) if self._text.endswith(s[:n])), default=0)
-        return self._take(max(self._sent, len(self._text) - hold)), False
-
-    def flush(self) -> str:
-        return self._take(len(self._text))
-
-    def _take(self, end: int) -> str:
-        out, self._sent = self._text[self._sent:end], end
-        return out

@@ -35,6 +35,11 @@ VISION_RESERVE = int(1.0 * GiB)
 # Below this many full-length sessions of fp16/bf16 KV cache, the default switches to int8 KV (quant_policy 8).
 MIN_FULL_SESSIONS = 4
 KV_BYTES = {0: 2.0, 8: 1.0, 4: 0.5}  # bytes per cached element by quant_policy
+# TurboMind's own defaults and bounds for the prefill step (tokens prefilled per forward pass).
+LMDEPLOY_PREFILL_TOKENS = 8192
+MIN_PREFILL_TOKENS = 2048
+# TurboMind runs its engine in two overlapping phases (async_=1, lmdeploy's default); some buffers exist per phase.
+TURBOMIND_PHASES = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class CheckpointFacts:
     max_position_embeddings: int | None
     llm_weight_bytes: int  # language model (+ anything not vision) at the checkpoint's dtype
     vision_weight_bytes: int  # vision tower + projector
+    llm_dtype: str | None = None  # the language model's dtype in config.json ("bfloat16", "float16", ...)
+    feature_layer: int = -1  # select_layer (remote code) / vision_feature_layer (native): which ViT layer feeds the LLM
+    turbomind_tokens_per_tile: int | None = None  # the image_seq_length TurboMind's native ViT uses (v2 route)
 
     @classmethod
     def read(cls, model_path: str | Path) -> CheckpointFacts:
@@ -58,11 +66,29 @@ class CheckpointFacts:
         heads = int(llm["num_attention_heads"])
         hidden = int(llm["hidden_size"])
         vision_bytes, total_bytes = _weight_bytes(path)
+        native = "text_config" in cfg
         return cls(architecture=(cfg.get("architectures") or ["?"])[0], num_layers=int(llm["num_hidden_layers"]),
                    num_heads=heads, num_kv_heads=int(llm.get("num_key_value_heads") or heads),
                    head_dim=int(llm.get("head_dim") or hidden // heads),
                    max_position_embeddings=llm.get("max_position_embeddings"),
-                   llm_weight_bytes=total_bytes - vision_bytes, vision_weight_bytes=vision_bytes)
+                   llm_weight_bytes=total_bytes - vision_bytes, vision_weight_bytes=vision_bytes,
+                   llm_dtype=llm.get("dtype") or llm.get("torch_dtype"),
+                   feature_layer=int(cfg.get("vision_feature_layer" if native else "select_layer", -1)),
+                   turbomind_tokens_per_tile=_turbomind_tokens_per_tile(cfg, native))
+
+
+def _turbomind_tokens_per_tile(cfg: dict[str, Any], native: bool) -> int | None:
+    """Image tokens per tile as lmdeploy 0.18's native ViT counts them (turbomind/models/internvl.py): the native
+    format's `image_seq_length` (transformers' InternVLConfig default 256 when absent); the remote-code format
+    computes it from the vision config's own image_size and patch_size (not `force_image_size`)."""
+    if native:
+        return int(cfg.get("image_seq_length", 256))
+    vision = cfg.get("vision_config") or {}
+    if "image_size" not in vision or "patch_size" not in vision:
+        return None
+    side = lambda v: int(v[0] if isinstance(v, list | tuple) else v)  # noqa: E731
+    ratio = float(cfg.get("downsample_ratio", 0.5))
+    return int((side(vision["image_size"]) // side(vision["patch_size"])) ** 2 * ratio**2)
 
 
 _VISION_PREFIXES = ("vision_model.", "mlp1.", "model.vision_tower.", "model.multi_modal_projector.",
@@ -98,6 +124,7 @@ class GpuFacts:
     count: int  # visible devices
     total_bytes: int  # smallest total memory among the used devices
     free_bytes: int  # smallest free memory among the used devices, measured before loading anything
+    bf16: bool = True  # the GPUs compute in bfloat16 (Ampere and newer)
 
     @classmethod
     def probe(cls, tp: int) -> GpuFacts:
@@ -107,7 +134,8 @@ class GpuFacts:
         used = range(min(tp, count)) if count else range(0)
         mem = [torch.cuda.mem_get_info(i) for i in used] or [(0, 0)]
         return cls(name=torch.cuda.get_device_name(0) if count else "none", count=count,
-                   total_bytes=min(t for _, t in mem), free_bytes=min(f for f, _ in mem))
+                   total_bytes=min(t for _, t in mem), free_bytes=min(f for f, _ in mem),
+                   bf16=bool(count) and torch.cuda.is_bf16_supported())
 
 
 @dataclass(frozen=True)
@@ -116,7 +144,7 @@ class ResolvedTurbomind:
 
     tp: int
     devices: list[int]
-    dtype: str
+    dtype: str  # "bfloat16" or "float16", never "auto": the LLM, TurboMind's ViT and the pixels all use it
     session_len: int
     max_batch_size: int
     cache_max_entry_count: float
@@ -125,6 +153,8 @@ class ResolvedTurbomind:
     language_model_only: bool  # True: ps_version v1, vision runs in our PyTorch code and arrives as embeddings
     kv_bytes_per_token: float  # per GPU, at the chosen quant_policy
     kv_budget_bytes: int  # per GPU, what the cache may use
+    max_prefill_token_num: int = LMDEPLOY_PREFILL_TOKENS
+    vit_pinned_bytes: int = 0  # per GPU: host memory TurboMind's native ViT pins at start (0 on the v1 route)
     notes: tuple[str, ...] = ()
 
 
@@ -147,7 +177,10 @@ def resolve_options(opts: TurbomindOptions, *, spec: ModelSpec, facts: Checkpoin
     if dtype == "float32":
         raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind runs in bfloat16 or float16, not float32; "
                            "use --dtype auto, bfloat16 or float16")
+    dtype = compute_dtype(dtype, facts, gpus, notes)
     v1 = spec.ps_version != "v2"
+    if not v1:
+        check_native_vision(spec, facts)
     prefix = opts.enable_prefix_caching
     if v1 and prefix:
         # Cached blocks are keyed by token ids; every image is the same run of <IMG_CONTEXT> ids, so a cache hit
@@ -187,6 +220,7 @@ def resolve_options(opts: TurbomindOptions, *, spec: ModelSpec, facts: Checkpoin
                            f"({session_len * per_token / GiB:.1f} GiB of KV cache, {budget / GiB:.1f} GiB left); "
                            "lower session_len, raise --tp or quantise the KV cache")
 
+    prefill = opts.max_prefill_token_num or default_prefill_tokens(spec, session_len, v1)
     ratio = opts.cache_max_entry_count
     if ratio is None:
         needed = max_batch * session_len * per_token
@@ -199,7 +233,59 @@ def resolve_options(opts: TurbomindOptions, *, spec: ModelSpec, facts: Checkpoin
     return ResolvedTurbomind(tp=tp, devices=list(range(tp)), dtype=dtype, session_len=session_len,
                              max_batch_size=max_batch, cache_max_entry_count=ratio, enable_prefix_caching=prefix,
                              quant_policy=quant, language_model_only=v1, kv_bytes_per_token=per_token,
-                             kv_budget_bytes=cache_budget, notes=tuple(notes))
+                             kv_budget_bytes=cache_budget, max_prefill_token_num=prefill,
+                             vit_pinned_bytes=0 if v1 else vit_pinned_bytes(spec, prefill, max_batch, tp),
+                             notes=tuple(notes))
+
+
+def compute_dtype(setting: str, facts: CheckpointFacts, gpus: GpuFacts, notes: list[str]) -> str:
+    """The one dtype TurboMind runs in, decided here rather than by lmdeploy.
+
+    Given "auto", lmdeploy 0.18 resolves the LLM's dtype from the text config and the native ViT's separately from
+    the vision config (turbomind/converter.py); when they disagree, pixels cast to the LLM's dtype stop the process
+    in the ViT (a TM_CHECK on the pixel dtype). Passing one explicit dtype makes both the same; we pick the LLM's,
+    as lmdeploy would for the LLM."""
+    dtype = setting
+    if dtype == "auto":
+        dtype = facts.llm_dtype if facts.llm_dtype in ("bfloat16", "float16") else "bfloat16"
+    if dtype == "bfloat16" and not gpus.bf16:
+        notes.append(f"{gpus.name} has no bfloat16: running in float16")
+        dtype = "float16"
+    return dtype
+
+
+def check_native_vision(spec: ModelSpec, facts: CheckpointFacts) -> None:
+    """Refuse what TurboMind's native ViT (the v2 route) would get silently wrong."""
+    if facts.feature_layer != -1:
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"this checkpoint takes image features from vision layer "
+                           f"{facts.feature_layer} (select_layer / vision_feature_layer), but TurboMind's vision "
+                           "tower always uses the last layer; serve it with --engine transformers")
+    if facts.turbomind_tokens_per_tile not in (None, spec.tokens_per_tile):
+        raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind's vision tower makes "
+                           f"{facts.turbomind_tokens_per_tile} tokens per tile (image_seq_length) but the prompt "
+                           f"holds {spec.tokens_per_tile} per tile (image size, patch, downsample ratio); fix the "
+                           "checkpoint's config or serve it with --engine transformers")
+
+
+def default_prefill_tokens(spec: ModelSpec, session_len: int, v1: bool) -> int:
+    """Tokens TurboMind prefills per step. On the v2 route an image split across steps runs through the ViT once per
+    step, so a step holds one full-size image (its tiles + thumbnail), rounded up to 1024, between 2048 and
+    lmdeploy's 8192; that also halves the ViT's pinned host buffer (`vit_pinned_bytes`). The v1 route keeps
+    lmdeploy's default. Never more than a session holds."""
+    if v1:
+        tokens = LMDEPLOY_PREFILL_TOKENS
+    else:
+        image = (spec.max_tiles + (1 if spec.use_thumbnail and spec.max_tiles > 1 else 0)) * spec.tokens_per_tile
+        tokens = min(max(MIN_PREFILL_TOKENS, -(-image // 1024) * 1024), LMDEPLOY_PREFILL_TOKENS)
+    return max(256, min(tokens, -(-session_len // 256) * 256))
+
+
+def vit_pinned_bytes(spec: ModelSpec, prefill_tokens: int, max_batch: int, tp: int) -> int:
+    """Host memory lmdeploy 0.18's native ViT pins per GPU at start (src/turbomind/models/internvit/internvit.cc):
+    per phase, a pixel buffer of [max_forward_token_num, 3, S, S] in 2-byte floats, where max_forward_token_num is
+    max_prefill_token_num + max_batch_size rounded up to a multiple of tp. It is sized in tokens but holds tiles."""
+    forward = -(-(prefill_tokens + max_batch) // tp) * tp
+    return TURBOMIND_PHASES * forward * 3 * spec.image_size * spec.image_size * 2
 
 
 def engine_config(resolved: ResolvedTurbomind) -> TurbomindEngineConfig:
@@ -209,13 +295,13 @@ def engine_config(resolved: ResolvedTurbomind) -> TurbomindEngineConfig:
         dtype=resolved.dtype, tp=resolved.tp, devices=list(resolved.devices), session_len=resolved.session_len,
         max_batch_size=resolved.max_batch_size, cache_max_entry_count=resolved.cache_max_entry_count,
         enable_prefix_caching=resolved.enable_prefix_caching, quant_policy=resolved.quant_policy,
-        language_model_only=resolved.language_model_only,
+        language_model_only=resolved.language_model_only, max_prefill_token_num=resolved.max_prefill_token_num,
         enable_metrics=False,  # our worker reports its own load; lmdeploy's metrics task is not needed
     )
 
 
-# lmdeploy's registered templates that are byte-identical to ours (same markers, same trimming); other families
-# get lmdeploy's plain template with every marker spelled out.
+# lmdeploy's registered templates of the same families (same markers, same trimming), with our markers spelled out
+# on top (lmdeploy's `internvl-zh` lacks V1-1's system separator); other families get lmdeploy's plain template.
 _LMDEPLOY_NAMES = {"Hermes-2": "llava-chatml", "internvl_zh": "internvl-zh"}
 
 
@@ -232,10 +318,11 @@ def chat_template_config(spec: ModelSpec) -> ChatTemplateConfig:
         tpl = get_template(spec.template)
     except ValueError as exc:
         raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {exc}") from exc
-    none = spec.system_message is None  # lmdeploy drops None fields: empty markers render no system block
+    # lmdeploy drops None fields: empty markers render no system block (unless the family always has one)
+    none = spec.system_message is None and not tpl.always_system
     return ChatTemplateConfig(
         model_name=_LMDEPLOY_NAMES.get(tpl.name, "base"), system="" if none else tpl.system_start,
-        meta_instruction="" if none else spec.system_message, eosys="" if none else tpl.system_end,
+        meta_instruction="" if none else spec.system_message or "", eosys="" if none else tpl.system_end,
         user=tpl.user_start, eoh=tpl.user_end, assistant=tpl.assistant_start, eoa=tpl.assistant_end, separator="",
         stop_words=list(dict.fromkeys([*tpl.stop_words, *spec.stop_words])))
 

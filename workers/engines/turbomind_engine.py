@@ -9,8 +9,16 @@ that prompt ourselves (the same bytes every engine sees) and hand lmdeploy's Asy
   language model only (`language_model_only`) and our PyTorch InternViT (vision_v1.py) computes the features, passed
   as `input_embeddings` over the same runs.
 
-Aborting (client gone, Stop in the UI, `abort(request_id)`) closes lmdeploy's stream, which cancels the TurboMind
-request and returns once the engine has released its KV blocks.
+Each request's lmdeploy stream is read by a task of its own (`_pump`), never by the caller's task. A client that goes
+away cancels the caller (through sse-starlette, again at every await); had that cancellation reached lmdeploy, it
+would have swallowed it in `TurboMindInstance.async_stream_infer`, handed the request handle back before TurboMind
+confirmed the cancel, and ended with a made-up 'length'. Instead, stopping a request (abort, client gone, a stop
+string) is `_stop`, which never awaits:
+- once the session holds a TurboMind handle, it asks TurboMind to cancel (`Session.async_abort`); the pump reads on
+  until TurboMind confirms (status CANCEL), and only then does lmdeploy return the handle for the next request;
+- before that (queued for a free handle, max_batch_size requests running), it cancels the pump, which only waits in
+  lmdeploy's handle queue: the request leaves the queue and never reaches TurboMind.
+The caller stops waiting at once in both cases and ends with finish reason 'abort'.
 """
 
 from __future__ import annotations
@@ -21,15 +29,18 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
-from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent
+from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationRequest, TokenEvent, longest_token_chars
+from workers.engines.text_stream import StopStrings
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
 from workers.model_spec import ModelSpec
+from workers.prompts.escaping import encode_prompt
+from workers.prompts.templates import get_template
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +110,24 @@ def embedding_ranges(input_ids: list[int], image_token_id: int, num_tiles: list[
     return runs
 
 
-class StopStrings:
-    """Cuts the text stream at the first stop string (which is not emitted). Text that could still become a stop
-    string is held back until it cannot."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, text: str) -> str:
-        if not self.stops:
-            return text
-        buf = self.pending + text
-        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if found:
-            self.hit, self.pending = True, ""
-            return buf[:min(found)]
-        hold = max((k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
-        self.pending = buf[len(buf) - hold:] if hold else ""
-        return buf[:len(buf) - hold]
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
+_END = object()  # queue item: the pump is done
+_ABORTED = object()  # queue item: abort() was called
 
 
 @dataclass
 class _Live:
+    """One request's link to lmdeploy: its session, the task reading lmdeploy's stream, and what it read."""
+
     session: Any = None  # lmdeploy Session, once preprocessed
+    pump: asyncio.Task | None = None
+    outputs: asyncio.Queue = field(default_factory=asyncio.Queue)  # lmdeploy GenOuts, an exception, _END, _ABORTED
     aborted: bool = False
+
+
+def _holds_handle(session: Any) -> bool:
+    """Whether the session got a TurboMind request handle (lmdeploy sets `_handle` for as long as it holds one; its
+    own Session.async_abort reads it the same way)."""
+    return getattr(session, "_handle", None) is not None
 
 
 class TurbomindEngine(Engine):
@@ -148,7 +147,9 @@ class TurbomindEngine(Engine):
         self._tokenizer = None
         self._image_token_id: int | None = None
         self._session_ids = itertools.count(1)
+        self._max_token_chars: int | None = None
         self._live: dict[str, _Live] = {}
+        self._background: set[asyncio.Task] = set()  # pumps and cancels still finishing after their request ended
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -176,9 +177,24 @@ class TurbomindEngine(Engine):
         self._image_token_id = tokenizer.convert_tokens_to_ids(self.spec.image_token)
         if self._image_token_id is None or self._image_token_id == tokenizer.unk_token_id:
             raise ServingError(ErrorCode.ENGINE_ERROR, f"the tokenizer has no {self.spec.image_token} token")
+        self._max_token_chars = longest_token_chars(tokenizer)
         if resolved.language_model_only:
             self._vision = await asyncio.to_thread(self._load_vision, vision_device)
+        if resolved.vit_pinned_bytes:
+            log.info("TurboMind's vision tower pins %.1f GiB of host memory per GPU (max_prefill_token_num %d)",
+                     resolved.vit_pinned_bytes / 1024**3, resolved.max_prefill_token_num)
         self._pipe = await asyncio.to_thread(self._build_pipe, resolved)
+        self._check_loaded_vision()
+
+    def _check_loaded_vision(self) -> None:
+        """After loading, TurboMind's own image tokens per tile must equal the prompt's (resolve_options checked the
+        config; this reads the figure from the vision model lmdeploy built, where it exists)."""
+        vision = getattr(getattr(self._pipe.engine, "source_model", None), "vision_model", None)
+        theirs = getattr(vision, "_image_seq_length", None)
+        if theirs is not None and int(theirs) != self.spec.tokens_per_tile:
+            raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind's vision tower makes {theirs} tokens per tile but "
+                               f"the prompt holds {self.spec.tokens_per_tile}; serve this checkpoint with "
+                               "--engine transformers")
 
     def _load_vision(self, device: str):
         import torch
@@ -211,6 +227,9 @@ class TurbomindEngine(Engine):
             raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind could not load {self.model_path}: {exc}") from exc
 
     async def stop(self) -> None:
+        for live in list(self._live.values()):
+            self._stop(live)
+        await self.settle(timeout=30)
         pipe, self._pipe, self._vision = self._pipe, None, None
         if pipe is not None:
             await asyncio.to_thread(pipe.close)
@@ -223,6 +242,10 @@ class TurbomindEngine(Engine):
         if status.get("status") != "healthy":
             raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind is {status.get('status')}: {status.get('message')}")
 
+    @property
+    def context_length(self) -> int:
+        return self.resolved.session_len if self.resolved is not None else self.spec.context_length
+
     # -- tokens ----------------------------------------------------------------------------------------------------
 
     @property
@@ -234,12 +257,16 @@ class TurbomindEngine(Engine):
                 self.model_path, trust_remote_code=self.spec.checkpoint_format == "remote_code")
         return self._tokenizer
 
-    def encode(self, prompt: str) -> list[int]:
-        # add_special_tokens as the checkpoints' own chat() does: BOS for Llama/Yi/InternLM2, none for Qwen2.
-        return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+    def encode(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        # BOS as the checkpoints' own chat() adds it (Llama/Yi/InternLM2; none for Qwen2); message text as plain text.
+        return encode_prompt(self.tokenizer, prompt, user_spans, get_template(self.spec.template))
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        return len(self.encode(prompt))
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        return self.encode(prompt, user_spans)
+
+    @property
+    def max_token_chars(self) -> int | None:
+        return self._max_token_chars
 
     # -- generation ------------------------------------------------------------------------------------------------
 
@@ -260,7 +287,8 @@ class TurbomindEngine(Engine):
             return {"input_embeddings": embeds, "input_embedding_ranges": [list(r) for r in ranges]}
         import torch
 
-        dtype = torch.float16 if self._pipe.backend_config.dtype == "float16" else torch.bfloat16
+        # The dtype TurboMind's ViT runs in (resolve_options passes it explicitly): any other stops the process.
+        dtype = torch.float16 if self.resolved.dtype == "float16" else torch.bfloat16
         return {"multimodal": [dict(pixel_values=pixels[a:b].to(dtype).contiguous(), offset=begin,
                                     image_tokens=end - begin, image_token_id=self._image_token_id)
                                for (a, b), (begin, end) in zip(zip(starts, starts[1:]), ranges)]}
@@ -284,16 +312,16 @@ class TurbomindEngine(Engine):
         if pipe is None:
             raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind is not loaded yet")
         live = self._live.setdefault(request.request_id, _Live())  # first: an abort may come at any await
-        stream = None
+        self.running += 1
         completion, reason = 0, "length"
         try:
-            input_ids = self.encode(request.prompt)
+            # Tokenized and checked against session_len once, by the serving layer (workers/context_check.py);
+            # lmdeploy's preprocess refuses a prompt that does not fit as well.
+            input_ids = (request.input_ids if request.input_ids is not None
+                         else self.encode(request.prompt, request.user_spans))
             session_len = self.resolved.session_len
-            if len(input_ids) >= session_len:
-                raise ServingError(ErrorCode.CONTEXT_TOO_LONG, f"the prompt has {len(input_ids)} tokens (images "
-                                   f"included) but this worker's context is {session_len} tokens", param="messages")
             extra = await self.image_inputs(request, input_ids)
-            max_new = min(request.sampling.max_new_tokens, session_len - len(input_ids))
+            max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
             gen_cfg = generation_config(request.sampling, max_new_tokens=max_new, ignore_eos=self.ignore_eos)
             stops = StopStrings(request.sampling.stop)
             try:
@@ -303,42 +331,89 @@ class TurbomindEngine(Engine):
                 raise serving_error(exc) from exc
             prepared.inputs.update(extra)
             live.session = prepared.session
-            if live.aborted:  # aborted while we tokenized or ran the vision tower
+            if live.aborted:  # aborted while we tokenized, ran the vision tower or preprocessed
                 pipe.session_mgr.remove(prepared.session)
                 reason = "abort"
             else:
-                stream = pipe.generate(prepared, stream_response=True)
-                try:
-                    async for out in stream:
-                        completion = max(completion, out.generate_token_len)
-                        text = stops.feed(out.response)
-                        if text:
-                            yield TokenEvent(text)
-                        if stops.hit:
-                            reason = "stop"
-                            break
-                        if live.aborted:
-                            reason = "abort"
-                            break
-                        if out.finish_reason:
-                            reason = out.finish_reason
-                except RequestError as exc:
-                    raise serving_error(exc) from exc
+                live.pump = self._spawn(self._pump(pipe, prepared, live.outputs))
+                while True:
+                    out = await live.outputs.get()
+                    if out is _ABORTED:
+                        reason = "abort"
+                        break
+                    if out is _END:
+                        break
+                    if isinstance(out, RequestError):
+                        raise serving_error(out)
+                    if isinstance(out, BaseException):
+                        raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {type(out).__name__}: {out}") from out
+                    completion = max(completion, out.generate_token_len)
+                    text = stops.feed(out.response)
+                    if text:
+                        yield TokenEvent(text)
+                    if stops.hit:
+                        reason = "stop"
+                        break
+                    if out.finish_reason:
+                        reason = out.finish_reason
                 if reason == "error":
                     raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
-                tail = stops.flush()
+                tail = stops.flush() if reason != "abort" else ""
                 if tail:
                     yield TokenEvent(tail)
             yield FinishEvent(reason=reason, prompt_tokens=len(input_ids), completion_tokens=completion)
         finally:
-            if stream is not None:
-                await stream.aclose()  # cancels the TurboMind request if it still runs; waits for the KV release
+            # No await here: a client that left may be cancelling this task at every await (sse-starlette).
+            self._stop(live)
             self._live.pop(request.request_id, None)
+            if live.pump is not None and not live.pump.done():  # `running` drops once TurboMind confirmed the end
+                live.pump.add_done_callback(lambda _: self._ended())
+            else:
+                self._ended()
+
+    async def _pump(self, pipe, prepared, outputs: asyncio.Queue) -> None:
+        """Reads one request's lmdeploy stream into its queue, in a task of its own (see the module docstring)."""
+        try:
+            async for out in pipe.generate(prepared, stream_response=True):
+                outputs.put_nowait(out)
+        except asyncio.CancelledError:  # _stop, while the request still queued for a TurboMind handle
+            pass
+        except Exception as exc:  # noqa: BLE001 - handed to the request, which raises it as a ServingError
+            outputs.put_nowait(exc)
+        finally:
+            pipe.session_mgr.remove(prepared.session)  # idempotent; lmdeploy skips it when cancelled in the queue
+            outputs.put_nowait(_END)
+
+    def _stop(self, live: _Live) -> None:
+        """Stop the request's TurboMind work without awaiting (see the module docstring)."""
+        pump = live.pump
+        if pump is None or pump.done():
+            return
+        if _holds_handle(live.session):
+            self._spawn(live.session.async_abort())  # TurboMind cancels; the pump reads on until it confirms
+        else:
+            pump.cancel()  # still queued for a handle: leave the queue
+
+    def _ended(self) -> None:
+        self.running -= 1
+
+    async def settle(self, timeout: float | None = None) -> None:
+        """Wait until stopped requests have ended in TurboMind (their handles back in lmdeploy's pool)."""
+        while self._background:
+            done, _ = await asyncio.wait(list(self._background), timeout=timeout)
+            if not done:
+                return
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def abort(self, request_id: str) -> None:
         live = self._live.get(request_id)
         if live is None:
             return
         live.aborted = True
-        if live.session is not None:
-            await live.session.async_abort()
+        live.outputs.put_nowait(_ABORTED)  # the request stops waiting now, before any output
+        self._stop(live)

@@ -1,1 +1,1 @@
-"""Which InternVL family a checkpoint is (read from its own config files) and the prompt template it was trained on."""
+"""The prompt template each InternVL family was trained on, and the image placeholder it expands."""

@@ -28,12 +28,13 @@ class Template:
     assistant_start: str
     assistant_end: str
     stop_words: tuple[str, ...]
-    prefix: str = ""  # text before everything (internvl_zh)
     trim_last: int = 0  # characters cut from the end (internvl_zh/vicuna end on "<bot>:" without the space)
+    always_system: bool = False  # the system part and its end marker are there even without a system message
 
     def render(self, system: str | None, turns: list[tuple[Role, str]]) -> str:
-        parts = [self.prefix]
-        if system is not None:
+        parts = []
+        if system is not None or self.always_system:
+            system = system or ""
             parts.append(f"{self.system_start}{system}{self.system_end}")
         for role, text in turns:
             if role == "user":
@@ -48,8 +49,11 @@ class Template:
 _CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
 
 TEMPLATES: dict[str, Template] = {
-    # InternVL-Chat-V1-1 (LLaMA2-13B): "<human>: Q <bot>: A</s><human>: ..." (lmdeploy `internvl-zh`).
-    "internvl_zh": Template("internvl_zh", "", "", "<human>: ", " ", "<bot>: ", "</s>", ("</s>",), trim_last=1),
+    # InternVL-Chat-V1-1 (LLaMA2-13B): "SYSTEM <human>: Q <bot>: A</s><human>: ...", as InternVL's conversation.py
+    # renders it: the system message (empty by default) and one space always come first. lmdeploy's `internvl-zh`
+    # drops that space.
+    "internvl_zh": Template("internvl_zh", "", " ", "<human>: ", " ", "<bot>: ", "</s>", ("</s>",), trim_last=1,
+                            always_system=True),
     # V1-2 / V1-2-Plus (Nous-Hermes-2-Yi-34B), InternVL2-1B/40B: ChatML *without* newlines between turns (MPT
     # separator style); the same format as lmdeploy's `llava-chatml`.
     "Hermes-2": Template("Hermes-2", "<|im_start|>system\n", "<|im_end|>", "<|im_start|>user\n", "<|im_end|>",

@@ -8,26 +8,50 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from common.errors import ErrorCode, ServingError
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB"
+def header_pixels(data: bytes) -> int:
+    """width x height from the file's header, without decoding (0 when unreadable: decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.width * img.height
+    except Exception:  # noqa: BLE001 - any failure here is reported by decode_image with its real cause
+        return 0
 
 
-def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Image.Image:
-    """`label` names the image in error messages (e.g. "image 2 (message 3)")."""
-    if len(data) > limits.max_media_bytes:
-        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE,
-                           f"{label} is {_mb(len(data))}; the limit is {_mb(limits.max_media_bytes)}")
+class _CheckedBytes(io.BytesIO):
+    """The file as PIL reads it, block by block while it decodes: `check` runs before each block, so a decoding can
+    be stopped (it raises) every 64 KB of compressed data."""
+
+    def __init__(self, data: bytes, check: Callable[[], None]):
+        super().__init__(data)
+        self._check = check
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return super().read(size)
+
+
+def _never() -> None:
+    return None
+
+
+def decode_image(data: bytes, limits: MediaLimits, label: str = "image",
+                 check: Callable[[], None] = _never) -> Image.Image:
+    """`label` names the image in error messages (e.g. "image 2 (message 3)"); `check` raises to stop decoding. Its
+    byte size was checked when the bytes arrived (workers/media.py)."""
     if not data:
         raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} is empty (0 bytes)")
     # lmdeploy sets this global to True when its vision module is imported; truncated uploads must still fail here.
@@ -35,7 +59,7 @@ def decode_image(data: bytes, limits: MediaLimits, label: str = "image") -> Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(_CheckedBytes(data, check))
             width, height = img.size
             if width * height > limits.max_image_pixels:
                 raise ServingError(ErrorCode.INVALID_IMAGE,

@@ -53,12 +53,6 @@ def choose_grid(width: int, height: int, min_tiles: int, max_tiles: int, tile_si
     return best
 
 
-def tile_count(width: int, height: int, min_tiles: int, max_tiles: int, tile_size: int, use_thumbnail: bool) -> int:
-    cols, rows = choose_grid(width, height, min_tiles, max_tiles, tile_size)
-    n = cols * rows
-    return n + 1 if use_thumbnail and n > 1 else n
-
-
 def cut_tiles(image: Image.Image, *, tile_size: int, min_tiles: int, max_tiles: int,
               use_thumbnail: bool) -> np.ndarray:
     """RGB image -> uint8 tiles [N, S, S, 3], row-major, thumbnail last (only when there are 2+ tiles)."""

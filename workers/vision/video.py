@@ -28,13 +28,14 @@ import io
 import itertools
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageFile, ImageSequence
 
 from common.errors import ErrorCode, ServingError
-from workers.settings import MediaLimits
+from workers.limits import MediaLimits
 from workers.vision.images import to_rgb
 from workers.vision.tiling import frame_tile, square_tiles_of_frames, usable_cores
 
@@ -100,31 +101,50 @@ class _NotExact(Exception):
     """PyAV cannot promise decord's frames for this file: decode it with decord."""
 
 
+def _never() -> None:
+    return None
+
+
+def frame_pixels(data: bytes) -> int:
+    """width x height of a video's (or animated GIF's) frames from its headers, without decoding a frame (0 when
+    unreadable: decoding then says why)."""
+    try:
+        if data[:6] in GIF_MAGIC:
+            with Image.open(io.BytesIO(data), formats=["GIF"]) as gif:
+                return gif.width * gif.height
+        import av
+
+        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            return 0 if stream is None else stream.codec_context.width * stream.codec_context.height
+    except Exception:  # noqa: BLE001 - the decoders report unreadable files with their real cause
+        return 0
+
+
 def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float | None = None,
                  end: float | None = None, label: str = "video", max_parts: int | None = None,
-                 tile_size: int | None = None) -> np.ndarray:
+                 tile_size: int | None = None, check: Callable[[], None] = _never) -> np.ndarray:
     """Bytes of a video file (or animated GIF) -> uint8 frames [num_frames, H, W, 3] (RGB), or a ServingError that
     says why. With `tile_size`, one tile_size x tile_size tile per frame instead (as `square_tiles_of_frames`
     makes them); the usual path resizes each frame as soon as it is decoded, in its decoding thread, so the resizes
-    overlap the decoding and the full-size frames (200 MB for 32 of 1080p) are never all held at once."""
-    if len(data) > limits.max_media_bytes:
-        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, f"{label} is {len(data) / 1048576:.1f} MB; the limit is "
-                           f"{limits.max_media_bytes / 1048576:.1f} MB")
+    overlap the decoding and the full-size frames (200 MB for 32 of 1080p) are never all held at once. The file's
+    byte size was checked when its bytes arrived (workers/media.py). `check` is called between packets / frames
+    and raises to stop the decoding (the request was cancelled)."""
     if start is not None and end is not None and end <= start:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: end ({end}s) must be after start ({start}s)")
     if data[:6] in GIF_MAGIC:
-        frames = _decode_gif(data, limits, num_frames, start, end, label)
+        frames = _decode_gif(data, limits, num_frames, start, end, label, check)
     else:
         parts = default_parts() if max_parts is None else max_parts
         try:
-            return _decode_skipping(data, limits, num_frames, start, end, label, parts, tile_size)
+            return _decode_skipping(data, limits, num_frames, start, end, label, parts, tile_size, check)
         except _NotExact:
-            frames = _decode_decord(data, limits, num_frames, start, end, label, parts)
+            frames = _decode_decord(data, limits, num_frames, start, end, label, parts, check)
     return frames if tile_size is None else square_tiles_of_frames(frames, tile_size)
 
 
 def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
-                     label: str, parts: int, tile_size: int | None) -> np.ndarray:
+                     label: str, parts: int, tile_size: int | None, check: Callable[[], None]) -> np.ndarray:
     """PyAV: decode only reference frames and sampled frames, each GOP up to its last sampled frame."""
     import av  # imported here, like decord: a text-only worker never loads FFmpeg
 
@@ -190,6 +210,7 @@ def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: f
             for packet in container.demux(container.streams[stream_index]):
                 if not packet.size:
                     continue
+                check()
                 k += 1
                 if k < first:
                     continue  # demuxed, not decoded: reading a packet costs microseconds
@@ -222,7 +243,7 @@ def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: f
 
 
 def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
-                   label: str, parts: int) -> np.ndarray:
+                   label: str, parts: int, check: Callable[[], None]) -> np.ndarray:
     """decord readers, one per run of GOPs (the reference's library: its pixels by definition)."""
     import decord  # imported here: loading its native library costs time a text-only worker never needs
 
@@ -246,8 +267,6 @@ def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: flo
         if parts > 1:
             runs = split_at_key_frames(indices, reader.get_key_indices(), parts,
                                        min_cost=MIN_PIXELS_PER_PART // (width * height) + 1)
-        if len(runs) == 1:
-            return reader.get_batch(indices).asnumpy()
         # Preallocated so that only the sampled frames are ever held, once.
         out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
         offsets = np.cumsum([0] + [len(run) for run in runs]).tolist()
@@ -255,14 +274,24 @@ def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: flo
         def decode_run(i: int) -> None:
             # The first run reuses the open reader; the others open their own.
             own = reader if i == 0 else decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-            out[offsets[i]:offsets[i + 1]] = own.get_batch(runs[i]).asnumpy()
+            run = runs[i]
+            for at in range(0, len(run), _DECORD_STEP):  # ascending: each step continues where the last stopped
+                check()
+                chunk = run[at:at + _DECORD_STEP]
+                out[offsets[i] + at:offsets[i] + at + len(chunk)] = own.get_batch(chunk).asnumpy()
 
+        if len(runs) == 1:
+            decode_run(0)
+            return out
         with ThreadPoolExecutor(len(runs), thread_name_prefix="video-decode") as pool:
             for future in [pool.submit(decode_run, i) for i in range(len(runs))]:
                 future.result()
         return out
     except (decord.DECORDError, RuntimeError) as exc:
         raise ServingError(ErrorCode.INVALID_VIDEO, f"{label}: frames could not be decoded ({exc})") from exc
+
+
+_DECORD_STEP = 4  # frames per decord call between two cancellation checks
 
 
 def _frame_shape(reader) -> tuple[int, int]:
@@ -288,7 +317,7 @@ def _check_frame_size(width: int, height: int, limits: MediaLimits, label: str) 
 
 
 def _decode_gif(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
-                label: str) -> np.ndarray:
+                label: str, check: Callable[[], None]) -> np.ndarray:
     """An animated (or still) GIF as a clip: fps = frames / total display time. Two passes over the file: one reads
     the frame durations (PIL composites each frame onto the previous as it goes, so this decodes them), one stops at
     the sampled frames; frames are converted as PIL composites them (disposal, local palettes), alpha over white."""
@@ -300,6 +329,7 @@ def _decode_gif(data: bytes, limits: MediaLimits, num_frames: int, start: float 
             total_ms = 0
             count = 0
             for frame in ImageSequence.Iterator(gif):
+                check()
                 # A frame reaching past the logical screen grows the canvas (PIL, like browsers, keeps it): check
                 # before the next step decodes into it.
                 _check_frame_size(frame.width, frame.height, limits, label)
@@ -316,6 +346,7 @@ def _decode_gif(data: bytes, limits: MediaLimits, num_frames: int, start: float 
             # Rewound once, then forward only (indices ascend); the canvas has its final size from the first pass.
             out = np.empty((len(indices), gif.height, gif.width, 3), dtype=np.uint8)
             for i, index in enumerate(indices):
+                check()
                 if i and index == indices[i - 1]:
                     out[i] = out[i - 1]
                     continue

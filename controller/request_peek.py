@@ -1,0 +1,138 @@
+"""What the controller reads of a chat request: `model` (to route it) and `stream` (to answer in kind). Nothing else.
+
+The body travels to the worker byte for byte, and the worker validates all of it; the controller must not pay for a
+parse of a body that is mostly base64 media (a 40 MiB body cost ~300 ms of pydantic on the one event loop that
+relays every stream). So this walks only the JSON's structure: brackets and strings, each string skipped with one
+byte search, and reads the values of the two top-level keys it needs; a large body is walked in a thread (its
+searches are short, so the event loop gets the GIL between them). Malformed JSON that the walk meets (an
+unterminated string or bracket) is refused here; anything subtler is the worker's to refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+
+from common.errors import ErrorCode, ServingError
+
+_STRUCTURE = re.compile(rb'["{}\[\]]')
+_STRING_TAIL = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.S)  # the rest of a string that holds escapes
+_SPACE = re.compile(rb"[ \t\r\n]*")
+_LITERAL = re.compile(rb"true|false|null|-?[0-9][0-9.eE+-]*")
+MAX_VALUES = 200_000  # brackets and strings walked at most: a real chat has far fewer
+_WALK_OFF_LOOP = 64 * 1024  # bodies larger than this are walked in a thread
+
+
+@dataclass(frozen=True)
+class Peeked:
+    model: str
+    stream: bool
+
+
+class _Invalid(Exception):
+    pass
+
+
+async def peek_request(body: bytes | bytearray) -> Peeked:
+    """The routing fields of a chat request body; ServingError (400) when they are missing, of the wrong type, or
+    the body is not a JSON object."""
+    try:
+        if len(body) > _WALK_OFF_LOOP:
+            fields = await asyncio.to_thread(_top_level, body, _WANTED)
+        else:
+            fields = _top_level(body, _WANTED)
+    except _Invalid:
+        raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
+    if fields is None:
+        raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: the body must be a JSON object")
+    model, stream = fields.get("model"), fields.get("stream", False)
+    if "model" not in fields:
+        raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: model: Field required", param="model")
+    if not isinstance(model, str):
+        raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: model: Input should be a valid string",
+                           param="model")
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: stream: Input should be a valid boolean",
+                           param="stream")
+    return Peeked(model, stream)
+
+
+_WANTED = frozenset({b'"model"', b'"stream"'})
+
+
+def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]) -> dict[str, object] | None:
+    """The values of the `wanted` keys (JSON-quoted) of the top-level object (the last one of a repeated key, as
+    JSON parsers do). None when the body is not an object. A value that is an object or array reads as a list."""
+    start = _SPACE.match(body).end()
+    if body[start:start + 1] != b"{":
+        if not body[start:].strip():
+            raise _Invalid
+        return None
+    found: dict[str, object] = {}
+    depth, pos, walked = 0, start, 0
+    while True:
+        m = _STRUCTURE.search(body, pos)
+        if m is None:
+            raise _Invalid  # the object never closes
+        at, char = m.start(), body[m.start()]
+        walked += 1
+        if walked > MAX_VALUES:
+            raise ServingError(ErrorCode.INVALID_REQUEST, f"invalid request: the body holds more than {MAX_VALUES:,} "
+                               "JSON objects, arrays and strings")
+        if char == 0x22:  # '"'
+            end = _string_end(body, at)
+            if depth == 1:
+                colon = _SPACE.match(body, end).end()
+                if body[colon:colon + 1] == b":":
+                    key = bytes(body[at:end])
+                    if key in wanted or (b"\\" in key and json.dumps(json.loads(key)).encode() in wanted):
+                        value_at = _SPACE.match(body, colon + 1).end()
+                        value, end = _value(body, value_at)
+                        found[json.loads(key)] = value
+            pos = end
+        elif char in b"{[":
+            depth += 1
+            pos = at + 1
+        else:
+            depth -= 1
+            pos = at + 1
+            if depth == 0:
+                return found
+            if depth < 0:
+                raise _Invalid
+
+
+def _string_end(body: bytes | bytearray, at: int) -> int:
+    """Index just past the string that opens at `at`: one search, unless the quote found is preceded by a backslash
+    (then it may be escaped, and the string is matched escape by escape)."""
+    close = body.find(b'"', at + 1)
+    if close < 0:
+        raise _Invalid
+    if body[close - 1] != 0x5C:  # not a backslash: nothing escapes this quote
+        return close + 1
+    m = _STRING_TAIL.match(body, at + 1)
+    if m is None:
+        raise _Invalid
+    return m.end()
+
+
+def _value(body: bytes | bytearray, at: int) -> tuple[object, int]:
+    """A scalar value and the index past it; for an object or array, a list marker and `at` (the walk goes on
+    through it)."""
+    head = body[at:at + 1]
+    if head == b'"':
+        end = _string_end(body, at)
+        return json.loads(body[at:end]), end
+    if head in (b"{", b"["):
+        return [], at
+    m = _LITERAL.match(body, at)
+    if m is None:
+        raise _Invalid
+    try:
+        return json.loads(m.group()), m.end()
+    except ValueError:
+        raise _Invalid from None

@@ -1,0 +1,77 @@
+"""The UI checks uploads against the limits the served model advertises (its card's `limits`), through a real
+controller and a real worker (scripted engine, real preprocessing), and names the real cause: this file, or the
+conversation as a whole. Reproduces issue 11: a file under the UI's 50 MB but over the worker's per-file limit was
+uploaded and refused by the worker under another name; the 4th turn of a chat with four photos, each under the
+per-file limit, failed with "use a smaller file" when the cause is the history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.client import ControllerClient
+from app.conversation_log import ConversationLog
+from app.handlers import ChatHandlers
+from app.settings import UISettings
+from tests.support.media_samples import noise_png
+from tests.support.stack import SCRIPTED, start_controller, start_worker
+
+KB = 1024
+MODEL = "ui-limits"
+
+
+@pytest.fixture(scope="module")
+def controller_url(demo_checkpoint, log_dir):
+    controller = start_controller(log_dir)
+    worker = None
+    try:
+        worker = start_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name=MODEL,
+                              max_media_bytes=300 * KB, max_body_bytes=1000 * KB, env={"SCRIPTED_TOKENS": "3"})
+        yield controller.url
+    finally:
+        if worker is not None:
+            worker.stop()
+        controller.stop()
+
+
+@pytest.fixture
+async def handlers(controller_url, tmp_path):
+    settings = UISettings(log_dir=tmp_path / "logs", logging=False)  # the UI's own ceiling: 50 MB per file
+    client = ControllerClient(controller_url)
+    yield ChatHandlers(settings, client, ConversationLog(settings.log_dir, False), work_dir=tmp_path / "work")
+    await client.aclose()
+
+
+PARAMS = (MODEL, "", 0.0, 0.9, 16, 1.0, 2, 4)
+
+
+async def turn(h: ChatHandlers, history: list, text: str, files: list[str]) -> list:
+    history, _ = h.add_user_message(history, {"text": text, "files": files})
+    return [y async for y in h.stream_reply(history, *PARAMS)][-1]
+
+
+async def test_a_file_over_the_advertised_limit_is_refused_by_name_before_upload(handlers, tmp_path):
+    clip = tmp_path / "holiday.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * (400 * KB))  # under the UI's 50 MB, over 300 KB
+    final = await turn(handlers, [], "what happens?", [str(clip)])
+    note = final[-1]
+    assert note["metadata"]["id"] == "error", note
+    assert "'holiday.mp4' is 0.4 MB; the limit is 0.3 MB" in note["content"]
+    assert handlers.encoded.misses == 0  # refused from its size alone: never read nor encoded
+
+
+async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers, tmp_path):
+    history: list = []
+    for k in range(4):
+        photo = tmp_path / f"photo{k}.png"
+        photo.write_bytes(noise_png(200 * KB))  # each under the 300 KB per file; four are over 1000 KB as sent
+        history = await turn(handlers, history, f"photo {k}?", [str(photo)])
+        if k < 3:
+            assert "metadata" not in history[-1], history[-1]
+    note = history[-1]
+    assert note["metadata"]["id"] == "error"
+    assert "conversation as a whole" in note["content"] and "4 files" in note["content"]
+    assert "press Clear to start a new chat" in note["content"]
+    assert "use a smaller or shorter file" not in note["content"]
+    assert handlers.encoded.hits >= 6  # earlier photos were not re-encoded on later turns

@@ -1,0 +1,150 @@
+"""Who may register, and which URLs become workers (issue 15, item 4), against real controller and worker processes
+on loopback: a URL must answer /health as that very worker, the controller's own address and absurd concurrency are
+refused, a controller without a secret takes registrations from its own machine only (and probes nothing for anyone
+else), and a worker URL that leads back to a controller is caught at the first nested request."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.support.stack import SCRIPTED, free_port, start_controller, start_worker
+
+
+@pytest.fixture(scope="module")
+def stack(demo_checkpoint, log_dir):
+    controller = start_controller(log_dir, host="0.0.0.0", first_token_timeout_s=10)
+    worker = start_worker(log_dir, demo_checkpoint, controller.url, SCRIPTED, model_name="scripted")
+    try:
+        yield controller, worker, worker.extra["worker_id"]
+    finally:
+        worker.stop()
+        controller.stop()
+
+
+def registration(url: str, worker_id: str, model: str = "scripted", **extra) -> dict:
+    return {"worker_id": worker_id, "url": url, "models": [{"id": model}], "max_concurrency": 1, **extra}
+
+
+def refused(r: httpx.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    message = r.json()["error"]["message"]
+    for word in words:
+        assert word in message, message
+
+
+def test_a_url_that_answers_as_another_worker_is_refused(stack):
+    controller, worker, worker_id = stack
+    r = httpx.post(controller.url + "/workers/register", json=registration(worker.url, "impostor"))
+    refused(r, 400, worker_id, "impostor")
+    r = httpx.post(controller.url + "/workers/register", json=registration(worker.url, worker_id, model="other"))
+    refused(r, 400, "other")
+    assert "impostor" not in httpx.get(controller.url + "/workers").text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_the_controllers_own_address_is_refused(stack, host):
+    controller, _, _ = stack
+    url = controller.url.replace("127.0.0.1", host)
+    r = httpx.post(controller.url + "/workers/register", json=registration(url, "myself"))
+    refused(r, 400, "own address")
+
+
+def test_absurd_max_concurrency_is_refused(stack):
+    controller, worker, worker_id = stack
+    r = httpx.post(controller.url + "/workers/register",
+                   json=registration(worker.url, worker_id) | {"max_concurrency": 10**9})
+    refused(r, 400, "max_concurrency")
+
+
+def test_the_controller_says_at_start_how_to_let_other_hosts_register(stack):
+    controller, _, _ = stack
+    assert "--registration-secret" in controller.log()
+
+
+def _non_loopback_address() -> str | None:
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+def test_without_a_secret_only_this_machine_may_register_and_nothing_is_probed(stack):
+    controller, _, _ = stack
+    address = _non_loopback_address()
+    assert address, "this test needs a non-loopback IPv4 address on the machine"
+    probed = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+
+    def accept() -> None:
+        try:
+            probed.append(listener.accept())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        port = controller.url.rsplit(":", 1)[1]
+        target = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        r = httpx.post(f"http://{address}:{port}/workers/register", json=registration(target, "outsider"))
+        refused(r, 403, "--registration-secret", "own machine")
+        r = httpx.post(f"http://{address}:{port}/workers/heartbeat", json={"worker_id": "outsider"})
+        assert r.status_code == 403
+    finally:
+        thread.join()
+        listener.close()
+    assert not probed, "the controller connected to a URL named by a caller it does not trust"
+
+
+async def test_a_worker_url_that_leads_back_to_a_controller_is_caught_at_once(stack):
+    """A stand-in that answers /health as a worker but forwards chats to the controller: without the loop guard each
+    relayed chat comes back as a new chat, nesting without end."""
+    controller, _, _ = stack
+    forwarded = 0
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "worker_id": "looper", "model": "loop-model"})
+
+    async def chat(request: web.Request) -> web.Response:
+        nonlocal forwarded
+        forwarded += 1
+        async with httpx.AsyncClient(timeout=60) as client:
+            r = await client.post(controller.url + "/v1/chat/completions", content=await request.read(),
+                                  headers={k: v for k, v in request.headers.items()
+                                           if k.lower() in ("content-type", "x-worker-token")})
+        return web.Response(body=r.content, status=r.status_code, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        async with httpx.AsyncClient(timeout=60) as client:
+            r = await client.post(controller.url + "/workers/register", json=registration(url, "looper", "loop-model"))
+            assert r.status_code == 200, r.text
+            started = time.monotonic()
+            r = await client.post(controller.url + "/v1/chat/completions",
+                                  json={"model": "loop-model", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code >= 400
+            await asyncio.sleep(0.2)
+            assert forwarded == 1, f"{forwarded} nested requests"
+            assert time.monotonic() - started < 10
+            workers = (await client.get(controller.url + "/workers")).json()["workers"]
+            assert "looper" not in [w["worker_id"] for w in workers]  # dropped: it is no worker
+    finally:
+        await server.close()

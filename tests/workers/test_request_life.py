@@ -1,0 +1,314 @@
+"""A request's life on a worker, seen from outside: real worker processes on loopback (the transformers engine on the
+demo checkpoint; the scripted engine where the stage under test sits above the engine).
+
+- A client that leaves ends its request wherever it is (queued for the model, decoding a video, preprocessing an
+  image, in the engine before its first token, streaming): the worker's in-flight count drops to 0 and the work
+  stops (the engine's running count, the pixels held by preprocessing) within a second.
+- One request's heavy work never holds the event loop: /health answers while a 5 MB prompt is handled, and text far
+  beyond the context is refused at once with context_length_exceeded.
+- A request's decoded pixels are bounded: 16 solid-colour 8000x8000 PNGs (3.5 MB of body) are refused with an error
+  that names the limit and the request's figure, without growing the worker.
+- The client's X-Request-ID is echoed, never trusted as unique: two concurrent requests carrying the same one are
+  both served.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.raw_http import LeavingClient
+from tests.support.stack import SCRIPTED, start_worker
+
+CHAT = "/v1/chat/completions"
+STOP_WITHIN_S = 1.0  # the issue's bound for "the work has stopped"
+PREPROCESS_PIXELS = 40_000_000  # the worker's decoding budget: one 35 MP photo at a time
+
+
+@pytest.fixture(scope="module")
+def worker(demo_checkpoint, log_dir):
+    proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo", max_concurrency=4,
+                        preprocess_pixels=PREPROCESS_PIXELS)
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def hanging_worker(demo_checkpoint, log_dir):
+    """Scripted engine that sits 30 s before its first token: a long prefill."""
+    proc = start_worker(log_dir, demo_checkpoint, None, SCRIPTED, model_name="demo",
+                        env={"SCRIPTED_HANG_FIRST_S": "30"})
+    yield proc
+    proc.kill()
+
+
+def health(proc, timeout: float = 5.0) -> dict:
+    return httpx.get(proc.url + "/health", timeout=timeout).json()
+
+
+def wait_for(proc, condition: Callable[[dict], bool], timeout: float, what: str) -> float:
+    """Poll /health until `condition(health)`; -> seconds it took. Fails with the last health answer."""
+    started = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - started < timeout:
+        last = health(proc)
+        if condition(last):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout} s; last /health: {last}\n{proc.log()[-2000:]}")
+
+
+def idle(h: dict) -> bool:
+    return h["in_flight"] == 0 and h["queued"] == 0 and h["engine_running"] == 0 and h["preprocess_pixels"] == 0
+
+
+def chat(content, max_tokens: int = 8, stream: bool = True) -> dict:
+    return {"model": "demo", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "stream": stream, "temperature": 0}
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def slow_video() -> bytes:
+    """A 720p H.264 clip with one key frame: reaching its sampled frames means decoding nearly all 400 frames."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25, options={"g": "1000", "keyint_min": "1000", "preset": "ultrafast",
+                                                             "crf": "35", "sc_threshold": "0"})
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+        for i in range(400):
+            frame = np.roll(base, 7 * i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def peak_rss_bytes(proc) -> int:
+    with open(f"/proc/{proc.popen.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+# -- a client that leaves, at each stage ----------------------------------------------------------------------------
+
+def test_leaving_while_queued_for_the_model_ends_the_request(worker):
+    long = LeavingClient(worker.url, CHAT, chat("tell me a long story", max_tokens=3000))
+    queued = None
+    try:
+        wait_for(worker, lambda h: h["engine_running"] == 1, 30, "the first request runs")
+        queued = LeavingClient(worker.url, CHAT, chat("and another one", max_tokens=3000))
+        wait_for(worker, lambda h: h["queued"] == 1 and h["in_flight"] == 2, 10, "the second request queues")
+        queued.close()
+        wait_for(worker, lambda h: h["queued"] == 0 and h["in_flight"] == 1, STOP_WITHIN_S, "the queued one ends")
+    finally:
+        long.close()
+        if queued:
+            queued.close()
+    wait_for(worker, idle, STOP_WITHIN_S + 1, "the worker is idle")
+
+
+def test_leaving_while_streaming_stops_the_engine(worker):
+    client = LeavingClient(worker.url, CHAT, chat("tell me a long story", max_tokens=3000))
+    try:
+        assert b"200 OK" in client.read_some()
+        wait_for(worker, lambda h: h["engine_running"] == 1 and h["stages"].get("streaming") == 1, 10, "streaming")
+    finally:
+        client.close()
+    wait_for(worker, idle, STOP_WITHIN_S, "the stream's work stops")
+
+
+def test_leaving_while_a_video_is_decoded_stops_the_decoding(worker):
+    clip = slow_video()
+    content = [{"type": "video_url", "video_url": {"url": data_url(clip, "video/mp4"), "num_frames": 8}},
+               {"type": "text", "text": "what happens?"}]
+    client = LeavingClient(worker.url, CHAT, chat(content))
+    try:
+        wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the video is being decoded")
+    finally:
+        client.close()
+    wait_for(worker, idle, STOP_WITHIN_S, "decoding stops and the request ends")
+
+
+def photo_35mp(seed: int) -> list[dict]:
+    """A fresh photo per test: the worker's media cache would skip decoding one it has seen."""
+    noise = np.random.default_rng(seed).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 17 MB as JPEG
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=60)
+    return [{"type": "image_url", "image_url": {"url": data_url(buf.getvalue(), "image/jpeg")}},
+            {"type": "text", "text": "what is it?"}]
+
+
+def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
+    content = photo_35mp(seed=1)
+    client = LeavingClient(worker.url, CHAT, chat(content))
+    try:
+        wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the image is being decoded")
+    finally:
+        client.close()
+    wait_for(worker, idle, STOP_WITHIN_S, "preprocessing stops and the request ends")
+
+
+def test_leaving_before_the_first_token_stops_the_engine(hanging_worker):
+    client = LeavingClient(hanging_worker.url, CHAT, chat("hello"))
+    try:
+        wait_for(hanging_worker, lambda h: h["engine_running"] == 1, 10, "the engine works on the request")
+    finally:
+        client.close()
+    wait_for(hanging_worker, idle, STOP_WITHIN_S, "the engine stops before its first token")
+
+
+def test_non_streaming_request_is_cancelled_when_its_client_leaves(hanging_worker):
+    client = LeavingClient(hanging_worker.url, CHAT, chat("hello", stream=False))
+    try:
+        wait_for(hanging_worker, lambda h: h["engine_running"] == 1, 10, "the engine works on the request")
+    finally:
+        client.close()
+    wait_for(hanging_worker, idle, STOP_WITHIN_S, "the engine stops")
+
+
+# -- heavy work off the event loop, cheap checks first ---------------------------------------------------------------
+
+def test_health_answers_while_a_5_mb_prompt_is_handled(worker):
+    answer: dict = {}
+
+    def send() -> None:
+        r = httpx.post(worker.url + CHAT, json=chat("hello world " * 440_000, stream=False), timeout=120)
+        answer.update(status=r.status_code, body=r.json())
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        for _ in range(15):
+            health(worker, timeout=1.0)  # raises when the event loop is stuck
+            time.sleep(0.05)
+    finally:
+        sender.join()
+    assert answer["status"] == 400 and answer["body"]["error"]["code"] == "context_length_exceeded"
+
+
+def test_text_far_beyond_the_context_is_refused_at_once(worker):
+    started = time.monotonic()
+    r = httpx.post(worker.url + CHAT, json=chat("x " * 2_500_000, stream=False), timeout=120)
+    took = time.monotonic() - started
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded", r.text[:300]
+    assert "4096" in error["message"], error["message"]
+    assert took < 3.0, f"refused after {took:.1f} s: the text was tokenized before the cheap check"
+
+
+def test_text_many_times_the_context_is_refused_from_a_prefix(worker):
+    r = httpx.post(worker.url + CHAT, json=chat("hello world " * 6000, stream=False), timeout=60)  # 72,000 chars
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "its first 32,768 of" in error["message"], error["message"]
+
+
+def test_text_just_over_the_context_is_counted_and_refused(worker):
+    r = httpx.post(worker.url + CHAT, json=chat("one two three " * 2000, stream=False), timeout=60)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "tokens" in error["message"] and "4096" in error["message"], error["message"]
+
+
+# -- memory per request ---------------------------------------------------------------------------------------------
+
+def test_decoded_pixel_budget_refuses_sixteen_8000px_pngs_without_growing(worker):
+    solid = data_url(png(Image.new("RGB", (8000, 8000), (200, 30, 40))), "image/png")
+    content = [{"type": "image_url", "image_url": {"url": solid}} for _ in range(16)]
+    content.append({"type": "text", "text": "compare them"})
+    before = peak_rss_bytes(worker)
+    r = httpx.post(worker.url + CHAT, json=chat(content, stream=False), timeout=120)
+    grew = peak_rss_bytes(worker) - before
+    error = r.json()["error"]
+    assert r.status_code == 413 and error["code"] == "upload_too_large", r.text[:300]
+    assert "1,024,000,000" in error["message"] and "max_request_pixels" in error["message"], error["message"]
+    assert grew < 1024**3, f"worker peak RSS grew by {grew / 1024**3:.2f} GiB"
+
+
+def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker):
+    body = chat(photo_35mp(seed=2), stream=False)
+    answers: list[int] = []
+    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=body,
+                                                                          timeout=120).status_code))
+               for _ in range(2)]
+    for t in senders:
+        t.start()
+    seen = []
+    while any(t.is_alive() for t in senders):
+        h = health(worker)
+        seen.append((h["stages"].get("media", 0), h["preprocess_pixels"]))
+        time.sleep(0.02)
+    assert answers == [200, 200]
+    assert max(pixels for _, pixels in seen) <= PREPROCESS_PIXELS, seen
+    assert (2, 35_000_000) in seen, seen  # both preparing media, one of them waiting for the other's pixels
+
+
+def test_a_killed_worker_leaves_no_helper_processes(demo_checkpoint, log_dir):
+    """The body parser's helper processes go with their worker, even when it is killed with SIGKILL."""
+    proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo")
+    helpers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+    assert helpers
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+        time.sleep(0.2)
+    assert not [pid for pid in helpers if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# -- request ids ----------------------------------------------------------------------------------------------------
+
+def test_same_client_request_id_twice_at_once_both_served(worker):
+    results: list[tuple[int, str, str]] = []
+
+    def send() -> None:
+        with httpx.stream("POST", worker.url + CHAT, json=chat("count to ten", max_tokens=48),
+                          headers={"X-Request-ID": "same-id-1"}, timeout=60) as r:
+            text = r.read().decode()
+            results.append((r.status_code, r.headers.get("x-request-id"), text))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for status, echoed, text in results:
+        assert status == 200 and echoed == "same-id-1", text[:300]
+        events = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+        assert events[-1] == "[DONE]" and not any("error" in json.loads(e) for e in events[:-1]), text[:300]
+    assert len(results) == 2

@@ -1,0 +1,122 @@
+"""Stopping a TurboMind request on CPU: the real lmdeploy AsyncEngine (sessions, request-handle pool) with our engine
+on top and tests/support/scripted_turbomind.py in place of TurboMind's CUDA part (it keeps TurboMind's contract: a
+cancel is a request, confirmed later; a handle must not serve a new request before its old one is confirmed).
+
+An abort must take effect before the request's first output, whether the request is queued for a TurboMind handle
+or prefilling, and a client that leaves (anyio cancels the response task at every await, as sse-starlette does) must
+not make lmdeploy return a handle before TurboMind confirms the cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from tests.support import scripted_turbomind
+from workers.engines import turbomind_config as tc
+from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from workers.engines.turbomind_engine import TurbomindEngine
+from workers.model_spec import detect_model_spec
+from workers.prompts.templates import TEMPLATES
+from workers.settings import WorkerSettings
+
+GUARD_S = 10  # only a guard against hanging: each awaited event here happens within milliseconds when all is well
+
+
+@pytest.fixture
+async def engine(v1_checkpoint, monkeypatch):
+    """One TurboMind handle (max_batch_size 1), so a second request queues for it."""
+    eng = TurbomindEngine(WorkerSettings(model_path=str(v1_checkpoint), turbomind={"max_batch_size": 1}),
+                          detect_model_spec(v1_checkpoint))
+    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat and"))
+    gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
+    await eng.load(eng.resolve(gpus), vision_device="cpu")
+    eng.tm = scripted["tm"]
+    yield eng
+    eng.tm.prefill.set()
+    await eng.stop()
+
+
+def request(eng, rid: str, max_new: int = 400) -> GenerationRequest:
+    prompt = TEMPLATES[eng.spec.template].render(eng.spec.system_message, [("user", "Say something.")])
+    return GenerationRequest(request_id=rid, prompt=prompt, pixel_values=None,
+                             sampling=SamplingParams(max_new_tokens=max_new, temperature=0))
+
+
+async def collect(agen) -> list:
+    return [event async for event in agen]
+
+
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def finished(task: asyncio.Task):
+    """The task's result; fails (without cancelling it) when it is still running after the guard time."""
+    await asyncio.wait({task}, timeout=GUARD_S)
+    assert task.done(), "the request is still waiting"
+    return task.result()
+
+
+async def test_abort_of_a_request_queued_for_a_handle_ends_it_without_reaching_turbomind(engine):
+    engine.tm.prefill.clear()  # the first request holds the only handle and stays in its prefill
+    first = asyncio.create_task(collect(engine.generate(request(engine, "first"))))
+    await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
+    queued = asyncio.create_task(collect(engine.generate(request(engine, "queued"))))
+    await asyncio.wait_for(until(lambda: len(engine._pipe.session_mgr.sessions) == 2), GUARD_S)  # preprocessed
+
+    await engine.abort("queued")
+    events = await finished(queued)
+    assert events == [FinishEvent("abort", events[-1].prompt_tokens, 0)]
+    assert len(engine.tm.calls) == 1 and not first.done()  # it never reached TurboMind; the first one runs on
+    await engine.settle(GUARD_S)
+    assert [s.session_id for s in engine._pipe.session_mgr.sessions.values()] == \
+        [engine._live["first"].session.session_id]
+
+    await engine.abort("first")
+    assert (await finished(first))[-1].reason == "abort"
+    engine.tm.prefill.set()
+    await engine.settle(GUARD_S)
+    assert engine.tm.calls[0].status == "cancel" and not engine.tm.violations
+    assert engine._pipe.session_mgr.sessions == {} and engine._pipe.session_mgr.request_handle_pool.num_dispatched == 0
+    again = await collect(engine.generate(request(engine, "again", max_new=5)))  # the handle serves again
+    assert again[-1] == FinishEvent("length", again[-1].prompt_tokens, 5)
+
+
+async def test_abort_during_prefill_ends_the_request_before_its_first_token(engine):
+    engine.tm.prefill.clear()
+    task = asyncio.create_task(collect(engine.generate(request(engine, "slow"))))
+    await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
+
+    await engine.abort("slow")
+    events = await finished(task)  # no waiting for TurboMind's first output
+    assert [type(e) for e in events] == [FinishEvent] and events[0].reason == "abort"
+    call = engine.tm.calls[0]
+    assert call.cancel_requested and not call.released.is_set()  # TurboMind has been asked; it confirms later
+    engine.tm.prefill.set()
+    await engine.settle(GUARD_S)
+    assert call.status == "cancel" and call.tokens == [] and not engine.tm.violations
+
+
+async def test_client_gone_under_anyio_cancellation_returns_the_handle_only_after_turbomind_confirms(engine):
+    seen = asyncio.Event()
+
+    async def client():
+        async for event in engine.generate(request(engine, "leaver")):
+            if isinstance(event, TokenEvent):
+                seen.set()
+
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client)
+            await seen.wait()
+            tg.cancel_scope.cancel()  # what starlette does when the client disconnects
+    assert engine._live == {}
+    await engine.settle(GUARD_S)
+    call = engine.tm.calls[0]
+    assert call.cancel_requested and call.status == "cancel" and len(call.tokens) < 400
+    assert not engine.tm.violations, engine.tm.violations
+    assert engine._pipe.session_mgr.sessions == {} and engine._pipe.session_mgr.request_handle_pool.num_dispatched == 0

@@ -1,0 +1,185 @@
+"""One lease per admitted request: the worker's own record that the request exists, what stage it is in, and the one
+way to stop its work. The worker's in-flight count (in /health, /metrics and every heartbeat) is the number of
+leases; a lease is taken at admission and released exactly once, whatever ends the request.
+
+Stopping: the layer that owns the lease (workers/serving.py, driven by the routes in workers/app.py) runs the
+request's work as a task and cancels that task when the client leaves. Cancelling reaches every stage: a wait for
+the preprocessing budget or for the model is an await and ends at once; work running in a thread (media decoding,
+tiling, tokenizing) sees `cancelled` set and stops at its next check, and the task waits for the thread to be out
+before the lease goes, so the pixels it holds are really free; the engine's stream is closed, which is how an engine
+stops a generation (workers/engines/base.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from common.errors import ErrorCode, ServingError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RequestCancelled(Exception):
+    """Raised inside a worker thread that noticed its request was cancelled (the client left)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request's answer started; its work has been stopped."""
+
+
+class Lease:
+    def __init__(self, leases: Leases, client_id: str, pixels: PixelPool):
+        self.id = uuid.uuid4().hex  # the engine's key: ours, unique; the client's X-Request-ID is only logged
+        self.client_id = client_id
+        self.stage = "admitted"
+        self.cancelled = threading.Event()  # read by worker threads between frames, images, steps
+        self._leases = leases
+        self._pixels = pixels
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self.released = False
+
+    def check(self) -> None:
+        """For worker threads: stop here when the request was cancelled."""
+        if self.cancelled.is_set():
+            raise RequestCancelled
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any, pixels: int = 0) -> T:
+        """Run `fn(*args)` in a thread, after taking `pixels` from the worker's preprocessing budget (a wait the
+        client's leaving ends). The pixels go back when the thread is out. When the request is cancelled meanwhile,
+        the thread is told (`cancelled`) and awaited before the cancellation goes on."""
+        taken = await self._pixels.acquire(pixels)
+        try:
+            self.check()
+        except RequestCancelled:
+            self._pixels.release(taken)
+            raise
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        future.add_done_callback(lambda _: self._pixels.release(taken))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            await asyncio.wait([future])  # the thread stops at its next check
+            if not future.cancelled():
+                future.exception()  # retrieved: RequestCancelled, or a failure nobody waits for any more
+            raise
+
+    def on_release(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Something to close when the lease goes (e.g. the engine's stream)."""
+        self._cleanups.append(cleanup)
+
+    async def release(self) -> None:
+        """End the request: close what it holds and drop it from the count. Only the first call does anything."""
+        if self.released:
+            return
+        self.released = True
+        self.cancelled.set()
+        try:
+            for cleanup in self._cleanups:
+                with contextlib.suppress(Exception):
+                    await cleanup()
+        finally:
+            self._leases.drop(self)
+
+
+class Leases:
+    """The worker's admitted requests. `admit` refuses with worker_busy at max_concurrency."""
+
+    def __init__(self, max_concurrency: int, pixels: PixelPool):
+        self.max_concurrency = max_concurrency
+        self.pixels = pixels
+        self._live: dict[str, Lease] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def admit(self, client_id: str) -> Lease:
+        if len(self._live) >= self.max_concurrency:
+            raise ServingError(ErrorCode.WORKER_BUSY, f"worker is at capacity ({len(self._live)} requests running); "
+                               "retry shortly or add workers")
+        lease = Lease(self, client_id, self.pixels)
+        self._live[lease.id] = lease
+        log.info("admitted as %s", lease.id)  # the line that ties the client's id (request_id=) to the engine's
+        return lease
+
+    def drop(self, lease: Lease) -> None:
+        self._live.pop(lease.id, None)
+
+    def stages(self) -> dict[str, int]:
+        return dict(Counter(lease.stage for lease in self._live.values()))
+
+
+class PixelPool:
+    """The worker-wide budget of decoded pixels being prepared at once (images and video frames): requests wait their
+    turn rather than grow the process. A request bigger than the whole pool waits until it can have all of it."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+
+    async def acquire(self, pixels: int) -> int:
+        """-> the pixels taken (at most the capacity); waiting is first come, first served."""
+        pixels = min(max(0, pixels), self.capacity)
+        if not pixels:
+            return 0
+        if not self._waiters and self.in_use + pixels <= self.capacity:
+            self.in_use += pixels
+            return pixels
+        future = asyncio.get_running_loop().create_future()
+        entry = (pixels, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif future.done() and not future.cancelled():
+                self.release(pixels)  # granted at the moment we were cancelled
+            self._wake()
+            raise
+        return pixels
+
+    def release(self, pixels: int) -> None:
+        self.in_use -= pixels
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use + self._waiters[0][0] <= self.capacity:
+            pixels, future = self._waiters.pop(0)
+            if not future.done():
+                self.in_use += pixels
+                future.set_result(None)
+
+
+async def until_client_leaves(receive: Callable[[], Awaitable[dict]], work: Awaitable[T]) -> T:
+    """Run `work` while watching the client's connection. When the client disconnects first, the work is cancelled
+    (and has unwound, its lease released) before ClientGone is raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientGone
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
