@@ -140,8 +140,11 @@ def test_a_file_uploaded_by_another_session_is_refused(ui, secret_image):
     stolen = [{"role": "user", "content": [{"type": "file", "file": {"path": uploaded, "meta": {
         "_type": "gradio.FileData"}}}, {"type": "text", "text": "and this?"}]}]
     done = _call(ui["url"], "regenerate", [stolen, MODEL, *SETTINGS])
-    assert done["success"] is False
-    assert "not uploaded in this session" in str(done["output"].get("error"))
+    # Refused as a note in the chat, not a raised error (that would leave the page locked), and never answered.
+    assert done["success"] is True, done
+    messages = done["output"]["data"][0]
+    assert len(messages) == 2, messages  # the forged turn and the note: nothing was sent to the model
+    assert "not uploaded in this session" in json.dumps(messages[-1]), messages
 
 
 def test_uploads_are_private_and_deleted_after_the_set_age(backend, log_dir, tmp_path, secret_image):
