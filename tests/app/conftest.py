@@ -30,7 +30,9 @@ def ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
         proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Per module, not per session: Playwright's sync API runs an event loop in this thread until it stops, and every
+    # async test collected after a still-running browser would fail with "cannot be called from a running event loop".
     with launch_browser() as b:
         yield b
