@@ -57,6 +57,11 @@ def max_new_tokens_bound(limits: Limits, fallback: int = 4096) -> int:
     return max(16, limits.context_length - min(1024, limits.context_length // 4))
 
 
+def _mb(n: int) -> str:
+    """Megabytes as a reader wants them: 0.3, 2.5, 20, 64 (never a limit of "0 MB")."""
+    return f"{n / MB:.1f}" if n < 10 * MB else f"{n / MB:.0f}"
+
+
 def _where(path: str, nth_message: int, lang: str) -> str:
     from app.texts import ordinal
 
@@ -88,7 +93,7 @@ def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_byt
             raise ServingError(code, tr("file_empty", lang, where=where))
         if size > per_file:
             raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, tr("file_too_large", lang, where=where,
-                               size=f"{size / MB:.1f}", limit=f"{per_file / MB:.0f}"))
+                               size=_mb(size), limit=_mb(per_file)))
         if kind == "image":
             _check_image(path, where, limits, lang)
         total += size
@@ -96,8 +101,9 @@ def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_byt
         raise ServingError(ErrorCode.INVALID_REQUEST, tr("too_many_media", lang, n=len(items),
                                                           limit=limits.max_images_per_request))
     if total * 4 // 3 > limits.max_body_bytes:  # files travel base64-encoded
-        raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, tr("request_too_large", lang, size=f"{total * 4 / 3 / MB:.0f}",
-                                                          limit=f"{limits.max_body_bytes / MB:.0f}"))
+        # The conversation, not one file, is the cause: REQUEST_TOO_LARGE's advice says to start a new chat.
+        raise ServingError(ErrorCode.REQUEST_TOO_LARGE, tr("request_too_large", lang, n=len(items),
+                                                            size=_mb(total * 4 // 3), limit=_mb(limits.max_body_bytes)))
     return items
 
 

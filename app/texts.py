@@ -102,9 +102,10 @@ TEXTS: dict[str, dict[str, str]] = {
         HANS: "本对话共有 {n} 个图片和视频；模型服务器一次对话最多接受 {limit} 个。",
         HANT: "本對話共有 {n} 個圖片和影片；模型伺服器一次對話最多接受 {limit} 個。"},
     "request_too_large": {
-        EN: "The files in this conversation add up to {size} MB; the server accepts at most {limit} MB at once.",
-        HANS: "本对话中的文件合计 {size} MB；服务器一次最多接受 {limit} MB。",
-        HANT: "本對話中的檔案合計 {size} MB；伺服器一次最多接受 {limit} MB。"},
+        EN: "This conversation as a whole holds {n} files, {size} MB as sent; the server accepts at most {limit} MB "
+            "at once.",
+        HANS: "本对话整体共有 {n} 个文件，发送时合计 {size} MB；服务器一次最多接受 {limit} MB。",
+        HANT: "本對話整體共有 {n} 個檔案，傳送時合計 {size} MB；伺服器一次最多接受 {limit} MB。"},
     "fix_media": {
         EN: "Press Undo to get your message back and remove the file, or start a new chat (Clear).",
         HANS: "请按“撤销”取回消息并移除该文件，或开始新对话（清空）。",

@@ -57,7 +57,8 @@ async def test_a_file_over_the_advertised_limit_is_refused_by_name_before_upload
     final = await turn(handlers, [], "what happens?", [str(clip)])
     note = final[-1]
     assert note["metadata"]["id"] == "error", note
-    assert "'holiday.mp4' is 0.4 MB; the limit is 0.3 MB" in note["content"]
+    assert "'holiday.mp4' in your 1st message is 0.4 MB" in note["content"]
+    assert "at most 0.3 MB per file" in note["content"]
     assert handlers.encoded.misses == 0  # refused from its size alone: never read nor encoded
 
 
@@ -74,4 +75,6 @@ async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers,
     assert "conversation as a whole" in note["content"] and "4 files" in note["content"]
     assert "press Clear to start a new chat" in note["content"]
     assert "use a smaller or shorter file" not in note["content"]
-    assert handlers.encoded.hits >= 6  # earlier photos were not re-encoded on later turns
+    # Earlier photos were not re-encoded on later turns (each photo encoded once), and the 4th turn was refused from
+    # file sizes alone, before anything of it was read or encoded.
+    assert (handlers.encoded.misses, handlers.encoded.hits) == (3, 1 + 2)
