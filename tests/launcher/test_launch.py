@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.support import launched as launched_process
 from tests.support.stack import ROOT, free_port
 
 # ------------------------------------------------------------------------------------ the whole stack, started
@@ -40,20 +40,12 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
-class Launched:
+class Launched(launched_process.Launched):
+    """`./launch.sh` in a copy of the checkout: the support reader, plus the ports it was given."""
+
     def __init__(self, popen: subprocess.Popen, root: Path, ports: dict[str, int]):
-        self.popen, self.root, self.ports = popen, root, ports
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__(popen, root / "logs")
+        self.root, self.ports = root, ports
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -62,8 +54,7 @@ class Launched:
         deadline = time.monotonic() + timeout
         while not any(line.startswith("==> Ready") for line in self.lines):
             if self.popen.poll() is not None or time.monotonic() > deadline:
-                logs = "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in (self.root / "logs").glob("*.log"))
-                raise AssertionError(f"launch.sh not ready (exit {self.popen.poll()}):\n{self.output}{logs}")
+                raise AssertionError(f"launch.sh not ready (exit {self.popen.poll()}):\n{self.output}{self.logs()}")
             time.sleep(0.2)
         time.sleep(0.3)  # the rest of the ready block
 
