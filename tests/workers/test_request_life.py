@@ -175,22 +175,14 @@ def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
     wait_for(worker, idle, STOP_WITHIN_S, "preprocessing stops and the request ends")
 
 
-def test_leaving_before_the_first_token_stops_the_engine(hanging_worker):
-    client = LeavingClient(hanging_worker.url, CHAT, chat("hello"))
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
+def test_leaving_before_the_first_token_stops_the_engine(hanging_worker, stream):
+    client = LeavingClient(hanging_worker.url, CHAT, chat("hello", stream=stream))
     try:
         wait_for(hanging_worker, lambda h: h["engine_running"] == 1, 10, "the engine works on the request")
     finally:
         client.close()
     wait_for(hanging_worker, idle, STOP_WITHIN_S, "the engine stops before its first token")
-
-
-def test_non_streaming_request_is_cancelled_when_its_client_leaves(hanging_worker):
-    client = LeavingClient(hanging_worker.url, CHAT, chat("hello", stream=False))
-    try:
-        wait_for(hanging_worker, lambda h: h["engine_running"] == 1, 10, "the engine works on the request")
-    finally:
-        client.close()
-    wait_for(hanging_worker, idle, STOP_WITHIN_S, "the engine stops")
 
 
 # -- heavy work off the event loop, cheap checks first ---------------------------------------------------------------
