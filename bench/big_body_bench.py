@@ -144,12 +144,19 @@ async def measure(url: str, args: argparse.Namespace, upload_cmd: list[str]) -> 
 
 
 def pin(stack: Stack) -> None:
+    """The shared path (controller, the chat worker, this measuring process) on the last CPU; the uploads' side (their
+    worker and the uploaders) on the others, as when they are other users on other hosts. Unpinned on a 2-CPU
+    machine, the measuring client and the chat worker wait for a CPU behind the uploads worker's own work (it
+    validates each 40 MiB body), and the figures are about the machine, not the controller."""
     import psutil
 
     cpus = list(range(psutil.cpu_count()))
+    shared = ("controller", "worker-chat")
     for name, proc in stack.procs.items():
-        psutil.Process(proc.popen.pid).cpu_affinity(cpus[-1:] if name == "controller" else cpus[:-1])
-    psutil.Process().cpu_affinity(cpus[:-1])
+        main = psutil.Process(proc.popen.pid)
+        for p in (main, *main.children(recursive=True)):  # a worker's media decoding pool too
+            p.cpu_affinity(cpus[-1:] if name in shared else cpus[:-1])
+    psutil.Process().cpu_affinity(cpus[-1:])
 
 
 def taskset(on: bool) -> list[str]:
@@ -167,8 +174,8 @@ def main() -> None:
     ap.add_argument("--stream-rate", type=float, default=50.0, help="tokens/s of each of those streams")
     ap.add_argument("--stream-tokens", type=int, default=100)
     ap.add_argument("--probe-ms", type=float, default=10.0, help="pause between /health probes")
-    ap.add_argument("--pin", action="store_true", help="controller on the last CPU, every other process of the "
-                    "benchmark on the others (as when workers run on their own hosts)")
+    ap.add_argument("--pin", action="store_true", help="controller, chat worker and the measuring "
+                    "client on the last CPU, the uploads' worker and uploaders on the others (see pin())")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--uploaders-only", help=argparse.SUPPRESS)  # internal: the child process
     args = ap.parse_args()
