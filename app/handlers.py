@@ -33,9 +33,7 @@ from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, co
                           is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
-from app.limits import check_conversation as check_request
-from app.limits import limits_for
-from app.preflight import Limits, check_conversation, reader_labels, served_limits
+from app.limits import ServedLimits, check_conversation, reader_labels
 from app.settings import UISettings
 from app.texts import EN, language, tr
 from common.errors import ServingError
@@ -53,6 +51,7 @@ class ChatHandlers:
         self.max_bytes = settings.max_upload_mb * 2**20
         self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
+        self.limits = ServedLimits(client)
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -107,12 +106,10 @@ class ChatHandlers:
                   "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
                   "num_frames": int(num_frames)}
         try:
-            limits = await self._limits(model)
+            limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
-            upload = await limits_for(self.client, model, self.max_bytes)
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
-                                               upload.max_file_bytes, self.encoded.get)
-            check_request(messages, upload)
+                                               min(limits.max_media_bytes, self.max_bytes), self.encoded.get)
         except ServingError as err:
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
@@ -214,14 +211,6 @@ class ChatHandlers:
         self.log.log_vote(session=_session(request), turn=turn, vote=vote, answer=answer)
 
     # ------------------------------------------------------------------------------------------ helpers
-
-    async def _limits(self, model: str) -> Limits:
-        """The served model's limits; the defaults when the controller cannot say (the send then says why)."""
-        try:
-            cards = await self.client.models()
-        except ServingError:
-            return Limits()
-        return served_limits(next((c for c in cards if c.id == model), None))
 
     @staticmethod
     def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:

@@ -1,56 +1,168 @@
-"""What one chat request may carry, as the served model advertises it (`limits` on its card in /v1/models, declared
-by the workers in workers/limits.py), so the UI refuses a file or a conversation before uploading it, with the same
-numbers and the same cause the server would give."""
+"""What one chat request may carry, as the served model advertises it, and the check of a conversation against it
+before sending, naming problems the way a reader sees them ("'cat.jpg' in your 2nd message", not "image 1 (message
+3)"), and the conversation as a whole when that is the cause (every earlier file is sent again each turn).
+
+The limits come from the model card the controller lists (`limits` on each card of /v1/models, declared by the
+workers in workers/limits.py); a card that does not advertise a limit gets the workers' default. The worker
+enforces the same limits again: this check only makes the answer arrive before the upload and in words that name
+the file. The cards are fetched at most once per `CARDS_TTL_S`, not once per turn: a fetch is a round trip to the
+controller paid before the first token.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from app.messages import conversation_turns, from_display, media_kind, message_files, message_text
+from app.texts import EN, tr
 from common.errors import ErrorCode, ServingError
-from common.protocol import ModelCard
+
+MB = 2**20
+CARDS_TTL_S = 2.0
+JSON_OVERHEAD = 1024  # the request's own keys, settings and quoting, beyond files and text
 
 
 @dataclass(frozen=True)
-class UploadLimits:
-    max_file_bytes: int  # one image or video
-    max_body_bytes: int | None = None  # the whole request; None: not advertised (the server still checks)
-    max_files: int | None = None  # images and videos in the whole conversation
+class Limits:
+    """What one request to the served model may carry (workers/settings.py defaults where a card is silent)."""
+
+    context_length: int | None = None
+    max_media_bytes: int = 20 * MB
+    max_image_pixels: int = 64_000_000
+    max_images_per_request: int = 16
+    max_video_seconds: float = 600.0
+    max_body_bytes: int = 64 * MB
 
 
-def upload_limits(card: ModelCard | None, ui_max_file_bytes: int) -> UploadLimits:
-    """The card's limits; the UI's own upload ceiling (`--max-upload-mb`) when it is lower or none is advertised."""
-    if card is None or card.limits is None:
-        return UploadLimits(ui_max_file_bytes)
-    limits = card.limits
-    return UploadLimits(min(limits.max_media_bytes, ui_max_file_bytes), limits.max_body_bytes,
-                        limits.max_images_per_request)
+def served_limits(card: Any) -> Limits:
+    """Limits advertised on a model card (flat fields or a nested `limits` object), defaults for the rest."""
+    if card is None:
+        return Limits()
+    nested = getattr(card, "limits", None) or (card.get("limits") if isinstance(card, dict) else None)
+
+    def field(name: str, default):
+        for source in (nested, card):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return default
+
+    base = Limits()
+    return Limits(**{name: field(name, getattr(base, name)) for name in base.__dataclass_fields__})
 
 
-async def limits_for(client, model: str, ui_max_file_bytes: int) -> UploadLimits:
-    """The limits of `model` as the controller lists it now. Never raises: when the controller cannot say, the UI's
-    own ceiling applies and the server's answer tells the rest."""
+class ServedLimits:
+    """The limits of each served model, from the controller's model cards, fetched at most every `ttl_s`."""
+
+    def __init__(self, client: Any, ttl_s: float = CARDS_TTL_S):
+        self.client = client
+        self.ttl_s = ttl_s
+        self._cards: list[Any] = []
+        self._at = float("-inf")
+
+    async def get(self, model: str) -> Limits:
+        """Never raises: when the controller cannot say, the defaults apply and the send itself says why."""
+        if time.monotonic() - self._at > self.ttl_s:
+            try:
+                self._cards = await self.client.models()
+                self._at = time.monotonic()
+            except ServingError:
+                return Limits()
+        return served_limits(next((c for c in self._cards if c.id == model), None))
+
+
+def max_new_tokens_bound(limits: Limits, fallback: int = 4096) -> int:
+    """Largest 'max new tokens' worth offering: the context minus room for a short prompt with one image."""
+    if not limits.context_length:
+        return fallback
+    return max(16, limits.context_length - min(1024, limits.context_length // 4))
+
+
+def _mb(n: int) -> str:
+    """Megabytes as a reader wants them: 0.3, 2.5, 20, 64 (never a limit of "0 MB")."""
+    return f"{n / MB:.1f}" if n < 10 * MB else f"{n / MB:.0f}"
+
+
+def _where(path: str, nth_message: int, lang: str) -> str:
+    from app.texts import ordinal
+
+    return tr("file_in_message", lang, name=Path(path).name, nth=ordinal(nth_message, lang))
+
+
+def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_bytes: int,
+                       lang: str = EN) -> list[tuple[str, str, int]]:
+    """Raise a ServingError naming the first file the server would refuse, or the conversation when it is too
+    large as a whole; return (path, kind, message number) for every file that will be sent, in order.
+    `upload_bytes`: this UI's own per-file limit."""
+    items: list[tuple[str, str, int]] = []
+    total = 0  # the files' bytes
+    text_bytes = 0
+    nth = 0
+    for turn in conversation_turns(history):
+        text_bytes += len(from_display(message_text(turn)).encode())
+        if turn["role"] != "user":
+            continue
+        nth += 1
+        for path in message_files(turn):
+            items.append((path, media_kind(path), nth))
+    per_file = min(limits.max_media_bytes, upload_bytes)
+    for path, kind, nth in items:
+        where = _where(path, nth, lang)
+        code = ErrorCode.INVALID_IMAGE if kind == "image" else ErrorCode.INVALID_VIDEO
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            raise ServingError(code, tr("file_unreadable", lang, where=where)) from None
+        if size == 0:
+            raise ServingError(code, tr("file_empty", lang, where=where))
+        if size > per_file:
+            raise ServingError(ErrorCode.UPLOAD_TOO_LARGE, tr("file_too_large", lang, where=where,
+                               size=_mb(size), limit=_mb(per_file)))
+        if kind == "image":
+            _check_image(path, where, limits, lang)
+        total += size
+    if len(items) > limits.max_images_per_request:
+        raise ServingError(ErrorCode.INVALID_REQUEST, tr("too_many_media", lang, n=len(items),
+                                                          limit=limits.max_images_per_request))
+    sent = total * 4 // 3 + text_bytes + JSON_OVERHEAD  # files travel base64-encoded
+    if sent > limits.max_body_bytes:
+        # The conversation, not one file, is the cause: REQUEST_TOO_LARGE's advice says to start a new chat.
+        raise ServingError(ErrorCode.REQUEST_TOO_LARGE, tr("request_too_large", lang, n=len(items),
+                                                            size=_mb(sent), limit=_mb(limits.max_body_bytes)))
+    return items
+
+
+def _check_image(path: str, where: str, limits: Limits, lang: str) -> None:
     try:
-        cards = await client.models()
-    except ServingError:
-        cards = []
-    return upload_limits(next((c for c in cards if c.id == model), None), ui_max_file_bytes)
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+    except (OSError, Image.DecompressionBombError, ValueError):
+        raise ServingError(ErrorCode.INVALID_IMAGE, tr("not_an_image", lang, where=where)) from None
+    if w * h > limits.max_image_pixels:
+        raise ServingError(ErrorCode.INVALID_IMAGE, tr("file_too_many_pixels", lang, where=where, w=w, h=h,
+                                                        limit=f"{limits.max_image_pixels / 1e6:.0f}"))
 
 
-def check_conversation(messages: list[dict[str, Any]], limits: UploadLimits) -> None:
-    """Refuse a conversation the server would refuse as a whole (every earlier file is sent again each turn)."""
-    files = [part for m in messages if isinstance(m["content"], list) for part in m["content"]
-             if part.get("type") in ("image_url", "video_url")]
-    if limits.max_files is not None and len(files) > limits.max_files:
-        raise ServingError(ErrorCode.INVALID_REQUEST, f"this conversation as a whole holds {len(files)} images and "
-                           f"videos (earlier turns included); the model takes at most {limits.max_files} per request")
-    if limits.max_body_bytes is None:
-        return
-    # The data: URLs are nearly all of the body; the rest (text, JSON) is counted by its characters.
-    size = sum(len(p[p["type"]]["url"]) for p in files) + sum(
-        len(m["content"]) if isinstance(m["content"], str) else
-        sum(len(p.get("text", "")) for p in m["content"]) for m in messages) + 1024
-    if size > limits.max_body_bytes:
-        raise ServingError(ErrorCode.REQUEST_TOO_LARGE, f"this conversation as a whole is {size / 2**20:.1f} MB as "
-                           f"sent ({len(files)} files, each sent again with every turn), over the "
-                           f"{limits.max_body_bytes / 2**20:.1f} MB one request may carry")
+def reader_labels(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
+                  lang: str = EN) -> dict[str, str]:
+    """The worker's labels for media ("image 2 (message 3)", "video in message 3") -> the reader's words.
+
+    `first_user_index`: reader's message number -> index of that message in the OpenAI request (after any system
+    message). The UI built the request, so this mapping is exact."""
+    out: dict[str, str] = {}
+    image_no = 0
+    for path, kind, nth in items:
+        index = first_user_index.get(nth)
+        if index is None:
+            continue
+        if kind == "image":
+            image_no += 1
+            out[f"image {image_no} (message {index + 1})"] = _where(path, nth, lang)
+        else:
+            out.setdefault(f"video in message {index + 1}", _where(path, nth, lang))
+    return out

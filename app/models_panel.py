@@ -13,7 +13,7 @@ import gradio as gr
 
 from app.client import ControllerClient
 from app.errors import describe
-from app.preflight import max_new_tokens_bound, served_limits
+from app.limits import max_new_tokens_bound, served_limits
 from app.texts import EN, tr
 from common.errors import ServingError
 

@@ -76,7 +76,7 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "Could not write the conversation log: {error}",
         HANS: "无法写入对话日志：{error}",
         HANT: "無法寫入對話日誌：{error}"},
-    # ---- the conversation checked before sending (app/preflight.py)
+    # ---- the conversation checked before sending (app/limits.py)
     "file_in_message": {
         EN: "'{name}' in your {nth} message", HANS: "您{nth}消息中的“{name}”", HANT: "您{nth}訊息中的「{name}」"},
     "file_unreadable": {

@@ -339,7 +339,7 @@ async def test_coalesce_sends_the_first_delta_at_once_and_joins_fast_ones():
 
 
 def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
-    from app.preflight import Limits, check_conversation, served_limits
+    from app.limits import Limits, check_conversation, served_limits
 
     small, wide = image_file(tmp_path, "small.png"), image_file(tmp_path, "wide.png", size=(400, 300))
     history = [{"role": "user", "content": [{"type": "file", "file": {"path": small}}, {"type": "text", "text": "a"}]},

@@ -78,3 +78,36 @@ async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers,
     # Earlier photos were not re-encoded on later turns (each photo encoded once), and the 4th turn was refused from
     # file sizes alone, before anything of it was read or encoded.
     assert (handlers.encoded.misses, handlers.encoded.hits) == (3, 1 + 2)
+
+
+def _models_requests(url: str) -> float:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "internvl_http_requests_total" and s.labels.get("route") == "/v1/models")
+
+
+async def test_the_limits_are_the_cards_and_a_turn_does_not_fetch_them_again(controller_url):
+    # Each fetch is a round trip to the controller before the first token: at most one per TTL, not one per turn
+    # (there were two per turn).
+    from app.limits import Limits, ServedLimits
+
+    client = ControllerClient(controller_url)
+    try:
+        before = _models_requests(controller_url)
+        served = ServedLimits(client, ttl_s=60)
+        for _ in range(3):
+            limits = await served.get(MODEL)
+            assert limits.max_media_bytes == 300 * KB and limits.max_body_bytes == 1000 * KB
+        assert await served.get("not-served") == Limits()
+        assert _models_requests(controller_url) - before == 1
+        fresh = ServedLimits(client, ttl_s=0)
+        await fresh.get(MODEL)
+        await fresh.get(MODEL)
+        assert _models_requests(controller_url) - before == 3
+    finally:
+        await client.aclose()
+    gone = ServedLimits(ControllerClient("http://127.0.0.1:9"))  # nothing listens: the defaults, no raise
+    assert await gone.get(MODEL) == Limits()
