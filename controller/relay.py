@@ -5,7 +5,8 @@ can go wrong before the first token is seen here as a failed attempt, and the re
 After the first token the stream belongs to that worker: a failure becomes one error event, then the end marker.
 
 Past the first event the worker's bytes are relayed as they arrive, a network read at a time, cut at the last
-complete event (so a worker dying mid-event never leaves half an event in front of our error event). The controller
+complete event (so a worker dying mid-event never leaves half an event in front of our error event); events that
+follow the last write closer than `stream_interval_ms` wait out that interval and go in one write. The controller
 parses nothing per token: cheap byte searches find the few events it must read (the end marker, error events for
 the metrics, the usage event for tokens/s), and only those are parsed.
 """
@@ -214,18 +215,29 @@ class Dispatcher:
     async def _blocks(self, up: Upstream) -> AsyncIterator[bytes]:
         ok: bool | None = False
         pending = up.buffered
+        loop = asyncio.get_running_loop()
+        interval = self.settings.stream_interval_ms / 1000
+        last_write = float("-inf")  # the first event goes at once (time to first token)
         try:
             while True:
                 end = complete_events(pending)
                 if end:
+                    hold = last_write + interval - loop.time()
+                    if hold > 0 and not _ends(pending[:end]):
+                        # Events faster than the interval: the ones that arrive meanwhile join this write. A write
+                        # to a socket costs more than everything else the relay does per event.
+                        await asyncio.sleep(hold)
+                        pending += _buffered(up.response)
+                        end = complete_events(pending)
                     block, pending = pending[:end], pending[end:]
                     if _ERROR_LINE in block or b'"usage"' in block:
                         self._observe(block, up.first_at)
-                    ok = block.startswith(_DONE_LINE) or _DONE_LATER_LINE in block  # set before the yield:
+                    ok = _ends(block)  # set before the yield:
                     yield block  # a reader that stops at the end marker closes this generator right here
                     if ok:
                         await _drain(up.response)
                         return
+                    last_write = loop.time()
                 try:
                     chunk = await self._read(up.response, self.settings.token_timeout_s, up.worker)
                 except ServingError as err:
@@ -279,6 +291,19 @@ def _payload(body: bytes | bytearray) -> bytes | AsyncIterator[memoryview]:
                 yield view[at:at + _SLICE]
 
     return slices()
+
+
+def _ends(block: bytes) -> bool:
+    """Whether a block of complete events holds the end marker."""
+    return block.startswith(_DONE_LINE) or _DONE_LATER_LINE in block
+
+
+def _buffered(response: aiohttp.ClientResponse) -> bytes:
+    """What has arrived and not been read, without waiting; a broken stream shows on the next read instead."""
+    try:
+        return response.content.read_nowait()
+    except (aiohttp.ClientError, RuntimeError):
+        return b""
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

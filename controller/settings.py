@@ -23,6 +23,10 @@ class ControllerSettings(BaseSettings):
     first_token_timeout_s: float = Field(120.0, gt=0, description="a worker silent this long before its first "
                                          "token is given up on and the request goes to another worker")
     token_timeout_s: float = Field(60.0, gt=0, description="longest gap between two streamed tokens")
+    stream_interval_ms: float = Field(5.0, ge=0, le=100, description="a stream's events that arrive within this "
+                                      "time of its last write are sent with the next write, at most this much "
+                                      "later: a fast stream costs one write per interval, not one per token; 0: "
+                                      "every read is written at once")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys for /v1; empty: no auth")
     registration_secret: str | None = Field(None, description="workers must send it to register; unset: only "
