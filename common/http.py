@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 
 from common.auth import bearer_token, one_of
+from common.coalesce import coalesce
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 
 log = logging.getLogger(__name__)
@@ -181,17 +182,25 @@ def sse_data(payload: BaseModel) -> str:
     return payload.model_dump_json(exclude_none=True)
 
 
-def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> EventSourceResponse:
-    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the framing, keep-alive pings
-    and client-disconnect detection (it cancels the iterator, which is how generation gets aborted)."""
-    return EventSourceResponse(_as_dicts(events), ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
+def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None,
+                 interval_s: float = 0.0) -> EventSourceResponse:
+    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the keep-alive pings and
+    client-disconnect detection (it cancels the iterator, which is how generation gets aborted). Events that follow
+    the last write closer than `interval_s` go out together in the next write (common/coalesce.py)."""
+    framed = _framed(events)
+    if interval_s > 0:
+        framed = coalesce(framed, lambda _: interval_s)
+    return EventSourceResponse(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
 
 
-async def _as_dicts(events: AsyncIterator[str]) -> AsyncIterator[bytes | dict[str, str]]:
-    # One-line payloads (all of ours: JSON text, DONE) are framed here; sse-starlette sends bytes as they are, which
-    # skips building and encoding an event object per token. Anything with a line break gets its full framing.
+async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    # Framed here, not by sse-starlette (it sends bytes as they are): no event object built and encoded per token,
+    # and framed events can be joined into one write.
     async for e in events:
-        yield {"data": e} if "\n" in e or "\r" in e else b"data: " + e.encode() + b"\r\n\r\n"
+        if "\n" in e or "\r" in e:
+            yield "".join(f"data: {line}\r\n" for line in e.splitlines()).encode() + b"\r\n"
+        else:
+            yield b"data: " + e.encode() + b"\r\n\r\n"
 
 
 class SSEBytesResponse(StreamingResponse):

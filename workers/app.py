@@ -123,7 +123,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         finally:
             if not req.stream:
                 await lease.release()
-        return _Released(sse_response(service.stream_chunks(req, lease, first, events)), lease)
+        return _Released(sse_response(service.stream_chunks(req, lease, first, events),
+                                      interval_s=settings.stream_interval_ms / 1000), lease)
 
     return app
 

@@ -61,6 +61,9 @@ class WorkerSettings(BaseSettings):
                                 "worker; requests relayed by the controller carry the token it issued at registration")
     allow_unauthenticated: bool = Field(False, description="let a worker bound to a non-loopback address run with "
                                         "neither --api-keys nor a controller (anyone who reaches it may use it)")
+    stream_interval_ms: float = Field(5.0, ge=0, le=100, description="tokens generated within this time of the "
+                                      "last write go out together in the next write (a fast stream costs one write "
+                                      "per interval, not one per token); 0: one write per token")
     max_concurrency: int = Field(8, ge=1, le=4096, description="requests admitted at once; more get HTTP 429")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
