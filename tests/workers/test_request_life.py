@@ -144,18 +144,6 @@ def test_leaving_while_streaming_stops_the_engine(worker):
     wait_for(worker, idle, STOP_WITHIN_S, "the stream's work stops")
 
 
-def test_leaving_while_a_video_is_decoded_stops_the_decoding(worker):
-    clip = slow_video()
-    content = [{"type": "video_url", "video_url": {"url": data_url(clip, "video/mp4"), "num_frames": 8}},
-               {"type": "text", "text": "what happens?"}]
-    client = LeavingClient(worker.url, CHAT, chat(content))
-    try:
-        wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the video is being decoded")
-    finally:
-        client.close()
-    wait_for(worker, idle, STOP_WITHIN_S, "decoding stops and the request ends")
-
-
 def photo_35mp(seed: int) -> list[dict]:
     """A fresh photo per test: the worker's media cache would skip decoding one it has seen."""
     noise = np.random.default_rng(seed).integers(0, 256, (5000, 7000, 3), dtype=np.uint8)  # 17 MB as JPEG
@@ -165,14 +153,20 @@ def photo_35mp(seed: int) -> list[dict]:
             {"type": "text", "text": "what is it?"}]
 
 
-def test_leaving_while_an_image_is_preprocessed_stops_the_work(worker):
-    content = photo_35mp(seed=1)
+def video_clip() -> list[dict]:
+    return [{"type": "video_url", "video_url": {"url": data_url(slow_video(), "video/mp4"), "num_frames": 8}},
+            {"type": "text", "text": "what happens?"}]
+
+
+@pytest.mark.parametrize("media", ["video", "image"])
+def test_leaving_while_media_is_decoded_stops_the_work(worker, media):
+    content = video_clip() if media == "video" else photo_35mp(seed=1)
     client = LeavingClient(worker.url, CHAT, chat(content))
     try:
-        wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, "the image is being decoded")
+        wait_for(worker, lambda h: h["preprocess_pixels"] > 0, 30, f"the {media} is being decoded")
     finally:
         client.close()
-    wait_for(worker, idle, STOP_WITHIN_S, "preprocessing stops and the request ends")
+    wait_for(worker, idle, STOP_WITHIN_S, "decoding stops and the request ends")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
