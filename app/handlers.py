@@ -109,7 +109,7 @@ class ChatHandlers:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
-                                               min(limits.max_media_bytes, self.max_bytes), self.encoded.get)
+                                               limits.per_file_bytes(self.max_bytes), self.encoded.get)
         except ServingError as err:
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return

@@ -21,6 +21,7 @@ from PIL import Image
 from app.messages import conversation_turns, from_display, media_kind, message_files, message_text
 from app.texts import EN, tr
 from common.errors import ErrorCode, ServingError
+from workers.limits import DEFAULTS as WORKER_DEFAULTS  # declared once, there
 
 MB = 2**20
 CARDS_TTL_S = 2.0
@@ -29,14 +30,18 @@ JSON_OVERHEAD = 1024  # the request's own keys, settings and quoting, beyond fil
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request to the served model may carry (workers/settings.py defaults where a card is silent)."""
+    """What one request to the served model may carry (the workers' defaults where a card is silent)."""
 
     context_length: int | None = None
-    max_media_bytes: int = 20 * MB
-    max_image_pixels: int = 64_000_000
-    max_images_per_request: int = 16
-    max_video_seconds: float = 600.0
-    max_body_bytes: int = 64 * MB
+    max_media_bytes: int = WORKER_DEFAULTS.max_media_bytes
+    max_image_pixels: int = WORKER_DEFAULTS.max_image_pixels
+    max_images_per_request: int = WORKER_DEFAULTS.max_images_per_request
+    max_video_seconds: float = WORKER_DEFAULTS.max_video_seconds
+    max_body_bytes: int = WORKER_DEFAULTS.max_body_bytes
+
+    def per_file_bytes(self, upload_bytes: int) -> int:
+        """The largest file this UI sends: the served limit, or its own upload ceiling when that is lower."""
+        return min(self.max_media_bytes, upload_bytes)
 
 
 def served_limits(card: Any) -> Limits:
@@ -110,7 +115,7 @@ def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_byt
         nth += 1
         for path in message_files(turn):
             items.append((path, media_kind(path), nth))
-    per_file = min(limits.max_media_bytes, upload_bytes)
+    per_file = limits.per_file_bytes(upload_bytes)
     for path, kind, nth in items:
         where = _where(path, nth, lang)
         code = ErrorCode.INVALID_IMAGE if kind == "image" else ErrorCode.INVALID_VIDEO
