@@ -1,11 +1,13 @@
 """Past chats, kept in the reader's browser (gr.BrowserState: localStorage, encrypted with the server's secret).
 
-Each entry is {"id", "title", "history"}; the newest first, at most MAX_CHATS. Media stay on this server (the
-history holds their paths), so a chat reopened after the server restarted shows its text but not its files.
+Each entry is {"id", "title", "history"}; the newest first, at most MAX_CHATS and MAX_BYTES (the oldest go first).
+Media stay on this server (the history holds their paths), so a chat reopened after the server restarted shows its
+text but not its files.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -14,6 +16,9 @@ import gradio as gr
 from app.messages import from_display, message_files, message_text
 
 MAX_CHATS = 30
+# A browser keeps ~5 M characters per site, and the list is stored encrypted in base64 (4 characters per 3 bytes):
+# a list that outgrew it would not be written at all (Gradio logs the error to the console and keeps the old list).
+MAX_BYTES = 2_500_000
 TITLE_CHARS = 40
 
 
@@ -43,9 +48,19 @@ def save(history: list[dict[str, Any]] | None, chat_id: str | None,
         return saved, chat_id, gr.Radio(choices=_choices(saved), value=chat_id)
     chat_id = chat_id or uuid.uuid4().hex[:12]
     entry = {"id": chat_id, "title": _title(history), "history": history}
-    saved = [entry] + [c for c in saved if c["id"] != chat_id]
-    saved = saved[:MAX_CHATS]
+    saved = _within_budget([entry] + [c for c in saved if c["id"] != chat_id][:MAX_CHATS - 1])
     return saved, chat_id, gr.Radio(choices=_choices(saved), value=chat_id)
+
+
+def _within_budget(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest entries whose JSON fits MAX_BYTES (the newest is kept whatever its size)."""
+    kept, total = entries[:1], 0
+    for i, entry in enumerate(entries):
+        total += len(json.dumps(entry, ensure_ascii=False).encode())
+        if i and total > MAX_BYTES:
+            break
+        kept = entries[:i + 1]
+    return kept
 
 
 def open_chat(chosen: str | None, saved: list[dict[str, Any]] | None) -> tuple[Any, Any]:

@@ -201,4 +201,8 @@ def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", font=FONTS),
             "css_paths": [STATIC / "style.css"], "js": (STATIC / "phone.js").read_text(),
-            "allowed_paths": [str(EXAMPLES)], "show_error": True}
+            "allowed_paths": [str(EXAMPLES)], "show_error": True,
+            # Gradio's own run history would keep a second, unencrypted copy of every conversation in the browser
+            # (inputs and outputs of up to 100 runs, rewritten every 500 ms while an answer streams): the past chats
+            # list is this app's one copy, and the rewriting made the page slower as chats accumulated.
+            "run_history": False}

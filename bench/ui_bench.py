@@ -1,7 +1,7 @@
 """What the web UI adds on top of the API: time to first visible token, visible token rate, Stop latency and long
 tasks in the page, each side by side with the API in one run.
 
-    .venv/bin/python bench/ui_bench.py                 # ~1-2 minutes on 2 cores
+    .venv/bin/python bench/ui_bench.py                 # ~3 minutes on 2 cores (~6 with --compare-root)
     .venv/bin/python bench/ui_bench.py --rate 400 --runs 10 --json out.json
 
 Real processes on loopback: one controller, one scripted worker (tests/support/scripted_engine.py: tokens at a set
@@ -13,6 +13,8 @@ app`), and Debian's Chromium driven by Playwright. The API side is a streaming c
 - Visible rate: words of a --tokens answer in the DOM over time (first to last change) vs the API's event rate.
 - Stop: click -> Stop disabled again and the answer's last change, while a long answer streams.
 - Long tasks: PerformanceObserver 'longtask' entries while a --tokens answer streams.
+- Kept chats: TTFT again once the page keeps --kept-chats past chats of --kept-tokens tokens each (the page gets
+  slower as the browser's storage grows, if anything copies or rewrites it per update).
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ def stop_latency(page, after_words: int = 40) -> tuple[float, float]:
     return clicked[1] - clicked[0], max(0.0, last_change - clicked[0])
 
 
+def keep_chats(page, chats: int, tokens: int) -> None:
+    """Fill the page's past chats list: `chats` conversations of one `tokens`-token answer each."""
+    set_max_tokens(page, tokens)
+    for k in range(chats):
+        page.locator("#new-chat-btn").click()
+        page.wait_for_function(f"() => document.querySelectorAll('{BOTS}').length === 0")
+        page.locator("#input textarea").fill(f"kept chat {k}")
+        page.locator("#input textarea").press("Enter")
+        wait_idle(page, 120)
+        page.wait_for_timeout(100)
+
+
 def measure(pages: dict, controller_url: str, args) -> dict:
     """All phases on every page (name -> page); TTFT interleaved API / page / page per round."""
     out = {name: {"ttft": [], "shown": []} for name in pages}
@@ -143,6 +157,18 @@ def measure(pages: dict, controller_url: str, args) -> dict:
         r["longtasks"] = [round(d) for d in b["longtasks"]]
         set_max_tokens(page, 3000)
         r["stops"] = [stop_latency(page) for _ in range(5)]
+    if args.kept_chats:
+        for name, page in pages.items():
+            keep_chats(page, args.kept_chats, args.kept_tokens)
+            out[name]["kept_storage_bytes"] = page.evaluate(
+                "() => Object.values(localStorage).reduce((n, v) => n + v.length, 0)")
+            set_max_tokens(page, 16)
+            out[name]["kept_ttft"] = []
+        for i in range(args.runs + 1):
+            for name, page in pages.items():
+                b = ui_turn(page, f"hello again {i}")
+                if i:
+                    out[name]["kept_ttft"].append(b["first"] - b["enter"])
     return {"api_ttft_ms": statistics.median(api), "api_tokens_per_s": api_tps, "ui": out}
 
 
@@ -153,6 +179,10 @@ def report(name: str, r: dict, api_ttft: float, api_tps: float, args) -> dict:
            "stop_disabled_ms": [round(s[0], 1) for s in r["stops"]],
            "stop_last_change_ms": [round(s[1], 1) for s in r["stops"]],
            "long_tasks_over_100ms": sum(d > 100 for d in r["longtasks"]), "long_tasks_all_ms": r["longtasks"]}
+    if r.get("kept_ttft"):
+        kept = statistics.median(r["kept_ttft"])
+        res.update(kept_chats=args.kept_chats, kept_storage_bytes=r["kept_storage_bytes"], kept_ui_ttft_ms=kept,
+                   kept_ui_added_ttft_ms=kept - api_ttft)
     print(f"[{name}]")
     print(f"  time to first token  UI {ttft:7.1f} ms   UI-added {res['ui_added_ttft_ms']:7.1f} ms (target <= 150); "
           f"Enter -> own message shown {res['own_message_shown_ms']:.1f} ms")
@@ -161,6 +191,9 @@ def report(name: str, r: dict, api_ttft: float, api_tps: float, args) -> dict:
     print(f"  Stop                 click -> disabled {res['stop_disabled_ms']} ms; click -> last change "
           f"{res['stop_last_change_ms']} ms (target <= 200)")
     print(f"  long tasks > 100 ms  {res['long_tasks_over_100ms']} (target 0); all (> 50 ms): {r['longtasks']}")
+    if "kept_ui_ttft_ms" in res:
+        print(f"  with {args.kept_chats} kept chats ({res['kept_storage_bytes'] / 1000:.0f} kB in the browser's storage): "
+              f"time to first token UI {res['kept_ui_ttft_ms']:7.1f} ms   UI-added {res['kept_ui_added_ttft_ms']:7.1f} ms")
     return res
 
 
@@ -169,6 +202,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=500, help="length of the streamed answer (rate, long tasks)")
     ap.add_argument("--rate", type=float, default=200.0, help="the scripted worker's tokens per second")
+    ap.add_argument("--kept-chats", type=int, default=30, help="past chats to keep before measuring TTFT again "
+                    "(0: skip; the UI keeps at most 30)")
+    ap.add_argument("--kept-tokens", type=int, default=500, help="length of each kept chat's answer")
     ap.add_argument("--compare-root", type=Path, help="another checkout (e.g. a worktree of main): its UI is measured "
                     "side by side, against the same controller")
     ap.add_argument("--json", type=Path)

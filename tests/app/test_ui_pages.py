@@ -170,6 +170,23 @@ def test_past_chats_are_kept_in_the_browser(pages):
     assert "a chat worth keeping" in page.locator("#chat").inner_text()
 
 
+def test_the_browser_keeps_one_encrypted_copy_of_a_chat(pages):
+    """Gradio's run history (on by default) kept every turn's inputs and outputs in localStorage as plain JSON,
+    rewritten every 500 ms while an answer streamed: a second, readable copy of each conversation that made every
+    first token slower as chats accumulated (BENCHMARKS.md). The past chats list is the one copy, encrypted."""
+    page = pages()
+    pick_model(page, "internvl-fast")
+    send(page, "a private matter")
+    page.locator(BOTS).first.wait_for(timeout=30_000)
+    wait_idle(page)
+    page.locator("#chat-list label").filter(has_text="a private matter").wait_for(timeout=10_000)
+    page.wait_for_timeout(700)  # past the run history's 500 ms write interval
+    stored = dict(page.evaluate("() => Object.entries(localStorage)"))
+    assert "internvl-chats" in stored
+    assert [key for key, value in stored.items() if "a private matter" in value] == []
+    assert [key for key in stored if key.startswith("gradio:run-history")] == []
+
+
 def test_paste_an_image_into_the_input(pages):
     page = pages()
     png = io.BytesIO()
