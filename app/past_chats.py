@@ -54,13 +54,12 @@ def save(history: list[dict[str, Any]] | None, chat_id: str | None,
 
 def _within_budget(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest entries whose JSON fits MAX_BYTES (the newest is kept whatever its size)."""
-    kept, total = entries[:1], 0
+    total = 0
     for i, entry in enumerate(entries):
         total += len(json.dumps(entry, ensure_ascii=False).encode())
         if i and total > MAX_BYTES:
-            break
-        kept = entries[:i + 1]
-    return kept
+            return entries[:i]
+    return entries
 
 
 def open_chat(chosen: str | None, saved: list[dict[str, Any]] | None) -> tuple[Any, Any]:
