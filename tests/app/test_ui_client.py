@@ -83,7 +83,10 @@ def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(cli
     assert text_of(history[0]) == "What is in &lt;b&gt;these&lt;/b&gt;?"  # shown as text
     turns = [json.loads(line) for f in ui_stack[2].glob("*.jsonl") for line in f.read_text().splitlines()]
     turn = [t for t in turns if t["type"] == "turn"][-1]
-    assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and turn["answer"] == from_display(text_of(history[1]))
+    # the log keeps the answer as generated; Gradio's Chatbot shows each text without its surrounding whitespace
+    # (the demo model's random answer sometimes ends in a newline)
+    assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and \
+        turn["answer"].strip() == from_display(text_of(history[1]))
     assert [p["type"] for p in turn["messages"][0]["content"]] == ["image", "video", "text"]
     assert {p.name for p in (ui_stack[2] / "media").iterdir()} == \
         {p["media"] for p in turn["messages"][0]["content"][:2]}
