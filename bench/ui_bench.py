@@ -123,12 +123,7 @@ def keep_chats(page, chats: int, tokens: int) -> None:
     """Fill the page's past chats list: `chats` conversations of one `tokens`-token answer each."""
     set_max_tokens(page, tokens)
     for k in range(chats):
-        page.locator("#new-chat-btn").click()
-        page.wait_for_function(f"() => document.querySelectorAll('{BOTS}').length === 0")
-        page.locator("#input textarea").fill(f"kept chat {k}")
-        page.locator("#input textarea").press("Enter")
-        wait_idle(page, 120)
-        page.wait_for_timeout(100)
+        ui_turn(page, f"kept chat {k}")  # Clear starts a new chat, and the finished one is kept
 
 
 def measure(pages: dict, controller_url: str, args) -> dict:
