@@ -157,6 +157,8 @@ def gpu_problems(rendered: dict[str, list[dict]]) -> list[str]:
         head = obj["spec"]["headGroupSpec"]
         if head.get("rayStartParams", {}).get("num-gpus") != "0":
             problems.append(f"kuberay: {where(obj)}: the head must declare no GPUs (workers go to GPU pods)")
+        head_pod = head["template"]["spec"]
+        problems += _shm_problems("kuberay", f"{where(obj)} head", head_pod, head_pod["containers"][0])
         for group in obj["spec"].get("workerGroupSpecs", []):
             pod = group["template"]["spec"]
             for c in pod["containers"]:
