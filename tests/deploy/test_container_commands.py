@@ -124,6 +124,7 @@ def test_ray_head_starts_ray_without_blocking_then_the_launcher(tmp_path, monkey
     command = cli.parse(argv)
     s = command.settings
     assert command.mode == "all" and s.host == "0.0.0.0"
+    assert getattr(s, "ray", "auto") == "auto"
     assert (s.api_key, s.registration_secret) == (SECRETS["api-key"], SECRETS["registration-secret"])
     assert s.controller_port == head["ports"][0]["containerPort"] and s.port == head["ports"][1]["containerPort"]
     # Tensor parallelism never spans pods: --tp divides each GPU pod's GPUs; the model is on the same volume.
