@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.deploy.manifests import containers, find, where
+from tests.deploy.manifests import containers, find, pod_templates, where
 
 SECRET_NAME = "internvl-secrets"
 SECRET_KEYS = {"api-key", "registration-secret"}
@@ -151,6 +151,11 @@ def gpu_problems(rendered: dict[str, list[dict]]) -> list[str]:
         if config.get("INTERNVL_WORKER_DEVICE") != "cpu" or config.get("INTERNVL_WORKER_ENGINE") != "transformers":
             problems.append(f"overlays/cpu-demo: {label}: not the transformers engine on CPU: {config}")
         problems += _shm_problems("overlays/cpu-demo", label, pod, c)
+    for obj in rendered["overlays/kuberay-cpu-demo"]:
+        problems += [f"overlays/kuberay-cpu-demo: {label}: asks for a GPU" for label, _pod, c in containers(obj)
+                     if "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})]
+        if obj["kind"] == "ConfigMap" and obj["data"].get("INTERNVL_CPU") != "true":
+            problems.append(f"overlays/kuberay-cpu-demo: {where(obj)}: the launcher is not told --cpu")
     for obj in rendered["kuberay"]:
         if obj["kind"] != "RayCluster":
             continue
@@ -166,6 +171,21 @@ def gpu_problems(rendered: dict[str, list[dict]]) -> list[str]:
                 if not c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu"):
                     problems.append(f"kuberay: {label}: no nvidia.com/gpu limit")
                 problems += _shm_problems("kuberay", label, pod, c)
+    return problems
+
+
+def volume_problems(rendered: dict[str, list[dict]]) -> list[str]:
+    """In a render that is applied as it is (an overlay), every claim a pod mounts is one it creates."""
+    problems = []
+    for where_, objects in rendered.items():
+        if where_ in ("base", "models"):
+            continue  # bases: the overlays bring the volume
+        claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+        for obj in objects:
+            for part, template in pod_templates(obj):
+                problems += [f"{where_}: {where(obj)} {part}: mounts claim {v['persistentVolumeClaim']['claimName']}, "
+                             "which this render does not create" for v in template.get("spec", {}).get("volumes", [])
+                             if "persistentVolumeClaim" in v and v["persistentVolumeClaim"]["claimName"] not in claims]
     return problems
 
 
@@ -186,7 +206,8 @@ def autoscaling_problems(rendered: dict[str, list[dict]]) -> list[str]:
         for trigger in so["spec"]["triggers"]:
             query = trigger["metadata"].get("query", "")
             if trigger["type"] != "prometheus" or "internvl:num_requests_waiting" not in query:
-                problems.append(f"gpu-keda: trigger {trigger['type']} {query!r} is not on internvl:num_requests_waiting")
+                problems.append(f"gpu-keda: trigger {trigger['type']} {query!r} is not on "
+                                "internvl:num_requests_waiting")
             elif f'model="{model}"' not in query:
                 problems.append(f"gpu-keda: the query {query!r} does not name the model served ({model})")
     service = find(objects, "Service", "internvl-controller")
@@ -204,5 +225,5 @@ def autoscaling_problems(rendered: dict[str, list[dict]]) -> list[str]:
 
 def all_problems(rendered: dict[str, list[dict]]) -> list[str]:
     return probe_problems(rendered) + secret_problems(rendered) + gpu_problems(rendered) + \
-        autoscaling_problems(rendered)
+        volume_problems(rendered) + autoscaling_problems(rendered)
 

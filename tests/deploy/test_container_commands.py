@@ -91,8 +91,11 @@ def test_each_service_parses_its_manifest_with_its_own_settings(where, monkeypat
         assert worker.tp == gpus and worker.model_path.startswith("/models/")
 
 
-def _ray_cluster() -> tuple[list[dict], dict]:
-    objects = render(KUBERNETES / "kuberay")
+RAY = ("kuberay", "overlays/kuberay-cpu-demo")
+
+
+def _ray_cluster(where: str = "kuberay") -> tuple[list[dict], dict]:
+    objects = render(KUBERNETES / where)
     return objects, find(objects, "RayCluster", "internvl")
 
 
@@ -108,8 +111,9 @@ def _run_pod_script(container: dict, ray_start: str, cwd: Path) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_ray_head_starts_ray_without_blocking_then_the_launcher(tmp_path, monkeypatch):
-    objects, cluster = _ray_cluster()
+@pytest.mark.parametrize("where", RAY)
+def test_ray_head_starts_ray_without_blocking_then_the_launcher(where, tmp_path, monkeypatch):
+    objects, cluster = _ray_cluster(where)
     assert cluster["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     lines = _run_pod_script(head, "echo ray start --head --block --dashboard-host=127.0.0.1", tmp_path)
@@ -127,6 +131,10 @@ def test_ray_head_starts_ray_without_blocking_then_the_launcher(tmp_path, monkey
     assert getattr(s, "ray", "auto") == "auto"
     assert (s.api_key, s.registration_secret) == (SECRETS["api-key"], SECRETS["registration-secret"])
     assert s.controller_port == head["ports"][0]["containerPort"] and s.port == head["ports"][1]["containerPort"]
+    if where == "overlays/kuberay-cpu-demo":  # the demo checkpoint built into the image, on CPU workers
+        assert (s.cpu, s.workers, s.model) == (True, "2", "/app/checkpoints/demo")
+        return
+    assert not s.cpu
     # Tensor parallelism never spans pods: --tp divides each GPU pod's GPUs; the model is on the same volume.
     for group in cluster["spec"]["workerGroupSpecs"]:
         gpus = group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
@@ -138,8 +146,9 @@ def test_ray_head_starts_ray_without_blocking_then_the_launcher(tmp_path, monkey
         assert claims == head_claims and s.model.startswith("/models/")
 
 
-def test_ray_worker_pods_run_kuberays_ray_start_as_it_is(tmp_path):
-    _, cluster = _ray_cluster()
+@pytest.mark.parametrize("where", RAY)
+def test_ray_worker_pods_run_kuberays_ray_start_as_it_is(where, tmp_path):
+    _, cluster = _ray_cluster(where)
     for group in cluster["spec"]["workerGroupSpecs"]:
         worker = group["template"]["spec"]["containers"][0]
         lines = _run_pod_script(worker, "echo ray start --address=internvl-head-svc:6379 --block", tmp_path)

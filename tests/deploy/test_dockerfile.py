@@ -36,7 +36,8 @@ def test_cuda_base_and_the_pinned_requirements():
     assert re.search(r"CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-\w+-ubuntu", args) and _all("FROM") == ["${CUDA_IMAGE}"]
     assert "requirements.txt /app/requirements.txt" in _all("COPY")
     runs = " ".join(_all("RUN"))
-    assert "python3 -m venv /opt/venv" in runs and "/opt/venv/bin/pip install --no-cache-dir -r /app/requirements.txt" in runs
+    assert "python3 -m venv /opt/venv" in runs
+    assert "/opt/venv/bin/pip install --no-cache-dir -r /app/requirements.txt" in runs
     # the requirements are installed before the code is copied: a code change reuses the 8 GB layer
     order = [w + " " + r for w, r in instructions()]
     assert order.index("COPY requirements.txt /app/requirements.txt") < order.index("COPY . /app")
@@ -65,13 +66,14 @@ def test_the_demo_checkpoint_is_where_the_cpu_demo_serves_it():
     built = re.search(r"python -m workers.demo_checkpoint (\S+)", runs).group(1)
     # the launcher's default demo folder, relative to the image's /app: ./launch.sh --cpu finds it there too
     assert _all("WORKDIR") == ["/app"] and built == "/app/checkpoints/demo"
-    objects = render(KUBERNETES / "overlays/cpu-demo")
-    maps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("internvl-worker")]
-    assert [m["data"]["INTERNVL_WORKER_MODEL_PATH"] for m in maps] == [built]
+    for where, variable in (("overlays/cpu-demo", "INTERNVL_WORKER_MODEL_PATH"),
+                            ("overlays/kuberay-cpu-demo", "INTERNVL_MODEL")):
+        maps = [o for o in render(KUBERNETES / where) if o["kind"] == "ConfigMap"]
+        assert [m["data"][variable] for m in maps] == [built], where
 
 
 def test_every_pod_runs_this_image_through_its_entrypoint():
-    for directory in ("base", "overlays/gpu", "overlays/cpu-demo", "kuberay"):
+    for directory in ("base", "overlays/gpu", "overlays/cpu-demo", "kuberay", "overlays/kuberay-cpu-demo"):
         for obj in render(KUBERNETES / directory):
             for label, _pod, c in containers(obj):
                 assert c["image"].split(":")[0].endswith("internvl-serve"), label

@@ -20,7 +20,8 @@ def rendered():
 
 def test_every_kustomization_renders_and_passes_the_schemas(rendered):
     # check_tree raised on the first object a cluster would refuse; here: nothing was left out.
-    assert set(rendered) == {"base", "models", "overlays/cpu-demo", "overlays/gpu", "overlays/gpu-keda", "kuberay"}
+    assert set(rendered) == {"base", "models", "overlays/cpu-demo", "overlays/gpu", "overlays/gpu-keda", "kuberay",
+                             "overlays/kuberay-cpu-demo"}
     kinds = {o["kind"] for objects in rendered.values() for o in objects}
     assert kinds == {"ConfigMap", "Deployment", "Service", "PersistentVolumeClaim", "RayCluster", "ScaledObject",
                      "ServiceMonitor"}
@@ -36,6 +37,10 @@ def test_credentials_come_only_from_the_secret(rendered):
 
 def test_gpu_workers_ask_for_their_gpus_and_a_memory_dev_shm(rendered):
     assert checks.gpu_problems(rendered) == []
+
+
+def test_every_claim_mounted_is_created_with_it(rendered):
+    assert checks.volume_problems(rendered) == []
 
 
 def test_keda_scales_workers_on_requests_waiting(rendered):
@@ -98,6 +103,10 @@ MEANING_BREAKS = {
                     checks.gpu_problems, "/dev/shm is not a memory emptyDir"),
     "GPUs and TP disagree": ("overlays/gpu/kustomization.yaml", "INTERNVL_WORKER_TP=1", "INTERNVL_WORKER_TP=2",
                              checks.gpu_problems, "1 GPUs but INTERNVL_WORKER_TP=2"),
+    "a claim left mounted when its volume is dropped": (
+        "overlays/kuberay-cpu-demo/kustomization.yaml",
+        "      - op: remove\n        path: /spec/headGroupSpec/template/spec/volumes/0\n",
+        "", checks.volume_problems, "mounts claim internvl-models, which this render does not create"),
     "KEDA on another metric": ("overlays/gpu-keda/scaledobject.yaml", "internvl:num_requests_waiting",
                                "internvl_requests_in_flight", checks.autoscaling_problems,
                                "not on internvl:num_requests_waiting"),
@@ -118,4 +127,4 @@ def test_rendering_needs_no_cluster(tmp_path):
     assert kubectl()
     with pytest.raises(ManifestError, match="kubectl kustomize"):
         render(tmp_path / "nowhere")
-    assert len(kustomizations()) == 6
+    assert len(kustomizations()) == 7
