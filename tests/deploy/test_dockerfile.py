@@ -5,6 +5,7 @@ look for it, runs as a numeric non-root user behind tini, and its build context 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -34,13 +35,23 @@ def _all(word: str) -> list[str]:
 def test_cuda_base_and_the_pinned_requirements():
     args = " ".join(_all("ARG"))
     assert re.search(r"CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-\w+-ubuntu", args) and _all("FROM") == ["${CUDA_IMAGE}"]
-    assert "requirements.txt /app/requirements.txt" in _all("COPY")
+    assert "requirements.txt requirements-cluster.txt /app/" in _all("COPY")
     runs = " ".join(_all("RUN"))
     assert "python3 -m venv /opt/venv" in runs
-    assert "/opt/venv/bin/pip install --no-cache-dir -r /app/requirements.txt" in runs
+    assert "pip install --no-cache-dir -r /app/requirements.txt -r /app/requirements-cluster.txt" in runs
     # the requirements are installed before the code is copied: a code change reuses the 8 GB layer
     order = [w + " " + r for w, r in instructions()]
-    assert order.index("COPY requirements.txt /app/requirements.txt") < order.index("COPY . /app")
+    assert order.index("COPY requirements.txt requirements-cluster.txt /app/") < order.index("COPY . /app")
+
+
+def test_the_image_has_the_manifests_ray_with_the_agent_kuberay_probes():
+    # KubeRay's probes ask the dashboard agent, which only ray[default] serves; same Ray as the venv and rayVersion
+    pins = [line.split("#")[0].strip() for line in (ROOT / "requirements-cluster.txt").read_text().splitlines()]
+    ray = importlib.metadata.version("ray")
+    assert f"ray[default]=={ray}" in pins
+    for where in ("kuberay", "overlays/kuberay-cpu-demo"):
+        [cluster] = [o for o in render(KUBERNETES / where) if o["kind"] == "RayCluster"]
+        assert cluster["spec"]["rayVersion"] == ray
 
 
 def test_launch_sh_uses_the_image_virtualenv_and_installs_nothing():
@@ -90,7 +101,7 @@ def test_build_context_keeps_the_code_and_leaves_local_state_out():
                 if p.strip() and not p.startswith("#")]
     for local in (".git", ".venv", "logs", "checkpoints", "tests"):
         assert _ignored(local, patterns), local
-    needed = ["launch.sh", "requirements.txt", "static"] + [p.name for p in ROOT.iterdir()
+    needed = ["launch.sh", "requirements.txt", "requirements-cluster.txt", "static"] + [p.name for p in ROOT.iterdir()
                                                             if (p / "__main__.py").is_file() or p.name == "common"]
     assert {"controller", "workers", "app", "launcher", "common"} <= set(needed)
     assert [n for n in needed if _ignored(n, patterns)] == []
