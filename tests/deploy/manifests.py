@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
@@ -106,8 +107,10 @@ def _validate_once(text: str) -> None:
 def check_tree(root: Path = KUBERNETES) -> dict[str, list[dict]]:
     """Render and validate every kustomization under `root`; {relative dir: objects}. Raises ManifestError."""
     rendered = {}
-    for directory in kustomizations(root):
-        objects = render(directory)
+    directories = kustomizations(root)
+    with ThreadPoolExecutor(4) as pool:  # each render is its own kubectl process
+        renders = list(pool.map(render, directories))
+    for directory, objects in zip(directories, renders):
         if not objects:
             raise ManifestError(f"{directory} renders nothing")
         for obj in objects:
