@@ -183,3 +183,20 @@ async def test_the_controller_collects_each_choice_with_its_logprobs():
     assert [(c.index, c.message.content, c.finish_reason) for c in done.choices] == [(0, "aa", "length"),
                                                                                     (1, "b", "stop")]
     assert [len(c.logprobs.content) for c in done.choices] == [2, 1] and done.usage.total_tokens == 5
+
+
+def test_zerogpu_serves_what_survives_its_process_boundary():
+    """On ZeroGPU the generation arguments are pickled into the GPU process: the penalties' processor must pickle;
+    logprobs and response_format, which do not cross, are refused by name."""
+    import pickle
+
+    from workers.engines.zerogpu_engine import ZeroGPUEngine
+
+    penalty = pickle.loads(pickle.dumps(_penalties(0.5, 1.0, 2)))
+    assert (penalty.presence, penalty.frequency, penalty.prompt_tokens) == (0.5, 1.0, 2)
+    engine = ZeroGPUEngine.__new__(ZeroGPUEngine)
+    refuse_unsupported(chat(presence_penalty=1.0, logit_bias={"3": 2}, ignore_eos=True), engine)
+    for fields, param in (({"logprobs": True}, "logprobs"), ({"response_format": {"type": "json_object"}},
+                                                             "response_format.type")):
+        with pytest.raises(ServingError, match=f"this server does not support {param}=.*transformers-zerogpu"):
+            refuse_unsupported(chat(**fields), engine)

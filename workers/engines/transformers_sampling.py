@@ -49,21 +49,25 @@ def _check_ids(param: str, ids, vocab_size: int) -> None:
                            f"ids 0-{vocab_size - 1}", param=param)
 
 
-def _penalties(presence: float, frequency: float, prompt_tokens: int):
-    import torch
-    from transformers import LogitsProcessor
+def _penalties(presence: float, frequency: float, prompt_tokens: int) -> PresenceFrequencyPenalty:
+    return PresenceFrequencyPenalty(presence, frequency, prompt_tokens)
 
-    class PresenceFrequencyPenalty(LogitsProcessor):
-        """OpenAI's penalties: subtract `frequency` per earlier occurrence in the answer, and `presence` once."""
 
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-            answer = input_ids[:, prompt_tokens:]
-            if answer.shape[1] == 0:
-                return scores
-            counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
-            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+class PresenceFrequencyPenalty:
+    """OpenAI's penalties (transformers' logits-processor protocol): subtract `frequency` per earlier occurrence in
+    the answer, and `presence` once. A plain module-level class: ZeroGPU pickles the generation arguments."""
 
-    return PresenceFrequencyPenalty()
+    def __init__(self, presence: float, frequency: float, prompt_tokens: int):
+        self.presence, self.frequency, self.prompt_tokens = presence, frequency, prompt_tokens
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        answer = input_ids[:, self.prompt_tokens:]
+        if answer.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 class Grammars:
