@@ -1,6 +1,7 @@
 """The parts of OpenAI compatibility below the HTTP layer, unit by unit: the admission table (what is accepted,
 ignored or refused), the penalties' arithmetic, n choices (seeds, merging, stopping), and the controller's
-collection of a streamed answer with several choices and logprobs. End to end: tests/integration/test_openai_compat.py."""
+collection of a streamed answer with several choices and logprobs.
+End to end: tests/integration/test_openai_compat.py."""
 
 from __future__ import annotations
 
