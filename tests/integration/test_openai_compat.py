@@ -12,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.integration.test_stack_integration import MODEL, data_url
+from tests.integration.test_stack_integration import DIRECT_KEY, MODEL, data_url
 from tests.support.stack import start_controller, start_worker
 
 HI = [{"role": "user", "content": "Describe the picture."}]
@@ -21,7 +21,7 @@ HI = [{"role": "user", "content": "Describe the picture."}]
 @pytest.fixture(scope="module")
 def stack(demo_checkpoint, log_dir):
     controller = start_controller(log_dir)
-    worker = start_worker(log_dir, demo_checkpoint, controller.url)
+    worker = start_worker(log_dir, demo_checkpoint, controller.url, api_keys=[DIRECT_KEY])
     yield controller, worker
     worker.stop()
     controller.stop()
@@ -168,6 +168,21 @@ def test_n_choices_with_a_seed_are_repeatable_and_streamed_alike(client):
     assert [stream_texts[i] for i in range(3)] == texts and set(finish) == {0, 1, 2}
     assert r.usage.completion_tokens == 3 * 6  # the choices' tokens add up
     assert r.usage.prompt_tokens == chat(client, max_tokens=1).usage.prompt_tokens  # the prompt counts once
+
+
+def test_the_worker_used_directly_answers_n_choices_with_logprobs_alike(stack, client):
+    """The controller always streams from the worker; a client of the worker itself gets the worker's own
+    non-streaming answer, which must hold the same choices."""
+    direct = openai.OpenAI(base_url=stack[1].url + "/v1", api_key=DIRECT_KEY, max_retries=0)
+    kwargs = dict(n=2, seed=11, temperature=1.0, max_tokens=5, logprobs=True, top_logprobs=1)
+    mine = chat(direct, **kwargs)
+    assert [c.message.content for c in mine.choices] == [c.message.content for c in chat(client, **kwargs).choices]
+    for c in mine.choices:
+        assert c.logprobs.content and all(t.logprob <= 0 and len(t.top_logprobs) == 1 for t in c.logprobs.content)
+        if c.message.content.isascii():  # (a token that is part of a UTF-8 character reads as U+FFFD alone)
+            assert "".join(t.token for t in c.logprobs.content) == c.message.content
+    texts, _, _ = streamed(direct, **kwargs)
+    assert [texts[0], texts[1]] == [c.message.content for c in mine.choices]
 
 
 def test_seed_makes_sampling_repeatable_and_negative_seeds_work(client):
