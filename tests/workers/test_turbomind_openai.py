@@ -4,11 +4,20 @@ in TurboMind's own form). What TurboMind cannot honour is refused at admission, 
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
+
+import openai
 import pytest
+import uvicorn
+from PIL import Image
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest
-from tests.workers.test_turbomind_flow import collect, request, v1_engine  # noqa: F401 - the fixture
+from tests.support.stack import free_port
+from tests.workers.test_turbomind_flow import _engine, collect, request, v1_engine  # noqa: F401 - the fixture
+from workers.app import create_app
 from workers.engines.base import SamplingParams
 from workers.engines.turbomind_config import generation_config
 from workers.engines.turbomind_sampling import lmdeploy_logprobs
@@ -79,3 +88,71 @@ def test_lmdeploy_logprobs_belong_to_the_last_token_ids(v1_engine):  # noqa: F81
     assert len(out) == 1 and out[0].logprob == -0.5
     assert out[0].token == v1_engine.tokenizer.decode([13]) and out[0].top == ((out[0].token, -0.5),)
     assert lmdeploy_logprobs([1], None, v1_engine.tokenizer, top=1) == []
+
+
+# ------------------------------------------------------------------------------------------- through the openai client
+
+
+@pytest.fixture
+async def turbomind_worker(v1_checkpoint, monkeypatch):
+    """A real worker HTTP server (uvicorn, in this process, so the scripted TurboMind seam applies) on the TurboMind
+    engine, loaded as the flow tests load it (no GPU here)."""
+    eng = await _engine(v1_checkpoint, monkeypatch, controller_url=None, body_parsers=0, model_name="tm")
+
+    async def loaded() -> None:  # the app's lifespan starts the engine: it is already loaded on the CPU
+        return None
+
+    eng.start = loaded
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(eng.settings, eng), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 30
+    while not server.started and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert server.started
+    try:
+        yield eng, openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    finally:
+        server.should_exit = True
+        await task
+        await eng.stop()
+
+
+def _image_turn() -> list[dict]:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "Describe."}]}]
+
+
+async def test_openai_client_on_turbomind_logprobs_n_and_response_format(turbomind_worker):
+    eng, client = turbomind_worker
+    r = await client.chat.completions.create(model="tm", messages=_image_turn(), max_tokens=4, temperature=0, n=2,
+                                             logprobs=True, top_logprobs=2, seed=-3,
+                                             response_format={"type": "json_object"},
+                                             extra_body={"skip_special_tokens": False, "min_p": 0.1})
+    assert [c.index for c in r.choices] == [0, 1]
+    for c in r.choices:
+        assert len(c.logprobs.content) == 4 and all(t.logprob == -0.25 for t in c.logprobs.content)
+        assert "".join(t.token for t in c.logprobs.content) == c.message.content
+    configs = [call.gen_config for call in eng.tm.calls[-2:]]  # the two choices, each its own TurboMind request
+    assert sorted(cfg.random_seed for cfg in configs) == [2**64 - 3, 2**64 - 2]
+    for cfg in configs:
+        assert (cfg.logprobs, cfg.response_format, cfg.skip_special_tokens, cfg.min_p) == \
+            (2, {"type": "json_object"}, False, 0.1)
+    chunks = [c async for c in await client.chat.completions.create(
+        model="tm", messages=_image_turn(), max_tokens=4, temperature=0, stream=True, logprobs=True)]
+    assert sum(len(c.choices[0].logprobs.content) for c in chunks if c.choices and c.choices[0].logprobs) == 4
+
+
+@pytest.mark.parametrize("kwargs, param", [({"presence_penalty": 0.5}, "presence_penalty"),
+                                           ({"logit_bias": {"7": 5}}, "logit_bias")])
+async def test_openai_client_on_turbomind_is_told_what_it_cannot_have(turbomind_worker, kwargs, param):
+    eng, client = turbomind_worker
+    before = len(eng.tm.calls)
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="tm", messages=_image_turn(), max_tokens=4, **kwargs)
+    assert info.value.body["code"] == "unsupported_value" and "turbomind engine" in info.value.body["message"]
+    assert info.value.body["param"] == param and len(eng.tm.calls) == before  # refused before TurboMind
