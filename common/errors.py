@@ -13,6 +13,9 @@ from typing import Any
 class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     INVALID_JSON = "invalid_json"
+    UNSUPPORTED_VALUE = "unsupported_value"  # a documented parameter whose value this server cannot honour (OpenAI's)
+    NOT_FOUND = "not_found"  # no such path
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     MODEL_NOT_FOUND = "model_not_found"
@@ -35,6 +38,9 @@ class ErrorCode(StrEnum):
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.INVALID_JSON: 400,
+    ErrorCode.UNSUPPORTED_VALUE: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.MODEL_NOT_FOUND: 404,
@@ -60,6 +66,7 @@ _ERROR_TYPE: dict[int, str] = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }

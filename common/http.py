@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.auth import bearer_token, one_of
 from common.coalesce import coalesce
@@ -166,6 +167,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _gone(_: Request, __: ClientGone) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": only the access log sees it
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = routing_error(request.method, request.url.path, exc.status_code, exc.detail)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         code, message, param = describe_validation(exc.errors())
@@ -176,6 +182,23 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"),
                             status_code=500)
+
+
+# Paths OpenAI clients try that this server does not serve, with the reason.
+NOT_SERVED = {
+    "/v1/completions": "this server does not serve /v1/completions (prompt-only text completion): a vision-language "
+                       "model is served through /v1/chat/completions",
+}
+
+
+def routing_error(method: str, path: str, status: int, detail: Any) -> ServingError:
+    """Starlette's routing answers (no such path, wrong method) in the one error format."""
+    shown = excerpt(path, 120)
+    if status == 404:
+        return ServingError(ErrorCode.NOT_FOUND, NOT_SERVED.get(path, f"no such path: {method} {shown[1:-1]}"))
+    if status == 405:
+        return ServingError(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed on {shown[1:-1]}")
+    return ServingError(ErrorCode.INVALID_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL, str(detail))
 
 
 def sse_data(payload: BaseModel) -> str:

@@ -12,7 +12,9 @@ import urllib.parse
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from common.openai_fields import ChoiceLogprobs, FieldExtensions, OpenAIOptions
 
 
 class WireModel(BaseModel):
@@ -29,7 +31,7 @@ class OutModel(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- content parts
 
-SEED_MAX = 2**63 - 1  # engines take a signed 64-bit seed
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # OpenAI takes any 64-bit integer; engines reduce it (workers/pipeline.py)
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
 
@@ -54,7 +56,16 @@ def _media_url(url: str) -> str:
     return url
 
 
-class TextPart(WireModel):
+class _PartKeys(WireModel):
+    """Keys the field's clients put on content parts, which change nothing here: SGLang's `modalities`, vLLM's
+    `uuid` (a cache key for the media), OpenAI's `prompt_cache_breakpoint`."""
+
+    modalities: str | list[str] | None = None
+    uuid: str | None = None
+    prompt_cache_breakpoint: dict | None = None
+
+
+class TextPart(_PartKeys):
     type: Literal["text"]
     text: str
 
@@ -62,11 +73,11 @@ class TextPart(WireModel):
 class ImageURL(WireModel):
     url: str = Field(description="data: URL (base64), or http(s) URL when the server allows remote media")
     _url = field_validator("url")(_media_url)
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
     max_dynamic_patch: int | None = Field(None, ge=1, le=40, description="tile budget for this image")
 
 
-class ImagePart(WireModel):
+class ImagePart(_PartKeys):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -80,7 +91,7 @@ class VideoURL(WireModel):
     end: float | None = Field(None, gt=0, description="seconds; optional segment end")
 
 
-class VideoPart(WireModel):
+class VideoPart(_PartKeys):
     type: Literal["video_url"]
     video_url: VideoURL
 
@@ -89,9 +100,22 @@ ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="t
 
 
 class ChatMessage(WireModel):
-    role: Literal["system", "user", "assistant"]
+    # `developer` is OpenAI's newer name for a system message and becomes one here; `tool`/`function` messages are
+    # accepted by shape and refused by the worker (workers/openai_support.py: no served family calls tools).
+    role: Literal["system", "user", "assistant", "developer", "tool", "function"]
     content: str | list[ContentPart]
     name: str | None = None
+    # OpenAI's other message keys: refused when they carry something (openai_support.py), else ignored.
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+    function_call: dict | None = None
+    refusal: str | None = None
+    audio: dict | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, v: str) -> str:
+        return "system" if v == "developer" else v
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -103,7 +127,10 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(WireModel):
+class ChatCompletionRequest(WireModel, OpenAIOptions, FieldExtensions):
+    """The core fields; the rest of OpenAI's parameters and the field's extensions come from common/openai_fields.py
+    (validated here by shape; what the worker honours: workers/openai_support.py)."""
+
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -115,8 +142,8 @@ class ChatCompletionRequest(WireModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=65536)
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    n: Literal[1] = 1
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    n: int = Field(1, ge=1, le=128)
     user: str | None = None
     # InternVL extensions (send with the OpenAI client's `extra_body`).
     max_tiles: int | None = Field(None, ge=1, le=40, description="tile budget for the newest turn's images")
@@ -132,6 +159,12 @@ class ChatCompletionRequest(WireModel):
         if len(stops) > 8 or any(not s for s in stops):
             raise ValueError("stop takes at most 8 non-empty strings")
         return stops
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -152,10 +185,23 @@ class ResponseMessage(OutModel):
     content: str
 
 
+def _with_keys(data: dict, keys: tuple[str, ...]) -> dict:
+    """OpenAI's responses always carry these keys, null included (strict typed decoders expect them), even where
+    the rest is dumped with exclude_none."""
+    for key in keys:
+        data.setdefault(key, None)
+    return data
+
+
 class Choice(OutModel):
     index: int = 0
     message: ResponseMessage
     finish_reason: str | None
+    logprobs: ChoiceLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _keys(self, handler):
+        return _with_keys(handler(self), ("finish_reason", "logprobs"))
 
 
 class ChatCompletion(OutModel):
@@ -176,6 +222,11 @@ class ChunkChoice(OutModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _keys(self, handler):
+        return _with_keys(handler(self), ("finish_reason", "logprobs"))
 
 
 class ChatCompletionChunk(OutModel):

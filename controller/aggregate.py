@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from common.errors import ErrorCode, ServingError
 from common.http import DONE
+from common.openai_fields import ChoiceLogprobs
 from common.protocol import ChatCompletion, Choice, ResponseMessage, Usage
 from controller.relay import error_in_event, sse_payloads
 
@@ -20,8 +21,11 @@ async def payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[str]:
 
 
 async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
-    """`events`: event data, as `payloads` gives it."""
-    completion_id, parts, finish, usage = None, [], None, Usage()
+    """`events`: event data, as `payloads` gives it. One choice per index the chunks name (OpenAI's `n`)."""
+    completion_id, usage = None, Usage()
+    parts: dict[int, list[str]] = {}
+    tokens: dict[int, list | None] = {}  # None: the chunks carried no logprobs
+    finish: dict[int, str] = {}
     async for data in events:
         if data == DONE:
             break
@@ -31,12 +35,18 @@ async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
         chunk = json.loads(data)
         completion_id = completion_id or chunk.get("id")
         for choice in chunk.get("choices") or []:
-            parts.append((choice.get("delta") or {}).get("content") or "")
-            finish = choice.get("finish_reason") or finish
+            index = int(choice.get("index") or 0)
+            parts.setdefault(index, []).append((choice.get("delta") or {}).get("content") or "")
+            content = (choice.get("logprobs") or {}).get("content")
+            if content is not None:
+                tokens[index] = (tokens.get(index) or []) + content
+            if choice.get("finish_reason"):
+                finish[index] = choice["finish_reason"]
         if chunk.get("usage"):
             usage = Usage.model_validate(chunk["usage"])
-    if finish is None:
+    if not finish or set(finish) != set(parts):
         raise ServingError(ErrorCode.WORKER_LOST, "the worker ended the answer without finishing it; please retry")
-    return ChatCompletion(id=completion_id or "chatcmpl-unknown", model=model,
-                          choices=[Choice(message=ResponseMessage(content="".join(parts)), finish_reason=finish)],
-                          usage=usage)
+    return ChatCompletion(id=completion_id or "chatcmpl-unknown", model=model, usage=usage, choices=[
+        Choice(index=i, message=ResponseMessage(content="".join(parts[i])), finish_reason=finish[i],
+               logprobs=None if tokens.get(i) is None else ChoiceLogprobs(content=tokens[i]))
+        for i in sorted(parts)])

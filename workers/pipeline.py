@@ -18,6 +18,7 @@ import numpy as np
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest, ImagePart, TextPart, VideoPart
+from workers.choices import SEED_MODULUS
 from workers.engines.base import GenerationRequest, SamplingParams
 from workers.limits import MediaLimits
 from workers.media import decode_data_url, fetch_media
@@ -265,5 +266,23 @@ def _sampling(req: ChatCompletionRequest, spec: ModelSpec) -> SamplingParams:
     stops += [s for s in spec.stop_words if s not in stops]
     return SamplingParams(max_new_tokens=req.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, temperature=req.temperature,
                           top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty,
-                          stop=tuple(stops), seed=req.seed)
+                          stop=tuple(stops), seed=None if req.seed is None else req.seed % SEED_MODULUS,
+                          **openai_sampling(req))
 
+
+def openai_sampling(req: ChatCompletionRequest) -> dict:
+    """The SamplingParams of OpenAI's further parameters and the field's extensions (what an engine honours of them
+    was checked at admission: workers/openai_support.py)."""
+    fmt = req.response_format
+    response_format = None
+    if fmt is not None and fmt.type == "json_object":
+        response_format = {"type": "json_object"}
+    elif fmt is not None and fmt.type == "json_schema":
+        response_format = {"type": "json_schema", "json_schema": {"name": fmt.json_schema.name,
+                                                                  "schema": fmt.json_schema.schema_}}
+    return dict(presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+                logit_bias=tuple((int(k), v) for k, v in (req.logit_bias or {}).items()),
+                logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0, response_format=response_format,
+                min_p=req.min_p or 0.0, min_new_tokens=req.min_tokens or 0,
+                stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=bool(req.ignore_eos),
+                skip_special_tokens=req.skip_special_tokens is not False)

@@ -20,10 +20,12 @@ from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              Delta, ResponseMessage, Usage, new_completion_id)
+from workers.choices import IndexedEvent, choice_requests, merged, wire_logprobs
 from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
-from workers.engines.base import Engine, EngineEvent, FinishEvent, TokenEvent
+from workers.engines.base import Engine, FinishEvent, TokenEvent
 from workers.lease import Lease, Leases, PixelPool
 from workers.media_cache import MediaCache
+from workers.openai_support import refuse_unsupported
 from workers.pipeline import prepare_generation
 from workers.settings import WorkerSettings
 
@@ -52,9 +54,11 @@ class ChatService:
         if req.model != self.engine.model_id:
             raise ServingError(ErrorCode.MODEL_NOT_FOUND, f"this worker serves '{self.engine.model_id}', "
                                f"not {excerpt(req.model)}", param="model")
+        refuse_unsupported(req, self.engine)
         return self.leases.admit(client_id)
 
-    async def start(self, req: ChatCompletionRequest, lease: Lease) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
+    async def start(self, req: ChatCompletionRequest,
+                    lease: Lease) -> tuple[IndexedEvent, AsyncIterator[IndexedEvent]]:
         """Prepare and run up to the first engine event. On success the caller owns the events and `lease`; on any
         failure or cancellation the lease is released here."""
         events = None
@@ -67,7 +71,8 @@ class ChatService:
             gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt, gen.user_spans)
             fit_context(self.engine, gen, req.max_new_tokens)
             lease.stage = "engine"
-            events = self._measured(self.engine.generate(gen), started)
+            # n > 1: one generation per choice (workers/choices.py); events come as (choice index, event)
+            events = self._measured(merged([self.engine.generate(g) for g in choice_requests(gen, req.n)]), started)
             lease.on_release(events.aclose)  # closing the stream is how an engine stops (engines/base.py)
             first = await anext(events)
             lease.stage = "streaming"
@@ -78,7 +83,7 @@ class ChatService:
                 raise ServingError(ErrorCode.ENGINE_ERROR, "the engine produced no output") from None
             raise
 
-    async def _measured(self, events: AsyncIterator[EngineEvent], started: float) -> AsyncIterator[EngineEvent]:
+    async def _measured(self, events: AsyncIterator[IndexedEvent], started: float) -> AsyncIterator[IndexedEvent]:
         """The engine's events, unchanged, timed for the TTFT and tokens/s histograms. Closing this closes the
         engine's stream (which is what aborts a generation)."""
         first_at = None
@@ -87,35 +92,41 @@ class ChatService:
                 if first_at is None:
                     first_at = time.monotonic()
                     self.metrics.observe_first_token(started)
-                if isinstance(event, FinishEvent):
-                    self.metrics.observe_speed(event.completion_tokens, first_at)
+                if isinstance(event[1], FinishEvent):
+                    self.metrics.observe_speed(event[1].completion_tokens, first_at)
                 yield event
         finally:
             await events.aclose()
 
-    async def stream_chunks(self, req: ChatCompletionRequest, lease: Lease, first: EngineEvent,
-                            events: AsyncIterator[EngineEvent]) -> AsyncIterator[str]:
+    async def stream_chunks(self, req: ChatCompletionRequest, lease: Lease, first: IndexedEvent,
+                            events: AsyncIterator[IndexedEvent]) -> AsyncIterator[str]:
         cid, model = new_completion_id(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        role_sent = False
+        begun: set[int] = set()  # choices whose first chunk (the one with the role) went out
+        finished: list[FinishEvent] = []
         try:
-            event = first
+            index, event = first
             while True:
+                opening = index not in begun
+                begun.add(index)
                 if isinstance(event, TokenEvent):
-                    delta = Delta(content=event.text, role=None if role_sent else "assistant")
-                    role_sent = True
-                    yield sse_data(ChatCompletionChunk(id=cid, model=model,
-                                                       choices=[ChunkChoice(delta=delta)]))
-                elif isinstance(event, FinishEvent):
-                    delta = Delta(role=None if role_sent else "assistant", content=None if role_sent else "")
+                    delta = Delta(content=event.text, role="assistant" if opening else None)
+                    logprobs = wire_logprobs(event.logprobs) if req.logprobs else None
                     yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
-                        ChunkChoice(delta=delta, finish_reason=event.reason)]))
-                    if include_usage:
-                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[], usage=_usage(event)))
-                    yield DONE
-                    return
+                        ChunkChoice(index=index, delta=delta, logprobs=logprobs)]))
+                elif isinstance(event, FinishEvent):
+                    delta = Delta(role="assistant" if opening else None, content="" if opening else None)
+                    yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
+                        ChunkChoice(index=index, delta=delta, finish_reason=event.reason)]))
+                    finished.append(event)
+                    if len(finished) == req.n:
+                        if include_usage:
+                            yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[],
+                                                               usage=_usage(finished)))
+                        yield DONE
+                        return
                 try:
-                    event = await anext(events)
+                    index, event = await anext(events)
                 except StopAsyncIteration:
                     raise ServingError(ErrorCode.ENGINE_ERROR, "the engine stopped without finishing") from None
         except ServingError as err:
@@ -131,20 +142,31 @@ class ChatService:
         first, events = await self.start(req, lease)
         return await self.complete(req, lease, first, events)
 
-    async def complete(self, req: ChatCompletionRequest, lease: Lease, first: EngineEvent,
-                       events: AsyncIterator[EngineEvent]) -> ChatCompletion:
-        parts: list[str] = []
+    async def complete(self, req: ChatCompletionRequest, lease: Lease, first: IndexedEvent,
+                       events: AsyncIterator[IndexedEvent]) -> ChatCompletion:
+        texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
+        tokens: dict[int, list] = {i: [] for i in range(req.n)}
+        finished: dict[int, FinishEvent] = {}
         try:
-            event = first
-            while not isinstance(event, FinishEvent):
-                parts.append(event.text)
-                event = await anext(events)
+            index, event = first
+            while True:
+                if isinstance(event, FinishEvent):
+                    finished[index] = event
+                    if len(finished) == req.n:
+                        break
+                else:
+                    texts[index].append(event.text)
+                    tokens[index].extend(event.logprobs or ())
+                index, event = await anext(events)
         finally:
             await lease.release()
-        return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(event), choices=[
-            Choice(message=ResponseMessage(content="".join(parts)), finish_reason=event.reason)])
+        return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(list(finished.values())), choices=[
+            Choice(index=i, message=ResponseMessage(content="".join(texts[i])), finish_reason=finished[i].reason,
+                   logprobs=wire_logprobs(tuple(tokens[i])) if req.logprobs else None) for i in range(req.n)])
 
 
-def _usage(event: FinishEvent) -> Usage:
-    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens)
+def _usage(finished: list[FinishEvent]) -> Usage:
+    """The prompt counts once (every choice shares it); the completions add up."""
+    prompt = finished[0].prompt_tokens if finished else 0
+    completion = sum(f.completion_tokens for f in finished)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -43,7 +43,7 @@ def image(url: str) -> list[dict]:
 
 CASES = {
     "seed-2^70": (chat(seed=2**70), "seed"),
-    "seed-negative": (chat(seed=-1), "seed"),
+    "seed-below-int64": (chat(seed=-(2**63) - 1), "seed"),  # OpenAI takes any 64-bit seed, negative ones too
     "port-99999": (chat(image("http://example.com:99999/cat.png")), "url"),
     "port-not-a-number": (chat(image("http://example.com:http/cat.png")), "url"),
     "control-character": (chat(image("http://example.com/c\x01at.png")), "url"),

@@ -39,6 +39,7 @@ class Call:
     ranges: Any
     multimodal: Any
     max_new_tokens: int
+    gen_config: Any = None  # lmdeploy's GenerationConfig as the engine got it
     tokens: list[int] = field(default_factory=list)
     cancel_requested: bool = False
     status: str = "running"  # running | finish | cancel
@@ -110,7 +111,8 @@ class ScriptedInstance:
             if str(item["pixel_values"].dtype).removeprefix("torch.") != self.tm.vision_dtype:
                 self.tm.violations.append(f"ViT TM_CHECK: pixels {item['pixel_values'].dtype}, "
                                           f"ViT {self.tm.vision_dtype}")
-        call = Call(list(input_ids), input_embeddings, input_embedding_ranges, multimodal, gen_config.max_new_tokens)
+        call = Call(list(input_ids), input_embeddings, input_embedding_ranges, multimodal, gen_config.max_new_tokens,
+                    gen_config)
         self.tm.calls.append(call)
         self.call = call
         if self.tm.fail_status is not None:
@@ -131,7 +133,7 @@ class ScriptedInstance:
                 if done:
                     status = ResponseType.FINISH if call.status == "finish" else ResponseType.CANCEL
                 new, sent = call.tokens[sent:], len(call.tokens)
-                yield EngineOutput(status, new)
+                yield EngineOutput(status, new, logprobs=_logprobs(new, gen_config.logprobs))
                 if done:
                     break
         except (GeneratorExit, asyncio.CancelledError):  # as lmdeploy: cancel and swallow
@@ -140,6 +142,14 @@ class ScriptedInstance:
             while not call.released.is_set() and not engine.done():  # as lmdeploy: wait for the confirmation
                 await call.signal.wait()
                 call.signal.clear()
+
+
+def _logprobs(tokens: list[int], n: int | None) -> list[dict[int, float]] | None:
+    """TurboMind's form (turbomind.py `_get_logprobs_impl`): per new token, its top n {id: logprob} with the chosen
+    token always among them. Scripted: the chosen token -0.25, then ids 1, 2, ... at -1, -2, ..."""
+    if not n:
+        return None
+    return [{**{k: -float(k) for k in range(1, n + 1) if k != t}, t: -0.25} for t in tokens]
 
 
 def install(monkeypatch, tokens: list[int]) -> dict[str, ScriptedTurboMind]:

@@ -135,6 +135,19 @@ def start_lmdeploy_proxy(log_dir: Path, port: int | None = None) -> Proc:
     return proc
 
 
+def start_vllm_router(log_dir: Path, worker_urls: list[str], port: int | None = None) -> Proc:
+    """vLLM's router (`vllm-router`, PyPI; Rust) in front of our workers, as the field deploys it. It forwards every
+    request with its own fields added (logprobs, no_stop_trim, ignore_eos, ...)."""
+    port = port or free_port()
+    router = str(Path(sys.executable).with_name("vllm-router"))
+    cmd = [router, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin", "--log-level", "warning",
+           "--worker-urls", *worker_urls]
+    spec = ServiceSpec(f"vllm-router-{port}", cmd, log_dir / f"vllm-router-{port}.log", {}, cwd=ROOT)
+    proc = Proc("vllm-router", spawn(spec), f"http://127.0.0.1:{port}", spec.log_path)
+    wait_healthy(proc, path="/health")
+    return proc
+
+
 def add_proxy_node(proxy_url: str, worker_url: str) -> None:
     """Register a worker with lmdeploy's proxy; it reads the worker's /v1/models to learn the served model."""
     r = httpx.post(proxy_url + "/nodes/add", json={"url": worker_url}, timeout=10)

@@ -163,7 +163,9 @@ CASES = [
     Case("huge-temperature", lambda: chat("hi", temperature=1e9), 400, "invalid_request", ("temperature",)),
     Case("negative-top-p", lambda: chat("hi", top_p=-0.5), 400, "invalid_request", ("top_p",)),
     Case("string-max-tokens", lambda: chat("hi", max_tokens="lots"), 400, "invalid_request", ("max_tokens",)),
-    Case("n-greater-than-one", lambda: chat("hi", n=2), 400, "invalid_request", ("n: ",)),
+    Case("n-zero", lambda: chat("hi", n=0), 400, "invalid_request", ("n: ",)),
+    Case("n-beyond-the-servers-limit", lambda: chat("hi", n=9), 400, "unsupported_value",
+         ("this server does not support n=9",)),
 ]
 
 

@@ -122,6 +122,8 @@ async def test_a_cancelled_prefill_stops_within_a_layer(engine):
     tokens: list = []
 
     class Streamer:
+        tap = None  # no logprobs asked
+
         def put(self, value):
             if not cancel.is_set():
                 cancel.set()  # generate() puts the prompt right before the prefill forward pass
@@ -135,7 +137,8 @@ async def test_a_cancelled_prefill_stops_within_a_layer(engine):
             tokens.append(item)
 
     streamer = Streamer()
-    engine._run(engine._loaded, inputs, engine._generation_kwargs(request.sampling), None, cancel, streamer)
+    kwargs = engine._generation_kwargs(request.sampling, int(inputs["input_ids"].shape[1]))
+    engine._run(engine._loaded, inputs, kwargs, None, cancel, streamer)
     assert tokens == [_END]  # no token, no error: just the end
     _, finish, _ = await asyncio.wait_for(collect(engine.generate(make_request("next", max_new_tokens=8))), 30)
     assert finish.completion_tokens > 0

@@ -24,6 +24,19 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # OpenAI's further parameters and the field's extensions (workers/openai_support.py checks each engine honours
+    # what a request asks before it gets here; the defaults ask for nothing).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: dict | None = None  # lmdeploy's form: {"type": "json_object"} or {"type": "json_schema", ...}
+    min_p: float = 0.0
+    min_new_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
 
 
 @dataclass
@@ -41,8 +54,21 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability (of the model's distribution before sampling settings) and, when asked,
+    the most likely alternatives at that position: (token text, logprob) pairs."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     text: str
+    # With SamplingParams.logprobs: the tokens this text came from (a token whose text is held back, a split UTF-8
+    # character, comes with the next event).
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,8 @@ class Engine(ABC):
     spec: ModelSpec
     model_id: str
     running: int = 0  # generations the engine is computing now (for /health: "has the work stopped?")
+    # The SamplingParams features beyond the core ones this engine honours (names: workers/openai_support.py).
+    features: frozenset[str] = frozenset()
     queued: int = 0  # generations waiting inside the engine
 
     @abstractmethod

@@ -17,14 +17,15 @@ class IncrementalDecoder:
     neighbour, like SentencePiece's leading spaces) and holds text back while a multi-byte character is split across
     tokens (the window then decodes to a trailing U+FFFD)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
+        self._skip_special = skip_special_tokens
         self._ids: list[int] = []
         self._prefix = 0  # window start
         self._read = 0  # ids already turned into text
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False)
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)

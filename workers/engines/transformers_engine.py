@@ -13,6 +13,7 @@ decoder layer (a forward pre-hook), so a long prefill stops within one layer too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from workers.engines.base import (Engine, EngineEvent, FinishEvent, GenerationRe
                                   longest_token_chars)
 from workers.engines.text_stream import IncrementalDecoder, StopStrings
 from workers.engines.transformers_loading import LoadedModel, load_model
+from workers.engines.transformers_sampling import Grammars, LogprobTap, hook_head, sampling_kwargs
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import encode_prompt
 from workers.prompts.templates import get_template
@@ -48,6 +50,8 @@ class _RequestState:
 
 class TransformersEngine(Engine):
     name = "transformers"
+    features = frozenset({"logprobs", "penalties", "logit_bias", "response_format", "min_p", "min_tokens",
+                          "stop_token_ids", "ignore_eos", "skip_special_tokens"})  # all of workers/openai_support.py
 
     def __init__(self, settings: WorkerSettings, spec: ModelSpec):
         self.settings = settings
@@ -61,6 +65,8 @@ class TransformersEngine(Engine):
         self._requests: dict[str, _RequestState] = {}
         self._eos_ids: list[int] = []
         self._max_token_chars: int | None = None
+        self._vocab_size = 0
+        self._grammars: Grammars | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -70,6 +76,9 @@ class TransformersEngine(Engine):
         self._eos_ids = self._stop_token_ids()
         self._max_token_chars = longest_token_chars(self._loaded.tokenizer)
         _hook_layers(self._loaded.model)
+        hook_head(self._loaded.model)
+        self._vocab_size = int(self._loaded.model.get_output_embeddings().weight.shape[0])
+        self._grammars = Grammars(self._loaded.tokenizer, self._vocab_size, self._eos_ids)
         log.info("loaded %s (%s format) on %s as %s", self.settings.model_path, self.spec.checkpoint_format,
                  self._loaded.input_device, self._loaded.dtype)
 
@@ -110,12 +119,16 @@ class TransformersEngine(Engine):
             holding = True
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
+            tap = LogprobTap(loaded.tokenizer, sampling.top_logprobs) if sampling.logprobs else None
             future = loop.run_in_executor(self._executor, self._run, loaded, inputs,
-                                          self._generation_kwargs(sampling), sampling.seed, state.cancel,
-                                          _QueueStreamer(loop, queue))
-            decoder = IncrementalDecoder(loaded.tokenizer)
+                                          self._generation_kwargs(sampling, prompt_tokens), sampling.seed,
+                                          state.cancel, _QueueStreamer(loop, queue, tap))
+            # skip_special_tokens false: special tokens are text too, but the end token that stops the answer is not
+            decoder = IncrementalDecoder(loaded.tokenizer, sampling.skip_special_tokens)
             stops = StopStrings(sampling.stop)
             completion, last_token, hit_stop = 0, None, False
+            pending: list = []  # logprobs of tokens whose text is not out yet
+            ending = set() if sampling.ignore_eos else {*self._eos_ids, *sampling.stop_token_ids}
             while not hit_stop:
                 item = await queue.get()
                 if item is _END:
@@ -123,12 +136,16 @@ class TransformersEngine(Engine):
                 if isinstance(item, BaseException):
                     await asyncio.shield(future)  # the thread is on its way out; free the model before raising
                     raise self._as_serving_error(item, prompt_tokens, request)
-                for token_id in item:
+                token_ids, logprobs = item
+                pending.extend(logprobs or ())
+                for token_id in token_ids:
                     completion, last_token = completion + 1, token_id
-                    text = stops.feed(decoder.push(token_id))
+                    piece = "" if token_id in ending else decoder.push(token_id)  # the end token is not text
+                    text = stops.feed(piece)
                     hit_stop = stops.hit
                     if text:
-                        yield TokenEvent(text)
+                        yield TokenEvent(text, tuple(pending) if tap else None)
+                        pending = []
                     if hit_stop:
                         state.cancel.set()  # the thread stops after its current token
                         break
@@ -137,7 +154,7 @@ class TransformersEngine(Engine):
                 hit_stop = stops.hit
                 tail = tail if hit_stop else tail + stops.flush()
                 if tail:
-                    yield TokenEvent(tail)
+                    yield TokenEvent(tail, tuple(pending) if tap else None)
             reason = self._finish_reason(state, hit_stop, last_token, completion, sampling)
             await asyncio.shield(future)  # one token at most after a stop string (shield: see finally)
             holding = False
@@ -189,7 +206,7 @@ class TransformersEngine(Engine):
             inputs = {key: value.to(loaded.input_device) for key, value in inputs.items()}
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
-            with torch.inference_mode():
+            with torch.inference_mode(), (streamer.tap or contextlib.nullcontext()):
                 loaded.model.generate(**inputs, **generation_kwargs, streamer=streamer,
                                       stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]))
         except _Stopped:
@@ -200,7 +217,7 @@ class TransformersEngine(Engine):
             _generating.cancel = None
             streamer.send(_END)
 
-    def _generation_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+    def _generation_kwargs(self, sampling: SamplingParams, prompt_tokens: int) -> dict[str, Any]:
         tokenizer = self._require().tokenizer
         kwargs: dict[str, Any] = {
             "max_new_tokens": max(1, sampling.max_new_tokens),
@@ -213,6 +230,8 @@ class TransformersEngine(Engine):
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=sampling.top_k or 0)  # 0 disables top-k (transformers defaults to 50)
+        kwargs.update(sampling_kwargs(sampling, eos_ids=self._eos_ids, prompt_tokens=prompt_tokens,
+                                      vocab_size=self._vocab_size, grammars=self._grammars))
         return kwargs
 
     # ------------------------------------------------------------------------------------------------ inputs
@@ -293,15 +312,16 @@ def _hook_layers(model) -> None:
 class _QueueStreamer:
     """transformers streamer protocol (`put`/`end`): forwards new token ids to an asyncio queue."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        self._loop, self._queue = loop, queue
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, tap: LogprobTap | None = None):
+        self._loop, self._queue, self.tap = loop, queue, tap
         self._prompt_seen = False
 
     def put(self, value) -> None:
         if not self._prompt_seen:  # generate() first puts the prompt (empty when it starts from embeddings)
             self._prompt_seen = True
             return
-        self.send(value.reshape(-1).tolist())
+        ids = value.reshape(-1).tolist()
+        self.send((ids, self.tap.take(ids) if self.tap else None))
 
     def end(self) -> None:
         return None  # the thread wrapper sends _END, also after an exception

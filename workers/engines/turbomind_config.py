@@ -329,11 +329,17 @@ def chat_template_config(spec: ModelSpec) -> ChatTemplateConfig:
 
 def generation_config(sampling: SamplingParams, *, max_new_tokens: int, ignore_eos: bool = False) -> GenerationConfig:
     """Our sampling parameters as lmdeploy's. Stop *strings* are matched by the engine on the text stream (lmdeploy
-    only stops on single tokens); the template's stop tokens come from the chat template config."""
+    only stops on single tokens); the template's stop tokens come from the chat template config. What TurboMind
+    cannot honour never gets here (turbomind_sampling.py, workers/openai_support.py)."""
     from lmdeploy import GenerationConfig
 
     greedy = sampling.temperature <= 0 or sampling.top_k == 1
+    ignore_eos = ignore_eos or sampling.ignore_eos
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=min(max(sampling.temperature, 0.0), 2.0),
         top_p=sampling.top_p, top_k=sampling.top_k or 0, repetition_penalty=sampling.repetition_penalty,
-        random_seed=sampling.seed, ignore_eos=ignore_eos, skip_special_tokens=True)
+        random_seed=sampling.seed, ignore_eos=ignore_eos, skip_special_tokens=sampling.skip_special_tokens,
+        min_p=sampling.min_p, min_new_tokens=min(sampling.min_new_tokens, max_new_tokens) or None,
+        stop_token_ids=list(sampling.stop_token_ids) or None, response_format=sampling.response_format,
+        # lmdeploy's top-n always holds the chosen token as well; top_logprobs 0 still needs n >= 1
+        logprobs=max(1, sampling.top_logprobs) if sampling.logprobs else None)

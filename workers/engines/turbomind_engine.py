@@ -38,6 +38,7 @@ from workers.engines.base import Engine, EngineEvent, FinishEvent, GenerationReq
 from workers.engines.text_stream import StopStrings
 from workers.engines.turbomind_config import (CheckpointFacts, GpuFacts, ResolvedTurbomind,
                                               chat_template_config, engine_config, generation_config, resolve_options)
+from workers.engines.turbomind_sampling import TURBOMIND_FEATURES, lmdeploy_logprobs
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import encode_prompt
 from workers.prompts.templates import get_template
@@ -132,6 +133,7 @@ def _holds_handle(session: Any) -> bool:
 
 class TurbomindEngine(Engine):
     name = "turbomind"
+    features = TURBOMIND_FEATURES
 
     def __init__(self, settings: Any, spec: ModelSpec):
         self.settings = settings
@@ -324,6 +326,7 @@ class TurbomindEngine(Engine):
             max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
             gen_cfg = generation_config(request.sampling, max_new_tokens=max_new, ignore_eos=self.ignore_eos)
             stops = StopStrings(request.sampling.stop)
+            sampling, pending = request.sampling, []  # pending: logprobs of tokens whose text is not out yet
             try:
                 prepared = await pipe.preprocess(None, next(self._session_ids), gen_config=gen_cfg,
                                                  input_ids=input_ids)
@@ -348,9 +351,13 @@ class TurbomindEngine(Engine):
                     if isinstance(out, BaseException):
                         raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {type(out).__name__}: {out}") from out
                     completion = max(completion, out.generate_token_len)
+                    if sampling.logprobs:
+                        pending += lmdeploy_logprobs(out.token_ids, out.logprobs, self.tokenizer,
+                                                     sampling.top_logprobs)
                     text = stops.feed(out.response)
                     if text:
-                        yield TokenEvent(text)
+                        yield TokenEvent(text, tuple(pending) if sampling.logprobs else None)
+                        pending = []
                     if stops.hit:
                         reason = "stop"
                         break
@@ -360,7 +367,7 @@ class TurbomindEngine(Engine):
                     raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
                 tail = stops.flush() if reason != "abort" else ""
                 if tail:
-                    yield TokenEvent(tail)
+                    yield TokenEvent(tail, tuple(pending) if sampling.logprobs else None)
             yield FinishEvent(reason=reason, prompt_tokens=len(input_ids), completion_tokens=completion)
         finally:
             # No await here: a client that left may be cancelling this task at every await (sse-starlette).

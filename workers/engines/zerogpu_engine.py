@@ -25,6 +25,8 @@ GPU_DURATION_S = 120  # ZeroGPU quota a call reserves; a longer answer is cut by
 class _ThreadStreamer:
     """transformers streamer protocol for the GPU-side thread: token ids into a thread queue."""
 
+    tap = None  # logprobs are not served on ZeroGPU (ZeroGPUEngine.features)
+
     def __init__(self, out: queue.SimpleQueue):
         self._out = out
         self._prompt_seen = False
@@ -66,6 +68,9 @@ def generate_on_gpu(inputs: dict[str, Any], generation_kwargs: dict[str, Any], s
 
 class ZeroGPUEngine(TransformersEngine):
     name = "transformers-zerogpu"
+    # The generation arguments cross a process boundary pickled: xgrammar's compiled grammars do not, and the logprob
+    # tap reads the head inside the GPU process. The rest of the transformers engine's features work alike.
+    features = TransformersEngine.features - {"logprobs", "response_format"}
 
     async def start(self) -> None:
         global _ENGINE
@@ -78,7 +83,7 @@ class ZeroGPUEngine(TransformersEngine):
             tokens = generate_on_gpu(inputs, generation_kwargs, seed)
             try:
                 for ids in tokens:
-                    streamer.send(ids)
+                    streamer.send((ids, None))  # (token ids, logprobs), as the engine's own streamer sends them
                     if cancel.is_set():
                         break
             finally:
