@@ -59,3 +59,17 @@ def test_engines_given_as_module_class_and_worker_args_pass_through():
     assert command.worker_args == ["--max-concurrency", "4", "--tp", "9"]  # after --: the worker's, not ours
     assert parse(["workers"]).mode == "worker"
     assert parse(["test", "-x", "--bogus"]).test_args == ["-x", "--bogus"]
+
+
+def test_ray_flags_and_scale_are_checked_before_anything_starts(tmp_path):
+    for args, message in [(["--ray", "head-without-port"], "--ray takes auto or the head's HOST:PORT"),
+                          (["scale"], "scale takes the number of workers: ./launch.sh scale N --ray ADDRESS"),
+                          (["scale", "0", "--ray", "auto"], "--workers takes a positive number"),
+                          (["scale", "2", "--log-dir", str(tmp_path)], "add --ray ADDRESS"),
+                          (["worker", "--ray", "auto", "--controller-url", "http://10.0.0.1:21001",
+                            "--log-dir", str(tmp_path)], "--ray runs the whole stack")]:
+        r = launch(*args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    command = parse(["scale", "3", "--ray", "10.0.0.1:6379"])
+    assert command.mode == "scale" and command.settings.workers_number() == 3
+    assert command.settings.ray == "10.0.0.1:6379"

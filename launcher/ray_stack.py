@@ -1,0 +1,411 @@
+"""`./launch.sh --ray auto|HOST:PORT`: the stack placed on a Ray cluster and kept there by Ray.
+
+The launcher is a Ray driver. It owns (not detached) one actor per process of the stack (launcher/ray_host.py): the
+controller and the web UI on the head node (or on the nodes with `--ray-controller-resource`), and one worker per
+placement group of `tp` GPUs on one node (STRICT_PACK, aimed at the node the plan chose; launcher/ray_plan.py). Ray
+restarts an actor whose process or node dies (`max_restarts=-1`), re-placing its placement group on another node with
+free GPUs; the actor restarts its own process after a crash, and gives up after quick crashes in a row, as the local
+launcher does. The controller stays the one registry and request path: workers register with it like any other.
+
+A named actor (`launcher` in the `internvl` Ray namespace) takes the wanted number of workers from
+`./launch.sh scale N --ray ADDRESS`. On Ctrl-C / SIGTERM every actor stops its process, then actors and placement
+groups are removed; if the launcher dies without that, Ray removes what it owned (actors and placement groups of a
+driver end with it) and each process gets SIGTERM from its parent's death.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from launcher.gpus import PlanError
+from launcher.ray_host import Job, ProcessHost
+from launcher.ray_plan import HEAD_RESOURCE, Placement, RayNode, alive_nodes, choose_tp, describe, place
+from launcher.settings import LaunchSettings
+from launcher.supervisor import StartupFailed
+
+NAMESPACE = "internvl"
+CONTROL_NAME = "launcher"
+POLL_EVERY_S = 0.5
+GROW_EVERY_S = 5.0
+
+
+class Control:
+    """The launcher's named actor, on the controller's node: the wanted number of workers (`./launch.sh scale N`)
+    and the credentials the worker actors fetch at run time (so they are never an actor's argument)."""
+
+    def __init__(self):
+        self.asked: tuple[int, int | None] = (0, None)  # (generation, workers)
+        self.done: tuple[int, str] = (0, "")  # (generation reached, the plan as printed)
+        self._secrets: dict = {}
+
+    def keep_secrets(self, boxed: list) -> None:
+        import ray
+
+        self._secrets = ray.get(boxed[0])  # a reference in the call, the value fetched here
+
+    def secrets(self) -> dict:
+        return self._secrets
+
+    def set_workers(self, n: int) -> int:
+        self.asked = (self.asked[0] + 1, n)
+        return self.asked[0]
+
+    def wanted(self) -> tuple[int, int | None]:
+        return self.asked
+
+    def report(self, generation: int, plan: str) -> None:
+        self.done = (generation, plan)
+
+    def status(self) -> tuple[int, str]:
+        return self.done
+
+
+@dataclass
+class Hosted:
+    job: Job
+    actor: object
+    pg: object | None = None
+    info: dict | None = None
+    poll_ref: object | None = None
+    away: bool = False  # its node or actor process is gone; Ray is restarting it
+    gone: bool = False
+
+
+def connect(address: str) -> None:
+    import ray
+
+    ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False,
+             configure_logging=False)
+
+
+class RayStack:
+    """The Ray counterpart of launcher.supervisor.Supervisor: start, supervise_once, stop."""
+
+    def __init__(self, s: LaunchSettings, say: Callable[[str], None]):
+        self.s = s
+        self.say = say
+        self.echo = None  # main.py's interface; Ray mode prints events as they come
+        self.hosted: list[Hosted] = []
+        self.control = None
+        self.tp = 1
+        self.cpu = s.cpu
+        self.base_job: Job | None = None
+        self.generation = 0
+        self._next_poll = self._next_grow = 0.0
+        self._host_class = None
+
+    # ------------------------------------------------------------------------------------------------ starting
+
+    def connect(self) -> list[RayNode]:
+        import ray
+
+        connect(self.s.ray)
+        s = self.s
+        try:
+            self.control = ray.remote(Control).options(name=CONTROL_NAME, num_cpus=0, resources=self._front()).remote()
+            box = [ray.put({"registration_secret": s.registration_secret or secrets.token_urlsafe(18),
+                            "api_key": s.api_key})]
+            ray.get(self.control.keep_secrets.remote(box), timeout=60)
+        except ValueError:  # the name is taken
+            raise StartupFailed("another launcher already runs on this Ray cluster (its named actor "
+                                f"'{CONTROL_NAME}' in namespace '{NAMESPACE}' exists); stop it first") from None
+        nodes = alive_nodes(ray.nodes())
+        shown = [f"{n.ip} ({n.gpus} GPUs{', head' if n.is_head else ''})" for n in nodes]
+        self.say(f"Ray cluster: {', '.join(shown)}")
+        return nodes
+
+    def _front(self) -> dict:
+        """Where the controller, the web UI and the named actor go."""
+        return {self.s.ray_controller_resource or HEAD_RESOURCE: 0.001}
+
+    def _actor(self, job: Job, resources: dict | None = None, pg=None, gpus: int = 0):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options: dict = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0, "num_gpus": gpus,
+                         "max_concurrency": 4}  # poll and stop are answered while the process starts
+        if pg is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+        if resources:
+            options["resources"] = resources
+        if self._host_class is None:
+            self._host_class = ray.remote(ProcessHost)
+        return self._host_class.options(**options).remote(job, CONTROL_NAME)
+
+    def start_front(self, log_dir: str) -> str:
+        """Controller and web UI actors; returns the controller's URL (on its node's address)."""
+        import ray
+
+        s = self.s
+        self.base_job = Job("worker", 0, log_dir, s.host, s.worker_port, engine=s.engine,
+                            allow_unauthenticated=s.allow_unauthenticated, max_restarts=s.max_restarts,
+                            quick_crash_s=s.quick_crash_s, stop_timeout_s=s.stop_timeout_s,
+                            start_timeout_s=s.start_timeout_s)
+        where = self._front()
+        controller = Hosted(replace(self.base_job, role="controller", port=s.controller_port), None)
+        controller.actor = self._actor(controller.job, where)
+        self.hosted.append(controller)
+        controller.info = ray.get(controller.actor.poll.remote(), timeout=s.start_timeout_s)
+        url = controller.info["url"]
+        ui = Hosted(replace(self.base_job, role="ui", port=s.port, controller_url=url), None)
+        ui.actor = self._actor(ui.job, where)
+        self.hosted.append(ui)
+        self.base_job = replace(self.base_job, controller_url=url)
+        return url
+
+    def plan_workers(self, nodes: list[RayNode], model_folder: str, model_arg: str | None, demo_dir: str,
+                     model_bytes: int, extra_args: list[str]) -> str:
+        s = self.s
+        self.cpu = s.cpu or not any(n.gpus for n in nodes)
+        self.tp = 1 if self.cpu else choose_tp(nodes, s.tp_number(), model_bytes, self._gpu_memory(nodes))
+        self.base_job = replace(self.base_job, model_folder=model_folder, model_arg=model_arg, demo_dir=demo_dir,
+                                tp=self.tp, extra_args=list(extra_args))
+        placements = place(nodes, self.tp, s.workers_number(), self.cpu)
+        for p in placements:
+            self._add_worker(p)
+        return describe(nodes, self.tp, placements)
+
+    def _gpu_memory(self, nodes: list[RayNode]) -> int | None:
+        """Memory of the smallest GPU of the node with the most GPUs, from its nvidia-smi; None without one."""
+        if self.s.tp_number() is not None or not any(n.gpus for n in nodes):
+            return None
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from launcher.gpus import visible_gpus
+
+        node = max(nodes, key=lambda n: n.gpus)
+        probe = ray.remote(visible_gpus).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False))
+        gpus = ray.get(probe.remote(), timeout=60)
+        return min((g.memory_mib for g in gpus), default=None)
+
+    def _add_worker(self, p: Placement | None, index: int | None = None) -> Hosted:
+        """A placement group for one worker (aimed at its planned node; anywhere when `p` is None), its actor."""
+        from ray.util.placement_group import placement_group
+
+        index = p.index if p is not None else index
+        bundle = {"GPU": self.tp} if not self.cpu else {"CPU": 1}
+        pg = placement_group([bundle], strategy="STRICT_PACK", name=f"internvl-worker-{index}",
+                             _soft_target_node_id=p.node.node_id if p is not None else None)
+        job = replace(self.base_job, index=index, port=self.s.worker_port + index)
+        hosted = Hosted(job, self._actor(job, pg=pg, gpus=0 if self.cpu else self.tp), pg)
+        self.hosted.append(hosted)
+        return hosted
+
+    def wait_ready(self, timeout_s: float, since: float) -> None:
+        """Until every actor's process is ready; a process that fails while starting stops everything."""
+        deadline = time.monotonic() + timeout_s
+        while not all(h.info and h.info["state"] == "ready" for h in self.hosted):
+            self._poll_all(starting=True, since=since)
+            if time.monotonic() > deadline:
+                late = ", ".join(h.job.name for h in self.hosted if not (h.info and h.info["state"] == "ready"))
+                raise StartupFailed(f"not ready after {timeout_s:.0f} s: {late} (a placement group Ray could not "
+                                    "place stays pending: `ray status` shows the demands)")
+            time.sleep(0.2)
+
+    def plan_lines(self) -> list[str]:
+        """node -> worker -> GPUs, as placed now."""
+        by_node: dict[str, list[str]] = {}
+        for h in self._live():
+            where = h.info["ip"] if h.info and not h.away else "(being placed)"
+            what = f"GPUs {','.join(h.info['gpus'])}" if h.info and h.info["gpus"] else "CPU"
+            if h.job.role != "worker":
+                what = h.info["url"] if h.info else h.job.role
+            by_node.setdefault(where, []).append(f"{h.job.name} ({what})")
+        return [f"node {node}: {', '.join(items)}" for node, items in sorted(by_node.items())]
+
+    def show_plan(self) -> str:
+        lines = self.plan_lines()
+        for line in lines:
+            print(f"    {line}", flush=True)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------------------------ running
+
+    def _live(self) -> list[Hosted]:
+        return [h for h in self.hosted if not h.gone]
+
+    def _poll_all(self, starting: bool = False, since: float = 0.0) -> None:
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+        for h in self._live():
+            if h.poll_ref is None:
+                h.poll_ref = h.actor.poll.remote()
+        refs = [h.poll_ref for h in self._live()]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+        done = set(done)
+        for h in self._live():
+            if h.poll_ref not in done:
+                continue
+            ref, h.poll_ref = h.poll_ref, None
+            try:
+                info = ray.get(ref, timeout=1)
+            except (ActorUnavailableError, GetTimeoutError):
+                if not h.away:
+                    h.away = True
+                    where = h.info["ip"] if h.info else "its node"
+                    self.say(f"{h.job.name}: its process on {where} is gone (node lost or actor died); Ray is "
+                             "placing it again")
+                continue
+            except (ActorDiedError, RayActorError) as exc:
+                h.gone = True
+                self.say(f"error: {h.job.name} is gone for good: {str(exc).splitlines()[0]}")
+                continue
+            self._took(h, info, starting, since)
+
+    def _took(self, h: Hosted, info: dict, starting: bool, since: float) -> None:
+        moved = h.info is not None and (info["pid"], info["ip"]) != (h.info["pid"], h.info["ip"])
+        h.info, h.away = info, False
+        if moved:
+            gpus = f"GPUs {','.join(info['gpus'])}" if info["gpus"] else "CPU"
+            self.say(f"{h.job.name} placed again by Ray: node {info['ip']}, {gpus}")
+        for event in info["events"]:
+            self.say(f"[{info['ip']}] {event}")
+        if info["state"] in ("failed", "given_up"):
+            if starting:
+                raise StartupFailed(f"{h.job.name} on node {info['ip']}: {info['reason']}")
+            self.say(f"error: {h.job.name} on node {info['ip']} is left stopped: {info['reason']}. The rest keeps "
+                     "running.")
+            self._remove(h)
+
+    def supervise_once(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_EVERY_S
+            self._poll_all()
+            self._scale()
+        return any(not h.gone for h in self.hosted)
+
+    # ------------------------------------------------------------------------------------------------ scaling
+
+    def workers(self) -> list[Hosted]:
+        return [h for h in self._live() if h.job.role == "worker"]
+
+    def _taken(self) -> tuple[dict[str, int], bool]:
+        """GPUs (or CPU workers) our placement groups hold per node id; False when one is not placed now."""
+        from ray.util import placement_group_table
+
+        taken: dict[str, int] = {}
+        all_placed = True
+        for h in self.workers():
+            table = placement_group_table(h.pg)
+            node = table.get("bundles_to_node_id", {}).get(0)
+            if table.get("state") != "CREATED" or not node:
+                all_placed = False
+                continue
+            taken[node] = taken.get(node, 0) + (1 if self.cpu else self.tp)
+        return taken, all_placed
+
+    def _scale(self) -> None:
+        import ray
+
+        try:
+            generation, wanted = ray.get(self.control.wanted.remote(), timeout=5)
+        except ray.exceptions.RayError:
+            return
+        if generation != self.generation:
+            self.generation = generation
+            self._scale_to(wanted)
+            ray.get(self.control.report.remote(generation, "\n".join(self.plan_lines())))
+        elif wanted is None and self.s.workers == "auto" and not self.cpu and time.monotonic() >= self._next_grow:
+            self._next_grow = time.monotonic() + GROW_EVERY_S
+            self._grow_onto_new_nodes()
+
+    def _nodes(self) -> list[RayNode]:
+        import ray
+
+        return alive_nodes(ray.nodes())
+
+    def _grow_onto_new_nodes(self) -> None:
+        """--workers auto: free GPU groups (a node that joined) get workers, unless a worker is being re-placed."""
+        taken, all_placed = self._taken()
+        if not all_placed:
+            return
+        used = {h.job.index for h in self.workers()}
+        new = place(self._nodes(), self.tp, None, False, taken, first_index=max(used, default=-1) + 1)
+        for p in new:
+            self.say(f"worker-{p.index}: {p.gpus} free GPU(s) on node {p.node.ip}: adding a worker")
+            self._add_worker(p)
+
+    def _scale_to(self, wanted: int) -> None:
+        current = sorted(self.workers(), key=lambda h: h.job.index)
+        if wanted < len(current):
+            for h in current[wanted:]:
+                self.say(f"scale {wanted}: stopping {h.job.name}")
+                self._remove(h)
+            return
+        taken, _ = self._taken()
+        used = {h.job.index for h in current}
+        free_indices = [i for i in range(wanted + len(used)) if i not in used][:wanted - len(current)]
+        try:
+            placements = place(self._nodes(), self.tp, len(free_indices), self.cpu, taken)
+        except PlanError:
+            placements = place(self._nodes(), self.tp, None, self.cpu, taken)  # what fits now; the rest waits
+        for n, index in enumerate(free_indices):
+            p = replace(placements[n], index=index) if n < len(placements) else None
+            where = f"node {p.node.ip}" if p else "no free GPUs now: placed when a node with free GPUs joins"
+            self.say(f"scale {wanted}: adding worker-{index} ({where})")
+            self._add_worker(p, index)
+
+    # ------------------------------------------------------------------------------------------------ stopping
+
+    def _remove(self, h: Hosted, timeout_s: float | None = None) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        h.gone = True
+        try:
+            ray.get(h.actor.stop.remote(), timeout=timeout_s or self.s.stop_timeout_s + 10)
+        except ray.exceptions.RayError:
+            pass  # not reachable: killing the actor ends its process (parent-death signal)
+        ray.kill(h.actor, no_restart=True)
+        if h.pg is not None:
+            remove_placement_group(h.pg)
+
+    def stop(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        live = self._live()
+        if live:
+            self.say("Stopping " + " ".join(h.job.name for h in live) + " on the Ray cluster")
+        # Workers and UI together (each actor stops its process: SIGTERM, SIGKILL after the grace), the
+        # controller last, so workers can unregister.
+        for group in ([h for h in live if h.job.role != "controller"], [h for h in live if h.job.role == "controller"]):
+            refs = [h.actor.stop.remote() for h in group]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=self.s.stop_timeout_s + 10)
+            for h in group:
+                self._remove(h, timeout_s=1)
+        if self.control is not None:
+            ray.kill(self.control, no_restart=True)
+        ray.shutdown()
+
+
+def scale(address: str, workers: int, timeout_s: float = 60.0) -> str:
+    """`./launch.sh scale N`: ask the launcher running on the cluster at `address` for N workers; its new plan."""
+    import ray
+
+    connect(address)
+    try:
+        try:
+            control = ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
+        except ValueError:
+            raise StartupFailed(f"no launcher runs on the Ray cluster at {address} (no actor '{CONTROL_NAME}' in "
+                                f"namespace '{NAMESPACE}'); start one with ./launch.sh --ray {address}") from None
+        generation = ray.get(control.set_workers.remote(workers), timeout=30)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reached, plan = ray.get(control.status.remote(), timeout=30)
+            if reached >= generation:
+                return plan
+            time.sleep(0.5)
+        raise StartupFailed(f"the launcher did not take the new number of workers within {timeout_s:.0f} s")
+    finally:
+        ray.shutdown()
