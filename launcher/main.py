@@ -230,7 +230,7 @@ def run_ray(s: LaunchSettings, sup, stack: Stack, extra: list[str], t0: float) -
 
 
 def run_scale(s: LaunchSettings) -> int:
-    from launcher.ray_stack import scale
+    from launcher.ray_control import scale
 
     if not s.ray:
         raise UserError("scale talks to a launcher running on a Ray cluster: add --ray ADDRESS (or auto)")

@@ -21,46 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from launcher.gpus import PlanError
+from launcher.ray_control import CONTROL_NAME, Control, connect
 from launcher.ray_host import Job, ProcessHost
 from launcher.ray_plan import HEAD_RESOURCE, Placement, RayNode, alive_nodes, choose_tp, describe, place
 from launcher.settings import LaunchSettings
 from launcher.supervisor import StartupFailed
 
-NAMESPACE = "internvl"
-CONTROL_NAME = "launcher"
 POLL_EVERY_S = 0.5
-GROW_EVERY_S = 5.0
-
-
-class Control:
-    """The launcher's named actor, on the controller's node: the wanted number of workers (`./launch.sh scale N`)
-    and the credentials the worker actors fetch at run time (so they are never an actor's argument)."""
-
-    def __init__(self):
-        self.asked: tuple[int, int | None] = (0, None)  # (generation, workers)
-        self.done: tuple[int, str] = (0, "")  # (generation reached, the plan as printed)
-        self._secrets: dict = {}
-
-    def keep_secrets(self, boxed: list) -> None:
-        import ray
-
-        self._secrets = ray.get(boxed[0])  # a reference in the call, the value fetched here
-
-    def secrets(self) -> dict:
-        return self._secrets
-
-    def set_workers(self, n: int) -> int:
-        self.asked = (self.asked[0] + 1, n)
-        return self.asked[0]
-
-    def wanted(self) -> tuple[int, int | None]:
-        return self.asked
-
-    def report(self, generation: int, plan: str) -> None:
-        self.done = (generation, plan)
-
-    def status(self) -> tuple[int, str]:
-        return self.done
+REPORT_WITHIN_S = 30.0
 
 
 @dataclass
@@ -72,13 +40,6 @@ class Hosted:
     poll_ref: object | None = None
     away: bool = False  # its node or actor process is gone; Ray is restarting it
     gone: bool = False
-
-
-def connect(address: str) -> None:
-    import ray
-
-    ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False,
-             configure_logging=False)
 
 
 class RayStack:
@@ -94,7 +55,8 @@ class RayStack:
         self.cpu = s.cpu
         self.base_job: Job | None = None
         self.generation = 0
-        self._next_poll = self._next_grow = 0.0
+        self._next_poll = 0.0
+        self._unreported: tuple[int, float] | None = None  # a scale request whose plan `scale` waits for
         self._host_class = None
 
     # ------------------------------------------------------------------------------------------------ starting
@@ -211,10 +173,12 @@ class RayStack:
         """node -> worker -> GPUs, as placed now."""
         by_node: dict[str, list[str]] = {}
         for h in self._live():
-            where = h.info["ip"] if h.info and not h.away else "(being placed)"
-            what = f"GPUs {','.join(h.info['gpus'])}" if h.info and h.info["gpus"] else "CPU"
-            if h.job.role != "worker":
-                what = h.info["url"] if h.info else h.job.role
+            if not h.info or h.away:
+                where, what = "(none yet)", "waiting for free resources"
+            else:
+                where = h.info["ip"]
+                what = f"GPUs {','.join(h.info['gpus'])}" if h.info["gpus"] else "CPU"
+                what = what if h.job.role == "worker" else h.info["url"]
             by_node.setdefault(where, []).append(f"{h.job.name} ({what})")
         return [f"node {node}: {', '.join(items)}" for node, items in sorted(by_node.items())]
 
@@ -286,20 +250,17 @@ class RayStack:
     def workers(self) -> list[Hosted]:
         return [h for h in self._live() if h.job.role == "worker"]
 
-    def _taken(self) -> tuple[dict[str, int], bool]:
-        """GPUs (or CPU workers) our placement groups hold per node id; False when one is not placed now."""
+    def _taken(self) -> dict[str, int]:
+        """GPUs (or CPU workers) our placed placement groups hold per node id."""
         from ray.util import placement_group_table
 
         taken: dict[str, int] = {}
-        all_placed = True
         for h in self.workers():
             table = placement_group_table(h.pg)
             node = table.get("bundles_to_node_id", {}).get(0)
-            if table.get("state") != "CREATED" or not node:
-                all_placed = False
-                continue
-            taken[node] = taken.get(node, 0) + (1 if self.cpu else self.tp)
-        return taken, all_placed
+            if table.get("state") == "CREATED" and node:
+                taken[node] = taken.get(node, 0) + (1 if self.cpu else self.tp)
+        return taken
 
     def _scale(self) -> None:
         import ray
@@ -311,26 +272,16 @@ class RayStack:
         if generation != self.generation:
             self.generation = generation
             self._scale_to(wanted)
-            ray.get(self.control.report.remote(generation, "\n".join(self.plan_lines())))
-        elif wanted is None and self.s.workers == "auto" and not self.cpu and time.monotonic() >= self._next_grow:
-            self._next_grow = time.monotonic() + GROW_EVERY_S
-            self._grow_onto_new_nodes()
+            self._unreported = (generation, time.monotonic() + REPORT_WITHIN_S)
+        # `scale` prints the plan once the new workers are placed (or what is placed by then)
+        if self._unreported and (all(h.info for h in self.workers()) or time.monotonic() > self._unreported[1]):
+            ray.get(self.control.report.remote(self._unreported[0], "\n".join(self.plan_lines())))
+            self._unreported = None
 
     def _nodes(self) -> list[RayNode]:
         import ray
 
         return alive_nodes(ray.nodes())
-
-    def _grow_onto_new_nodes(self) -> None:
-        """--workers auto: free GPU groups (a node that joined) get workers, unless a worker is being re-placed."""
-        taken, all_placed = self._taken()
-        if not all_placed:
-            return
-        used = {h.job.index for h in self.workers()}
-        new = place(self._nodes(), self.tp, None, False, taken, first_index=max(used, default=-1) + 1)
-        for p in new:
-            self.say(f"worker-{p.index}: {p.gpus} free GPU(s) on node {p.node.ip}: adding a worker")
-            self._add_worker(p)
 
     def _scale_to(self, wanted: int) -> None:
         current = sorted(self.workers(), key=lambda h: h.job.index)
@@ -339,7 +290,7 @@ class RayStack:
                 self.say(f"scale {wanted}: stopping {h.job.name}")
                 self._remove(h)
             return
-        taken, _ = self._taken()
+        taken = self._taken()
         used = {h.job.index for h in current}
         free_indices = [i for i in range(wanted + len(used)) if i not in used][:wanted - len(current)]
         try:
@@ -385,27 +336,4 @@ class RayStack:
                 self._remove(h, timeout_s=1)
         if self.control is not None:
             ray.kill(self.control, no_restart=True)
-        ray.shutdown()
-
-
-def scale(address: str, workers: int, timeout_s: float = 60.0) -> str:
-    """`./launch.sh scale N`: ask the launcher running on the cluster at `address` for N workers; its new plan."""
-    import ray
-
-    connect(address)
-    try:
-        try:
-            control = ray.get_actor(CONTROL_NAME, namespace=NAMESPACE)
-        except ValueError:
-            raise StartupFailed(f"no launcher runs on the Ray cluster at {address} (no actor '{CONTROL_NAME}' in "
-                                f"namespace '{NAMESPACE}'); start one with ./launch.sh --ray {address}") from None
-        generation = ray.get(control.set_workers.remote(workers), timeout=30)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            reached, plan = ray.get(control.status.remote(), timeout=30)
-            if reached >= generation:
-                return plan
-            time.sleep(0.5)
-        raise StartupFailed(f"the launcher did not take the new number of workers within {timeout_s:.0f} s")
-    finally:
         ray.shutdown()

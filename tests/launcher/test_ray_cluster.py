@@ -60,7 +60,7 @@ def cluster(tmp_path_factory):
         head = hosts.start_head("head", "--num-cpus", "2", "--num-gpus", "0", env=scripted)
         for node in ("a", "b"):
             hosts.start_node(node, head, "--num-cpus", "2", "--num-gpus", "2", env=scripted)
-        hosts.address = head
+        hosts.address, hosts.node_env = head, scripted
         yield hosts
     finally:
         hosts.destroy()
@@ -159,6 +159,14 @@ def secret_shown(cluster: RayHosts, log_dir: Path) -> list[str]:
     return found
 
 
+def scale(cluster: RayHosts, workers: int) -> str:
+    r = subprocess.run(cluster.exec_argv("head", sys.executable, "-m", "launcher", "scale", str(workers), "--ray",
+                                         cluster.address), capture_output=True, text=True, timeout=120,
+                       env={**cluster.env(), "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
 def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_checkpoint, tmp_path):
     launched = launch(cluster, ["--model", str(demo_checkpoint), "--cpu", "--workers", "1", "--max-restarts", "2"],
                       tmp_path, env={"INTERNVL_REGISTRATION_SECRET": SECRET})
@@ -173,18 +181,11 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
                        json=body(demo_checkpoint.name, max_tokens=5))
         assert r.status_code == 200, r.text
         assert r.headers["x-worker-id"].endswith(str(WORKER_PORT))
-        scale = subprocess.run(cluster.exec_argv("head", sys.executable, "-m", "launcher", "scale", "2", "--ray",
-                                                 cluster.address), capture_output=True, text=True, timeout=120,
-                               env={**cluster.env(), "PYTHONPATH": str(ROOT)})
-        assert scale.returncode == 0, scale.stdout + scale.stderr
-        assert "worker-1" in scale.stdout, scale.stdout
+        assert "worker-1" in scale(cluster, 2)
         other = cluster.ip["b"] if worker_node == cluster.ip["a"] else cluster.ip["a"]
         wait_until(lambda: f"http://{other}:{WORKER_PORT + 1}" in healthy_urls(url), 90, "worker-1 registered",
                    launched)
-        scale = subprocess.run(cluster.exec_argv("head", sys.executable, "-m", "launcher", "scale", "1", "--ray",
-                                                 cluster.address), capture_output=True, text=True, timeout=120,
-                               env={**cluster.env(), "PYTHONPATH": str(ROOT)})
-        assert scale.returncode == 0, scale.stdout + scale.stderr
+        scale(cluster, 1)
         wait_until(lambda: healthy_urls(url) == {f"http://{worker_node}:{WORKER_PORT}"}, 30,
                    "worker-1 gone from the controller", launched)
         assert secret_shown(cluster, tmp_path) == []
@@ -270,6 +271,11 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         later = [c for c in chats if c.started > killed_at]
         assert later and all(c.status == 200 and not c.error for c in later), [c for c in later if c.error]
         launched.wait_for(rf"worker-\d placed again by Ray: node {re.escape(a)}, GPUs 1", 5)
+        # Node b comes back (a new Ray node at its address): a new worker can go there.
+        cluster.start_node("b", cluster.address, "--num-cpus", "2", "--num-gpus", "2", env=cluster.node_env)
+        assert f"node {b}: worker-2 (GPUs" in scale(cluster, 3)
+        wait_until(lambda: f"http://{b}:{WORKER_PORT + 2}" in healthy_urls(url), 60, "worker-2 on the new node b",
+                   launched)
         stop_and_check_clean(cluster, launched)
     finally:
         stop.set()
