@@ -222,8 +222,7 @@ def run_ray(s: LaunchSettings, sup, stack: Stack, extra: list[str], t0: float) -
     say("Placed (node -> process):")
     sup.show_plan()
     ui = next(h.info for h in sup.hosted if h.job.role == "ui")
-    on = f"  (on node {ui['ip']})" if s.host in LOOPBACK else ""
-    return [("Web UI:", f"http://{shown_host(s.host)}:{s.port}{on}"),
+    return [("Web UI:", f"{ui['url']}  (on node {ui['ip']})"),
             ("API:", f"{controller_url}/v1  (OpenAI-compatible)"),
             ("Metrics:", f"{controller_url}/metrics"),
             ("Scale:", f"./launch.sh scale N --ray {s.ray}")], random_weights

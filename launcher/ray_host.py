@@ -80,6 +80,12 @@ def build_spec(job: Job, ip: str, gpus: list[str], secrets: dict[str, str | None
                         extra_args=job.extra_args)
 
 
+def reachable_url(spec: ServiceSpec, ip: str) -> str:
+    """The process's base URL as other nodes reach it (a process bound to every interface: at the node's address)."""
+    host, port = spec.argv[spec.argv.index("--host") + 1], spec.argv[spec.argv.index("--port") + 1]
+    return f"http://{ip if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
 class ProcessHost:
     """Made a Ray actor by the launcher (launcher/ray_stack.py) with the resources and restart policy it needs."""
 
@@ -88,7 +94,9 @@ class ProcessHost:
 
         self.job = job
         self.ip = node_ip()
-        self.gpus = [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+        granted = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        # Ray sets CUDA_VISIBLE_DEVICES for what it granted; the process gets the same, so a CPU worker none.
+        self.gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(granted)).split(",") if granted else []
         self.started = time.time()
         self._events: list[str] = []
         self._lock = threading.Lock()
@@ -97,7 +105,7 @@ class ProcessHost:
         self.reason = ""
         secrets = ray.get(ray.get_actor(control_name).secrets.remote())  # same namespace as the launcher
         spec = build_spec(job, self.ip, self.gpus, secrets)
-        self.url = (spec.health_url or "").rsplit("/", 1)[0]
+        self.url = reachable_url(spec, self.ip)
         # One thread spawns, watches and stops the process: it lives as long as the process should, so the
         # process's parent-death signal (set by spawn) fires only when this actor goes.
         self._thread = threading.Thread(target=self._supervise, args=(spec,), name=f"host-{job.name}", daemon=True)

@@ -59,3 +59,27 @@ def test_alive_nodes_from_ray_nodes():
         {"NodeID": "h", "NodeManagerAddress": "10.0.0.1", "Alive": True,
          "Resources": {"CPU": 4.0, "node:__internal_head__": 1.0}}])
     assert nodes == [RayNode("h", "10.0.0.1", 0, True), RayNode("b", "10.0.0.3", 2)]
+
+
+def test_what_each_actor_runs_on_its_node(tmp_path):
+    """The processes' command lines carry no secret (they go in the environment); workers get the GPUs Ray granted,
+    bind their node's address and advertise it; the controller binds the node's address unless --host says where."""
+    from launcher.ray_host import Job, build_spec, reachable_url
+
+    secrets = {"registration_secret": "reg-secret-1", "api_key": "api-key-1"}
+    base = Job("worker", 3, str(tmp_path), "127.0.0.1", 21005, controller_url="http://10.0.0.1:21001",
+               model_folder=str(tmp_path), tp=2)
+    worker = build_spec(base, "10.0.0.2", ["2", "3"], secrets)
+    assert worker.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert worker.env["INTERNVL_WORKER_REGISTRATION_SECRET"] == "reg-secret-1"
+    argv = " ".join(worker.argv)
+    assert "--host 10.0.0.2 --port 21005" in argv and "--worker-url http://10.0.0.2:21005" in argv
+    assert "--tp 2" in argv and "--controller-url http://10.0.0.1:21001" in argv
+    cpu_worker = build_spec(base, "10.0.0.2", [], secrets)
+    assert cpu_worker.env["CUDA_VISIBLE_DEVICES"] == ""
+    for host, url in (("127.0.0.1", "http://10.0.0.1:21001"), ("0.0.0.0", "http://10.0.0.1:21001")):
+        controller = build_spec(Job("controller", 0, str(tmp_path), host, 21001), "10.0.0.1", [], secrets)
+        assert reachable_url(controller, "10.0.0.1") == url
+        assert controller.env["INTERNVL_CONTROLLER_API_KEYS"] == '["api-key-1"]'
+    for spec in (worker, controller):
+        assert not any(secret in " ".join(spec.argv) for secret in secrets.values())
