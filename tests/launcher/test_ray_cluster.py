@@ -280,3 +280,22 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
     finally:
         stop.set()
         launched.kill_all()
+
+
+def test_a_launcher_killed_outright_leaves_nothing_behind(cluster, demo_checkpoint, tmp_path):
+    """SIGKILL gives the launcher no chance to clean up: Ray ends the actors and placement groups its driver owned,
+    and each process gets SIGTERM when its actor goes."""
+    launched = launch(cluster, ["--model", str(demo_checkpoint), "--engine", SCRIPTED, "--workers", "2"], tmp_path)
+    try:
+        launched.wait_ready(timeout=150)
+        assert len(healthy_urls(controller_url(cluster))) == 2
+        assert len(ours_left(cluster)) >= 5  # controller, UI, two workers, their actors
+        os.kill(launched.popen.pid, signal.SIGKILL)  # `ip netns exec` execs the launcher: this is its pid
+        launched.popen.wait(10)
+        deadline = time.monotonic() + 30
+        while (left := ours_left(cluster)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"left running after the launcher was killed: {left}"
+        assert placement_groups_left(cluster) == []
+    finally:
+        launched.kill_all()
