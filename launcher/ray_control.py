@@ -16,10 +16,26 @@ CONTROL_NAME = "launcher"
 
 
 def connect(address: str) -> None:
+    """Join the cluster at `address` as a driver; StartupFailed, said plainly, when there is none (Ray itself would
+    retry for minutes, logging as it goes)."""
+    import socket
+
+    if address != "auto":
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except OSError as exc:
+            raise StartupFailed(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start its head there "
+                                f"first: ray start --head --port {port} (docs/deployment.md, 'More than one "
+                                "machine')") from None
     import ray
 
-    ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False,
-             configure_logging=False)
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level="warning", log_to_driver=False,
+                 configure_logging=False)
+    except ConnectionError as exc:
+        raise StartupFailed(f"--ray {address}: {exc} (on a node of the cluster, or give the head's HOST:PORT)") \
+            from None
 
 
 class Control:

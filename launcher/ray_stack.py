@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from launcher.gpus import PlanError
-from launcher.ray_control import CONTROL_NAME, Control, connect
+from launcher.ray_control import CONTROL_NAME, NAMESPACE, Control, connect
 from launcher.ray_host import Job, ProcessHost
 from launcher.ray_plan import HEAD_RESOURCE, Placement, RayNode, alive_nodes, choose_tp, describe, place
 from launcher.settings import LaunchSettings
@@ -66,6 +66,11 @@ class RayStack:
 
         connect(self.s.ray)
         s = self.s
+        nodes = alive_nodes(ray.nodes())
+        front = next(iter(self._front()))
+        if not any(front in n["Resources"] for n in ray.nodes() if n.get("Alive")):
+            raise StartupFailed(f"no node of the Ray cluster has the resource {front!r} for the controller and the "
+                                "web UI; start one with ray start --resources '{\"" + front + "\": 1}'")
         try:
             self.control = ray.remote(Control).options(name=CONTROL_NAME, num_cpus=0, resources=self._front()).remote()
             box = [ray.put({"registration_secret": s.registration_secret or secrets.token_urlsafe(18),
@@ -74,7 +79,6 @@ class RayStack:
         except ValueError:  # the name is taken
             raise StartupFailed("another launcher already runs on this Ray cluster (its named actor "
                                 f"'{CONTROL_NAME}' in namespace '{NAMESPACE}' exists); stop it first") from None
-        nodes = alive_nodes(ray.nodes())
         shown = [f"{n.ip} ({n.gpus} GPUs{', head' if n.is_head else ''})" for n in nodes]
         self.say(f"Ray cluster: {', '.join(shown)}")
         return nodes

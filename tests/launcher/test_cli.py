@@ -9,7 +9,7 @@ import sys
 
 from launcher.cli import env_of, flag_of, parse
 from launcher.settings import LaunchSettings
-from tests.support.stack import ROOT
+from tests.support.stack import ROOT, free_port
 
 
 def launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -70,6 +70,10 @@ def test_ray_flags_and_scale_are_checked_before_anything_starts(tmp_path):
                             "--log-dir", str(tmp_path)], "--ray runs the whole stack")]:
         r = launch(*args)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    nobody = f"127.0.0.1:{free_port()}"
+    for args in (["--ray", nobody, "--cpu"], ["scale", "2", "--ray", nobody]):
+        r = launch(*args, "--log-dir", str(tmp_path))
+        assert r.returncode == 1 and f"no Ray cluster answers at {nobody}" in r.stderr, r.stderr
     command = parse(["scale", "3", "--ray", "10.0.0.1:6379"])
     assert command.mode == "scale" and command.settings.workers_number() == 3
     assert command.settings.ray == "10.0.0.1:6379"

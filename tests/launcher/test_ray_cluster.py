@@ -6,7 +6,8 @@ engine standing in for the model where streams must last a set time (these tests
 layers above the engine; Ray's "GPUs" here are logical, so a worker on one runs on the CPU unchanged).
 
 - `--cpu --workers 1`, then `./launch.sh scale 2` and `scale 1`: demo workers of the real transformers engine on the
-  worker nodes, answering through the controller; the stop leaves nothing behind.
+  worker nodes, answering through the controller; quick crashes in a row leave a worker stopped with the reason; the
+  registration secret shows nowhere; a launcher killed outright (SIGKILL) leaves nothing behind either.
 - Two GPU workers under steady chat load; node b dies (every process in its namespace killed by pid): its in-flight
   streams end with an error event, every new chat is served by node a's worker, and b's worker comes back on node a's
   free GPU, registered and serving, within BACK_WITHIN_S; the launcher's stop leaves no actor, process or placement
@@ -181,6 +182,13 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
                        json=body(demo_checkpoint.name, max_tokens=5))
         assert r.status_code == 200, r.text
         assert r.headers["x-worker-id"].endswith(str(WORKER_PORT))
+        for args, error in ((["--ray-controller-resource", "gpu-box-1"], "no node of the Ray cluster has the "
+                             "resource 'gpu-box-1'"), ([], "another launcher already runs on this Ray cluster")):
+            second = subprocess.run(cluster.exec_argv("head", sys.executable, "-m", "launcher", "--ray",
+                                                      cluster.address, "--cpu", "--log-dir", str(tmp_path / "2"),
+                                                      *args), capture_output=True, text=True, timeout=120,
+                                    env={**cluster.env(), "PYTHONPATH": str(ROOT)})
+            assert second.returncode == 1 and error in second.stderr, second.stdout + second.stderr
         assert "worker-1" in scale(cluster, 2)
         other = cluster.ip["b"] if worker_node == cluster.ip["a"] else cluster.ip["a"]
         wait_until(lambda: f"http://{other}:{WORKER_PORT + 1}" in healthy_urls(url), 90, "worker-1 registered",
@@ -189,6 +197,8 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         wait_until(lambda: healthy_urls(url) == {f"http://{worker_node}:{WORKER_PORT}"}, 30,
                    "worker-1 gone from the controller", launched)
         assert secret_shown(cluster, tmp_path) == []
+        running = " ".join(ours_left(cluster))
+        assert all(mark in running for mark in OURS), running  # what the kill at the end must end
         # Quick crashes in a row (--max-restarts 2): restarted once, then left stopped with the reason.
         node = next(n for n, ip in cluster.ip.items() if ip == worker_node)
         first = worker_pid(cluster, node)
@@ -200,7 +210,15 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
                           30)
         assert "died 2 times in a row" in launched.output
         assert launched.popen.poll() is None  # the controller and the UI keep running
-        stop_and_check_clean(cluster, launched)
+        # Killed outright (no chance to clean up): Ray ends the actors and placement groups its driver owned, and
+        # each process gets SIGTERM when its actor goes. (The other test stops the launcher with SIGTERM.)
+        os.kill(launched.popen.pid, signal.SIGKILL)  # `ip netns exec` execs the launcher: this is its pid
+        launched.popen.wait(10)
+        deadline = time.monotonic() + 30
+        while (left := ours_left(cluster)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"left running after the launcher was killed: {left}"
+        assert placement_groups_left(cluster) == []
     finally:
         launched.kill_all()
 
@@ -237,13 +255,15 @@ def chat_load(url: str, model: str, stop: threading.Event, chats: list[Chat], la
 
 
 def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkpoint, tmp_path):
-    launched = launch(cluster, ["--model", str(demo_checkpoint), "--engine", SCRIPTED, "--workers", "2", "--tp", "1",
+    # --tp auto: the GPUs' memory is asked of a GPU node (no nvidia-smi there: logical GPUs, tp 1)
+    launched = launch(cluster, ["--model", str(demo_checkpoint), "--engine", SCRIPTED, "--workers", "2",
                                 "--", "--heartbeat-interval-s", "0.5"], tmp_path)
     stop = threading.Event()
     try:
         launched.wait_ready(timeout=150)
         out = launched.output
         a, b = cluster.ip["a"], cluster.ip["b"]
+        assert "2 worker(s), tp 1" in out
         assert re.search(rf"node {re.escape(a)}: worker-\d \(GPUs 0\)", out), out  # one worker per GPU node
         assert re.search(rf"node {re.escape(b)}: worker-\d \(GPUs 0\)", out), out
         url = controller_url(cluster)
@@ -281,21 +301,3 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         stop.set()
         launched.kill_all()
 
-
-def test_a_launcher_killed_outright_leaves_nothing_behind(cluster, demo_checkpoint, tmp_path):
-    """SIGKILL gives the launcher no chance to clean up: Ray ends the actors and placement groups its driver owned,
-    and each process gets SIGTERM when its actor goes."""
-    launched = launch(cluster, ["--model", str(demo_checkpoint), "--engine", SCRIPTED, "--workers", "2"], tmp_path)
-    try:
-        launched.wait_ready(timeout=150)
-        assert len(healthy_urls(controller_url(cluster))) == 2
-        assert len(ours_left(cluster)) >= 5  # controller, UI, two workers, their actors
-        os.kill(launched.popen.pid, signal.SIGKILL)  # `ip netns exec` execs the launcher: this is its pid
-        launched.popen.wait(10)
-        deadline = time.monotonic() + 30
-        while (left := ours_left(cluster)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not left, f"left running after the launcher was killed: {left}"
-        assert placement_groups_left(cluster) == []
-    finally:
-        launched.kill_all()
