@@ -211,6 +211,9 @@ def run_ray(s: LaunchSettings, sup, stack: Stack, extra: list[str], t0: float) -
     """The whole stack on a Ray cluster (launcher/ray_stack.py); `sup` is its RayStack."""
     nodes = sup.connect()
     controller_url = sup.start_front(str(stack.log_dir))
+    if not s.api_key:
+        warn(f"the controller listens on {controller_url} (workers on other nodes reach it there): without "
+             "--api-key anyone on that network can use the API")
     folder, random_weights = _model(s)
     demo_dir = s.demo_dir if s.demo_dir.is_absolute() else ROOT / s.demo_dir
     try:

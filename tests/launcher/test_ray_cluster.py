@@ -176,6 +176,7 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         url = controller_url(cluster)
         out = launched.output
         assert re.search(rf"node {re.escape(cluster.ip['head'])}: controller \(http://", out), out
+        assert f"the controller listens on {url} (workers on other nodes reach it there): without --api-key" in out
         worker_node = re.search(r"node (\S+): worker-0 \(CPU\)", out).group(1)
         assert worker_node in (cluster.ip["a"], cluster.ip["b"]), out  # workers go to the worker nodes first
         r = httpx.post(url + "/v1/chat/completions", timeout=60,
@@ -285,7 +286,10 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         stop.set()
         for lane in lanes:
             lane.result(timeout=60)
-        print(f"node b killed -> its worker registered on node a after {back_after:.1f} s")
+        served = min(c.ended for c in chats if c.started > killed_at + back_after and c.ended and not c.error
+                     and c.worker == on_b["worker_id"])
+        print(f"node b killed -> its worker registered on node a after {back_after:.1f} s, its first answer there "
+              f"complete after {served - killed_at:.1f} s (a {STREAM_TOKENS / STREAM_RATE:.0f} s stream)")
         cut = [c for c in chats if c.started < killed_at < (c.ended or 1e18) and c.worker == on_b["worker_id"]]
         assert cut and all(c.error and c.error.get("code") in ("worker_lost", "worker_timeout") for c in cut), cut
         later = [c for c in chats if c.started > killed_at]
