@@ -104,7 +104,12 @@ class ProcessHost:
         self.state = "starting"  # -> ready -> (given_up | failed | stopped)
         self.reason = ""
         secrets = ray.get(ray.get_actor(control_name).secrets.remote())  # same namespace as the launcher
-        spec = build_spec(job, self.ip, self.gpus, secrets)
+        try:
+            spec = build_spec(job, self.ip, self.gpus, secrets)
+        except Exception as exc:  # e.g. the model cannot be had on this node: said by poll(), not a dead actor
+            self.state, self.reason, self.url = "failed", f"cannot start here: {type(exc).__name__}: {exc}", ""
+            self._thread = None
+            return
         self.url = reachable_url(spec, self.ip)
         # One thread spawns, watches and stops the process: it lives as long as the process should, so the
         # process's parent-death signal (set by spawn) fires only when this actor goes.
@@ -155,5 +160,6 @@ class ProcessHost:
     def stop(self) -> str:
         """Stop the process (SIGTERM, SIGKILL after the grace period); returns once it is gone."""
         self._stopping.set()
-        self._thread.join(self.job.stop_timeout_s + 10)
+        if self._thread is not None:
+            self._thread.join(self.job.stop_timeout_s + 10)
         return self.state

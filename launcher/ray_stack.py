@@ -222,7 +222,10 @@ class RayStack:
                 continue
             except (ActorDiedError, RayActorError) as exc:
                 h.gone = True
-                self.say(f"error: {h.job.name} is gone for good: {str(exc).splitlines()[0]}")
+                why = f"{h.job.name} is gone for good: {str(exc).splitlines()[0]}"
+                if starting:
+                    raise StartupFailed(why) from None
+                self.say(f"error: {why}")
                 continue
             self._took(h, info, starting, since)
 
@@ -333,7 +336,7 @@ class RayStack:
         # Workers and UI together (each actor stops its process: SIGTERM, SIGKILL after the grace), the
         # controller last, so workers can unregister.
         for group in ([h for h in live if h.job.role != "controller"], [h for h in live if h.job.role == "controller"]):
-            refs = [h.actor.stop.remote() for h in group]
+            refs = [h.actor.stop.remote() for h in group if h.info and not h.away]  # not those never placed
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=self.s.stop_timeout_s + 10)
             for h in group:
