@@ -39,6 +39,7 @@ class Hosted:
     info: dict | None = None
     poll_ref: object | None = None
     away: bool = False  # its node or actor process is gone; Ray is restarting it
+    waiting: bool = False  # added when no node had room: placed when one has
     gone: bool = False
 
 
@@ -158,7 +159,7 @@ class RayStack:
         pg = placement_group([bundle], strategy="STRICT_PACK", name=f"internvl-worker-{index}",
                              _soft_target_node_id=p.node.node_id if p is not None else None)
         job = replace(self.base_job, index=index, port=self.s.worker_port + index)
-        hosted = Hosted(job, self._actor(job, pg=pg, gpus=0 if self.cpu else self.tp), pg)
+        hosted = Hosted(job, self._actor(job, pg=pg, gpus=0 if self.cpu else self.tp), pg, waiting=p is None)
         self.hosted.append(hosted)
         return hosted
 
@@ -281,7 +282,8 @@ class RayStack:
             self._scale_to(wanted)
             self._unreported = (generation, time.monotonic() + REPORT_WITHIN_S)
         # `scale` prints the plan once the new workers are placed (or what is placed by then)
-        if self._unreported and (all(h.info for h in self.workers()) or time.monotonic() > self._unreported[1]):
+        placed = all(h.info or h.waiting for h in self.workers())
+        if self._unreported and (placed or time.monotonic() > self._unreported[1]):
             ray.get(self.control.report.remote(self._unreported[0], "\n".join(self.plan_lines())))
             self._unreported = None
 
@@ -317,6 +319,8 @@ class RayStack:
         from ray.util.placement_group import remove_placement_group
 
         h.gone = True
+        if not h.info or h.away:  # never placed, or its node is gone: nothing to stop gracefully
+            timeout_s = 1
         try:
             ray.get(h.actor.stop.remote(), timeout=timeout_s or self.s.stop_timeout_s + 10)
         except ray.exceptions.RayError:

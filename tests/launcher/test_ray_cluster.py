@@ -295,9 +295,9 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         later = [c for c in chats if c.started > killed_at]
         assert later and all(c.status == 200 and not c.error for c in later), [c for c in later if c.error]
         launched.wait_for(rf"worker-\d placed again by Ray: node {re.escape(a)}, GPUs 1", 5)
-        # Node b comes back (a new Ray node at its address): a new worker can go there.
+        # A third worker finds no free GPU: it waits, and takes a node that joins (b again, as a new Ray node).
+        assert "node (none yet): worker-2 (waiting for free resources)" in scale(cluster, 3)
         cluster.start_node("b", cluster.address, "--num-cpus", "2", "--num-gpus", "2", env=cluster.node_env)
-        assert f"node {b}: worker-2 (GPUs" in scale(cluster, 3)
         wait_until(lambda: f"http://{b}:{WORKER_PORT + 2}" in healthy_urls(url), 60, "worker-2 on the new node b",
                    launched)
         stop_and_check_clean(cluster, launched)
