@@ -216,6 +216,7 @@ def run_ray(s: LaunchSettings, sup, stack: Stack, extra: list[str], t0: float) -
              "--api-key anyone on that network can use the API")
     folder, random_weights = _model(s)
     demo_dir = s.demo_dir if s.demo_dir.is_absolute() else ROOT / s.demo_dir
+    sup.wait_ready(s.start_timeout_s, t0, roles=("controller",))
     try:
         reason = sup.plan_workers(nodes, str(folder), s.model, str(demo_dir), weights_bytes(folder), extra)
     except PlanError as exc:

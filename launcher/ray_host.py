@@ -98,6 +98,7 @@ class ProcessHost:
         # Ray sets CUDA_VISIBLE_DEVICES for what it granted; the process gets the same, so a CPU worker none.
         self.gpus = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(granted)).split(",") if granted else []
         self.started = time.time()
+        self.replaced = ray.get_runtime_context().was_current_actor_reconstructed
         self._events: list[str] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -125,13 +126,13 @@ class ProcessHost:
         sup = Supervisor(self._say, job.max_restarts, job.quick_crash_s, job.stop_timeout_s)
         try:
             sup.start(spec)
-            try:
-                sup.wait_ready(job.start_timeout_s, time.monotonic(), until=self._stopping.is_set)
-            except StartupFailed as exc:
-                self.state, self.reason = "failed", str(exc)
-                return
-            if not self._stopping.is_set():
-                self.state = "ready"
+            if not self.replaced:  # the first start, watched by the user: a failure stops it (local rule)
+                try:
+                    sup.wait_ready(job.start_timeout_s, time.monotonic(), until=self._stopping.is_set)
+                except StartupFailed as exc:
+                    self.state, self.reason = "failed", str(exc)
+                    return
+            # Placed again by Ray (its node went): a failing start is a crash like any other, retried.
             while not self._stopping.is_set():
                 if not sup.supervise_once():
                     self.state = "given_up"

@@ -163,13 +163,19 @@ class RayStack:
         self.hosted.append(hosted)
         return hosted
 
-    def wait_ready(self, timeout_s: float, since: float) -> None:
-        """Until every actor's process is ready; a process that fails while starting stops everything."""
+    def wait_ready(self, timeout_s: float, since: float, roles: tuple[str, ...] = ("controller", "ui", "worker")) \
+            -> None:
+        """Until the processes of `roles` are ready; a process that fails while starting stops everything.
+
+        The launcher waits for the controller before it places workers: a worker that cannot reach its controller
+        for a while counts as failing to start (launcher/health.py), and a busy node can start the controller late.
+        """
         deadline = time.monotonic() + timeout_s
-        while not all(h.info and h.info["state"] == "ready" for h in self.hosted):
+        hosted = [h for h in self.hosted if h.job.role in roles]
+        while not all(h.info and h.info["state"] == "ready" for h in hosted):
             self._poll_all(starting=True, since=since)
             if time.monotonic() > deadline:
-                late = ", ".join(h.job.name for h in self.hosted if not (h.info and h.info["state"] == "ready"))
+                late = ", ".join(h.job.name for h in hosted if not (h.info and h.info["state"] == "ready"))
                 raise StartupFailed(f"not ready after {timeout_s:.0f} s: {late} (a placement group Ray could not "
                                     "place stays pending: `ray status` shows the demands)")
             time.sleep(0.2)

@@ -34,7 +34,7 @@ import pytest
 
 from tests.controller.helpers import body, data_lines, worker_status
 from tests.support.launched import Launched, start_launcher
-from tests.support.ray_nodes import RayHosts
+from tests.support.ray_nodes import OURS, RayHosts
 from tests.support.stack import ROOT, SCRIPTED
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,6 @@ WORKER_PORT = 21002
 BACK_WITHIN_S = 30.0  # node death -> its worker registered and serving on the other GPU node
 STREAM_TOKENS, STREAM_RATE = 60, 30  # a 2 s stream
 SECRET = "ray-test-registration-secret-4a7c"
-OURS = ("ray::ProcessHost", "ray::Control", "-m workers", "-m controller", "-m app")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def cluster(tmp_path_factory):
         head = hosts.start_head("head", "--num-cpus", "2", "--num-gpus", "0", env=scripted)
         for node in ("a", "b"):
             hosts.start_node(node, head, "--num-cpus", "2", "--num-gpus", "2", env=scripted)
-        hosts.address, hosts.node_env = head, scripted
+        hosts.node_env = scripted
         yield hosts
     finally:
         hosts.destroy()
@@ -92,30 +91,6 @@ def wait_until(check, timeout: float, what: str, launched: Launched) -> float:
     return time.monotonic() - start
 
 
-def ours_left(cluster: RayHosts) -> list[str]:
-    """Processes the launcher placed that still run, on any node."""
-    left = []
-    for name in cluster.ns:
-        for pid in cluster.pids(name):
-            try:
-                cmd = " ".join(psutil.Process(pid).cmdline())
-            except psutil.NoSuchProcess:
-                continue
-            if any(mark in cmd for mark in OURS):
-                left.append(f"{name}: {pid} {cmd[:120]}")
-    return left
-
-
-def placement_groups_left(cluster: RayHosts) -> list[str]:
-    code = ("import ray; from ray.util import placement_group_table as t\n"
-            f"ray.init(address='{cluster.address}', logging_level='error', log_to_driver=False)\n"
-            "print([v['name'] for v in t().values() if v['state'] != 'REMOVED'])")
-    r = subprocess.run(cluster.exec_argv("head", sys.executable, "-c", code), capture_output=True, text=True,
-                       timeout=60, env=cluster.env())
-    assert r.returncode == 0, r.stderr[-2000:]
-    return eval(r.stdout.strip().splitlines()[-1])  # noqa: S307 - our own list of names
-
-
 def stop_and_check_clean(cluster: RayHosts, launched: Launched) -> None:
     launched.popen.send_signal(signal.SIGTERM)
     try:
@@ -123,10 +98,10 @@ def stop_and_check_clean(cluster: RayHosts, launched: Launched) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the launcher did not stop within 40 s:\n{launched.output}") from None
     deadline = time.monotonic() + 15
-    while (left := ours_left(cluster)) and time.monotonic() < deadline:
+    while (left := cluster.ours_left()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"left running after the launcher's stop: {left}\n{launched.output}"
-    assert placement_groups_left(cluster) == []
+    assert cluster.placement_groups_left() == []
 
 
 def worker_pid(cluster: RayHosts, node: str) -> int | None:
@@ -198,7 +173,7 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         wait_until(lambda: healthy_urls(url) == {f"http://{worker_node}:{WORKER_PORT}"}, 30,
                    "worker-1 gone from the controller", launched)
         assert secret_shown(cluster, tmp_path) == []
-        running = " ".join(ours_left(cluster))
+        running = " ".join(cluster.ours_left())
         assert all(mark in running for mark in OURS), running  # what the kill at the end must end
         # Quick crashes in a row (--max-restarts 2): restarted once, then left stopped with the reason.
         node = next(n for n, ip in cluster.ip.items() if ip == worker_node)
@@ -216,10 +191,10 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         os.kill(launched.popen.pid, signal.SIGKILL)  # `ip netns exec` execs the launcher: this is its pid
         launched.popen.wait(10)
         deadline = time.monotonic() + 30
-        while (left := ours_left(cluster)) and time.monotonic() < deadline:
+        while (left := cluster.ours_left()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"left running after the launcher was killed: {left}"
-        assert placement_groups_left(cluster) == []
+        assert cluster.placement_groups_left() == []
     finally:
         launched.kill_all()
 

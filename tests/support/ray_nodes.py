@@ -9,6 +9,7 @@ Ray nodes share its process table.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,11 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+import psutil
+
 RAY = str(Path(sys.executable).with_name("ray"))
+# What the launcher places on the nodes: its actors' processes (by their process titles) and the stack's processes.
+OURS = ("ray::ProcessHost", "ray::Control", "-m workers", "-m controller", "-m app")
 GCS_PORT = 6379
 # Ray's node failure detection, quickened for tests (defaults: a 3 s period and 5 misses). Every node reads them.
 FAST_FAILURE_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
@@ -38,17 +43,21 @@ def netns_inode(path: str) -> int | None:
 class RayHosts:
     """Namespaces `names` on one bridge; `start_head`/`start_node` run `ray start` inside one of them."""
 
+    _made = 0  # RayHosts made by this process: each gets its own names and /24 (a deleted one lingers a moment)
+
     def __init__(self, names: list[str], temp_dir: Path):
-        pid = os.getpid()
-        self.tag = f"ivr{pid}"
+        pid, n = os.getpid(), RayHosts._made
+        RayHosts._made += 1
+        self.tag = f"ivr{pid}{n % 10}"
         self.bridge = f"{self.tag}br"[-15:]
-        net = f"10.{150 + pid % 100}.{(pid // 100) % 256}"
+        net = f"10.{150 + (pid + 37 * n) % 100}.{(pid // 100) % 256}"
         self.root_ip = f"{net}.1"
         self.ns = {name: f"{self.tag}{name}" for name in names}
         self.ip = {name: f"{net}.{10 + i}" for i, name in enumerate(names)}
         self.temp_dir = temp_dir  # one Ray temp dir per test session, apart from any other Ray on the machine
         self.created_ns: list[str] = []
         self.bridge_made = False
+        self.address = ""  # the head's HOST:PORT once started
 
     def create(self) -> None:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -84,7 +93,8 @@ class RayHosts:
 
     def start_head(self, name: str, *args: str, env: dict[str, str] | None = None) -> str:
         self.ray_start(name, "--head", "--port", str(GCS_PORT), "--include-dashboard", "false", *args, env=env)
-        return f"{self.ip[name]}:{GCS_PORT}"
+        self.address = f"{self.ip[name]}:{GCS_PORT}"
+        return self.address
 
     def start_node(self, name: str, head: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.ray_start(name, "--address", head, *args, env=env)
@@ -112,6 +122,29 @@ class RayHosts:
         while (left := self.pids(name)) and time.monotonic() < deadline:
             time.sleep(0.1)
         return left
+
+    def ours_left(self) -> list[str]:
+        """Processes the launcher placed that still run, on any node."""
+        left = []
+        for name in self.ns:
+            for pid in self.pids(name):
+                try:
+                    cmd = " ".join(psutil.Process(pid).cmdline())
+                except psutil.NoSuchProcess:
+                    continue
+                if any(mark in cmd for mark in OURS):
+                    left.append(f"{name}: {pid} {cmd[:120]}")
+        return left
+
+    def placement_groups_left(self, head: str = "head") -> list[str]:
+        """Names of the cluster's placement groups not removed, asked of Ray from node `head`."""
+        code = ("import json, ray; from ray.util import placement_group_table as t\n"
+                f"ray.init(address='{self.address}', logging_level='error', log_to_driver=False)\n"
+                "print(json.dumps([v['name'] for v in t().values() if v['state'] != 'REMOVED']))")
+        r = subprocess.run(self.exec_argv(head, sys.executable, "-c", code), capture_output=True, text=True,
+                           timeout=60, env=self.env())
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
 
     def destroy(self) -> None:
         for name in self.ns:
