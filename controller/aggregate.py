@@ -22,6 +22,7 @@ async def payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[str]:
 async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
     """`events`: event data, as `payloads` gives it."""
     completion_id, parts, finish, usage = None, [], None, Usage()
+    reasoning: list[str] = []  # the answer's reasoning_content deltas (none: the message has no reasoning)
     async for data in events:
         if data == DONE:
             break
@@ -31,12 +32,17 @@ async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
         chunk = json.loads(data)
         completion_id = completion_id or chunk.get("id")
         for choice in chunk.get("choices") or []:
-            parts.append((choice.get("delta") or {}).get("content") or "")
+            delta = choice.get("delta") or {}
+            parts.append(delta.get("content") or "")
+            if delta.get("reasoning_content"):
+                reasoning.append(delta["reasoning_content"])
             finish = choice.get("finish_reason") or finish
         if chunk.get("usage"):
             usage = Usage.model_validate(chunk["usage"])
     if finish is None:
         raise ServingError(ErrorCode.WORKER_LOST, "the worker ended the answer without finishing it; please retry")
     return ChatCompletion(id=completion_id or "chatcmpl-unknown", model=model,
-                          choices=[Choice(message=ResponseMessage(content="".join(parts)), finish_reason=finish)],
+                          choices=[Choice(message=ResponseMessage(content="".join(parts),
+                                                           reasoning_content="".join(reasoning) or None),
+                                 finish_reason=finish)],
                           usage=usage)

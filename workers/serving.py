@@ -19,12 +19,13 @@ from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
-                             Delta, ResponseMessage, Usage, new_completion_id)
+                             CompletionTokensDetails, Delta, ResponseMessage, Usage, new_completion_id)
 from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
 from workers.engines.base import Engine, EngineEvent, FinishEvent, TokenEvent
 from workers.lease import Lease, Leases, PixelPool
 from workers.media_cache import MediaCache
 from workers.pipeline import prepare_generation
+from workers.reasoning import AnswerSplitter, Split
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -98,20 +99,23 @@ class ChatService:
         cid, model = new_completion_id(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         role_sent = False
+        splitter = AnswerSplitter(self.engine.spec.thinking)
         try:
             event = first
             while True:
                 if isinstance(event, TokenEvent):
-                    delta = Delta(content=event.text, role=None if role_sent else "assistant")
-                    role_sent = True
-                    yield sse_data(ChatCompletionChunk(id=cid, model=model,
-                                                       choices=[ChunkChoice(delta=delta)]))
+                    for delta in _deltas(splitter.feed(event.text), role_sent):
+                        role_sent = True
+                        yield sse_data(ChatCompletionChunk(id=cid, model=model,
+                                                           choices=[ChunkChoice(delta=delta)]))
                 elif isinstance(event, FinishEvent):
-                    delta = Delta(role=None if role_sent else "assistant", content=None if role_sent else "")
-                    yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
-                        ChunkChoice(delta=delta, finish_reason=event.reason)]))
+                    deltas = _deltas(splitter.flush(), role_sent, last=True)
+                    for i, delta in enumerate(deltas):
+                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
+                            ChunkChoice(delta=delta, finish_reason=event.reason if i == len(deltas) - 1 else None)]))
                     if include_usage:
-                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[], usage=_usage(event)))
+                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[],
+                                                           usage=_usage(event, splitter)))
                     yield DONE
                     return
                 try:
@@ -133,18 +137,40 @@ class ChatService:
 
     async def complete(self, req: ChatCompletionRequest, lease: Lease, first: EngineEvent,
                        events: AsyncIterator[EngineEvent]) -> ChatCompletion:
-        parts: list[str] = []
+        splitter = AnswerSplitter(self.engine.spec.thinking)
+        splits: list[Split] = []
         try:
             event = first
             while not isinstance(event, FinishEvent):
-                parts.append(event.text)
+                splits.append(splitter.feed(event.text))
                 event = await anext(events)
         finally:
             await lease.release()
-        return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(event), choices=[
-            Choice(message=ResponseMessage(content="".join(parts)), finish_reason=event.reason)])
+        splits.append(splitter.flush())
+        reasoning = "".join(s.reasoning for s in splits) if splitter.thought else None
+        message = ResponseMessage(content="".join(s.content for s in splits), reasoning_content=reasoning)
+        return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(event, splitter), choices=[
+            Choice(message=message, finish_reason=event.reason)])
 
 
-def _usage(event: FinishEvent) -> Usage:
+def _deltas(split: Split, role_sent: bool, last: bool = False) -> list[Delta]:
+    """The chunks' deltas for one piece of the answer: reasoning, then content, each in its own chunk (as vLLM and
+    DeepSeek send them), and at the end one empty delta for the finish reason. The first chunk of the answer carries
+    the role, also when the piece is empty (text held back while a tag may be starting)."""
+    out = [Delta(reasoning_content=split.reasoning)] if split.reasoning else []
+    out += [Delta(content=split.content)] if split.content else []
+    out += [Delta()] if last else []
+    if not role_sent:
+        out = out or [Delta()]
+        out[0].role = "assistant"
+        if out[0].reasoning_content is None and out[0].content is None:
+            out[0].content = ""
+    return out
+
+
+def _usage(event: FinishEvent, splitter: AnswerSplitter | None = None) -> Usage:
+    reasoning = splitter.reasoning_tokens(event.completion_tokens) if splitter is not None else None
     return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens)
+                 total_tokens=event.prompt_tokens + event.completion_tokens,
+                 completion_tokens_details=None if reasoning is None else CompletionTokensDetails(
+                     reasoning_tokens=reasoning))
