@@ -98,6 +98,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
             model_info = gr.Markdown(elem_id="model-info")
             system_prompt = gr.Textbox(label=t("system_prompt"), placeholder=t("system_placeholder"), lines=2,
                                        max_lines=8)
+            # shown only for models whose card lists the 'thinking' capability (app/models_panel.py)
+            think = gr.Checkbox(label=t("think"), value=False, visible=False, elem_id="think-toggle")
             with gr.Accordion(t("sampling"), open=True):
                 temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"), elem_id="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
@@ -126,7 +128,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
         timer = gr.Timer(MODEL_REFRESH_S)
 
         params = [model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
-                  num_frames]
+                  num_frames, think]
         locked = [box, stop, regen, undo, clear, new_chat]
         browser_only = {"api_visibility": "private", "queue": False}
         generating = {"concurrency_limit": limit, "concurrency_id": "generate", "show_progress": "hidden"}
@@ -156,8 +158,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         # Cancelling the streaming event closes the HTTP stream to the controller, which aborts the generation.
         stop.click(None, None, locked, js=UNLOCK_JS, cancels=[chat_step, regen_step, edit_step],
-                   **browser_only).then(past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list],
-                                        **browser_only)
+                   **browser_only).then(handlers.stopped, chatbot, chatbot, **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         undo.click(handlers.undo, chatbot, [chatbot, box], api_name="undo", concurrency_limit=None, queue=False)
         clear.click(handlers.clear, None, [chatbot, box], api_name="clear", concurrency_limit=None, queue=False)
         for trigger in (clear.click, new_chat.click):
@@ -172,12 +174,12 @@ def create_app(settings: UISettings) -> gr.Blocks:
         async def select_model(name, max_tokens, request: gr.Request):
             return await models_panel.select(client, name, max_tokens, language(request))
 
-        panel = [model, model_info, status, max_new_tokens]
+        panel = [model, model_info, status, max_new_tokens, think]
         refresh.click(refresh_models, [model, max_new_tokens], panel, api_name="models", concurrency_limit=None)
         for trigger in (demo.load, timer.tick):
             trigger(refresh_models, [model, max_new_tokens], panel, api_visibility="private", concurrency_limit=None,
                     show_progress="hidden")
-        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens],
+        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens, think],
                     api_name="select_model", concurrency_limit=None)
         demo.load(past_chats.listing, saved, chat_list, **browser_only)
         demo.load(_localized_examples, None, chatbot, **browser_only)

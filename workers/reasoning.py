@@ -93,9 +93,10 @@ def split_reasoning(text: str) -> Split:
 
 
 def join_reasoning(reasoning: str, content: str) -> str:
-    """An earlier assistant turn as the model wrote it: the authors' `chat()` keeps the whole response (reasoning
-    included) in the history it sends back (docs/preprocessing.md)."""
-    return f"{THINK_START}{reasoning}{THINK_END}\n\n{content}"
+    """An earlier assistant turn as the model writes it: the authors' `chat()` keeps the whole response (reasoning
+    included) in the history it sends back (docs/preprocessing.md). The newlines around the reasoning are
+    normalised to one on each side (clients such as a Gradio chat strip them), the answer follows a blank line."""
+    return f"{THINK_START}\n{reasoning.strip(chr(10))}\n{THINK_END}\n\n{content}"
 
 
 class AnswerSplitter:

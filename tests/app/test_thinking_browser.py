@@ -1,0 +1,114 @@
+"""Thinking in the browser (Chromium through Playwright): a real controller, a scripted worker on the demo
+checkpoint built as InternVL3.5 whose answers think (`scripted:think`), one on the InternVL3 demo checkpoint, and
+the UI process. The Think toggle shows only for the model that can think; the reasoning streams into a Thinking
+section that folds above the answer once the answer starts; Stop while thinking says so; the conversation log keeps
+reasoning and answer apart. Screenshot: test-artifacts/web-ui-thinking.png."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support.browser import launch_browser, open_page, pick_model, send, wait_idle
+from tests.support.scripted_engine import THINKING_REASONING
+from tests.support.stack import ROOT, SCRIPTED, spawn_worker, start_controller, wait_worker
+from tests.support.ui_process import start_ui
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "test-artifacts"
+REASONING = "".join(THINKING_REASONING)
+
+
+@pytest.fixture(scope="module")
+def stack(demo_checkpoint, demo_checkpoint_35, log_dir, tmp_path_factory):
+    controller = start_controller(log_dir)
+    think = spawn_worker(log_dir, demo_checkpoint_35, controller.url, engine=SCRIPTED, model_name="internvl-think",
+                         env={"SCRIPTED_RATE": "8"})  # ~2 s of reasoning: time to see it stream, and to Stop it
+    plain = spawn_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-plain",
+                         env={"SCRIPTED_RATE": "0"})
+    for w in (think, plain):
+        wait_worker(w, controller.url)
+    conversations = tmp_path_factory.mktemp("think-conversations")
+    ui = start_ui(controller.url, log_dir, conversations)
+    yield {"url": ui.url, "conversations": conversations}
+    ui.stop()
+    for proc in (think, plain, controller):
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launch_browser() as b:
+        yield b
+
+
+def turns(conversations) -> list[dict]:
+    return [json.loads(line) for f in sorted(conversations.glob("*.jsonl")) for line in f.read_text().splitlines()
+            if json.loads(line)["type"] == "turn"]
+
+
+def wait_turns(conversations, n: int, timeout: float = 15) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(found := turns(conversations)) < n:
+        assert time.monotonic() < deadline, f"{len(found)} logged turns, expected {n}"
+        time.sleep(0.1)
+    return found
+
+
+def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(browser, stack):
+    page = open_page(browser, stack["url"])
+    toggle = page.locator("#think-toggle")
+    pick_model(page, "internvl-plain")
+    toggle.wait_for(state="hidden", timeout=10_000)
+    pick_model(page, "internvl-think")
+    toggle.wait_for(state="visible", timeout=10_000)
+    toggle.locator("input").check()
+
+    send(page, "scripted:think What is in the picture?")
+    thought = page.locator("#chat .thought-group").last
+    thought.wait_for(timeout=30_000)
+    # while it thinks, the reasoning is shown as it grows, and no answer yet
+    page.wait_for_function("() => document.querySelector('#chat .thought-group')?.innerText.includes('picture')",
+                           timeout=10_000)
+    wait_idle(page)
+    assert thought.locator(".title").inner_text().startswith("Thinking")
+    assert "s)" in thought.locator(".duration").inner_text()  # its duration, e.g. "(2.1s)"
+    chat = page.locator("#chat").inner_text()
+    assert "A sun over a house." in chat
+    assert "shows a sun" not in chat, "the reasoning should be folded once the answer is there"
+    assert "<think>" not in chat and "</think>" not in chat
+    thought.locator(".title").click()
+    page.wait_for_function("() => document.querySelector('#chat').innerText.includes('shows a sun <b>and')",
+                           timeout=5_000)  # unfolded: the reasoning, its HTML shown as text
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-ui-thinking.png"))
+
+    record = wait_turns(stack["conversations"], 1)[-1]
+    assert (record["reasoning"], record["answer"]) == (REASONING, "A sun over a house.")
+    assert record["params"]["thinking"] is True and record["outcome"] == "ok"
+
+    send(page, "scripted:think And now?")  # the earlier reasoning goes back apart from the earlier answer
+    wait_idle(page)
+    earlier = wait_turns(stack["conversations"], 2)[-1]["messages"][1]
+    # (the Chatbot gives messages back with their surrounding whitespace stripped; the worker normalises it)
+    assert earlier["role"] == "assistant" and earlier["reasoning"] == REASONING.strip()
+    assert earlier["content"] == [{"type": "text", "text": "A sun over a house."}]
+    page.context.close()
+
+
+def test_stop_while_thinking_shows_the_thought_as_stopped(browser, stack):
+    page = open_page(browser, stack["url"])
+    pick_model(page, "internvl-think")
+    page.locator("#think-toggle").wait_for(state="visible", timeout=10_000)
+    page.locator("#think-toggle input").check()
+    send(page, "scripted:think Think about it.")
+    page.wait_for_function("() => document.querySelector('#chat .thought-group')?.innerText.includes('picture')",
+                           timeout=30_000)
+    page.locator("#stop-btn").click()
+    wait_idle(page)
+    page.wait_for_function("() => document.querySelector('#chat .thought-group .title')?.innerText"
+                           ".includes('Thinking (stopped)')", timeout=10_000)
+    assert "A sun over a house." not in page.locator("#chat").inner_text()
+    page.context.close()
