@@ -70,6 +70,8 @@ TEXTS: dict[str, dict[str, str]] = {
         HANT: "目前沒有可用的模型。請啟動 worker（`python -m workers --model-path PATH`），本頁面會在幾秒內自動發現。"},
     "could_not_answer": {EN: "⚠ Could not answer", HANS: "⚠ 无法回答", HANT: "⚠ 無法回答"},
     "stopped": {EN: "■ Stopped", HANS: "■ 已停止", HANT: "■ 已停止"},
+    "nothing_to_export": {EN: "There is no conversation to export yet.", HANS: "还没有可导出的对话。",
+                          HANT: "還沒有可匯出的對話。"},
     # the folded reasoning above an answer (app/thinking.py)
     "thinking": {EN: "Thinking", HANS: "思考过程", HANT: "思考過程"},
     "thinking_stopped": {EN: "Thinking (stopped)", HANS: "思考过程（已停止）", HANT: "思考過程（已停止）"},

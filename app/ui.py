@@ -88,7 +88,13 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         with gr.Sidebar(label=t("chats"), position="left", open=True, width=250, elem_id="chats"):
             new_chat = gr.Button(t("new_chat"), elem_id="new-chat-btn", size="sm", variant="secondary")
+            chat_search = gr.Textbox(placeholder=t("search_chats"), show_label=False, elem_id="chat-search",
+                                     max_lines=1)
             chat_list = gr.Radio(label=t("past_chats"), choices=[], value=None, elem_id="chat-list")
+            export_btn = gr.Button(t("export_chat"), elem_id="export-btn", size="sm")
+            exported = gr.File(label=t("exported"), file_count="multiple", visible=False, interactive=False,
+                               elem_id="exported")
+            import_btn = gr.UploadButton(t("import_chat"), file_types=[".json"], elem_id="import-btn", size="sm")
 
         with gr.Sidebar(label=t("settings"), position="right", open=True, width=330, elem_id="settings"):
             with gr.Row(equal_height=False, elem_id="model-row"):
@@ -165,6 +171,10 @@ def create_app(settings: UISettings) -> gr.Blocks:
         for trigger in (clear.click, new_chat.click):
             trigger(past_chats.start_new, saved, [chatbot, chat_id, chat_list], **browser_only)
         chat_list.input(past_chats.open_chat, [chat_list, saved], [chatbot, chat_id], **browser_only)
+        chat_search.change(past_chats.search, [chat_search, saved], chat_list, **browser_only)
+        export_btn.click(_shown(handlers.export_chat), chatbot, exported, **browser_only)
+        import_btn.upload(handlers.import_chat, import_btn, [chatbot, chat_id], **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         chatbot.like(handlers.vote, chatbot, None, api_name="vote", concurrency_limit=None)
         chatbot.example_select(_example_to_box, None, box, api_name=False, concurrency_limit=None)
 
@@ -186,6 +196,14 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
+
+
+def _shown(export):
+    """The export's files in the (otherwise hidden) download box."""
+    def run(history, request: gr.Request):
+        files = export(history, request)
+        return gr.File(value=files, visible=bool(files))
+    return run
 
 
 def _localized_examples(request: gr.Request) -> Any:

@@ -11,37 +11,13 @@ import time
 
 import pytest
 
-from tests.support.browser import launch_browser, open_page, pick_model, send, wait_idle
+from tests.support.browser import open_page, pick_model, send, wait_idle
 from tests.support.scripted_engine import THINKING_REASONING
-from tests.support.stack import ROOT, SCRIPTED, spawn_worker, start_controller, wait_worker
-from tests.support.ui_process import start_ui
+from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
 REASONING = "".join(THINKING_REASONING)
-
-
-@pytest.fixture(scope="module")
-def stack(demo_checkpoint, demo_checkpoint_35, log_dir, tmp_path_factory):
-    controller = start_controller(log_dir)
-    think = spawn_worker(log_dir, demo_checkpoint_35, controller.url, engine=SCRIPTED, model_name="internvl-think",
-                         env={"SCRIPTED_RATE": "8"})  # ~2 s of reasoning: time to see it stream, and to Stop it
-    plain = spawn_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-plain",
-                         env={"SCRIPTED_RATE": "0"})
-    for w in (think, plain):
-        wait_worker(w, controller.url)
-    conversations = tmp_path_factory.mktemp("think-conversations")
-    ui = start_ui(controller.url, log_dir, conversations)
-    yield {"url": ui.url, "conversations": conversations}
-    ui.stop()
-    for proc in (think, plain, controller):
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launch_browser() as b:
-        yield b
 
 
 def turns(conversations) -> list[dict]:
@@ -57,8 +33,8 @@ def wait_turns(conversations, n: int, timeout: float = 15) -> list[dict]:
     return found
 
 
-def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(browser, stack):
-    page = open_page(browser, stack["url"])
+def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(browser, think_ui_stack):
+    page = open_page(browser, think_ui_stack["url"])
     toggle = page.locator("#think-toggle")
     pick_model(page, "internvl-plain")
     toggle.wait_for(state="hidden", timeout=10_000)
@@ -85,21 +61,21 @@ def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(brows
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-ui-thinking.png"))
 
-    record = wait_turns(stack["conversations"], 1)[-1]
+    record = wait_turns(think_ui_stack["conversations"], 1)[-1]
     assert (record["reasoning"], record["answer"]) == (REASONING, "A sun over a house.")
     assert record["params"]["thinking"] is True and record["outcome"] == "ok"
 
     send(page, "scripted:think And now?")  # the earlier reasoning goes back apart from the earlier answer
     wait_idle(page)
-    earlier = wait_turns(stack["conversations"], 2)[-1]["messages"][1]
+    earlier = wait_turns(think_ui_stack["conversations"], 2)[-1]["messages"][1]
     # (the Chatbot gives messages back with their surrounding whitespace stripped; the worker normalises it)
     assert earlier["role"] == "assistant" and earlier["reasoning"] == REASONING.strip()
     assert earlier["content"] == [{"type": "text", "text": "A sun over a house."}]
     page.context.close()
 
 
-def test_stop_while_thinking_shows_the_thought_as_stopped(browser, stack):
-    page = open_page(browser, stack["url"])
+def test_stop_while_thinking_shows_the_thought_as_stopped(browser, think_ui_stack):
+    page = open_page(browser, think_ui_stack["url"])
     pick_model(page, "internvl-think")
     page.locator("#think-toggle").wait_for(state="visible", timeout=10_000)
     page.locator("#think-toggle input").check()
