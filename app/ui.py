@@ -16,6 +16,7 @@ import gradio as gr
 import httpx
 
 from app import models_panel, past_chats
+from app.copy_answer import COPY_ANSWER_JS, COPY_WITH_REASONING_JS
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
@@ -131,6 +132,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
             regen = gr.Button(t("regenerate"), elem_id="regen-btn", size="sm")
             undo = gr.Button(t("undo"), elem_id="undo-btn", size="sm")
             clear = gr.Button(t("clear"), elem_id="clear-btn", size="sm")
+            copy_answer = gr.Button(t("copy_answer"), elem_id="copy-answer-btn", size="sm")
+            copy_reasoning = gr.Button(t("copy_with_reasoning"), elem_id="copy-reasoning-btn", size="sm")
         timer = gr.Timer(MODEL_REFRESH_S)
 
         params = [model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
@@ -171,6 +174,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
         for trigger in (clear.click, new_chat.click):
             trigger(past_chats.start_new, saved, [chatbot, chat_id, chat_list], **browser_only)
         chat_list.input(past_chats.open_chat, [chat_list, saved], [chatbot, chat_id], **browser_only)
+        copy_answer.click(None, chatbot, None, js=COPY_ANSWER_JS, **browser_only)
+        copy_reasoning.click(None, chatbot, None, js=COPY_WITH_REASONING_JS, **browser_only)
         chat_search.change(past_chats.search, [chat_search, saved], chat_list, **browser_only)
         export_btn.click(_shown(handlers.export_chat), chatbot, exported, **browser_only)
         import_btn.upload(handlers.import_chat, import_btn, [chatbot, chat_id], **browser_only).then(

@@ -61,6 +61,15 @@ def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(brows
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-ui-thinking.png"))
 
+    # copy the answer alone, or with its reasoning: as written, not as displayed (no HTML entities, no title noise)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.locator("#copy-answer-btn").click()
+    page.wait_for_function("async () => (await navigator.clipboard.readText()) === 'A sun over a house.'",
+                           timeout=5_000)
+    page.locator("#copy-reasoning-btn").click()
+    expected = f"Thinking:\n{REASONING.strip()}\n\nA sun over a house."
+    page.wait_for_function("async (e) => (await navigator.clipboard.readText()) === e", arg=expected, timeout=5_000)
+
     record = wait_turns(think_ui_stack["conversations"], 1)[-1]
     assert (record["reasoning"], record["answer"]) == (REASONING, "A sun over a house.")
     assert record["params"]["thinking"] is True and record["outcome"] == "ok"
