@@ -101,19 +101,20 @@ def join_reasoning(reasoning: str, content: str) -> str:
 
 class AnswerSplitter:
     """One answer's deltas for the wire: `reasoning_content` and `content` apart when the model thinks (families
-    with a thinking mode), the text unchanged as `content` otherwise. Counts the engine's text events that carried
-    reasoning (each is one generated token, the closing tag's included), for `reasoning_tokens`."""
+    with a thinking mode), the text unchanged as `content` otherwise. Counts the generated tokens up to and including
+    the one that closes the reasoning (each engine event says how many tokens its text completes), for
+    `reasoning_tokens`."""
 
     def __init__(self, enabled: bool):
         self.parser = ReasoningParser() if enabled else None
-        self.events = 0  # events fed until the reasoning closed (the tags' pieces included)
+        self.tokens = 0  # tokens fed until the reasoning closed (the tags' included)
 
-    def feed(self, text: str) -> Split:
+    def feed(self, text: str, tokens: int = 1) -> Split:
         if self.parser is None:
             return Split(content=text)
         was_open = not self.parser.reasoning_closed
         split = self.parser.feed(text)
-        self.events += was_open
+        self.tokens += tokens if was_open else 0
         return split
 
     def flush(self) -> Split:
@@ -125,4 +126,4 @@ class AnswerSplitter:
 
     def reasoning_tokens(self, completion_tokens: int) -> int | None:
         """None when the answer did not think (the usage then carries no details)."""
-        return min(self.events, completion_tokens) if self.thought else None
+        return min(self.tokens, completion_tokens) if self.thought else None

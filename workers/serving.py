@@ -104,7 +104,7 @@ class ChatService:
             event = first
             while True:
                 if isinstance(event, TokenEvent):
-                    for delta in _deltas(splitter.feed(event.text), role_sent):
+                    for delta in _deltas(splitter.feed(event.text, event.tokens), role_sent):
                         role_sent = True
                         yield sse_data(ChatCompletionChunk(id=cid, model=model,
                                                            choices=[ChunkChoice(delta=delta)]))
@@ -142,7 +142,7 @@ class ChatService:
         try:
             event = first
             while not isinstance(event, FinishEvent):
-                splits.append(splitter.feed(event.text))
+                splits.append(splitter.feed(event.text, event.tokens))
                 event = await anext(events)
         finally:
             await lease.release()

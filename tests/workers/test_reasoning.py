@@ -65,6 +65,11 @@ def test_splitter_counts_reasoning_events_and_passes_text_through_when_off():
     for token in ["<think>", "a", " b", "</think>", "\n", "ans"]:
         splitter.feed(token)
     assert splitter.reasoning_tokens(6) == 4  # the opening tag, two words and the closing tag
+    several = AnswerSplitter(enabled=True)  # an engine event may complete several tokens (TurboMind's deltas)
+    several.feed("<think>a b", 4)
+    several.feed("</think>ans", 3)
+    several.feed(" more", 2)
+    assert several.reasoning_tokens(9) == 7
     off = AnswerSplitter(enabled=False)
     assert off.feed("<think>x</think>").content == "<think>x</think>" and off.reasoning_tokens(3) is None
     plain = AnswerSplitter(enabled=True)

@@ -43,6 +43,7 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class TokenEvent:
     text: str
+    tokens: int = 1  # generated tokens this text completes (text held back, e.g. a split character, comes later)
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class TransformersEngine(Engine):
                                           _QueueStreamer(loop, queue))
             decoder = IncrementalDecoder(loaded.tokenizer)
             stops = StopStrings(sampling.stop)
-            completion, last_token, hit_stop = 0, None, False
+            completion, last_token, hit_stop, sent = 0, None, False, 0
             while not hit_stop:
                 item = await queue.get()
                 if item is _END:
@@ -128,7 +128,8 @@ class TransformersEngine(Engine):
                     text = stops.feed(decoder.push(token_id))
                     hit_stop = stops.hit
                     if text:
-                        yield TokenEvent(text)
+                        yield TokenEvent(text, completion - sent)
+                        sent = completion
                     if hit_stop:
                         state.cancel.set()  # the thread stops after its current token
                         break
@@ -137,7 +138,7 @@ class TransformersEngine(Engine):
                 hit_stop = stops.hit
                 tail = tail if hit_stop else tail + stops.flush()
                 if tail:
-                    yield TokenEvent(tail)
+                    yield TokenEvent(tail, completion - sent)
             reason = self._finish_reason(state, hit_stop, last_token, completion, sampling)
             await asyncio.shield(future)  # one token at most after a stop string (shield: see finally)
             holding = False
