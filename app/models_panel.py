@@ -82,7 +82,8 @@ async def refresh(client: ControllerClient, current: str | None, max_new_tokens:
     value = current if current in ids or (error and current) else (ids[0] if ids else None)
     info, status = describe_model(cards, value, error, lang)
     return (gr.Dropdown(choices=ids or ([current] if current else []), value=value), info,
-            gr.Markdown(status, visible=bool(status)), _slider(cards, value, max_new_tokens), _think_toggle(cards, value))
+            gr.Markdown(status, visible=bool(status)), _slider(cards, value, max_new_tokens),
+            _think_toggle(cards, value))
 
 
 async def select(client: ControllerClient, model: str | None, max_new_tokens: float | None,

@@ -23,10 +23,10 @@ from workers.limits import MediaLimits
 from workers.media import decode_data_url, fetch_media
 from workers.media_cache import Key, MediaCache, content_digest
 from workers.model_spec import ModelSpec
-from workers.reasoning import THINK_START, join_reasoning
 from workers.prompts.escaping import UntrustedText
-from workers.prompts.thinking import THINKING_SAMPLING, check_thinking, thinking_system
 from workers.prompts.templates import get_template, image_placeholder
+from workers.prompts.thinking import THINKING_SAMPLING, check_thinking, thinking_system
+from workers.reasoning import THINK_START, join_reasoning
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
 from workers.vision.images import decode_image, header_pixels
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile

@@ -3,7 +3,6 @@ app/past_chats.py, the handlers)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
