@@ -55,11 +55,14 @@ def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(brows
     assert "A sun over a house." in chat
     assert "shows a sun" not in chat, "the reasoning should be folded once the answer is there"
     assert "<think>" not in chat and "</think>" not in chat
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-ui-thinking.png"))  # folded
     thought.locator(".title").click()
     page.wait_for_function("() => document.querySelector('#chat').innerText.includes('shows a sun <b>and')",
                            timeout=5_000)  # unfolded: the reasoning, its HTML shown as text
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web-ui-thinking.png"))
+    page.get_by_text("shows a sun <b>and", exact=False).wait_for(state="visible", timeout=5_000)
+    page.wait_for_timeout(400)  # the unfolding animation, for the screenshot only
+    page.screenshot(path=str(ARTIFACTS / "web-ui-thinking-open.png"))
 
     # copy the answer alone, or with its reasoning: as written, not as displayed (no HTML entities, no title noise)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
