@@ -33,6 +33,7 @@ class StreamStats:
     total_s: float | None = None
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    reasoning: str = ""  # the answer's reasoning so far (thinking models; logged apart from the answer)
 
 
 class ControllerClient:
@@ -63,7 +64,8 @@ class ControllerClient:
         return [WorkerStatus.model_validate(w) for w in (await self._get("/workers")).get("workers", [])]
 
     async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None) -> AsyncIterator[str]:
-        """Yield text deltas of one streamed answer."""
+        """Yield text deltas of one streamed answer. A reasoning delta (`reasoning_content`, thinking models) is
+        added to `stats.reasoning` and yields an empty delta, so the reader shows the reasoning as it grows."""
         stats = stats or StreamStats()
         body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
         try:
@@ -82,9 +84,12 @@ class ControllerClient:
                     for choice in chunk.get("choices") or []:
                         if choice.get("finish_reason"):
                             stats.finish_reason = choice["finish_reason"]
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield text
+                        delta = choice.get("delta") or {}
+                        if delta.get("reasoning_content"):
+                            stats.reasoning += delta["reasoning_content"]
+                            yield ""
+                        if delta.get("content"):
+                            yield delta["content"]
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 

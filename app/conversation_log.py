@@ -50,10 +50,12 @@ class ConversationLog:
                 f.write(line + "\n")
 
     def log_turn(self, *, session: str, turn: int, model: str, params: dict[str, Any], messages: list[dict],
-                 answer: str, outcome: str, stats: dict[str, Any]) -> None:
-        """`messages`: the conversation as sent, media replaced by their stored names (the log stays small)."""
+                 answer: str, outcome: str, stats: dict[str, Any], reasoning: str | None = None) -> None:
+        """`messages`: the conversation as sent, media replaced by their stored names (the log stays small).
+        `reasoning`: a thinking model's reasoning, kept apart from its answer (earlier turns' in `messages`)."""
         self.write({"type": "turn", "session": session, "turn": turn, "model": model, "params": params,
-                    "messages": messages, "answer": answer, "outcome": outcome, **stats})
+                    "messages": messages, **({"reasoning": reasoning} if reasoning else {}), "answer": answer,
+                    "outcome": outcome, **stats})
 
     def log_vote(self, *, session: str, turn: int, vote: str | None, answer: str) -> None:
         self.write({"type": "vote", "session": session, "turn": turn, "vote": vote, "answer": answer})

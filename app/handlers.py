@@ -24,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from app.client import ControllerClient, StreamStats
+from app import chat_export, past_chats
 from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
@@ -36,6 +37,7 @@ from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels
 from app.settings import UISettings
 from app.texts import EN, language, tr
+from app.thinking import ThinkingDisplay, mark_stopped
 from common.errors import ServingError
 
 History = list[dict[str, Any]]
@@ -85,8 +87,9 @@ class ChatHandlers:
 
     async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
                            top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
-                           num_frames: float, request: gr.Request | None = None):
-        """Stream the answer to the last user message, yielding the whole history each time it grows."""
+                           num_frames: float, thinking: bool = False, request: gr.Request | None = None):
+        """Stream the answer to the last user message, yielding the whole history each time it grows. With
+        `thinking`, the model's reasoning streams into a folded Thinking message above the answer (app/thinking.py)."""
         lang = language(request)
         history = list(history or [])
         try:
@@ -104,7 +107,7 @@ class ChatHandlers:
             return
         params = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_new_tokens),
                   "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
-                  "num_frames": int(num_frames)}
+                  "num_frames": int(num_frames), **({"thinking": True} if thinking else {})}
         try:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
@@ -117,26 +120,32 @@ class ChatHandlers:
         sent = list(history)
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
         stats, answer, outcome = StreamStats(), "", "stopped"
+        thought = ThinkingDisplay(lang)
         try:
             stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
             async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
                 async for delta in deltas:
                     if stats.first_token_s is None:
                         stats.first_token_s = round(time.monotonic() - stats.started, 4)
-                        history.append({"role": "assistant", "content": ""})
                     answer += delta
-                    history[-1] = {"role": "assistant", "content": to_display(answer)}
+                    history = _answered(sent, thought.message(stats.reasoning, bool(answer)), answer)
                     yield list(history)
             outcome = "ok"
         except ServingError as err:
             outcome = err.code.value
             text = describe(_in_readers_words(err, labels), lang)
+            if stats.reasoning:
+                history = _answered(sent, thought.final(stats.reasoning, outcome, None), answer, keep_empty=False)
             history.append(self._note(text, lang=lang))
             gr.Warning(text.split("\n\n")[0], duration=10)
             yield history
         finally:
             stats.total_s = round(time.monotonic() - stats.started, 4)
             await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang)
+        if outcome == "ok" and stats.reasoning:  # the thought's final title and duration
+            history = _answered(sent, thought.final(stats.reasoning, outcome, stats.finish_reason), answer,
+                                keep_empty=False)
+            yield list(history)
         if answer:
             preview = await asyncio.to_thread(self._grounding_preview, history, answer, lang)
             if preview is not None:
@@ -145,7 +154,7 @@ class ChatHandlers:
 
     async def chat(self, box: dict[str, Any] | None, history: History | None, model: str | None, system_prompt: str,
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
-                   max_tiles: float, num_frames: float, request: gr.Request = None):
+                   max_tiles: float, num_frames: float, thinking: bool = False, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, clear the box, stream the answer."""
         added = self.add_user_message(history, box, request)
         if added is None:  # nothing to send: the conversation stays as it is (the toast says why)
@@ -154,12 +163,13 @@ class ChatHandlers:
         history, box_update = added
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, request):
+                                         repetition_penalty, max_tiles, num_frames, thinking, request):
             yield h, gr.skip()
 
     async def regenerate_chat(self, history: History | None, model: str | None, system_prompt: str,
                               temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
-                              max_tiles: float, num_frames: float, request: gr.Request = None):
+                              max_tiles: float, num_frames: float, thinking: bool = False,
+                              request: gr.Request = None):
         """Answer the last user message again (the `/regenerate` API)."""
         history = _drop_trailing_assistant(list(history or []))
         if not history:
@@ -168,7 +178,7 @@ class ChatHandlers:
             return
         yield history
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, request):
+                                         repetition_penalty, max_tiles, num_frames, thinking, request):
             yield h
 
     def apply_edit(self, history: History | None, edit: gr.EditData, request: gr.Request = None) -> History:
@@ -197,6 +207,53 @@ class ChatHandlers:
             return [], gr.skip()
         last = history.pop()
         return history, {"text": from_display(message_text(last)), "files": message_files(last)}
+
+    def export_chat(self, history: History | None, request: gr.Request = None) -> list[str] | None:
+        """The conversation as Markdown (to read) and JSON (to import back): two files to download."""
+        if not history:
+            gr.Warning(tr("nothing_to_export", language(request)), duration=4)
+            return None
+        title = past_chats.title_of(history)
+        self.work_dir.mkdir(parents=True, exist_ok=True)  # its files are deleted by age (SessionMedia)
+        name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
+        stem = f"{name}-{uuid.uuid4().hex[:6]}"
+        md, js = self.work_dir / f"{stem}.md", self.work_dir / f"{stem}.json"
+        md.write_text(chat_export.to_markdown(history, title), encoding="utf-8")
+        js.write_text(chat_export.to_json(history, title), encoding="utf-8")
+        return [str(md), str(js)]
+
+    def import_chat(self, file: Any, request: gr.Request = None) -> tuple[Any, Any]:
+        """A conversation exported as JSON becomes the current chat (a new entry in the list); its files become
+        this session's uploads."""
+        path = file if isinstance(file, str) else getattr(file, "name", None) or (file or {}).get("path")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            history = chat_export.from_json(text, lambda name, data: self._imported_file(name, data, request),
+                                            self.max_bytes)
+        except (OSError, UnicodeDecodeError, TypeError, ServingError) as exc:
+            gr.Warning(getattr(exc, "message", None) or f"This file cannot be imported: {exc}", duration=10)
+            return gr.skip(), gr.skip()
+        return history, None
+
+    def _imported_file(self, name: str, data: bytes, request: gr.Request | None) -> str:
+        from gradio.processing_utils import save_file_to_cache
+        from gradio.utils import get_upload_folder
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="import-", dir=self.work_dir)) / name
+        staging.write_bytes(data)
+        try:
+            cached = save_file_to_cache(staging, get_upload_folder())  # where the Chatbot takes files from
+        finally:
+            staging.unlink(missing_ok=True)
+            staging.parent.rmdir()
+        self.media.received(request, [cached])
+        return cached
+
+    @staticmethod
+    def stopped(history: History | None, request: gr.Request = None) -> History:
+        """After Stop: a thought cut off mid-stream says so (its stream can no longer update it)."""
+        return mark_stopped(history, language(request))
 
     @staticmethod
     def clear() -> tuple[History, dict[str, Any]]:
@@ -239,7 +296,8 @@ class ChatHandlers:
             logged = await asyncio.to_thread(self._loggable, history, system_prompt)
             await asyncio.to_thread(self.log.log_turn, session=_session(request), turn=turn, model=model,
                                     params=params, messages=logged, answer=answer, outcome=outcome,
-                                    stats={k: v for k, v in asdict(stats).items() if k != "started"})
+                                    stats={k: v for k, v in asdict(stats).items() if k not in ("started", "reasoning")},
+                                    reasoning=stats.reasoning or None)
         except OSError as exc:  # a full disk must not break the chat
             gr.Warning(tr("log_failed", lang, error=exc))
 
@@ -253,7 +311,18 @@ class ChatHandlers:
             if text:
                 parts.append({"type": "text", "text": text})
             out.append({"role": turn["role"], "content": parts})
+            if turn.get("reasoning"):
+                out[-1]["reasoning"] = from_display(turn["reasoning"])
         return out
+
+
+def _answered(before: History, thought: dict[str, Any] | None, answer: str, keep_empty: bool = True) -> History:
+    """The history with the answer so far: its Thinking message (if any), then the answer (an empty answer shows as
+    an empty bubble until the first words, unless there is a thought to show instead)."""
+    out = list(before) + ([thought] if thought else [])
+    if answer or (thought is None and keep_empty):
+        out.append({"role": "assistant", "content": to_display(answer)})
+    return out
 
 
 def _user_indices(messages: list[dict[str, Any]]) -> dict[int, int]:

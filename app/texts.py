@@ -70,6 +70,15 @@ TEXTS: dict[str, dict[str, str]] = {
         HANT: "目前沒有可用的模型。請啟動 worker（`python -m workers --model-path PATH`），本頁面會在幾秒內自動發現。"},
     "could_not_answer": {EN: "⚠ Could not answer", HANS: "⚠ 无法回答", HANT: "⚠ 無法回答"},
     "stopped": {EN: "■ Stopped", HANS: "■ 已停止", HANT: "■ 已停止"},
+    "nothing_to_export": {EN: "There is no conversation to export yet.", HANS: "还没有可导出的对话。",
+                          HANT: "還沒有可匯出的對話。"},
+    # the folded reasoning above an answer (app/thinking.py)
+    "thinking": {EN: "Thinking", HANS: "思考过程", HANT: "思考過程"},
+    "thinking_stopped": {EN: "Thinking (stopped)", HANS: "思考过程（已停止）", HANT: "思考過程（已停止）"},
+    "thinking_failed": {EN: "Thinking (failed)", HANS: "思考过程（失败）", HANT: "思考過程（失敗）"},
+    "thinking_cut": {EN: "Thinking (cut at the token limit: raise 'Max new tokens')",
+                     HANS: "思考过程（达到长度上限：请调高“最大生成长度”）",
+                     HANT: "思考過程（達到長度上限：請調高「最大生成長度」）"},
     "boxes": {EN: "Boxes: {labels}", HANS: "框选：{labels}", HANT: "框選：{labels}"},
     "n_boxes": {EN: "{n} boxes", HANS: "{n} 个框", HANT: "{n} 個框"},
     "log_failed": {

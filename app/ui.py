@@ -16,6 +16,7 @@ import gradio as gr
 import httpx
 
 from app import models_panel, past_chats
+from app.copy_answer import COPY_ANSWER_JS, COPY_WITH_REASONING_JS
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
@@ -88,7 +89,13 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         with gr.Sidebar(label=t("chats"), position="left", open=True, width=250, elem_id="chats"):
             new_chat = gr.Button(t("new_chat"), elem_id="new-chat-btn", size="sm", variant="secondary")
+            chat_search = gr.Textbox(placeholder=t("search_chats"), show_label=False, elem_id="chat-search",
+                                     max_lines=1)
             chat_list = gr.Radio(label=t("past_chats"), choices=[], value=None, elem_id="chat-list")
+            export_btn = gr.Button(t("export_chat"), elem_id="export-btn", size="sm")
+            exported = gr.File(label=t("exported"), file_count="multiple", visible=False, interactive=False,
+                               elem_id="exported")
+            import_btn = gr.UploadButton(t("import_chat"), file_types=[".json"], elem_id="import-btn", size="sm")
 
         with gr.Sidebar(label=t("settings"), position="right", open=True, width=330, elem_id="settings"):
             with gr.Row(equal_height=False, elem_id="model-row"):
@@ -98,6 +105,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
             model_info = gr.Markdown(elem_id="model-info")
             system_prompt = gr.Textbox(label=t("system_prompt"), placeholder=t("system_placeholder"), lines=2,
                                        max_lines=8)
+            # shown only for models whose card lists the 'thinking' capability (app/models_panel.py)
+            think = gr.Checkbox(label=t("think"), value=False, visible=False, elem_id="think-toggle")
             with gr.Accordion(t("sampling"), open=True):
                 temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"), elem_id="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
@@ -123,10 +132,12 @@ def create_app(settings: UISettings) -> gr.Blocks:
             regen = gr.Button(t("regenerate"), elem_id="regen-btn", size="sm")
             undo = gr.Button(t("undo"), elem_id="undo-btn", size="sm")
             clear = gr.Button(t("clear"), elem_id="clear-btn", size="sm")
+            copy_answer = gr.Button(t("copy_answer"), elem_id="copy-answer-btn", size="sm")
+            copy_reasoning = gr.Button(t("copy_with_reasoning"), elem_id="copy-reasoning-btn", size="sm")
         timer = gr.Timer(MODEL_REFRESH_S)
 
         params = [model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
-                  num_frames]
+                  num_frames, think]
         locked = [box, stop, regen, undo, clear, new_chat]
         browser_only = {"api_visibility": "private", "queue": False}
         generating = {"concurrency_limit": limit, "concurrency_id": "generate", "show_progress": "hidden"}
@@ -156,13 +167,19 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         # Cancelling the streaming event closes the HTTP stream to the controller, which aborts the generation.
         stop.click(None, None, locked, js=UNLOCK_JS, cancels=[chat_step, regen_step, edit_step],
-                   **browser_only).then(past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list],
-                                        **browser_only)
+                   **browser_only).then(handlers.stopped, chatbot, chatbot, **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         undo.click(handlers.undo, chatbot, [chatbot, box], api_name="undo", concurrency_limit=None, queue=False)
         clear.click(handlers.clear, None, [chatbot, box], api_name="clear", concurrency_limit=None, queue=False)
         for trigger in (clear.click, new_chat.click):
             trigger(past_chats.start_new, saved, [chatbot, chat_id, chat_list], **browser_only)
         chat_list.input(past_chats.open_chat, [chat_list, saved], [chatbot, chat_id], **browser_only)
+        copy_answer.click(None, chatbot, None, js=COPY_ANSWER_JS, **browser_only)
+        copy_reasoning.click(None, chatbot, None, js=COPY_WITH_REASONING_JS, **browser_only)
+        chat_search.change(past_chats.search, [chat_search, saved], chat_list, **browser_only)
+        export_btn.click(_shown(handlers.export_chat), chatbot, exported, **browser_only)
+        import_btn.upload(handlers.import_chat, import_btn, [chatbot, chat_id], **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         chatbot.like(handlers.vote, chatbot, None, api_name="vote", concurrency_limit=None)
         chatbot.example_select(_example_to_box, None, box, api_name=False, concurrency_limit=None)
 
@@ -172,18 +189,26 @@ def create_app(settings: UISettings) -> gr.Blocks:
         async def select_model(name, max_tokens, request: gr.Request):
             return await models_panel.select(client, name, max_tokens, language(request))
 
-        panel = [model, model_info, status, max_new_tokens]
+        panel = [model, model_info, status, max_new_tokens, think]
         refresh.click(refresh_models, [model, max_new_tokens], panel, api_name="models", concurrency_limit=None)
         for trigger in (demo.load, timer.tick):
             trigger(refresh_models, [model, max_new_tokens], panel, api_visibility="private", concurrency_limit=None,
                     show_progress="hidden")
-        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens],
+        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens, think],
                     api_name="select_model", concurrency_limit=None)
         demo.load(past_chats.listing, saved, chat_list, **browser_only)
         demo.load(_localized_examples, None, chatbot, **browser_only)
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
+
+
+def _shown(export):
+    """The export's files in the (otherwise hidden) download box."""
+    def run(history, request: gr.Request):
+        files = export(history, request)
+        return gr.File(value=files, visible=bool(files))
+    return run
 
 
 def _localized_examples(request: gr.Request) -> Any:

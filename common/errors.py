@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     UPLOAD_TOO_LARGE = "upload_too_large"  # one file over the per-file limit
     REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
+    THINKING_UNSUPPORTED = "thinking_not_supported"  # "thinking": true for a model without thinking mode
     WORKER_BUSY = "worker_busy"
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
@@ -51,6 +52,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UPLOAD_TOO_LARGE: 413,
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
+    ErrorCode.THINKING_UNSUPPORTED: 400,
     ErrorCode.WORKER_BUSY: 429,
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
