@@ -23,6 +23,7 @@ from app.history_guard import GuardedChatbot
 from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
+from common.bounded_http import bounded_http, make_default
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 EXAMPLES = STATIC / "examples"
@@ -197,6 +198,10 @@ def _example_to_box(evt: gr.SelectData) -> dict[str, Any]:
 
 
 def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
+    # Gradio starts its own uvicorn: the bounds on request heads and declared bodies go in as its default protocol.
+    # One request's body: a whole session's uploads at most (an upload request may carry several files).
+    make_default(bounded_http(head_timeout_s=settings.header_timeout_s,
+                              max_body_bytes=(settings.session_upload_mb + 1) * 1024 * 1024))
     return {"server_name": settings.host, "server_port": settings.port, "share": settings.share,
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", font=FONTS),
