@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
+from starlette.requests import ClientDisconnect
 
 from common.auth import bearer_token, one_of
 from common.coalesce import coalesce
@@ -128,11 +129,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes, int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone from None  # the client left while sending: a 499, not a server error
     if size > _JOIN_OFF_LOOP:
         return await asyncio.to_thread(b"".join, chunks)
     return b"".join(chunks)
@@ -163,7 +167,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(ClientGone)
-    async def _gone(_: Request, __: ClientGone) -> Response:
+    @app.exception_handler(ClientDisconnect)  # a body read by FastAPI itself or any other reader
+    async def _gone(_: Request, __: Exception) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": only the access log sees it
 
     @app.exception_handler(RequestValidationError)
