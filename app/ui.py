@@ -24,6 +24,7 @@ from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
 from common.bounded_http import bounded_http, make_default
+from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 EXAMPLES = STATIC / "examples"
@@ -115,8 +116,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
                                  placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
                                  group_consecutive_messages=True, editable="user", autoscroll=True)
         box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
-                                   elem_id="input", file_types=["image", "video", ".gif", ".avi", ".mov", ".webm",
-                                                                ".mkv"],
+                                   elem_id="input", file_types=sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS),
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,
                                    autofocus=True, submit_btn=True)
         with gr.Row(elem_id="actions"):
