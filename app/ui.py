@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 import httpx
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from app import models_panel, past_chats
 from app.client import ControllerClient
@@ -23,6 +25,7 @@ from app.history_guard import GuardedChatbot
 from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
+from app.upload_quota import UploadQuota
 from common.bounded_http import bounded_http, make_default
 from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -70,10 +73,11 @@ def _served_model_ids(settings: UISettings) -> list[str]:
         return []
 
 
-def create_app(settings: UISettings) -> gr.Blocks:
+def create_app(settings: UISettings, work_dir: Path | None = None) -> gr.Blocks:
+    """`work_dir`: where generated files go (app/temp_folders.py); None: a new temporary folder."""
     client = ControllerClient(settings.controller_url, settings.api_key, settings.request_timeout_s,
                               settings.connect_timeout_s)
-    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging))
+    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging), work_dir)
     t = make_i18n()
     limit = settings.concurrency_limit
     model_ids = _served_model_ids(settings)
@@ -182,6 +186,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
                     api_name="select_model", concurrency_limit=None)
         demo.load(past_chats.listing, saved, chat_list, **browser_only)
         demo.load(_localized_examples, None, chatbot, **browser_only)
+        demo.unload(handlers.end_session)
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
@@ -210,4 +215,6 @@ def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
             # Gradio's own run history would keep a second, unencrypted copy of every conversation in the browser
             # (inputs and outputs of up to 100 runs, rewritten every 500 ms while an answer streams): the past chats
             # list is this app's one copy, and the rewriting made the page slower as chats accumulated.
-            "run_history": False}
+            "run_history": False,
+            "app_kwargs": {"middleware": [Middleware(UploadQuota, folder=get_upload_folder(),
+                                                     limit_bytes=settings.total_upload_mb * 1024 * 1024)]}}
