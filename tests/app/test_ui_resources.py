@@ -78,7 +78,8 @@ def test_memory_returns_near_idle_after_large_refused_messages(demo_checkpoint, 
         deadline = time.monotonic() + 30
         while rss_mib(ui.popen.pid) > idle + 40 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert rss_mib(ui.popen.pid) <= idle + 40, f"idle {idle:.0f} MiB, peak {peak:.0f}, now {rss_mib(ui.popen.pid):.0f}"
+        now = rss_mib(ui.popen.pid)
+        assert now <= idle + 40, f"idle {idle:.0f} MiB, peak {peak:.0f}, now {now:.0f}"
     finally:
         ui.stop()
         worker.stop()
