@@ -120,7 +120,8 @@ def create_app(settings: UISettings, work_dir: Path | None = None) -> gr.Blocks:
                                  placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
                                  group_consecutive_messages=True, editable="user", autoscroll=True)
         box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
-                                   elem_id="input", file_types=sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS),
+                                   elem_id="input",  # the categories for pasted files; the list for the rest
+                                   file_types=["image", "video", *sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)],
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,
                                    autofocus=True, submit_btn=True)
         with gr.Row(elem_id="actions"):
