@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from app.client import ControllerClient, StreamStats
 from app import chat_export, past_chats
@@ -35,6 +36,7 @@ from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, co
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels
+from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
 from app.texts import EN, language, tr
 from app.thinking import ThinkingDisplay, mark_stopped
@@ -54,6 +56,11 @@ class ChatHandlers:
         self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
         self.limits = ServedLimits(client)
+        self.memory = MemoryReleaser()
+
+    def end_session(self, request: gr.Request | None = None) -> None:
+        """The page was closed: its uploads go now, not after --media-max-age-s."""
+        remove_files(self.media.forget(request))
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -76,6 +83,12 @@ class ChatHandlers:
                 gr.Warning(tr("bad_file", lang, name=Path(path).name, images=", ".join(sorted(IMAGE_EXTS)),
                               videos=", ".join(sorted(VIDEO_EXTS))), duration=8)
                 return None
+        held = self.media.held_bytes(request, files)
+        if held > self.settings.session_upload_mb * 2**20:
+            remove_files(self.media.unclaimed(files))  # refused: they are nobody's
+            gr.Warning(tr("session_quota", lang, total=f"{held / 2**20:.0f}", limit=self.settings.session_upload_mb),
+                       duration=10)
+            return None
         self.media.received(request, files)  # Gradio took them as this session's uploads
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
@@ -114,12 +127,13 @@ class ChatHandlers:
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
                                                limits.per_file_bytes(self.max_bytes), self.encoded.get)
         except ServingError as err:
+            self._release_if_large(history)
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
         labels = reader_labels(items, _user_indices(messages), lang)
         sent = list(history)
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
-        stats, answer, outcome = StreamStats(), "", "stopped"
+        stats, answer, outcome, refusal = StreamStats(), "", "stopped", ""
         thought = ThinkingDisplay(lang)
         try:
             stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
@@ -132,7 +146,8 @@ class ChatHandlers:
                     yield list(history)
             outcome = "ok"
         except ServingError as err:
-            outcome = err.code.value
+            # a request refused (4xx) is logged as what was refused; a failure (5xx) keeps its conversation
+            outcome, refusal = err.code.value, err.message if err.status < 500 else ""
             text = describe(_in_readers_words(err, labels), lang)
             if stats.reasoning:
                 history = _answered(sent, thought.final(stats.reasoning, outcome, None), answer, keep_empty=False)
@@ -141,7 +156,9 @@ class ChatHandlers:
             yield history
         finally:
             stats.total_s = round(time.monotonic() - stats.started, 4)
-            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang)
+            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang,
+                                 refusal)
+            self._release_if_large(sent)
         if outcome == "ok" and stats.reasoning:  # the thought's final title and duration
             history = _answered(sent, thought.final(stats.reasoning, outcome, stats.finish_reason), answer,
                                 keep_empty=False)
@@ -289,17 +306,32 @@ class ChatHandlers:
                 "metadata": {"title": tr("boxes", lang, labels=labels), "id": NOTE_GROUNDING}}
 
     async def _log_turn(self, request, turn, model, params, history, system_prompt, answer, outcome,
-                        stats: StreamStats, lang: str = EN) -> None:
+                        stats: StreamStats, lang: str = EN, refusal: str = "") -> None:
         if not self.log.enabled:
             return
+        stats_fields = {k: v for k, v in asdict(stats).items() if k not in ("started", "reasoning")}
         try:
+            if refusal:  # what was refused, not the conversation (and none of its files are stored for it)
+                texts = [from_display(message_text(m)) for m in conversation_turns(history)]
+                users = [m for m in conversation_turns(history) if m["role"] == "user"]
+                newest = from_display(message_text(users[-1])) if users else ""
+                await asyncio.to_thread(self.log.log_refused, session=_session(request), turn=turn, model=model,
+                                        params=params, reason=outcome, message=refusal,
+                                        text_chars=sum(map(len, texts)) + len(system_prompt or ""),
+                                        files=sum(len(message_files(m)) for m in users), excerpt=newest,
+                                        stats=stats_fields)
+                return
             logged = await asyncio.to_thread(self._loggable, history, system_prompt)
             await asyncio.to_thread(self.log.log_turn, session=_session(request), turn=turn, model=model,
                                     params=params, messages=logged, answer=answer, outcome=outcome,
-                                    stats={k: v for k, v in asdict(stats).items() if k not in ("started", "reasoning")},
-                                    reasoning=stats.reasoning or None)
+                                    stats=stats_fields, reasoning=stats.reasoning or None)
         except OSError as exc:  # a full disk must not break the chat
             gr.Warning(tr("log_failed", lang, error=exc))
+
+    def _release_if_large(self, history: History) -> None:
+        """After a large message, give its copies' memory back once they are gone (app/memory.py)."""
+        if sum(len(message_text(m)) for m in history) > LARGE_BYTES:
+            self.memory.large_message_done()
 
     def _loggable(self, history: History, system_prompt: str) -> list[dict[str, Any]]:
         """The conversation as sent, each file replaced by its name in the log's media store."""
@@ -337,6 +369,21 @@ def _in_readers_words(err: ServingError, labels: dict[str, str]) -> ServingError
     for label, words in sorted(labels.items(), key=lambda kv: -len(kv[0])):
         message = message.replace(label, words)
     return ServingError(err.code, message, param=err.param) if message != err.message else err
+
+
+def remove_files(paths: list[Path]) -> None:
+    """Delete uploads, and the folder Gradio made for each (one per upload) once it is empty. Only what is in
+    Gradio's upload folder: never the UI's examples, or anything else a history named."""
+    uploads = Path(get_upload_folder()).resolve()
+    for path in (p.resolve() for p in paths):
+        if not path.is_relative_to(uploads):
+            continue
+        try:
+            path.unlink(missing_ok=True)
+            if path.parent != uploads:
+                path.parent.rmdir()
+        except OSError:
+            pass  # the folder holds another file, or is gone
 
 
 def _drop_trailing_assistant(history: History) -> History:

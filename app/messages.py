@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
+from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"}
+IMAGE_EXTS = IMAGE_EXTENSIONS  # what the worker decodes (common/media_types.py)
+VIDEO_EXTS = VIDEO_EXTENSIONS
 NOTE_ERROR = "error"  # metadata id of an error note
 NOTE_GROUNDING = "grounding"  # metadata id of a grounding preview
 NOTE_THINKING = "thinking"  # metadata id of an answer's reasoning (app/thinking.py), shown folded above it

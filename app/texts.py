@@ -63,6 +63,11 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "'{name}' is not an image or a video this chat accepts (images: {images}; videos: {videos}).",
         HANS: "“{name}”不是本对话接受的图片或视频（图片：{images}；视频：{videos}）。",
         HANT: "「{name}」不是本對話接受的圖片或影片（圖片：{images}；影片：{videos}）。"},
+    "session_quota": {
+        EN: "This chat's files would take {total} MB, over the {limit} MB one session may keep. Start a new chat "
+            "(its files are removed when you close the page), or send smaller files.",
+        HANS: "本对话的文件将占用 {total} MB，超过每个会话可保存的 {limit} MB。请开始新对话（关闭页面时会删除其文件），或发送更小的文件。",
+        HANT: "本對話的檔案將佔用 {total} MB，超過每個工作階段可保存的 {limit} MB。請開始新對話（關閉頁面時會刪除其檔案），或傳送更小的檔案。"},
     "no_model": {
         EN: "No model is served right now. Start a worker (`python -m workers --model-path PATH`); this page "
             "notices it by itself within a few seconds.",

@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 import httpx
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from app import models_panel, past_chats
 from app.copy_answer import COPY_ANSWER_JS, COPY_WITH_REASONING_JS
@@ -24,6 +26,9 @@ from app.history_guard import GuardedChatbot
 from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
+from app.upload_quota import UploadQuota
+from common.bounded_http import bounded_http, make_default
+from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 EXAMPLES = STATIC / "examples"
@@ -69,10 +74,11 @@ def _served_model_ids(settings: UISettings) -> list[str]:
         return []
 
 
-def create_app(settings: UISettings) -> gr.Blocks:
+def create_app(settings: UISettings, work_dir: Path | None = None) -> gr.Blocks:
+    """`work_dir`: where generated files go (app/temp_folders.py); None: a new temporary folder."""
     client = ControllerClient(settings.controller_url, settings.api_key, settings.request_timeout_s,
                               settings.connect_timeout_s)
-    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging))
+    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging), work_dir)
     t = make_i18n()
     limit = settings.concurrency_limit
     model_ids = _served_model_ids(settings)
@@ -123,8 +129,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
                                  placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
                                  group_consecutive_messages=True, editable="user", autoscroll=True)
         box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
-                                   elem_id="input", file_types=["image", "video", ".gif", ".avi", ".mov", ".webm",
-                                                                ".mkv"],
+                                   elem_id="input",  # the categories for pasted files; the list for the rest
+                                   file_types=["image", "video", *sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)],
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,
                                    autofocus=True, submit_btn=True)
         with gr.Row(elem_id="actions"):
@@ -198,6 +204,7 @@ def create_app(settings: UISettings) -> gr.Blocks:
                     api_name="select_model", concurrency_limit=None)
         demo.load(past_chats.listing, saved, chat_list, **browser_only)
         demo.load(_localized_examples, None, chatbot, **browser_only)
+        demo.unload(handlers.end_session)
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
@@ -222,6 +229,10 @@ def _example_to_box(evt: gr.SelectData) -> dict[str, Any]:
 
 
 def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
+    # Gradio starts its own uvicorn: the bounds on request heads and declared bodies go in as its default protocol.
+    # One request's body: a whole session's uploads at most (an upload request may carry several files).
+    make_default(bounded_http(head_timeout_s=settings.header_timeout_s,
+                              max_body_bytes=(settings.session_upload_mb + 1) * 1024 * 1024))
     return {"server_name": settings.host, "server_port": settings.port, "share": settings.share,
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", font=FONTS),
@@ -230,4 +241,6 @@ def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
             # Gradio's own run history would keep a second, unencrypted copy of every conversation in the browser
             # (inputs and outputs of up to 100 runs, rewritten every 500 ms while an answer streams): the past chats
             # list is this app's one copy, and the rewriting made the page slower as chats accumulated.
-            "run_history": False}
+            "run_history": False,
+            "app_kwargs": {"middleware": [Middleware(UploadQuota, folder=get_upload_folder(),
+                                                     limit_bytes=settings.total_upload_mb * 1024 * 1024)]}}

@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     INVALID_VIDEO = "invalid_video"
     UPLOAD_TOO_LARGE = "upload_too_large"  # one file over the per-file limit
     REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
+    HEADERS_TOO_LARGE = "request_headers_too_large"  # the request line and headers (common/bounded_http.py)
+    REQUEST_TIMEOUT = "request_timeout"  # the request line and headers took too long to arrive
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
     THINKING_UNSUPPORTED = "thinking_not_supported"  # "thinking": true for a model without thinking mode
     WORKER_BUSY = "worker_busy"
@@ -51,6 +53,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_VIDEO: 400,
     ErrorCode.UPLOAD_TOO_LARGE: 413,
     ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
     ErrorCode.THINKING_UNSUPPORTED: 400,
     ErrorCode.WORKER_BUSY: 429,
@@ -69,7 +73,9 @@ _ERROR_TYPE: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.bounded_http import HEAD_TIMEOUT_S
+
 
 class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTERNVL_CONTROLLER_", cli_kebab_case=True,
@@ -33,5 +35,7 @@ class ControllerSettings(BaseSettings):
                                             "workers on this machine (loopback) may register")
     check_worker_reachable: bool = Field(True, description="probe a registering worker's advertised URL and refuse "
                                          "it unless its /health answers as that worker (id and model)")
+    header_timeout_s: float = Field(HEAD_TIMEOUT_S, gt=0, le=600, description="longest a client may take to send a "
+                                    "request's line and headers (then 408); they may total 64 KiB (then 431)")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")

@@ -59,3 +59,15 @@ def test_bad_input_through_the_api_is_an_answer_not_an_exception(client):
     history, box = client.predict({"text": "   ", "files": []}, [], "internvl-fast", *SETTINGS, api_name="/chat")
     assert history == []
     assert client.predict([], "internvl-fast", *SETTINGS, api_name="/regenerate") == []
+
+
+def test_an_avif_photo_is_accepted_and_reaches_the_model(client, tmp_path):
+    """The UI takes every image type the worker decodes (one list: common/media_types.py); .avif was refused."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    photo = tmp_path / "photo.avif"
+    Image.open(EXAMPLES / "landscape.jpg").convert("RGB").save(photo, "AVIF")
+    history, _ = client.predict({"text": "What is this?", "files": [handle_file(str(photo))]}, [], "internvl-fast",
+                                *SETTINGS, api_name="/chat")
+    assert text_of(history[-1]).startswith("I see 1 image."), history[-1]

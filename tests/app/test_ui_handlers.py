@@ -353,3 +353,59 @@ def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
     advertised = served_limits({"context_length": 8192, "limits": {"max_images_per_request": 4}})
     assert advertised.context_length == 8192 and advertised.max_images_per_request == 4
     assert served_limits(None) == Limits()
+
+
+# -- the UI's disk (issue 22, item 3) -------------------------------------------------------------------------------
+
+async def test_a_refused_message_is_logged_as_what_was_refused_not_in_full(tmp_path):
+    """A 1 MB paste refused as too long is logged as its size, the reason and its first characters."""
+    h = make(tmp_path, ScriptedStream([], error=ServingError(ErrorCode.CONTEXT_TOO_LONG, "needs 300000 tokens")))
+    pasted = "START " + "lorem ipsum " * 90_000
+    history, _ = h.add_user_message([], {"text": pasted, "files": [image_file(tmp_path)]})
+    await run(h.stream_reply(history, *PARAMS))
+    [line] = log_lines(tmp_path)
+    assert line["outcome"] == "context_length_exceeded" and "messages" not in line
+    refused = line["refused"]
+    assert refused["message"] == "needs 300000 tokens" and refused["files"] == 1
+    assert refused["text_chars"] >= len(pasted) and refused["excerpt"].startswith("START lorem")
+    assert sum(f.stat().st_size for f in (tmp_path / "logs").rglob("*") if f.is_file()) < 4096  # no media either
+
+
+def _uploaded(folder: Path, name: str, nbytes: int) -> str:
+    """A file as Gradio keeps an upload: in a folder of its own under the upload folder."""
+    path = folder / name.split(".")[0] / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * nbytes)
+    return str(path)
+
+
+async def test_a_session_over_its_upload_quota_is_told_and_its_new_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    settings = UISettings(log_dir=tmp_path / "logs", logging=False, session_upload_mb=1)
+    h = ChatHandlers(settings, ScriptedStream(["ok"]), ConversationLog(settings.log_dir, False), tmp_path / "work")
+    session = gr.Request(session_hash="s1")
+    first = _uploaded(tmp_path / "uploads", "a.png", 600_000)
+    assert h.add_user_message([], {"text": "one", "files": [first]}, session) is not None
+    second = _uploaded(tmp_path / "uploads", "b.png", 600_000)
+    warnings = []
+    monkeypatch.setattr(gr, "Warning", lambda text, duration=None: warnings.append(text))
+    assert h.add_user_message([], {"text": "two", "files": [second]}, session) is None
+    assert "1 MB one session may keep" in warnings[0] and "Start a new chat" in warnings[0]
+    assert Path(first).exists() and not Path(second).exists() and not Path(second).parent.exists()
+    other = gr.Request(session_hash="s2")  # another session has its own share
+    third = _uploaded(tmp_path / "uploads", "c.png", 600_000)
+    assert h.add_user_message([], {"text": "three", "files": [third]}, other) is not None
+
+
+async def test_a_closed_sessions_uploads_are_removed_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    h = make(tmp_path, ScriptedStream(["ok"]))
+    mine, shared = _uploaded(tmp_path / "uploads", "mine.png", 10), _uploaded(tmp_path / "uploads", "both.png", 10)
+    example = str(Path(__file__).resolve().parents[2] / "static" / "examples" / "landscape.jpg")
+    h.add_user_message([], {"text": "a", "files": [mine, shared, example]}, gr.Request(session_hash="s1"))
+    h.add_user_message([], {"text": "b", "files": [shared]}, gr.Request(session_hash="s2"))
+    h.end_session(gr.Request(session_hash="s1"))
+    assert not Path(mine).exists() and not Path(mine).parent.exists()
+    assert Path(shared).exists() and Path(example).exists()  # still another session's; the UI's own example
+    h.end_session(gr.Request(session_hash="s2"))
+    assert not Path(shared).exists()
