@@ -62,12 +62,15 @@ class ControllerClient:
     async def workers(self) -> list[WorkerStatus]:
         return [WorkerStatus.model_validate(w) for w in (await self._get("/workers")).get("workers", [])]
 
-    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None) -> AsyncIterator[str]:
-        """Yield text deltas of one streamed answer."""
+    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None,
+                          session_id: str | None = None) -> AsyncIterator[str]:
+        """Yield text deltas of one streamed answer. `session_id` names the chat (X-Session-Id): the controller keeps
+        its turns on one worker."""
         stats = stats or StreamStats()
         body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        headers = {"X-Session-Id": session_id} if session_id else None
         try:
-            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with self._http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
                 stats.worker = response.headers.get("x-worker-id")
                 if response.status_code >= 400:
                     raise _error_from_response(response.status_code, await response.aread())

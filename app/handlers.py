@@ -12,6 +12,8 @@ worker. A turn counts as "stopped" unless its stream ended by itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import mimetypes
 import tempfile
 import time
@@ -118,7 +120,8 @@ class ChatHandlers:
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
         stats, answer, outcome = StreamStats(), "", "stopped"
         try:
-            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
+            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats,
+                                             session_id=chat_id(request, history))
             async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
                 async for delta in deltas:
                     if stats.first_token_s is None:
@@ -278,3 +281,11 @@ def _drop_trailing_assistant(history: History) -> History:
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
+
+
+def chat_id(request: gr.Request | None, history: History) -> str:
+    """One id per chat, the same for each of its turns: the browser session and the chat's first message. The
+    controller keeps a chat's turns on the worker that has its files decoded and cached (X-Session-Id)."""
+    first = next((m for m in history if m["role"] == "user"), None)
+    seed = json.dumps([_session(request), first], sort_keys=True, default=str).encode()
+    return hashlib.blake2b(seed, digest_size=12).hexdigest()

@@ -22,9 +22,9 @@ from common.metrics import Metrics, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
-from controller.policies import POLICIES
+from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
-from controller.request_peek import peek_request
+from controller.request_peek import Peeked, peek_request
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 
@@ -48,6 +48,31 @@ def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s))
 
 
+SESSION_HEADER = "X-Session-Id"  # names a conversation, whose turns stay on one worker (the web UI sends one per chat)
+_MAX_KEY = 256
+
+
+def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
+    """The affinity key: the client's session id (header, else the OpenAI `user` field), else the hash of the
+    conversation's start. Prefixed by kind, so a session named like a hash is not that conversation."""
+    session = request.headers.get(SESSION_HEADER)
+    if session:
+        key = "s:" + session[:_MAX_KEY]
+    elif asked.user:
+        key = "u:" + asked.user[:_MAX_KEY]
+    elif asked.conversation:
+        key = "c:" + asked.conversation
+    else:
+        return None
+    return Conversation(key, asked.first_turn)
+
+
+def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Policy:
+    if settings.dispatch_policy == "affinity":
+        return Affinity(rng, max_excess=settings.affinity_max_excess)
+    return POLICIES[settings.dispatch_policy](rng)
+
+
 def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
     registry = Registry(settings.heartbeat_expiry_s)
     metrics = Metrics()
@@ -59,8 +84,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with worker_client(settings) as client:
-            app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
-                                             metrics)
+            app.state.dispatcher = Dispatcher(registry, make_policy(settings, rng), client, settings, metrics)
             expiry = asyncio.create_task(_expire_loop(registry))
             announce(settings)
             try:
@@ -125,8 +149,9 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             relay_headers[RELAY_INCLUDE_USAGE] = "1"  # the one answer carries usage
         dispatcher: Dispatcher = request.app.state.dispatcher
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
-        upstream = await until_client_leaves(request, dispatcher.open(body, asked.model, request_id_var.get(),
-                                                                      relay_headers))
+        opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
+                                 conversation_of(request, asked))
+        upstream = await until_client_leaves(request, opened)
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if asked.stream:

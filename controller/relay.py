@@ -26,7 +26,7 @@ from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
-from controller.policies import Policy
+from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.settings import ControllerSettings
 
@@ -87,8 +87,10 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics or Metrics()
 
-    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None) -> Upstream:
-        """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds.
+    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None,
+                   conversation: Conversation | None = None) -> Upstream:
+        """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds;
+        `conversation`: the one it belongs to (for the policy).
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
         with the returned stream, whose `relay` releases it."""
@@ -99,7 +101,8 @@ class Dispatcher:
         last: ServingError | None = None
         started = time.monotonic()
         for _ in range(self.settings.max_attempts):
-            worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried])
+            worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried],
+                                        conversation)
             if worker is None:
                 break
             tried.add(worker.worker_id)

@@ -31,13 +31,15 @@ class ScriptedStream:
     def __init__(self, deltas=(), error: ServingError | None = None, block_after: int | None = None):
         self.deltas, self.error, self.block_after = list(deltas), error, block_after
         self.payloads: list[dict] = []
+        self.session_ids: list[str | None] = []
         self.closed = asyncio.Event()
 
     async def models(self):  # no limits advertised: the UI's own upload ceiling applies
         return []
 
-    async def stream_chat(self, payload, stats):
+    async def stream_chat(self, payload, stats, session_id=None):
         self.payloads.append(payload)
+        self.session_ids.append(session_id)
         stats.worker = "worker-test"
         try:
             for i, d in enumerate(self.deltas):
@@ -159,6 +161,11 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     media = list((tmp_path / "logs" / "media").iterdir())
     assert len(media) == 1 and media[0].read_bytes() == Path(img).read_bytes()
     assert turns[1]["messages"][1]["content"][0]["media"] == media[0].name
+    # One session id per chat: its turns stay on one worker; another chat has its own.
+    history, _ = h.add_user_message([], {"text": "another chat", "files": [img]})
+    await run(h.stream_reply(history, *PARAMS))
+    first, second, other = source.session_ids
+    assert first and first == second and other and other != first
 
 
 async def test_logging_switched_off_writes_nothing(tmp_path):

@@ -212,9 +212,9 @@ def test_chaos_every_request_ends_cleanly_and_nothing_stays_busy(cluster, log_di
         assert health["in_flight"] == 0 and health["registered"], (name, health)
     with httpx.Client(timeout=30) as http:  # and every worker serves again
         served = set()
-        for _ in range(30):
+        for i in range(30):  # 30 conversations (one conversation's turns stay on one worker)
             r = http.post(ctl.url + "/v1/chat/completions", json={
-                "model": MODEL, "messages": [{"role": "user", "content": "still there?"}], "max_tokens": 2})
+                "model": MODEL, "messages": [{"role": "user", "content": f"still there? ({i})"}], "max_tokens": 2})
             assert r.status_code == 200, r.text
             served.add(r.headers["x-worker-id"])
     assert served == set(WORKERS)
