@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
     WORKER_BUSY = "worker_busy"
+    QUEUE_FULL = "queue_full"  # every worker at capacity and the controller's waiting line full
+    QUEUE_TIMEOUT = "queue_timeout"  # waited --queue-timeout-s in the controller's line and no worker got free
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
     WORKER_TIMEOUT = "worker_timeout"
@@ -46,6 +48,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.REQUEST_TOO_LARGE: 413,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
     ErrorCode.WORKER_BUSY: 429,
+    ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.QUEUE_TIMEOUT: 429,
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
     ErrorCode.WORKER_TIMEOUT: 504,
@@ -67,13 +71,15 @@ _ERROR_TYPE: dict[int, str] = {
 
 class ServingError(Exception):
     """Raise this anywhere below a route; the route layer renders it. `retryable` marks failures another worker
-    may not have (busy, lost, timeout), which the controller fails over on before the first token."""
+    may not have (busy, lost, timeout), which the controller fails over on before the first token. `retry_after_s`
+    becomes a Retry-After header."""
 
-    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:

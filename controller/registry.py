@@ -32,6 +32,8 @@ class Lease:
 
     record: WorkerRecord
     taken_at: float
+    model: str = ""
+    on_release: Callable[[], None] = lambda: None  # the registry's: capacity may have been freed
     id: int = field(default_factory=lambda: next(_ids))
     released: bool = False
 
@@ -45,6 +47,7 @@ class Lease:
                 self.record.served += 1
             else:
                 self.record.failures += 1
+        self.on_release()
         return True
 
 
@@ -88,6 +91,7 @@ class Registry:
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
         self._departed: dict[str, WorkerRecord] = {}  # removed while requests still held leases on them
+        self.listeners: list[Callable[[], None]] = []  # told when capacity may have been freed (the waiting line)
 
     def register(self, reg: WorkerRegistration, relay_token: str = "") -> WorkerRecord:
         """New worker, or the same one again: then its record is updated in place, so the leases of requests
@@ -102,6 +106,7 @@ class Registry:
         rec.healthy = True
         rec.relay_token = relay_token  # a new token with every registration
         self._workers[reg.worker_id] = rec
+        self.changed()
         return rec
 
     def heartbeat(self, hb: WorkerHeartbeat) -> WorkerRecord:
@@ -114,7 +119,12 @@ class Registry:
         rec.queued = hb.queued
         rec.healthy = True
         self._reconcile(rec, hb.in_flight, now)
+        self.changed()
         return rec
+
+    def changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _reconcile(self, rec: WorkerRecord, reported: int, now: float) -> None:
         """Compare the worker's own in-flight count with our leases and correct a difference that lasted `grace_s`
@@ -189,10 +199,18 @@ class Registry:
                 card.limits = card.limits.model_copy(update={"max_body_bytes": max_body_bytes})
         return sorted(cards.values(), key=lambda c: c.id)
 
-    def acquire(self, rec: WorkerRecord) -> Lease:
-        lease = Lease(rec, self._clock())
+    def acquire(self, rec: WorkerRecord, model: str = "") -> Lease:
+        lease = Lease(rec, self._clock(), model, self.changed)
         rec.leases[lease.id] = lease
         return lease
+
+    def running(self) -> dict[str, int]:
+        """Requests running through this controller, by model (departed workers' included)."""
+        counts: dict[str, int] = {}
+        for rec in [*self._workers.values(), *self._departed.values()]:
+            for lease in rec.leases.values():
+                counts[lease.model] = counts.get(lease.model, 0) + 1
+        return counts
 
     def mark_unreachable(self, rec: WorkerRecord) -> None:
         rec.healthy = False

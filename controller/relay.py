@@ -28,6 +28,7 @@ from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
 from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
+from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,14 @@ class Dispatcher:
         self.client = client
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.queue = RequestQueue(registry, policy, settings.queue_size, settings.queue_timeout_s,
+                                  self.metrics.observe_queue_wait)
 
     async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None,
-                   conversation: Conversation | None = None) -> Upstream:
+                   conversation: Conversation | None = None, client: str = "") -> Upstream:
         """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds;
-        `conversation`: the one it belongs to (for the policy).
+        `conversation`: the one it belongs to (for the policy); `client`: who sent it (turns in the waiting line).
+        The first attempt may wait in line for a free worker (request_queue.py); a failover does not wait.
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
         with the returned stream, whose `relay` releases it."""
@@ -100,13 +104,17 @@ class Dispatcher:
         tried: set[str] = set()
         last: ServingError | None = None
         started = time.monotonic()
-        for _ in range(self.settings.max_attempts):
-            worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried],
-                                        conversation)
-            if worker is None:
+        for attempt in range(self.settings.max_attempts):
+            if attempt == 0:
+                taken = await self.queue.take(model, conversation, client, request_id)
+            else:
+                worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried],
+                                            conversation)
+                taken = (worker, self.registry.acquire(worker, model)) if worker is not None else None
+            if taken is None:
                 break
+            worker, lease = taken
             tried.add(worker.worker_id)
-            lease = self.registry.acquire(worker)
             try:
                 upstream = await self._connect(worker, lease, body, request_id, headers)
             except ServingError as err:

@@ -24,6 +24,10 @@ class ControllerSettings(BaseSettings):
                                      "than the least loaded one; beyond, the conversation moves there. 4: a cache "
                                      "miss costs a media decode and a prefill of the whole history (seconds for a "
                                      "video), while a few more requests in a continuous batch cost each a fraction")
+    queue_size: int = Field(100, ge=0, le=1_000_000, description="requests that may wait at the controller, all "
+                            "models together, when every worker serving their model is at capacity; beyond, 429 "
+                            "queue_full. 0: no waiting line (429 worker_busy at once)")
+    queue_timeout_s: float = Field(60.0, gt=0, description="longest wait in that line; then 429 queue_timeout")
     max_attempts: int = Field(3, ge=1, le=16, description="workers tried for one request before the first token")
     connect_timeout_s: float = Field(10.0, gt=0, description="longest wait for a connection to a worker; a worker "
                                      "that times out is marked unreachable until its next heartbeat (under a burst "
