@@ -117,6 +117,8 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "`{id}` {state}, {busy} busy", HANS: "`{id}` {state}，{busy} 个进行中", HANT: "`{id}` {state}，{busy} 個進行中"},
     "up": {EN: "up", HANS: "在线", HANT: "在線"},
     "down": {EN: "down", HANS: "离线", HANT: "離線"},
+    "benched": {EN: "benched (failing; retried in {s} s)", HANS: "暂停使用（连续失败；{s} 秒后重试）",
+                HANT: "暫停使用（連續失敗；{s} 秒後重試）"},
     "no_workers": {EN: "none", HANS: "无", HANT: "無"},
     "context": {EN: "context {n} tokens", HANS: "上下文 {n} tokens", HANT: "上下文 {n} tokens"},
     "random_banner": {

@@ -82,7 +82,8 @@ def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Poli
 
 
 def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
-    registry = Registry(settings.heartbeat_expiry_s)
+    registry = Registry(settings.heartbeat_expiry_s, breaker_failures=settings.breaker_failures,
+                        breaker_cooldown_s=settings.breaker_cooldown_s)
     metrics = Metrics()
     metrics.track_load(lambda: sum(w.in_flight for w in registry.all()),
                        lambda: sum(w.queued for w in registry.all()))

@@ -27,7 +27,7 @@ class Policy(ABC):
         self.rng = rng or random.Random()
 
     def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord | None:
-        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency]
+        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
         return self._pick(usable, conversation) if usable else None
 
     @abstractmethod

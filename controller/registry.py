@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import ModelCard, ModelLimits, WorkerHeartbeat, WorkerRegistration, WorkerStatus
+from controller.breaker import Breaker
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -68,6 +69,7 @@ class WorkerRecord:
     mismatch_since: float | None = None  # when the worker's count started to disagree with ours
     mismatch_low: int = 0  # over that time, the smallest disagreement seen (ours minus the worker's)
     mismatch_high: int = 0
+    breaker: Breaker = field(default_factory=Breaker)  # benches it after failures in a row (controller/breaker.py)
 
     @property
     def in_flight(self) -> int:
@@ -84,8 +86,10 @@ class WorkerRecord:
 
 
 class Registry:
-    def __init__(self, expiry_s: float, clock: Callable[[], float] = time.monotonic, grace_s: float | None = None):
+    def __init__(self, expiry_s: float, clock: Callable[[], float] = time.monotonic, grace_s: float | None = None,
+                 breaker_failures: int = 3, breaker_cooldown_s: float = 30.0):
         self.expiry_s = expiry_s
+        self.breaker_failures, self.breaker_cooldown_s = breaker_failures, breaker_cooldown_s
         # Counts may disagree for a moment (a request on its way, a heartbeat in flight); longer is a real drift.
         self.grace_s = grace_s if grace_s is not None else max(2 * expiry_s / 3, 5.0)
         self._clock = clock
@@ -98,7 +102,8 @@ class Registry:
         running through us stay on the record that dispatch reads."""
         rec = self._workers.get(reg.worker_id) or self._departed.pop(reg.worker_id, None)
         if rec is None:
-            rec = WorkerRecord(worker_id=reg.worker_id, url="", models={}, max_concurrency=1, last_heartbeat=0.0)
+            rec = WorkerRecord(worker_id=reg.worker_id, url="", models={}, max_concurrency=1, last_heartbeat=0.0,
+                               breaker=Breaker(self.breaker_failures, self.breaker_cooldown_s, self._clock))
         rec.url = reg.url.rstrip("/")
         rec.models = {m.id: m for m in reg.models}
         rec.max_concurrency = reg.max_concurrency
@@ -201,6 +206,7 @@ class Registry:
 
     def acquire(self, rec: WorkerRecord, model: str = "") -> Lease:
         lease = Lease(rec, self._clock(), model, self.changed)
+        rec.breaker.dispatched()
         rec.leases[lease.id] = lease
         return lease
 
@@ -220,7 +226,8 @@ class Registry:
         return [WorkerStatus(worker_id=r.worker_id, url=r.url, models=sorted(r.models), healthy=r.healthy,
                              in_flight=r.in_flight, max_concurrency=r.max_concurrency, queued=r.queued,
                              last_heartbeat_age_s=round(now - r.last_heartbeat, 3), served=r.served,
-                             failures=r.failures)
+                             failures=r.failures, benched=r.breaker.benched,
+                             benched_for_s=round(r.breaker.cooldown_left_s(), 3) if r.breaker.benched else None)
                 for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
 
 

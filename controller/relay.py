@@ -121,6 +121,7 @@ class Dispatcher:
                 lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
                             worker.worker_id, err.message)
+                self._judge(worker, err)
                 if err.code == ErrorCode.RELAY_LOOP:  # its URL leads back to a controller: never a worker
                     self.registry.remove(worker.worker_id)
                 if not err.retryable:
@@ -129,7 +130,9 @@ class Dispatcher:
                 continue
             except BaseException:
                 lease.release(ok=None)
+                worker.breaker.no_verdict()
                 raise
+            worker.breaker.succeeded()
             self.metrics.observe_first_token(started)
             return upstream
         if last is not None:
@@ -139,8 +142,25 @@ class Dispatcher:
         if busy:
             raise ServingError(ErrorCode.WORKER_BUSY, f"all workers serving '{model}' are at capacity; "
                                "retry in a few seconds")
+        benched = [w for w in self.registry.serving(model) if w.breaker.benched]
+        if benched:
+            soonest = min(w.breaker.cooldown_left_s() for w in benched)
+            raise ServingError(ErrorCode.NO_WORKER, f"no worker can take requests for '{model}' right now: "
+                               f"{len(benched)} benched after failing {self.settings.breaker_failures} requests in a "
+                               f"row (the next trial in {soonest:.0f} s; check their logs)")
         raise ServingError(ErrorCode.NO_WORKER, f"no healthy worker is serving '{model}' right now; "
                            "its workers stopped answering (check their logs or start one)")
+
+    def _judge(self, worker: WorkerRecord, err: ServingError) -> None:
+        """A failed attempt, for the worker's breaker: failures of the worker count; a busy worker or a request
+        the worker refused (the client's error) show it alive."""
+        if err.code == ErrorCode.WORKER_BUSY:
+            worker.breaker.no_verdict()
+        elif not err.retryable:
+            worker.breaker.succeeded()
+        elif worker.breaker.failed():
+            log.warning("worker %s benched for %.0f s: %d requests in a row failed before their first token",
+                        worker.worker_id, worker.breaker.cooldown_s, worker.breaker.failures)
 
     def _no_such_model(self, model: str) -> ServingError:
         cards = self.registry.model_cards()

@@ -283,11 +283,13 @@ async def test_grounding_answer_shows_the_image_again_with_boxes(tmp_path):
 
 def test_model_panel_names_workers_and_flags_random_weights():
     cards = [{"id": "internvl-demo", "random_weights": True, "family": "internvl", "engine": "transformers",
-              "context_length": 4096, "workers": [{"id": "w1", "healthy": True, "in_flight": 2}]},
+              "context_length": 4096, "workers": [{"id": "w1", "healthy": True, "in_flight": 2},
+                                                  {"id": "w2", "healthy": True, "in_flight": 0, "benched_for_s": 12.4}]},
              {"id": "real", "random_weights": False, "family": None, "engine": None, "context_length": None,
               "workers": []}]
     info, status = describe_model(cards, "internvl-demo", None)
     assert "random weights" in status and "`w1` up, 2 busy" in info and "context 4096 tokens" in info
+    assert "`w2` benched (failing; retried in 12 s), 0 busy" in info
     assert describe_model(cards, "real", None)[1] == ""
     assert "Start a worker" in describe_model([], None, None)[0]
     assert "演示模型" in describe_model(cards, "internvl-demo", None, "zh-Hans")[1]
