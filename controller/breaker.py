@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 
 class Breaker:
-    def __init__(self, threshold: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, threshold: int = 5, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.threshold, self.cooldown_s, self._clock = threshold, cooldown_s, clock
         self.failures = 0  # in a row, before the first token
         self.opened_at: float | None = None  # when it was benched; None: closed

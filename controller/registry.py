@@ -87,7 +87,7 @@ class WorkerRecord:
 
 class Registry:
     def __init__(self, expiry_s: float, clock: Callable[[], float] = time.monotonic, grace_s: float | None = None,
-                 breaker_failures: int = 3, breaker_cooldown_s: float = 30.0):
+                 breaker_failures: int = 5, breaker_cooldown_s: float = 30.0):
         self.expiry_s = expiry_s
         self.breaker_failures, self.breaker_cooldown_s = breaker_failures, breaker_cooldown_s
         # Counts may disagree for a moment (a request on its way, a heartbeat in flight); longer is a real drift.

@@ -29,9 +29,11 @@ class ControllerSettings(BaseSettings):
                             "queue_full. 0: no waiting line (429 worker_busy at once)")
     queue_timeout_s: float = Field(60.0, gt=0, description="longest wait in that line; then 429 queue_timeout")
     max_attempts: int = Field(3, ge=1, le=16, description="workers tried for one request before the first token")
-    breaker_failures: int = Field(3, ge=0, le=1000, description="a worker failing this many requests in a row "
+    breaker_failures: int = Field(5, ge=0, le=1000, description="a worker failing this many requests in a row "
                                   "before their first token (errors, timeouts; not busy answers) is benched: no "
-                                  "requests for --breaker-cooldown-s, then one trial request. 0: never benched")
+                                  "requests for --breaker-cooldown-s, then one trial request. 5: a worker restarting "
+                                  "(a few refused connections) is not benched; a broken one costs at most 5 "
+                                  "failovers per cool-down. 0: never benched")
     breaker_cooldown_s: float = Field(30.0, gt=0, description="how long a benched worker gets no requests")
     connect_timeout_s: float = Field(10.0, gt=0, description="longest wait for a connection to a worker; a worker "
                                      "that times out is marked unreachable until its next heartbeat (under a burst "
