@@ -12,6 +12,7 @@ worker. A turn counts as "stopped" unless its stream ended by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import mimetypes
@@ -21,6 +22,7 @@ import uuid
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -31,13 +33,13 @@ from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
-from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
+from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns, from_display,
                           is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels
 from app.settings import UISettings
-from app.texts import EN, language, tr
+from app.texts import EN, language, ordinal, tr
 from common.errors import ServingError
 
 History = list[dict[str, Any]]
@@ -54,6 +56,7 @@ class ChatHandlers:
         self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
         self.limits = ServedLimits(client)
+        self.place_poll_s = 1.0  # how often a waiting turn asks the controller for its place in line
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -120,10 +123,15 @@ class ChatHandlers:
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
         stats, answer, outcome = StreamStats(), "", "stopped"
         try:
+            request_id = uuid.uuid4().hex
             stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats,
-                                             session_id=chat_id(request, history))
-            async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
+                                             session_id=chat_id(request, history), request_id=request_id)
+            async with aclosing(stream), aclosing(self._with_place(coalesce(stream), request_id)) as deltas:
                 async for delta in deltas:
+                    if isinstance(delta, tuple):  # still waiting for a worker: where in line
+                        text = tr("waiting_in_line", lang, nth=ordinal(delta[0]), n=delta[0])
+                        yield history + [self._note(text, NOTE_WAITING, tr("waiting_title", lang))]
+                        continue
                     if stats.first_token_s is None:
                         stats.first_token_s = round(time.monotonic() - stats.started, 4)
                         history.append({"role": "assistant", "content": ""})
@@ -214,6 +222,29 @@ class ChatHandlers:
         self.log.log_vote(session=_session(request), turn=turn, vote=vote, answer=answer)
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    async def _with_place(self, deltas: AsyncIterator[str], request_id: str
+                          ) -> AsyncIterator[str | tuple[int, int]]:
+        """`deltas`, and before the first one, every `place_poll_s` while it waits in the controller's line, its
+        (place, waiting). The stream carries no byte before a worker takes the request, so the place is asked for
+        beside it, by request id."""
+        first = asyncio.ensure_future(anext(deltas, None))
+        try:
+            while not (await asyncio.wait({first}, timeout=self.place_poll_s))[0]:
+                place = await self.client.queue_place(request_id)
+                if place is not None and not first.done():
+                    yield place
+        finally:
+            if not first.done():  # stopped while waiting: the stream goes with it
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+        delta = first.result()
+        if delta is None:
+            return
+        yield delta
+        async for delta in deltas:
+            yield delta
 
     @staticmethod
     def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:

@@ -22,6 +22,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"}
 NOTE_ERROR = "error"  # metadata id of an error note
 NOTE_GROUNDING = "grounding"  # metadata id of a grounding preview
+NOTE_WAITING = "waiting"  # metadata id of "waiting for a free worker, 3rd in line" (shown until the answer starts)
 
 # Code and math are left raw (markdown shows code literally; KaTeX needs the real '<'); the rest is escaped.
 # A lone '$' is text, not math (ui.LATEX has no single-'$' delimiter).

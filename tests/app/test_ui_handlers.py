@@ -32,14 +32,23 @@ class ScriptedStream:
         self.deltas, self.error, self.block_after = list(deltas), error, block_after
         self.payloads: list[dict] = []
         self.session_ids: list[str | None] = []
+        self.request_ids: list[str | None] = []
+        self.wait_s, self.places, self.asked_places = 0.0, [], []
         self.closed = asyncio.Event()
 
     async def models(self):  # no limits advertised: the UI's own upload ceiling applies
         return []
 
-    async def stream_chat(self, payload, stats, session_id=None):
+    async def queue_place(self, request_id):
+        self.asked_places.append(request_id)
+        return self.places.pop(0) if self.places else None
+
+    async def stream_chat(self, payload, stats, session_id=None, request_id=None):
         self.payloads.append(payload)
         self.session_ids.append(session_id)
+        self.request_ids.append(request_id)
+        if self.wait_s:
+            await asyncio.sleep(self.wait_s)  # waiting in the controller's line
         stats.worker = "worker-test"
         try:
             for i, d in enumerate(self.deltas):
@@ -166,6 +175,21 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     await run(h.stream_reply(history, *PARAMS))
     first, second, other = source.session_ids
     assert first and first == second and other and other != first
+
+
+async def test_a_waiting_turn_shows_its_place_in_line_then_the_answer(tmp_path):
+    source = ScriptedStream(["Here", " it is."])
+    source.wait_s, source.places = 0.5, [(3, 4), (2, 4), (1, 3)]
+    h = make(tmp_path, source)
+    h.place_poll_s = 0.1
+    history, _ = h.add_user_message([], {"text": "hello", "files": []})
+    yields = await run(h.stream_reply(history, *PARAMS))
+    waiting = [y[-1]["content"] for y in yields if y[-1].get("metadata", {}).get("id") == "waiting"]
+    assert waiting[:3] == [f"Waiting for a free worker, {n} in line." for n in ("3rd", "2nd", "1st")]
+    assert yields[-1][-1] == {"role": "assistant", "content": "Here it is."}  # the answer replaced the place
+    assert all(y[:-1] == history for y in yields if y[-1].get("metadata"))  # never kept in the history
+    assert set(source.asked_places) == {source.request_ids[0]}  # asked by the id the request was sent with
+    assert not any("could not" in str(y).lower() for y in yields)  # a wait that ends in an answer is no error
 
 
 async def test_logging_switched_off_writes_nothing(tmp_path):
