@@ -45,6 +45,7 @@ class RequestQueue:
         self.observe_wait = observe_wait
         self._lines: dict[str, OrderedDict[str, deque[Waiter]]] = {}  # model -> client -> its waiters, oldest first
         self._waiting: dict[str, int] = {}  # model -> waiters
+        self._by_id: dict[str, Waiter] = {}  # request id -> its waiter (the UI asks for its place every second)
         self._recent_wait_s = 1.0  # moving average of the waits that ended with a worker (for Retry-After)
         registry.listeners.append(self.pump)
 
@@ -68,6 +69,7 @@ class RequestQueue:
                                 f"wait for a free worker); every worker serving '{model}' is at capacity")
         waiter = Waiter(model, client, request_id, conversation)
         self._lines.setdefault(model, OrderedDict()).setdefault(client, deque()).append(waiter)
+        self._by_id[request_id] = waiter
         self._waiting[model] = self.waiting(model) + 1
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -90,14 +92,19 @@ class RequestQueue:
         """(model, place in line counting from 1, waiters for that model) of a waiting request, None if it is not
         waiting. Clients take turns: a request k-th in its client's line comes after the first k of every other
         client's (k counted from 0), and after the (k+1)-th of the clients ahead of its own."""
-        for model, line in self._lines.items():
-            clients = list(line.values())
-            for j, waiters in enumerate(clients):
-                for k, w in enumerate(waiters):
-                    if w.request_id == request_id:
-                        ahead = sum(min(len(c), k) + (i < j and len(c) > k) for i, c in enumerate(clients))
-                        return model, ahead + 1, self.waiting(model)
-        return None
+        waiter = self._by_id.get(request_id)
+        if waiter is None:
+            return None
+        line = self._lines[waiter.model]
+        own = line[waiter.client]
+        k = own.index(waiter)
+        ahead, before_own = k, True
+        for waiters in line.values():
+            if waiters is own:
+                before_own = False
+            else:
+                ahead += min(len(waiters), k + before_own)
+        return waiter.model, ahead + 1, self.waiting(waiter.model)
 
     def pump(self) -> None:
         """Give free workers to waiters, clients in turn. Called by the registry when capacity may have been freed
@@ -125,6 +132,8 @@ class RequestQueue:
         """`waiter` was just removed from its client's line: the counts follow, empty lines go. A client served
         that still waits goes to the back of the turns."""
         waiter.in_line = False
+        if self._by_id.get(waiter.request_id) is waiter:
+            del self._by_id[waiter.request_id]
         if line.get(waiter.client):
             if served:
                 line.move_to_end(waiter.client)
