@@ -64,10 +64,12 @@ async def cache_counts(http, workers) -> dict[str, tuple[float, float]]:
     return out
 
 
-async def affinity_run(policy: str, checkpoint: Path, photos: list[str], turns: int, n_workers: int) -> dict:
+async def affinity_run(policy: str, checkpoint: Path, photos: list[str], turns: int, n_workers: int,
+                       max_concurrency: int) -> dict:
     with Stack() as stack:
         ctl = stack.controller(dispatch_policy=policy)
-        workers = stack.workers(checkpoint, ctl, {MODEL: scripted_env(16, 200)}, each=n_workers)
+        workers = stack.workers(checkpoint, ctl, {MODEL: scripted_env(16, 200)}, each=n_workers,
+                                max_concurrency=max_concurrency)
         sampler = ProcSampler({f"w{i}": w.popen.pid for i, w in enumerate(workers)})
         histories = [[] for _ in photos]
         ttft: dict[int, list[float]] = {}
@@ -108,10 +110,11 @@ async def affinity_run(policy: str, checkpoint: Path, photos: list[str], turns: 
 
 async def affinity(args: argparse.Namespace, checkpoint: Path) -> None:
     photos = [photo(seed) for seed in range(args.chats)]
-    print(f"{args.chats} chats x {args.turns} turns, {args.workers} workers, photo 2000x1500 JPEG "
+    print(f"{args.chats} chats x {args.turns} turns, {args.workers} workers (--max-concurrency {args.max_concurrency}), "
+          "photo 2000x1500 JPEG "
           f"({len(photos[0]) * 3 / 4 / 2**20:.1f} MB)")
-    for policy in ("shortest_queue", "affinity"):
-        res = await affinity_run(policy, checkpoint, photos, args.turns, args.workers)
+    for policy in args.policies.split(","):
+        res = await affinity_run(policy, checkpoint, photos, args.turns, args.workers, args.max_concurrency)
         counts = sorted(res["served"].values(), reverse=True)
         mean = sum(counts) / args.workers if counts else 0
         print(f"\n{policy}: cache hit rate on turns 2-{args.turns}: {res['hit_rate'] * 100:.1f}% "
@@ -169,6 +172,8 @@ async def main() -> int:
     parser.add_argument("--chats", type=int, default=30)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--max-concurrency", type=int, default=8, help="each worker's (8: the worker's default)")
+    parser.add_argument("--policies", default="shortest_queue,affinity")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--small-queue", type=int, default=100)
     args = parser.parse_args()

@@ -59,8 +59,9 @@ class Affinity(ShortestQueue):
     remembered (the controller restarted, or it runs beside others; its worker left) goes to the top of a rendezvous
     hash of its key over the usable workers: every controller picks the same one, and a worker joining or leaving
     moves only the conversations it wins or held. The affine worker is taken while it has at most `max_excess` more
-    requests (running and waiting) than the least loaded one; beyond that the least loaded takes the turn and the
-    conversation moves there for good. Requests without a conversation go by shortest queue. `remember` bounds the
+    requests (running and waiting) than the least loaded one, and waited for while it is full within that bound (in
+    the controller's line, request_queue.py); beyond it the least loaded takes the turn and the conversation moves
+    there for good. Requests without a conversation go by shortest queue. `remember` bounds the
     conversations kept (the least recently seen are forgotten first)."""
 
     def __init__(self, rng: random.Random | None = None, max_excess: int = 4, remember: int = 65_536):
@@ -68,6 +69,24 @@ class Affinity(ShortestQueue):
         self.max_excess = max_excess
         self.remember = remember
         self._last: OrderedDict[str, str] = OrderedDict()  # conversation key -> worker id of its last turn
+
+    def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None
+               ) -> WorkerRecord | None:
+        """None also when the conversation's worker is full but within the bound: the request waits for it."""
+        own = self._own(candidates, conversation)
+        if own is not None and own.healthy and own.breaker.admits() and own.busy >= own.max_concurrency:
+            others = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
+            if not others or _requests(own) - min(_requests(w) for w in others) <= self.max_excess:
+                return None
+        return super().choose(candidates, conversation)
+
+    def preferred(self, conversation: Conversation) -> str | None:
+        """The worker that served the conversation's last turn, if it is remembered."""
+        return self._last.get(conversation.key)
+
+    def _own(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None) -> WorkerRecord | None:
+        last = self._last.get(conversation.key) if conversation is not None else None
+        return next((w for w in candidates if w.worker_id == last), None) if last is not None else None
 
     def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
         if conversation is None:

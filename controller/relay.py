@@ -108,8 +108,8 @@ class Dispatcher:
             if attempt == 0:
                 taken = await self.queue.take(model, conversation, client, request_id)
             else:
-                worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried],
-                                            conversation)
+                left = [w for w in self.registry.serving(model) if w.worker_id not in tried]
+                worker = self.policy.choose(left, conversation) or self.policy.choose(left)  # failover: no wait
                 taken = (worker, self.registry.acquire(worker, model)) if worker is not None else None
             if taken is None:
                 break

@@ -24,6 +24,7 @@ from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
 
 Taken = tuple[WorkerRecord, Lease]
+_LOOK_AHEAD = 64  # waiters looked at for one that can take a free worker
 
 
 @dataclass(eq=False)
@@ -60,10 +61,12 @@ class RequestQueue:
         waiting cannot help (no worker is usable or busy: all unhealthy or benched) or the line is off (size 0)."""
         if not self.waiting(model):
             worker = self.policy.choose(self.registry.serving(model), conversation)
+            if worker is None and self.size == 0:  # no line to wait in for the conversation's own worker
+                worker = self.policy.choose(self.registry.serving(model))
             if worker is not None:
                 return worker, self.registry.acquire(worker, model)
         if self.size == 0 or not any(w.healthy and w.busy >= w.max_concurrency for w in self.registry.serving(model)):
-            return None
+            return None  # (a conversation waiting for its own worker: that one is busy)
         if sum(self._waiting.values()) >= self.size:
             raise self._refused(ErrorCode.QUEUE_FULL, f"the controller's waiting line is full ({self.size} requests "
                                 f"wait for a free worker); every worker serving '{model}' is at capacity")
@@ -71,6 +74,7 @@ class RequestQueue:
         self._lines.setdefault(model, OrderedDict()).setdefault(client, deque()).append(waiter)
         self._by_id[request_id] = waiter
         self._waiting[model] = self.waiting(model) + 1
+        self.pump()  # a worker may be free that the waiters ahead leave for others (waiting for their own)
         try:
             async with asyncio.timeout(self.timeout_s):
                 taken = await waiter.granted
@@ -108,16 +112,37 @@ class RequestQueue:
 
     def pump(self) -> None:
         """Give free workers to waiters, clients in turn. Called by the registry when capacity may have been freed
-        (a request ended, a worker registered or beat), and periodically (a cool-down ended)."""
+        (a request ended, a worker registered or beat), when a request joins the line, and periodically (a
+        cool-down ended). The policy may keep a waiter for its own busy worker (affinity: its caches are there, and
+        that worker is not too much busier than the others); then the free worker goes to the next waiter in turn
+        that can take it, looking at most `_LOOK_AHEAD` waiters ahead."""
         for model, line in list(self._lines.items()):
             while line:
-                client, waiters = next(iter(line.items()))
-                worker = self.policy.choose(self.registry.serving(model), waiters[0].conversation)
-                if worker is None:
+                serving = self.registry.serving(model)
+                if not any(w.healthy and w.busy < w.max_concurrency and w.breaker.admits() for w in serving):
                     break
-                waiter = waiters.popleft()
+                for waiter in self._in_turn(line):
+                    worker = self.policy.choose(serving, waiter.conversation)
+                    if worker is not None:
+                        break
+                else:
+                    break
+                line[waiter.client].remove(waiter)
                 waiter.granted.set_result((worker, self.registry.acquire(worker, model)))
                 self._out(waiter, line, served=True)
+
+    @staticmethod
+    def _in_turn(line: OrderedDict[str, deque[Waiter]]):
+        """The first `_LOOK_AHEAD` waiters in the order they will be served (clients in turn)."""
+        shown, depth = 0, 0
+        while shown < _LOOK_AHEAD:
+            row = [waiters[depth] for waiters in line.values() if len(waiters) > depth]
+            if not row:
+                return
+            for waiter in row[:_LOOK_AHEAD - shown]:
+                yield waiter
+            shown += len(row)
+            depth += 1
 
     def _leave(self, waiter: Waiter) -> None:
         """Whatever ended the wait (a worker, the timeout, the client gone): out of the line, the wait observed."""

@@ -80,3 +80,45 @@ async def test_no_line_without_a_busy_worker_or_with_size_zero():
     worker.healthy = True
     registry.acquire(worker, "m")
     assert await RequestQueue(registry, ShortestQueue(), size=0, timeout_s=1).take("m", None, "A", "r") is None
+
+
+async def test_a_waiter_waits_for_its_own_worker_while_others_can_use_the_free_one():
+    from controller.policies import Affinity, Conversation
+
+    registry = Registry(expiry_s=60)
+    a, b = registry.register(reg("a", cap=1)), registry.register(reg("b", cap=1))
+    policy = Affinity()
+    x, y = Conversation("x"), Conversation("y")
+    policy._last.update({"x": "a", "y": "b"})  # earlier turns: x on a, y on b
+    queue = RequestQueue(registry, policy, size=10, timeout_s=30)
+    on_a, on_b = registry.acquire(a, "m"), registry.acquire(b, "m")
+    got_x = asyncio.create_task(queue.take("m", x, "client-1", "rx"))
+    await settle()
+    got_y = asyncio.create_task(queue.take("m", y, "client-2", "ry"))
+    await settle()
+    on_b.release(ok=True)  # b frees: x (first in line) waits for a, y takes b
+    await settle()
+    assert got_y.done() and got_y.result()[0] is b and not got_x.done()
+    on_a.release(ok=True)
+    await settle()
+    assert got_x.result()[0] is a
+
+    # Alone in line, its own worker busy and another free: it waits for its own while the imbalance is within the
+    # bound (4), and takes the free one (the conversation moves) beyond it (0 here).
+    got_y.result()[1].release(ok=True)
+    got_x.result()[1].release(ok=True)
+    held = registry.acquire(a, "m")
+    waits = asyncio.create_task(queue.take("m", x, "client-1", "rx2"))
+    await settle()
+    assert not waits.done() and b.in_flight == 0
+    newcomer = await queue.take("m", Conversation("z", first_turn=True), "client-3", "rz")  # behind x in line, but
+    assert newcomer[0] is b and queue.waiting("m") == 1  # b is free and x leaves it: at once, and x still waits
+    newcomer[1].release(ok=True)
+    held.release(ok=True)
+    await settle()
+    assert waits.result()[0] is a
+    waits.result()[1].release(ok=True)
+    policy.max_excess = 0
+    held = registry.acquire(a, "m")
+    moves = await queue.take("m", x, "client-1", "rx3")
+    assert moves[0] is b and policy.preferred(x) == "b"
