@@ -42,8 +42,10 @@ WORKER_ENV = {"SCRIPTED_TOKENS": "12", "SCRIPTED_RATE": "30"}
 
 @pytest.fixture
 def cluster(demo_checkpoint, log_dir):
+    # A worker killed or frozen fails requests in a row and is benched (controller/breaker.py): a short cool-down, so
+    # that the check at the end ("every worker serves again") sees its trial within the test's deadline.
     ctl = start_controller(log_dir, heartbeat_expiry_s=EXPIRY_S, first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
-                           token_timeout_s=TOKEN_TIMEOUT_S, log_level="warning")
+                           token_timeout_s=TOKEN_TIMEOUT_S, log_level="warning", breaker_cooldown_s=1.0)
     workers = {w: spawn_worker(log_dir, demo_checkpoint, ctl.url, SCRIPTED, env=WORKER_ENV, model_name=MODEL,
                                worker_id=w, heartbeat_interval_s=HEARTBEAT_S, max_concurrency=64,
                                log_level="warning")
