@@ -33,8 +33,8 @@ from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
-from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns, from_display,
-                          is_note, last_image, media_kind, message_files, message_text, to_display,
+from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns,
+                          from_display, is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels

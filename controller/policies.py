@@ -26,7 +26,8 @@ class Policy(ABC):
     def __init__(self, rng: random.Random | None = None):
         self.rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord | None:
+    def choose(self, candidates: Sequence[WorkerRecord],
+               conversation: Conversation | None = None) -> WorkerRecord | None:
         usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
         return self._pick(usable, conversation) if usable else None
 
