@@ -21,7 +21,8 @@ class ControllerSettings(BaseSettings):
         "least loaded worker; lottery: random, weighted by free capacity")
     affinity_max_excess: int = Field(4, ge=0, le=4096, description="affinity keeps a conversation on its worker "
                                      "while that worker has at most this many more requests (running and waiting) "
-                                     "than the least loaded one; beyond, the conversation moves there. 4: a cache "
+                                     "than the least loaded one, and waits for it while it is full within that bound; "
+                                     "beyond, the conversation moves to the least loaded. 4: a cache "
                                      "miss costs a media decode and a prefill of the whole history (seconds for a "
                                      "video), while a few more requests in a continuous batch cost each a fraction")
     queue_size: int = Field(100, ge=0, le=1_000_000, description="requests that may wait at the controller, all "
