@@ -43,6 +43,7 @@ class Lease:
         if self.released:
             return False
         self.released = True
+        self.record.full_until = 0.0  # a slot of its own is free now
         if self.record.leases.pop(self.id, None) is not None:  # absent: dropped by a heartbeat correction
             if ok:
                 self.record.served += 1
@@ -70,6 +71,12 @@ class WorkerRecord:
     mismatch_low: int = 0  # over that time, the smallest disagreement seen (ours minus the worker's)
     mismatch_high: int = 0
     breaker: Breaker = field(default_factory=Breaker)  # benches it after failures in a row (controller/breaker.py)
+    full_until: float = 0.0  # it answered 429 (full) although we counted a free slot: full until then
+
+    def refused_as_full(self, for_s: float = 0.5) -> None:
+        """It is still counting a request we already let go (its client left a moment ago): treat it as full
+        until one of our requests on it ends, its next heartbeat says how busy it is, or `for_s` passed."""
+        self.full_until = time.monotonic() + for_s
 
     @property
     def in_flight(self) -> int:
@@ -78,7 +85,10 @@ class WorkerRecord:
     @property
     def busy(self) -> int:
         """Requests the worker is running, as far as the controller knows: ours, plus others it reported."""
-        return len(self.leases) + self.external
+        counted = len(self.leases) + self.external
+        if self.full_until and time.monotonic() < self.full_until:
+            return max(counted, self.max_concurrency)
+        return counted
 
     @property
     def load(self) -> float:
@@ -123,6 +133,7 @@ class Registry:
         rec.last_heartbeat = now
         rec.queued = hb.queued
         rec.healthy = True
+        rec.full_until = 0.0
         self._reconcile(rec, hb.in_flight, now)
         self.changed()
         return rec

@@ -105,7 +105,8 @@ class Dispatcher:
         last: ServingError | None = None
         started = time.monotonic()
         for attempt in range(self.settings.max_attempts):
-            if attempt == 0:
+            if attempt == 0 or (last is not None and last.code == ErrorCode.WORKER_BUSY):
+                # A worker that answered 429 counts as full for a moment: the request waits in line for a slot
                 taken = await self.queue.take(model, conversation, client, request_id)
             else:
                 left = [w for w in self.registry.serving(model) if w.worker_id not in tried]
@@ -155,6 +156,7 @@ class Dispatcher:
         """A failed attempt, for the worker's breaker: failures of the worker count; a busy worker or a request
         the worker refused (the client's error) show it alive."""
         if err.code == ErrorCode.WORKER_BUSY:
+            worker.refused_as_full()
             worker.breaker.no_verdict()
         elif not err.retryable:
             worker.breaker.succeeded()

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from common.errors import ErrorCode, error_body
 from tests.controller.test_cancellation import RawClient, chat_body, wait_for
 from tests.support.stack import start_controller
 from tests.support.standin_workers import CHUNK, FINISH, Seen, StandinWorker
@@ -37,6 +38,10 @@ class Gate:
 
     async def __call__(self, request: web.Request, seen: Seen) -> web.StreamResponse:
         await self.opened.wait()
+        return await self.answer_now(request)
+
+    @staticmethod
+    async def answer_now(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(f"data: {CHUNK}\r\n\r\ndata: {FINISH}\r\n\r\ndata: [DONE]\r\n\r\n".encode())
@@ -159,3 +164,28 @@ async def test_a_waiting_stream_starts_when_a_worker_takes_it(controller):
         assert data.startswith(b"HTTP/1.1 200") and b"x-worker-id: one" in data.lower()
         assert (await first).status_code == 200
         await client.leave()
+
+
+async def test_a_worker_still_counting_a_request_we_let_go_makes_the_request_wait_not_fail(controller):
+    # The worker answers 429 once (it has not yet seen the connection of a request whose client left close): the
+    # controller counts it as full for a moment and the request waits in line for it, instead of failing.
+    refused = []
+
+    async def busy_once(request: web.Request, seen: Seen) -> web.StreamResponse:
+        if not refused:
+            refused.append(time.monotonic())
+            return web.json_response(error_body(ErrorCode.WORKER_BUSY, "at capacity"), status=429)
+        return await Gate.answer_now(request)
+
+    worker = await StandinWorker("one", busy_once, max_concurrency=2).start()
+    try:
+        await worker.register(controller.url)
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(controller.url + "/v1/chat/completions",
+                                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        assert len(worker.seen) == 2 and worker.seen[1].arrived - refused[0] >= 0.2  # it waited before trying again
+    finally:
+        await worker.close()
+        async with httpx.AsyncClient() as http:
+            await http.post(controller.url + "/workers/unregister", json={"worker_id": "one"})
