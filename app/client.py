@@ -63,13 +63,28 @@ class ControllerClient:
     async def workers(self) -> list[WorkerStatus]:
         return [WorkerStatus.model_validate(w) for w in (await self._get("/workers")).get("workers", [])]
 
-    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None) -> AsyncIterator[str]:
-        """Yield text deltas of one streamed answer. A reasoning delta (`reasoning_content`, thinking models) is
-        added to `stats.reasoning` and yields an empty delta, so the reader shows the reasoning as it grows."""
+    async def queue_place(self, request_id: str) -> tuple[int, int] | None:
+        """(place, requests waiting) of a request waiting in the controller's line for a free worker; None when it
+        is not waiting (or the controller cannot say: the page then just shows no place)."""
+        try:
+            place = await self._get(f"/queue/{request_id}")
+        except (ServingError, ValueError):
+            return None
+        return (int(place["position"]), int(place["waiting"])) if place.get("queued") else None
+
+    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None,
+                          session_id: str | None = None, request_id: str | None = None) -> AsyncIterator[str]:
+        """Yield text deltas of one streamed answer. `session_id` names the chat (X-Session-Id): the controller keeps
+        its turns on one worker; `request_id` (X-Request-ID) names the request, for `queue_place`. A reasoning delta
+        (`reasoning_content`, thinking models) is added to `stats.reasoning` and yields an empty delta, so the reader
+        shows the reasoning as it grows."""
         stats = stats or StreamStats()
         body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        headers = {"X-Session-Id": session_id} if session_id else {}
+        if request_id:
+            headers["X-Request-ID"] = request_id
         try:
-            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with self._http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
                 stats.worker = response.headers.get("x-worker-id")
                 if response.status_code >= 400:
                     raise _error_from_response(response.status_code, await response.aread())

@@ -12,6 +12,9 @@ worker. A turn counts as "stopped" unless its stream ended by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import mimetypes
 import tempfile
 import time
@@ -19,6 +22,7 @@ import uuid
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -31,14 +35,14 @@ from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
-from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
-                          is_note, last_image, media_kind, message_files, message_text, to_display,
+from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns,
+                          from_display, is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels
 from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
-from app.texts import EN, language, tr
+from app.texts import EN, language, ordinal, tr
 from app.thinking import ThinkingDisplay, mark_stopped
 from common.errors import ServingError
 
@@ -57,6 +61,7 @@ class ChatHandlers:
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
         self.limits = ServedLimits(client)
         self.memory = MemoryReleaser()
+        self.place_poll_s = 1.0  # how often a waiting turn asks the controller for its place in line
 
     def end_session(self, request: gr.Request | None = None) -> None:
         """The page was closed: its uploads go now, not after --media-max-age-s."""
@@ -136,9 +141,16 @@ class ChatHandlers:
         stats, answer, outcome, refusal = StreamStats(), "", "stopped", ""
         thought = ThinkingDisplay(lang)
         try:
-            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
-            async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
-                async for delta in deltas:
+            request_id = uuid.uuid4().hex
+            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats,
+                                             session_id=chat_id(request, history), request_id=request_id)
+            async with (aclosing(stream), aclosing(coalesce(stream)) as deltas,
+                        aclosing(self._with_place(deltas, request_id)) as shown):  # closed in reverse order
+                async for delta in shown:
+                    if isinstance(delta, tuple):  # still waiting for a worker: where in line
+                        text = tr("waiting_in_line", lang, nth=ordinal(delta[0]), n=delta[0])
+                        yield history + [self._note(text, NOTE_WAITING, tr("waiting_title", lang))]
+                        continue
                     if stats.first_token_s is None:
                         stats.first_token_s = round(time.monotonic() - stats.started, 4)
                     answer += delta
@@ -286,6 +298,29 @@ class ChatHandlers:
 
     # ------------------------------------------------------------------------------------------ helpers
 
+    async def _with_place(self, deltas: AsyncIterator[str], request_id: str
+                          ) -> AsyncIterator[str | tuple[int, int]]:
+        """`deltas`, and before the first one, every `place_poll_s` while it waits in the controller's line, its
+        (place, waiting). The stream carries no byte before a worker takes the request, so the place is asked for
+        beside it, by request id."""
+        first = asyncio.ensure_future(anext(deltas, None))
+        try:
+            while not (await asyncio.wait({first}, timeout=self.place_poll_s))[0]:
+                place = await self.client.queue_place(request_id)
+                if place is not None and not first.done():
+                    yield place
+        finally:
+            if not first.done():  # stopped while waiting: the stream goes with it
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+        delta = first.result()
+        if delta is None:
+            return
+        yield delta
+        async for delta in deltas:
+            yield delta
+
     @staticmethod
     def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:
         return {"role": "assistant", "content": text,
@@ -394,3 +429,11 @@ def _drop_trailing_assistant(history: History) -> History:
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
+
+
+def chat_id(request: gr.Request | None, history: History) -> str:
+    """One id per chat, the same for each of its turns: the browser session and the chat's first message. The
+    controller keeps a chat's turns on the worker that has its files decoded and cached (X-Session-Id)."""
+    first = next((m for m in history if m["role"] == "user"), None)
+    seed = json.dumps([_session(request), first], sort_keys=True, default=str).encode()
+    return hashlib.blake2b(seed, digest_size=12).hexdigest()

@@ -26,6 +26,7 @@ VIDEO_EXTS = VIDEO_EXTENSIONS
 NOTE_ERROR = "error"  # metadata id of an error note
 NOTE_GROUNDING = "grounding"  # metadata id of a grounding preview
 NOTE_THINKING = "thinking"  # metadata id of an answer's reasoning (app/thinking.py), shown folded above it
+NOTE_WAITING = "waiting"  # metadata id of "waiting for a free worker, 3rd in line" (shown until the answer starts)
 
 # Code and math are left raw (markdown shows code literally; KaTeX needs the real '<'); the rest is escaped.
 # A lone '$' is text, not math (ui.LATEX has no single-'$' delimiter).

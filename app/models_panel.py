@@ -33,8 +33,8 @@ async def model_overview(client: ControllerClient, lang: str = EN) -> tuple[list
         out.append({"id": card.id, "random_weights": card.random_weights, "family": card.family,
                     "thinking": "thinking" in (card.capabilities or []),
                     "engine": card.engine, "context_length": served_limits(card).context_length, "card": card,
-                    "workers": [{"id": w.worker_id, "healthy": w.healthy, "in_flight": w.in_flight}
-                                for w in served_by]})
+                    "workers": [{"id": w.worker_id, "healthy": w.healthy, "in_flight": w.in_flight,
+                                 "benched_for_s": w.benched_for_s if w.benched else None} for w in served_by]})
     return out, None
 
 
@@ -51,10 +51,16 @@ def describe_model(cards: list[dict[str, Any]], model: str | None, error: str | 
     facts = [x for x in (card["family"], card["engine"]) if x]
     if card["context_length"]:
         facts.append(tr("context", lang, n=card["context_length"]))
-    workers = ", ".join(tr("worker_state", lang, id=w["id"], state=tr("up" if w["healthy"] else "down", lang),
-                           busy=w["in_flight"]) for w in card["workers"]) or tr("no_workers", lang)
+    workers = ", ".join(tr("worker_state", lang, id=w["id"], state=_state(w, lang), busy=w["in_flight"])
+                        for w in card["workers"]) or tr("no_workers", lang)
     info = " · ".join(facts) + "\n\n" + tr("served_by", lang, workers=workers)
     return info.strip(), tr("random_banner", lang) if card["random_weights"] else ""
+
+
+def _state(worker: dict[str, Any], lang: str) -> str:
+    if worker.get("benched_for_s") is not None:  # its circuit breaker is open (controller/breaker.py)
+        return tr("benched", lang, s=round(worker["benched_for_s"]))
+    return tr("up" if worker["healthy"] else "down", lang)
 
 
 def _card(cards: list[dict[str, Any]], model: str | None):

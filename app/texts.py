@@ -73,6 +73,9 @@ TEXTS: dict[str, dict[str, str]] = {
             "notices it by itself within a few seconds.",
         HANS: "目前没有可用的模型。请启动 worker（`python -m workers --model-path PATH`），本页面会在几秒内自动发现。",
         HANT: "目前沒有可用的模型。請啟動 worker（`python -m workers --model-path PATH`），本頁面會在幾秒內自動發現。"},
+    "waiting_title": {EN: "⏳ Waiting", HANS: "⏳ 排队中", HANT: "⏳ 排隊中"},
+    "waiting_in_line": {EN: "Waiting for a free worker, {nth} in line.",
+                        HANS: "正在等待空闲的服务节点，排在第 {n} 位。", HANT: "正在等待空閒的服務節點，排在第 {n} 位。"},
     "could_not_answer": {EN: "⚠ Could not answer", HANS: "⚠ 无法回答", HANT: "⚠ 無法回答"},
     "stopped": {EN: "■ Stopped", HANS: "■ 已停止", HANT: "■ 已停止"},
     "nothing_to_export": {EN: "There is no conversation to export yet.", HANS: "还没有可导出的对话。",
@@ -131,6 +134,8 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "`{id}` {state}, {busy} busy", HANS: "`{id}` {state}，{busy} 个进行中", HANT: "`{id}` {state}，{busy} 個進行中"},
     "up": {EN: "up", HANS: "在线", HANT: "在線"},
     "down": {EN: "down", HANS: "离线", HANT: "離線"},
+    "benched": {EN: "benched (failing; retried in {s} s)", HANS: "暂停使用（连续失败；{s} 秒后重试）",
+                HANT: "暫停使用（連續失敗；{s} 秒後重試）"},
     "no_workers": {EN: "none", HANS: "无", HANT: "無"},
     "context": {EN: "context {n} tokens", HANS: "上下文 {n} tokens", HANT: "上下文 {n} tokens"},
     "random_banner": {

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
     THINKING_UNSUPPORTED = "thinking_not_supported"  # "thinking": true for a model without thinking mode
     WORKER_BUSY = "worker_busy"
+    QUEUE_FULL = "queue_full"  # every worker at capacity and the controller's waiting line full
+    QUEUE_TIMEOUT = "queue_timeout"  # waited --queue-timeout-s in the controller's line and no worker got free
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
     WORKER_TIMEOUT = "worker_timeout"
@@ -58,6 +60,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
     ErrorCode.THINKING_UNSUPPORTED: 400,
     ErrorCode.WORKER_BUSY: 429,
+    ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.QUEUE_TIMEOUT: 429,
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
     ErrorCode.WORKER_TIMEOUT: 504,
@@ -82,13 +86,15 @@ _ERROR_TYPE: dict[int, str] = {
 
 class ServingError(Exception):
     """Raise this anywhere below a route; the route layer renders it. `retryable` marks failures another worker
-    may not have (busy, lost, timeout), which the controller fails over on before the first token."""
+    may not have (busy, lost, timeout), which the controller fails over on before the first token. `retry_after_s`
+    becomes a Retry-After header."""
 
-    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:

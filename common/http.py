@@ -62,7 +62,8 @@ async def until_client_leaves(request: Request, work: Awaitable[T]) -> T:
 
 
 def error_response(err: ServingError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s is not None else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def describe_validation(errors: Any) -> tuple[ErrorCode, str, str | None]:

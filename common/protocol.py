@@ -330,6 +330,8 @@ class WorkerStatus(OutModel):
     last_heartbeat_age_s: float
     served: int
     failures: int
+    benched: bool = False  # its circuit breaker is open: no requests until a trial after the cool-down
+    benched_for_s: float | None = None  # cool-down left (0: the next request is its trial)
 
 
 class WorkerList(OutModel):

@@ -23,7 +23,7 @@ class ThinkingStream:
     async def models(self):
         return []
 
-    async def stream_chat(self, payload, stats):
+    async def stream_chat(self, payload, stats, session_id=None, request_id=None):
         self.payloads.append(payload)
         for kind, text in self.script:
             await asyncio.sleep(0.01)
