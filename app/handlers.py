@@ -35,7 +35,7 @@ from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, co
                           is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
-from app.limits import ServedLimits, check_conversation, reader_labels
+from app.limits import ServedLimits, check_conversation, per_file_bytes, reader_labels
 from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
 from app.texts import EN, language, tr
@@ -125,7 +125,7 @@ class ChatHandlers:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
-                                               limits.per_file_bytes(self.max_bytes), self.encoded.get)
+                                               per_file_bytes(limits, self.max_bytes), self.encoded.get)
         except ServingError as err:
             self._release_if_large(history)
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)

@@ -339,7 +339,9 @@ async def test_coalesce_sends_the_first_delta_at_once_and_joins_fast_ones():
 
 
 def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
-    from app.limits import Limits, check_conversation, served_limits
+    from app.limits import check_conversation, served_limits
+    from common.protocol import ModelCard
+    from common.protocol import ModelLimits as Limits
 
     small, wide = image_file(tmp_path, "small.png"), image_file(tmp_path, "wide.png", size=(400, 300))
     history = [{"role": "user", "content": [{"type": "file", "file": {"path": small}}, {"type": "text", "text": "a"}]},
@@ -350,7 +352,8 @@ def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
     with pytest.raises(ServingError, match="最多接受 1 个"):
         check_conversation(history, Limits(max_images_per_request=1), 2**20, "zh-Hans")
     assert len(check_conversation(history, Limits(), 2**20)) == 2
-    advertised = served_limits({"context_length": 8192, "limits": {"max_images_per_request": 4}})
+    advertised = served_limits(ModelCard.model_validate({"id": "m", "context_length": 8192,
+                                                         "limits": {"max_images_per_request": 4}}))
     assert advertised.context_length == 8192 and advertised.max_images_per_request == 4
     assert served_limits(None) == Limits()
 

@@ -92,7 +92,8 @@ def _models_requests(url: str) -> float:
 async def test_the_limits_are_the_cards_and_a_turn_does_not_fetch_them_again(controller_url):
     # Each fetch is a round trip to the controller before the first token: at most one per TTL, not one per turn
     # (there were two per turn).
-    from app.limits import Limits, ServedLimits
+    from app.limits import ServedLimits
+    from common.protocol import ModelLimits as Limits
 
     client = ControllerClient(controller_url)
     try:
