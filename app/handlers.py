@@ -35,7 +35,7 @@ from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, co
                           is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
-from app.limits import ServedLimits, check_conversation, per_file_bytes, reader_labels
+from app.limits import ServedLimits, check_conversation, per_file_bytes, reader_places
 from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
 from app.texts import EN, language, tr
@@ -130,7 +130,7 @@ class ChatHandlers:
             self._release_if_large(history)
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
-        labels = reader_labels(items, _user_indices(messages), lang)
+        places = reader_places(items, _user_indices(messages), lang)
         sent = list(history)
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
         stats, answer, outcome, refusal = StreamStats(), "", "stopped", ""
@@ -148,7 +148,7 @@ class ChatHandlers:
         except ServingError as err:
             # a request refused (4xx) is logged as what was refused; a failure (5xx) keeps its conversation
             outcome, refusal = err.code.value, err.message if err.status < 500 else ""
-            text = describe(_in_readers_words(err, labels), lang)
+            text = describe(_in_readers_words(err, places), lang)
             if stats.reasoning:
                 history = _answered(sent, thought.final(stats.reasoning, outcome, None), answer, keep_empty=False)
             history.append(self._note(text, lang=lang))
@@ -363,12 +363,11 @@ def _user_indices(messages: list[dict[str, Any]]) -> dict[int, int]:
     return {n: i for n, i in enumerate(users, start=1)}
 
 
-def _in_readers_words(err: ServingError, labels: dict[str, str]) -> ServingError:
-    """The worker names media by position in the request; say the file name and message instead."""
-    message = err.message
-    for label, words in sorted(labels.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(label, words)
-    return ServingError(err.code, message, param=err.param) if message != err.message else err
+def _in_readers_words(err: ServingError, places: dict[str, str]) -> ServingError:
+    """An error about one file or message says where in the request (`param`); put the reader's words for that
+    place first (the server's message, meant for API users, is kept as it is: never read or rewritten here)."""
+    words = places.get(err.param or "")
+    return ServingError(err.code, f"{words}: {err.message}", param=err.param) if words else err
 
 
 def remove_files(paths: list[Path]) -> None:

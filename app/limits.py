@@ -1,6 +1,7 @@
 """What one chat request may carry, as the served model advertises it, and the check of a conversation against it
 before sending, naming problems the way a reader sees them ("'cat.jpg' in your 2nd message", not "image 1 (message
-3)"), and the conversation as a whole when that is the cause (every earlier file is sent again each turn).
+3)"), and the conversation as a whole when that is the cause (every earlier file is sent again each turn); and the
+reader's words for the place in the request a server error points at (its `param`).
 
 The limits come from the model card the controller lists (`limits` on each card of /v1/models, one typed model
 declared in common/limits.py); a card that does not advertise a limit gets its default there. The worker
@@ -18,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from app.messages import conversation_turns, from_display, media_kind, message_files, message_text
-from app.texts import EN, tr
+from app.texts import EN, ordinal, tr
 from common.errors import ErrorCode, ServingError
 from common.protocol import ModelCard, ModelLimits
 
@@ -75,8 +76,6 @@ def _mb(n: int) -> str:
 
 
 def _where(path: str, nth_message: int, lang: str) -> str:
-    from app.texts import ordinal
-
     return tr("file_in_message", lang, name=Path(path).name, nth=ordinal(nth_message, lang))
 
 
@@ -134,21 +133,21 @@ def _check_image(path: str, where: str, limits: ModelLimits, lang: str) -> None:
                                                         limit=f"{limits.max_image_pixels / 1e6:.0f}"))
 
 
-def reader_labels(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
+def reader_places(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
                   lang: str = EN) -> dict[str, str]:
-    """The worker's labels for media ("image 2 (message 3)", "video in message 3") -> the reader's words.
-
-    `first_user_index`: reader's message number -> index of that message in the OpenAI request (after any system
-    message). The UI built the request, so this mapping is exact."""
+    """Where an error's `param` points in the request this UI built -> the reader's words: a file
+    (`messages[2].content[0]` -> "'cat.jpg' in your 2nd message"), or a whole user message (`messages[2]` -> "your
+    2nd message"). `items`: (path, kind, reader's message number) as check_conversation returned them;
+    `first_user_index`: reader's message number -> index of that message in the request (files come first in each
+    message, in order: app/messages.py). The UI built the request, so this mapping is exact."""
     out: dict[str, str] = {}
-    image_no = 0
-    for path, kind, nth in items:
+    part = dict.fromkeys(first_user_index, 0)
+    for path, _kind, nth in items:
         index = first_user_index.get(nth)
         if index is None:
             continue
-        if kind == "image":
-            image_no += 1
-            out[f"image {image_no} (message {index + 1})"] = _where(path, nth, lang)
-        else:
-            out.setdefault(f"video in message {index + 1}", _where(path, nth, lang))
+        out[f"messages[{index}].content[{part[nth]}]"] = _where(path, nth, lang)
+        part[nth] += 1
+    for nth, index in first_user_index.items():
+        out[f"messages[{index}]"] = tr("your_message", lang, nth=ordinal(nth, lang))
     return out

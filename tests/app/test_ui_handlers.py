@@ -188,6 +188,20 @@ async def test_errors_say_what_to_do_and_the_chat_stays_usable(tmp_path, code, a
     assert [m["content"][-1]["text"] for m in sent if m["role"] == "user"] == ["second"]
 
 
+@pytest.mark.parametrize("param, words", [
+    ("messages[1].content[1]", "'dog.png' in your 1st message: image 2 (message 2) is odd"),  # after the system prompt
+    ("messages[1]", "Your 1st message: image 2 (message 2) is odd"),
+    ("model", "Image 2 (message 2) is odd"),  # not a place in the conversation: the server's words alone
+])
+async def test_the_param_of_an_error_names_the_file_or_message_in_the_readers_words(tmp_path, param, words):
+    source = ScriptedStream([], error=ServingError(ErrorCode.INVALID_IMAGE, "image 2 (message 2) is odd", param=param))
+    h = make(tmp_path, source)
+    history, _ = h.add_user_message([], {"text": "two", "files": [image_file(tmp_path), image_file(tmp_path,
+                                                                                                   "dog.png")]})
+    note = (await run(h.stream_reply(history, *PARAMS)))[-1][-1]
+    assert note["metadata"]["id"] == "error" and note["content"].startswith(words), note["content"]
+
+
 async def test_mid_stream_error_keeps_the_partial_answer_and_adds_a_note(tmp_path):
     h = make(tmp_path, ScriptedStream(["half an ", "answer"], error=ServingError(ErrorCode.WORKER_LOST, "worker died")))
     history, _ = h.add_user_message([], {"text": "go", "files": []})

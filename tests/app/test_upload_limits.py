@@ -14,7 +14,7 @@ from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
 from app.settings import UISettings
-from tests.support.media_samples import noise_png
+from tests.support.media_samples import encode, gradient, noise_png
 from tests.support.stack import SCRIPTED, start_controller, start_worker
 
 KB = 1024
@@ -78,6 +78,20 @@ async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers,
     # Earlier photos were not re-encoded on later turns (each photo encoded once), and the 4th turn was refused from
     # file sizes alone, before anything of it was read or encoded.
     assert (handlers.encoded.misses, handlers.encoded.hits) == (3, 1 + 2)
+
+
+async def test_a_file_the_worker_refuses_is_named_from_the_errors_param(handlers, tmp_path):
+    """The UI's header check passes a cut-off PNG; the worker's decoder refuses it. The note names the file from the
+    error's `param` (its place in the request the UI built), not from the worker's wording, which it keeps."""
+    good, cut = tmp_path / "good.png", tmp_path / "cut.png"
+    good.write_bytes(noise_png(2 * KB))
+    cut.write_bytes(encode(gradient())[:200])
+    history = await turn(handlers, [], "first?", [str(good)])
+    assert "metadata" not in history[-1], history[-1]
+    history = await turn(handlers, history, "second?", [str(good), str(cut)])
+    note = history[-1]
+    assert note["metadata"]["id"] == "error", note
+    assert note["content"].startswith("'cut.png' in your 2nd message: image 3 (message 3)"), note["content"]
 
 
 def _models_requests(url: str) -> float:
