@@ -30,6 +30,7 @@ from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
+from app.generation import GenerationSettings
 from app.grounding import draw_boxes, parse_boxes
 from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
                           is_note, last_image, media_kind, message_files, message_text, to_display,
@@ -98,12 +99,12 @@ class ChatHandlers:
         history = list(history or []) + [{"role": "user", "content": content}]
         return history, {"text": "", "files": []}
 
-    async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
-                           top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
-                           num_frames: float, thinking: bool = False, request: gr.Request | None = None):
+    async def stream_reply(self, history: History, settings: GenerationSettings, request: gr.Request | None = None):
         """Stream the answer to the last user message, yielding the whole history each time it grows. With
-        `thinking`, the model's reasoning streams into a folded Thinking message above the answer (app/thinking.py)."""
+        `settings.thinking`, the model's reasoning streams into a folded Thinking message above the answer
+        (app/thinking.py)."""
         lang = language(request)
+        model, system_prompt = settings.model, settings.system_prompt
         history = list(history or [])
         try:
             self.media.check(history, request)  # before any file in it is opened
@@ -118,13 +119,11 @@ class ChatHandlers:
                 text = describe(err, lang)
             yield self._error_note(history, text, lang)
             return
-        params = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_new_tokens),
-                  "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
-                  "num_frames": int(num_frames), **({"thinking": True} if thinking else {})}
+        params = settings.request_fields()
         try:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
-            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
+            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", params["num_frames"],
                                                per_file_bytes(limits, self.max_bytes), self.encoded.get)
         except ServingError as err:
             self._release_if_large(history)
@@ -179,8 +178,9 @@ class ChatHandlers:
             return
         history, box_update = added
         yield history, box_update
-        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, thinking, request):
+        settings = GenerationSettings(model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty,
+                                      max_tiles, num_frames, thinking)
+        async for h in self.stream_reply(history, settings, request):
             yield h, gr.skip()
 
     async def regenerate_chat(self, history: History | None, model: str | None, system_prompt: str,
@@ -194,8 +194,9 @@ class ChatHandlers:
             yield history
             return
         yield history
-        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, thinking, request):
+        settings = GenerationSettings(model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty,
+                                      max_tiles, num_frames, thinking)
+        async for h in self.stream_reply(history, settings, request):
             yield h
 
     def apply_edit(self, history: History | None, edit: gr.EditData, request: gr.Request = None) -> History:

@@ -12,6 +12,7 @@ import pytest
 
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
+from app.generation import GenerationSettings
 from app.handlers import ChatHandlers
 from app.settings import UISettings
 from tests.support.media_samples import encode, gradient, noise_png
@@ -43,12 +44,12 @@ async def handlers(controller_url, tmp_path):
     await client.aclose()
 
 
-PARAMS = (MODEL, "", 0.0, 0.9, 16, 1.0, 2, 4)
+SETTINGS = GenerationSettings(MODEL, "", 0.0, 0.9, 16, 1.0, 2, 4)
 
 
 async def turn(h: ChatHandlers, history: list, text: str, files: list[str]) -> list:
     history, _ = h.add_user_message(history, {"text": text, "files": files})
-    return [y async for y in h.stream_reply(history, *PARAMS)][-1]
+    return [y async for y in h.stream_reply(history, SETTINGS)][-1]
 
 
 async def test_a_file_over_the_advertised_limit_is_refused_by_name_before_upload(handlers, tmp_path):
