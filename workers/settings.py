@@ -41,10 +41,9 @@ class TurbomindOptions(BaseModel):
         return v
 
 
+# The request limits and the media policy (--max-media-bytes ... --allow-remote-media) are inherited from MediaLimits
+# (declared in common/limits.py); the rest is declared here. (No docstring: it would become the --help text.)
 class WorkerSettings(BaseSettings, MediaLimits):
-    """The request limits and the media policy (--max-media-bytes ... --allow-remote-media) come from
-    MediaLimits (declared in common/limits.py); the rest is declared here."""
-
     model_config = SettingsConfigDict(env_prefix="INTERNVL_WORKER_", cli_parse_args=False, cli_kebab_case=True,
                                       cli_prog_name="python -m workers", cli_implicit_flags=True,
                                       env_nested_delimiter="__", protected_namespaces=())
