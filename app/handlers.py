@@ -34,12 +34,13 @@ from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
+from app.generation import GenerationSettings
 from app.grounding import draw_boxes, parse_boxes
 from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns,
                           from_display, is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
-from app.limits import ServedLimits, check_conversation, reader_labels
+from app.limits import ServedLimits, check_conversation, per_file_bytes, reader_places
 from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
 from app.texts import EN, language, ordinal, tr
@@ -103,12 +104,12 @@ class ChatHandlers:
         history = list(history or []) + [{"role": "user", "content": content}]
         return history, {"text": "", "files": []}
 
-    async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
-                           top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
-                           num_frames: float, thinking: bool = False, request: gr.Request | None = None):
+    async def stream_reply(self, history: History, settings: GenerationSettings, request: gr.Request | None = None):
         """Stream the answer to the last user message, yielding the whole history each time it grows. With
-        `thinking`, the model's reasoning streams into a folded Thinking message above the answer (app/thinking.py)."""
+        `settings.thinking`, the model's reasoning streams into a folded Thinking message above the answer
+        (app/thinking.py)."""
         lang = language(request)
+        model, system_prompt = settings.model, settings.system_prompt
         history = list(history or [])
         try:
             self.media.check(history, request)  # before any file in it is opened
@@ -123,19 +124,17 @@ class ChatHandlers:
                 text = describe(err, lang)
             yield self._error_note(history, text, lang)
             return
-        params = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_new_tokens),
-                  "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
-                  "num_frames": int(num_frames), **({"thinking": True} if thinking else {})}
+        params = settings.request_fields()
         try:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
-            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
-                                               limits.per_file_bytes(self.max_bytes), self.encoded.get)
+            messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", params["num_frames"],
+                                               per_file_bytes(limits, self.max_bytes), self.encoded.get)
         except ServingError as err:
             self._release_if_large(history)
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
-        labels = reader_labels(items, _user_indices(messages), lang)
+        places = reader_places(items, _user_indices(messages), lang)
         sent = list(history)
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
         stats, answer, outcome, refusal = StreamStats(), "", "stopped", ""
@@ -160,7 +159,7 @@ class ChatHandlers:
         except ServingError as err:
             # a request refused (4xx) is logged as what was refused; a failure (5xx) keeps its conversation
             outcome, refusal = err.code.value, err.message if err.status < 500 else ""
-            text = describe(_in_readers_words(err, labels), lang)
+            text = describe(_in_readers_words(err, places), lang)
             if stats.reasoning:
                 history = _answered(sent, thought.final(stats.reasoning, outcome, None), answer, keep_empty=False)
             history.append(self._note(text, lang=lang))
@@ -191,8 +190,9 @@ class ChatHandlers:
             return
         history, box_update = added
         yield history, box_update
-        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, thinking, request):
+        settings = GenerationSettings(model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty,
+                                      max_tiles, num_frames, thinking)
+        async for h in self.stream_reply(history, settings, request):
             yield h, gr.skip()
 
     async def regenerate_chat(self, history: History | None, model: str | None, system_prompt: str,
@@ -206,8 +206,9 @@ class ChatHandlers:
             yield history
             return
         yield history
-        async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, thinking, request):
+        settings = GenerationSettings(model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty,
+                                      max_tiles, num_frames, thinking)
+        async for h in self.stream_reply(history, settings, request):
             yield h
 
     def apply_edit(self, history: History | None, edit: gr.EditData, request: gr.Request = None) -> History:
@@ -398,12 +399,11 @@ def _user_indices(messages: list[dict[str, Any]]) -> dict[int, int]:
     return {n: i for n, i in enumerate(users, start=1)}
 
 
-def _in_readers_words(err: ServingError, labels: dict[str, str]) -> ServingError:
-    """The worker names media by position in the request; say the file name and message instead."""
-    message = err.message
-    for label, words in sorted(labels.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(label, words)
-    return ServingError(err.code, message, param=err.param) if message != err.message else err
+def _in_readers_words(err: ServingError, places: dict[str, str]) -> ServingError:
+    """An error about one file or message says where in the request (`param`); put the reader's words for that
+    place first (the server's message, meant for API users, is kept as it is: never read or rewritten here)."""
+    words = places.get(err.param or "")
+    return ServingError(err.code, f"{words}: {err.message}", param=err.param) if words else err
 
 
 def remove_files(paths: list[Path]) -> None:

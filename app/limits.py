@@ -1,9 +1,10 @@
 """What one chat request may carry, as the served model advertises it, and the check of a conversation against it
 before sending, naming problems the way a reader sees them ("'cat.jpg' in your 2nd message", not "image 1 (message
-3)"), and the conversation as a whole when that is the cause (every earlier file is sent again each turn).
+3)"), and the conversation as a whole when that is the cause (every earlier file is sent again each turn); and the
+reader's words for the place in the request a server error points at (its `param`).
 
-The limits come from the model card the controller lists (`limits` on each card of /v1/models, declared by the
-workers in workers/limits.py); a card that does not advertise a limit gets the workers' default. The worker
+The limits come from the model card the controller lists (`limits` on each card of /v1/models, one typed model
+declared in common/limits.py); a card that does not advertise a limit gets its default there. The worker
 enforces the same limits again: this check only makes the answer arrive before the upload and in words that name
 the file. The cards are fetched at most once per `CARDS_TTL_S`, not once per turn: a fetch is a round trip to the
 controller paid before the first token.
@@ -12,53 +13,34 @@ controller paid before the first token.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from app.messages import conversation_turns, from_display, media_kind, message_files, message_text
-from app.texts import EN, tr
+from app.texts import EN, ordinal, tr
 from common.errors import ErrorCode, ServingError
-from workers.limits import DEFAULTS as WORKER_DEFAULTS  # declared once, there
+from common.protocol import ModelCard, ModelLimits
 
 MB = 2**20
 CARDS_TTL_S = 2.0
 JSON_OVERHEAD = 1024  # the request's own keys, settings and quoting, beyond files and text
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request to the served model may carry (the workers' defaults where a card is silent)."""
-
-    context_length: int | None = None
-    max_media_bytes: int = WORKER_DEFAULTS.max_media_bytes
-    max_image_pixels: int = WORKER_DEFAULTS.max_image_pixels
-    max_images_per_request: int = WORKER_DEFAULTS.max_images_per_request
-    max_video_seconds: float = WORKER_DEFAULTS.max_video_seconds
-    max_body_bytes: int = WORKER_DEFAULTS.max_body_bytes
-
-    def per_file_bytes(self, upload_bytes: int) -> int:
-        """The largest file this UI sends: the served limit, or its own upload ceiling when that is lower."""
-        return min(self.max_media_bytes, upload_bytes)
-
-
-def served_limits(card: Any) -> Limits:
-    """Limits advertised on a model card (flat fields or a nested `limits` object), defaults for the rest."""
+def served_limits(card: ModelCard | None) -> ModelLimits:
+    """The limits a model card advertises, with the card's context length; the defaults where it is silent."""
     if card is None:
-        return Limits()
-    nested = getattr(card, "limits", None) or (card.get("limits") if isinstance(card, dict) else None)
+        return ModelLimits()
+    limits = card.limits or ModelLimits()
+    if limits.context_length is None and card.context_length is not None:
+        limits = limits.model_copy(update={"context_length": card.context_length})
+    return limits
 
-    def field(name: str, default):
-        for source in (nested, card):
-            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
-            if value is not None:
-                return value
-        return default
 
-    base = Limits()
-    return Limits(**{name: field(name, getattr(base, name)) for name in base.__dataclass_fields__})
+def per_file_bytes(limits: ModelLimits, upload_bytes: int) -> int:
+    """The largest file this UI sends: the served limit, or its own upload ceiling when that is lower."""
+    return min(limits.max_media_bytes, upload_bytes)
 
 
 class ServedLimits:
@@ -67,21 +49,21 @@ class ServedLimits:
     def __init__(self, client: Any, ttl_s: float = CARDS_TTL_S):
         self.client = client
         self.ttl_s = ttl_s
-        self._cards: list[Any] = []
+        self._cards: list[ModelCard] = []
         self._at = float("-inf")
 
-    async def get(self, model: str) -> Limits:
+    async def get(self, model: str) -> ModelLimits:
         """Never raises: when the controller cannot say, the defaults apply and the send itself says why."""
         if time.monotonic() - self._at > self.ttl_s:
             try:
                 self._cards = await self.client.models()
                 self._at = time.monotonic()
             except ServingError:
-                return Limits()
+                return ModelLimits()
         return served_limits(next((c for c in self._cards if c.id == model), None))
 
 
-def max_new_tokens_bound(limits: Limits, fallback: int = 4096) -> int:
+def max_new_tokens_bound(limits: ModelLimits, fallback: int = 4096) -> int:
     """Largest 'max new tokens' worth offering: the context minus room for a short prompt with one image."""
     if not limits.context_length:
         return fallback
@@ -94,12 +76,10 @@ def _mb(n: int) -> str:
 
 
 def _where(path: str, nth_message: int, lang: str) -> str:
-    from app.texts import ordinal
-
     return tr("file_in_message", lang, name=Path(path).name, nth=ordinal(nth_message, lang))
 
 
-def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_bytes: int,
+def check_conversation(history: list[dict[str, Any]], limits: ModelLimits, upload_bytes: int,
                        lang: str = EN) -> list[tuple[str, str, int]]:
     """Raise a ServingError naming the first file the server would refuse, or the conversation when it is too
     large as a whole; return (path, kind, message number) for every file that will be sent, in order.
@@ -115,7 +95,7 @@ def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_byt
         nth += 1
         for path in message_files(turn):
             items.append((path, media_kind(path), nth))
-    per_file = limits.per_file_bytes(upload_bytes)
+    per_file = per_file_bytes(limits, upload_bytes)
     for path, kind, nth in items:
         where = _where(path, nth, lang)
         code = ErrorCode.INVALID_IMAGE if kind == "image" else ErrorCode.INVALID_VIDEO
@@ -142,7 +122,7 @@ def check_conversation(history: list[dict[str, Any]], limits: Limits, upload_byt
     return items
 
 
-def _check_image(path: str, where: str, limits: Limits, lang: str) -> None:
+def _check_image(path: str, where: str, limits: ModelLimits, lang: str) -> None:
     try:
         with Image.open(path) as img:  # reads the header only
             w, h = img.size
@@ -153,21 +133,21 @@ def _check_image(path: str, where: str, limits: Limits, lang: str) -> None:
                                                         limit=f"{limits.max_image_pixels / 1e6:.0f}"))
 
 
-def reader_labels(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
+def reader_places(items: list[tuple[str, str, int]], first_user_index: dict[int, int],
                   lang: str = EN) -> dict[str, str]:
-    """The worker's labels for media ("image 2 (message 3)", "video in message 3") -> the reader's words.
-
-    `first_user_index`: reader's message number -> index of that message in the OpenAI request (after any system
-    message). The UI built the request, so this mapping is exact."""
+    """Where an error's `param` points in the request this UI built -> the reader's words: a file
+    (`messages[2].content[0]` -> "'cat.jpg' in your 2nd message"), or a whole user message (`messages[2]` -> "your
+    2nd message"). `items`: (path, kind, reader's message number) as check_conversation returned them;
+    `first_user_index`: reader's message number -> index of that message in the request (files come first in each
+    message, in order: app/messages.py). The UI built the request, so this mapping is exact."""
     out: dict[str, str] = {}
-    image_no = 0
-    for path, kind, nth in items:
+    part = dict.fromkeys(first_user_index, 0)
+    for path, _kind, nth in items:
         index = first_user_index.get(nth)
         if index is None:
             continue
-        if kind == "image":
-            image_no += 1
-            out[f"image {image_no} (message {index + 1})"] = _where(path, nth, lang)
-        else:
-            out.setdefault(f"video in message {index + 1}", _where(path, nth, lang))
+        out[f"messages[{index}].content[{part[nth]}]"] = _where(path, nth, lang)
+        part[nth] += 1
+    for nth, index in first_user_index.items():
+        out[f"messages[{index}]"] = tr("your_message", lang, nth=ordinal(nth, lang))
     return out

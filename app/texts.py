@@ -96,6 +96,7 @@ TEXTS: dict[str, dict[str, str]] = {
     # ---- the conversation checked before sending (app/limits.py)
     "file_in_message": {
         EN: "'{name}' in your {nth} message", HANS: "您{nth}消息中的“{name}”", HANT: "您{nth}訊息中的「{name}」"},
+    "your_message": {EN: "your {nth} message", HANS: "您{nth}消息", HANT: "您{nth}訊息"},
     "file_unreadable": {
         EN: "{where} can no longer be read; press Undo and attach it again.",
         HANS: "{where}已无法读取；请按“撤销”后重新添加。",

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from common.limits import ModelLimits
 from common.openai_fields import ChoiceLogprobs, FieldExtensions, OpenAIOptions
 
 
@@ -254,22 +255,6 @@ def new_completion_id() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-class ModelLimits(OutModel):
-    """What one request to this model may carry (workers/limits.py declares and enforces them). Bytes are the
-    files' own bytes; on the wire base64 makes them 4/3 as large, and the body holds the whole conversation."""
-
-    max_body_bytes: int = Field(description="one request body: the conversation, every earlier file included")
-    max_media_bytes: int = Field(description="one image or video file")
-    max_image_pixels: int = Field(description="one image, or one video frame")
-    max_request_pixels: int | None = Field(None, description="all the images and video frames of one request "
-                                           "(their decoded pixels)")
-    max_images_per_request: int = Field(description="images and videos in the whole conversation")
-    max_video_seconds: float
-    max_video_frames: int = Field(description="frames sampled from one video")
-    default_num_frames: int
-    context_length: int = Field(description="tokens of prompt (images included) + answer")
 
 
 class ModelCard(OutModel):

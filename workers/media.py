@@ -23,6 +23,7 @@ from common.errors import ErrorCode, ServingError, excerpt
 from workers.limits import MediaLimits, mb
 
 _MAX_REDIRECTS = 3
+REMOTE_TIMEOUT_S = 10.0  # one remote image or video download
 
 
 async def fetch_media(url: str, limits: MediaLimits, label: str, client: httpx.AsyncClient | None = None) -> bytes:
@@ -37,7 +38,7 @@ async def fetch_media(url: str, limits: MediaLimits, label: str, client: httpx.A
                                "a base64 data: URL")
         if client is not None:
             return await _fetch_remote(client, url, limits, label)
-        async with httpx.AsyncClient(timeout=limits.remote_timeout_s, follow_redirects=False) as own:
+        async with httpx.AsyncClient(timeout=REMOTE_TIMEOUT_S, follow_redirects=False) as own:
             return await _fetch_remote(own, url, limits, label)
     shown = scheme or url[:16]
     raise ServingError(ErrorCode.INVALID_REQUEST, f"{label}: unsupported URL scheme {shown!r}; use a data: URL "
@@ -106,7 +107,7 @@ async def _fetch_remote(client: httpx.AsyncClient, url: str, limits: MediaLimits
             raise ServingError(ErrorCode.REMOTE_URL_FORBIDDEN, f"{label}: {url[:80]!r} is not an http(s) URL")
         await check_public_host(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), label)
         try:
-            async with client.stream("GET", url, timeout=limits.remote_timeout_s) as resp:
+            async with client.stream("GET", url, timeout=REMOTE_TIMEOUT_S) as resp:
                 if resp.is_redirect and "location" in resp.headers:
                     url = urllib.parse.urljoin(url, resp.headers["location"])
                     continue

@@ -10,7 +10,8 @@ across the whole conversation; a video becomes 'Frame1: <image>\\nFrame2: <image
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,8 @@ DEFAULT_MAX_NEW_TOKENS = 512
 @dataclass
 class _Media:
     part: ImagePart | VideoPart
-    label: str
+    label: str  # how the worker's messages name it, for API users: "image 2 (message 3)"
+    param: str  # where it is in the request, as data (the error's `param`): "messages[2].content[0]"
     max_tiles: int = 1  # images: grid tile budget; videos: unused (1 tile per frame)
     num_frames: int = 0
 
@@ -108,7 +110,7 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
     for i, msg in enumerate(req.messages):
         parts = [TextPart(type="text", text=msg.content)] if isinstance(msg.content, str) else msg.content
         texts = [p.text for p in parts if isinstance(p, TextPart)]
-        visual = [p for p in parts if not isinstance(p, TextPart)]
+        visual = [(j, p) for j, p in enumerate(parts) if not isinstance(p, TextPart)]
         if msg.role != "user" and visual:
             raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1} ({msg.role}) contains an image or "
                                "video; only user messages may carry media", param=f"messages[{i}]")
@@ -123,18 +125,19 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
         _refuse_image_markup(spec, texts, i)
         pieces: list[str | None] = []
         first = len(media)
-        for part in visual:
+        for j, part in visual:
+            where = f"messages[{i}].content[{j}]"
             if isinstance(part, ImagePart):
                 image_no += 1
-                media.append(_Media(part, f"image {image_no} (message {i + 1})"))
+                media.append(_Media(part, f"image {image_no} (message {i + 1})", where))
                 pieces.append(f"Image-{image_no}: " if total_images > 1 else "")
             else:
                 frames = part.video_url.num_frames or req.num_frames or limits.default_num_frames
                 label = f"video in message {i + 1}"
                 if frames > limits.max_video_frames:
                     raise ServingError(ErrorCode.INVALID_REQUEST, f"{label} asks for {frames} frames; this server "
-                                       f"samples at most {limits.max_video_frames} per video", param="num_frames")
-                media.append(_Media(part, label, num_frames=frames))
+                                       f"samples at most {limits.max_video_frames} per video", param=where)
+                media.append(_Media(part, label, where, num_frames=frames))
             pieces.append(None)
         turns.append((msg.role, pieces + [untrusted.wrap(t) for t in texts]))
         if i == newest:
@@ -174,13 +177,26 @@ def _refuse_image_markup(spec: ModelSpec, texts: list[str], index: int) -> None:
                                f"{marker!r} in its text; send images as image_url parts", param=f"messages[{index}]")
 
 
+@contextmanager
+def _about(m: _Media) -> Iterator[None]:
+    """An error raised while fetching or decoding `m` (workers/media.py, vision/: they know its label, not its
+    place) carries its place in the request as `param`, which clients read instead of the message text."""
+    try:
+        yield
+    except ServingError as err:
+        if err.param is None:
+            err.param = m.param
+        raise
+
+
 async def _source(m: _Media, limits: MediaLimits) -> str | bytes:
     """A data: URL stays text here: it is decoded in the preprocessing thread, and only when its pixels are not
     cached. Remote media is downloaded (its bytes are the cache's content key)."""
     url = _url(m.part)
     if url[:5].lower() == "data:":
         return url
-    return await fetch_media(url, limits, m.label)
+    with _about(m):
+        return await fetch_media(url, limits, m.label)
 
 
 def _cached(media: list[_Media], sources: list[str | bytes], spec: ModelSpec,
@@ -207,20 +223,26 @@ def _never() -> None:
 
 def _bytes_of(m: _Media, source: str | bytes, limits: MediaLimits) -> bytes:
     """Runs in a worker thread: a data: URL's bytes (its size checked), or the downloaded bytes."""
-    return decode_data_url(source, limits, m.label) if isinstance(source, str) else source
+    with _about(m):
+        return decode_data_url(source, limits, m.label) if isinstance(source, str) else source
 
 
 def _decoded_pixels(media: list[_Media], datas: list[bytes]) -> list[int]:
     """Pixels each item will decode to, from the file headers: an image's size, a video's frame size x frames."""
-    return [frame_pixels(data) * m.num_frames if isinstance(m.part, VideoPart) else header_pixels(data)
-            for m, data in zip(media, datas, strict=True)]
+    return [_header_pixels(m, data) for m, data in zip(media, datas, strict=True)]
+
+
+def _header_pixels(m: _Media, data: bytes) -> int:
+    with _about(m):
+        return frame_pixels(data) * m.num_frames if isinstance(m.part, VideoPart) else header_pixels(data)
 
 
 def _preprocess(m: _Media, data: bytes, spec: ModelSpec, limits: MediaLimits, cache: MediaCache | None,
                 key: Key | None, check: Callable[[], None] = _never) -> torch.Tensor:
     """Runs in a worker thread: one media item -> its normalised tiles float32 [N, 3, S, S], kept in the cache.
     `check` raises to stop (the request was cancelled)."""
-    tiles = _to_tiles(m, data, spec, limits, check)
+    with _about(m):
+        tiles = _to_tiles(m, data, spec, limits, check)
     check()
     pixels = normalize(tiles, tuple(spec.extra.get("image_mean", IMAGENET_MEAN)),
                        tuple(spec.extra.get("image_std", IMAGENET_STD)))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.bounded_http import HEAD_TIMEOUT_S
-from workers.limits import DEFAULTS, MediaLimits
+from workers.limits import MediaLimits
 
 
 class TurbomindOptions(BaseModel):
@@ -41,7 +41,9 @@ class TurbomindOptions(BaseModel):
         return v
 
 
-class WorkerSettings(BaseSettings):
+# The request limits and the media policy (--max-media-bytes ... --allow-remote-media) are inherited from MediaLimits
+# (declared in common/limits.py); the rest is declared here. (No docstring: it would become the --help text.)
+class WorkerSettings(BaseSettings, MediaLimits):
     model_config = SettingsConfigDict(env_prefix="INTERNVL_WORKER_", cli_parse_args=False, cli_kebab_case=True,
                                       cli_prog_name="python -m workers", cli_implicit_flags=True,
                                       env_nested_delimiter="__", protected_namespaces=())
@@ -70,27 +72,14 @@ class WorkerSettings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     load_in_8bit: bool = Field(False, description="transformers engine: bitsandbytes 8-bit weights (GPU)")
     tp: int = Field(1, ge=1, le=16, description="tensor-parallel GPUs for this worker")
-    # Request limits (workers/limits.py declares their defaults and where each is checked; /v1/models shows them).
-    max_body_bytes: int = Field(DEFAULTS.max_body_bytes, ge=1024, description="largest request body: the whole "
-                                "conversation, every earlier image and video included")
+    # An operator's floor on top of the declared range: a body must hold at least a request's own JSON.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = MediaLimits.model_fields["max_body_bytes"]
     body_parsers: int = Field(2, ge=0, le=16, description="helper processes that validate request bodies over 2 MB "
                               "(the JSON parse holds the GIL); 0: in the worker's own process")
-    max_media_bytes: int = Field(DEFAULTS.max_media_bytes, ge=1, description="largest image or video file")
-    max_image_pixels: int = Field(DEFAULTS.max_image_pixels, ge=1, description="largest image or video frame")
-    max_request_pixels: int = Field(DEFAULTS.max_request_pixels, ge=1, description="pixels one request may make "
-                                    "the worker decode (images + video frames), read from the file headers before "
-                                    "decoding; more: 413")
     preprocess_pixels: int = Field(100_000_000, ge=1, description="decoded pixels being prepared at once by the "
                                    "whole worker (~6 bytes each at the peak); requests past it wait their turn")
-    max_video_seconds: float = Field(DEFAULTS.max_video_seconds, gt=0)
-    max_video_frames: int = Field(DEFAULTS.max_video_frames, ge=1, le=256, description="most frames sampled "
-                                  "from one video")
-    max_images_per_request: int = Field(DEFAULTS.max_images_per_request, ge=1, le=256,
-                                        description="most images and videos in one conversation")
-    default_num_frames: int = Field(DEFAULTS.default_num_frames, ge=1, le=256)
     media_cache_mb: int = Field(1024, ge=0, description="preprocessed images and videos kept for the next turns "
                                 "of a conversation, in MiB of float32 tiles (0: off)")
-    allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
     turbomind: TurbomindOptions = Field(default_factory=TurbomindOptions,
                                         description="TurboMind engine knobs (--turbomind.session-len ...)")
     header_timeout_s: float = Field(HEAD_TIMEOUT_S, gt=0, le=600, description="longest a client may take to send a "
@@ -98,19 +87,9 @@ class WorkerSettings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")
 
-    @model_validator(mode="after")
-    def _frames_within_limit(self) -> WorkerSettings:
-        if self.default_num_frames > self.max_video_frames:
-            raise ValueError(f"default_num_frames ({self.default_num_frames}) is above max_video_frames "
-                             f"({self.max_video_frames})")
-        return self
-
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(max_body_bytes=self.max_body_bytes, max_media_bytes=self.max_media_bytes,
-                           max_image_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels,
-                           max_video_seconds=self.max_video_seconds,
-                           max_video_frames=self.max_video_frames, max_images_per_request=self.max_images_per_request,
-                           default_num_frames=self.default_num_frames, allow_remote_media=self.allow_remote_media)
+        """The limits alone, as the checks read them (a copy: the checks never see the rest of the settings)."""
+        return MediaLimits(**self.model_dump(include=set(MediaLimits.model_fields)))
 
     def advertised_url(self) -> str:
         if self.worker_url:

@@ -5,11 +5,12 @@ ended, what goes back to the model, the conversation log. The stream source stan
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from app.messages import NOTE_THINKING, conversation_turns, to_openai_messages
 from app.thinking import mark_stopped
 from common.errors import ErrorCode, ServingError
-from tests.app.test_ui_handlers import PARAMS, log_lines, make, run
+from tests.app.test_ui_handlers import SETTINGS, log_lines, make, run
 
 
 class ThinkingStream:
@@ -48,7 +49,7 @@ def thinking_of(history):
 async def test_reasoning_streams_into_a_folded_thinking_message_above_the_answer(tmp_path):
     source = ThinkingStream([("r", "Light "), ("r", "<scatters>."), ("c", "Blue"), ("c", " sky.")])
     handlers = make(tmp_path, source)
-    steps = await run(handlers.stream_reply(user(), *PARAMS, thinking=True))
+    steps = await run(handlers.stream_reply(user(), replace(SETTINGS, thinking=True)))
     assert source.payloads[0]["thinking"] is True
     pending = [thinking_of(h)[0] for h in steps if thinking_of(h) and not any(
         m["role"] == "assistant" and not m.get("metadata") for m in h)]
@@ -70,7 +71,7 @@ async def test_reasoning_streams_into_a_folded_thinking_message_above_the_answer
 
 async def test_thinking_cut_at_the_token_limit_says_so(tmp_path):
     handlers = make(tmp_path, ThinkingStream([("r", "step one"), ("r", " step two")], finish="length"))
-    final = (await run(handlers.stream_reply(user(), *PARAMS, thinking=True)))[-1]
+    final = (await run(handlers.stream_reply(user(), replace(SETTINGS, thinking=True))))[-1]
     assert [m["role"] for m in final] == ["user", "assistant"]  # no empty answer bubble
     assert "token limit" in thinking_of(final)[0]["metadata"]["title"]
     assert conversation_turns(final + user("next")) == [{"role": "user", "content": [
@@ -80,7 +81,7 @@ async def test_thinking_cut_at_the_token_limit_says_so(tmp_path):
 async def test_thinking_that_failed_is_shown_as_failed_with_the_error_note(tmp_path):
     err = ServingError(ErrorCode.WORKER_LOST, "Worker died.")
     handlers = make(tmp_path, ThinkingStream([("r", "hmm")], error=err))
-    final = (await run(handlers.stream_reply(user(), *PARAMS, thinking=True)))[-1]
+    final = (await run(handlers.stream_reply(user(), replace(SETTINGS, thinking=True))))[-1]
     assert thinking_of(final)[0]["metadata"]["title"] == "Thinking (failed)"
     assert final[-1]["metadata"]["id"] == "error"
     assert log_lines(tmp_path)[-1]["outcome"] == "worker_lost"
@@ -89,7 +90,7 @@ async def test_thinking_that_failed_is_shown_as_failed_with_the_error_note(tmp_p
 async def test_stop_while_thinking_marks_the_thought_stopped(tmp_path):
     source = ThinkingStream([("r", "a"), ("r", "b"), ("r", "c")])
     handlers = make(tmp_path, source)
-    gen = handlers.stream_reply(user(), *PARAMS, thinking=True)
+    gen = handlers.stream_reply(user(), replace(SETTINGS, thinking=True))
     shown = await anext(gen)
     await gen.aclose()  # what Gradio does to the generator on Stop
     assert thinking_of(shown)[0]["metadata"]["status"] == "pending"
@@ -102,7 +103,7 @@ async def test_stop_while_thinking_marks_the_thought_stopped(tmp_path):
 
 async def test_without_the_toggle_nothing_changes(tmp_path):
     source = ThinkingStream([("c", "Plain answer.")])
-    final = (await run(make(tmp_path, source).stream_reply(user(), *PARAMS)))[-1]
+    final = (await run(make(tmp_path, source).stream_reply(user(), SETTINGS)))[-1]
     assert "thinking" not in source.payloads[0]
     assert final[1:] == [{"role": "assistant", "content": "Plain answer."}]
     assert "reasoning" not in log_lines(tmp_path)[-1]

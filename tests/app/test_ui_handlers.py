@@ -15,6 +15,7 @@ from PIL import Image
 
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
+from app.generation import GenerationSettings
 from app.grounding import SCALE, draw_boxes, parse_boxes
 from app.handlers import ChatHandlers
 from app.messages import from_display, to_display, to_openai_messages
@@ -22,7 +23,8 @@ from app.models_panel import describe_model
 from app.settings import UISettings
 from common.errors import ErrorCode, ServingError
 
-PARAMS = ("internvl-demo", "Be brief.", 0.5, 0.9, 64, 1.1, 4, 6)
+PARAMS = ("internvl-demo", "Be brief.", 0.5, 0.9, 64, 1.1, 4, 6)  # as the page passes them (chat, regenerate_chat)
+SETTINGS = GenerationSettings(*PARAMS)
 
 
 class ScriptedStream:
@@ -138,7 +140,7 @@ async def test_empty_or_too_large_file_becomes_an_error_note_naming_it(tmp_path)
     for path, words in ((empty, "'empty.png' in your 1st message is empty"),
                         (big, "'big.png' in your 1st message is 2.0 MB")):
         history, _ = h.add_user_message([], {"text": "look", "files": [str(path)]})
-        final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+        final = (await run(h.stream_reply(history, SETTINGS)))[-1]
         assert words in final[-1]["content"] and final[-1]["metadata"]["id"] == "error"
     assert source.payloads == []
 
@@ -152,7 +154,7 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     h = make(tmp_path, source)
     history, box = h.add_user_message([], {"text": "What is <this>?", "files": [img]})
     assert box == {"text": "", "files": []}
-    yields = await run(h.stream_reply(history, *PARAMS))
+    yields = await run(h.stream_reply(history, SETTINGS))
     texts = [y[-1]["content"] for y in yields]
     assert texts[0] == "A red " and texts[-1] == "A red square."  # first delta at once, the rest joined
     payload = source.payloads[0]
@@ -161,7 +163,7 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
 
     history = yields[-1]
     history, _ = h.add_user_message(history, {"text": "again", "files": [img]})
-    await run(h.stream_reply(history, *PARAMS))
+    await run(h.stream_reply(history, SETTINGS))
     turns = [r for r in log_lines(tmp_path) if r["type"] == "turn"]
     assert [t["turn"] for t in turns] == [1, 2]
     assert turns[0]["answer"] == "A red square." and turns[0]["worker"] == "worker-test"
@@ -195,7 +197,7 @@ async def test_a_waiting_turn_shows_its_place_in_line_then_the_answer(tmp_path):
 async def test_logging_switched_off_writes_nothing(tmp_path):
     h = make(tmp_path, ScriptedStream(["ok"]), logging=False)
     history, _ = h.add_user_message([], {"text": "hi", "files": [image_file(tmp_path)]})
-    await run(h.stream_reply(history, *PARAMS))
+    await run(h.stream_reply(history, SETTINGS))
     assert not (tmp_path / "logs").exists()
 
 
@@ -206,23 +208,37 @@ async def test_errors_say_what_to_do_and_the_chat_stays_usable(tmp_path, code, a
     source = ScriptedStream([], error=ServingError(code, "the server's own words"))
     h = make(tmp_path, source)
     history, _ = h.add_user_message([], {"text": "first", "files": []})
-    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    final = (await run(h.stream_reply(history, SETTINGS)))[-1]
     note = final[-1]
     assert note["metadata"]["id"] == "error" and "The server's own words" in note["content"]
     assert advice in note["content"]
     source.error = None
     source.deltas = ["fine"]
     history, _ = h.add_user_message(final, {"text": "second", "files": []})
-    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    final = (await run(h.stream_reply(history, SETTINGS)))[-1]
     assert final[-1]["content"] == "fine"
     sent = source.payloads[-1]["messages"]
     assert [m["content"][-1]["text"] for m in sent if m["role"] == "user"] == ["second"]
 
 
+@pytest.mark.parametrize("param, words", [
+    ("messages[1].content[1]", "'dog.png' in your 1st message: image 2 (message 2) is odd"),  # after the system prompt
+    ("messages[1]", "Your 1st message: image 2 (message 2) is odd"),
+    ("model", "Image 2 (message 2) is odd"),  # not a place in the conversation: the server's words alone
+])
+async def test_the_param_of_an_error_names_the_file_or_message_in_the_readers_words(tmp_path, param, words):
+    source = ScriptedStream([], error=ServingError(ErrorCode.INVALID_IMAGE, "image 2 (message 2) is odd", param=param))
+    h = make(tmp_path, source)
+    history, _ = h.add_user_message([], {"text": "two", "files": [image_file(tmp_path), image_file(tmp_path,
+                                                                                                   "dog.png")]})
+    note = (await run(h.stream_reply(history, SETTINGS)))[-1][-1]
+    assert note["metadata"]["id"] == "error" and note["content"].startswith(words), note["content"]
+
+
 async def test_mid_stream_error_keeps_the_partial_answer_and_adds_a_note(tmp_path):
     h = make(tmp_path, ScriptedStream(["half an ", "answer"], error=ServingError(ErrorCode.WORKER_LOST, "worker died")))
     history, _ = h.add_user_message([], {"text": "go", "files": []})
-    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    final = (await run(h.stream_reply(history, SETTINGS)))[-1]
     assert final[-2]["content"] == "half an answer" and "Regenerate" in final[-1]["content"]
     assert log_lines(tmp_path)[0]["outcome"] == ErrorCode.WORKER_LOST.value
 
@@ -234,7 +250,7 @@ async def test_stop_cancels_the_stream_closes_it_and_logs_the_turn_as_stopped(tm
     seen = []
 
     async def consume():
-        async for y in h.stream_reply(history, *PARAMS):
+        async for y in h.stream_reply(history, SETTINGS):
             seen.append(y[-1]["content"])
 
     task = asyncio.create_task(consume())
@@ -255,7 +271,7 @@ async def test_regenerate_undo_clear_and_votes(tmp_path):
     source = ScriptedStream(["first answer"])
     h = make(tmp_path, source)
     history, _ = h.add_user_message([], {"text": "a <tag>", "files": [img]})
-    history = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    history = (await run(h.stream_reply(history, SETTINGS)))[-1]
     source.deltas = ["second answer"]
     regen = await run(h.regenerate_chat(history, *PARAMS))
     assert regen[0] == history[:1] and regen[-1][-1]["content"] == "second answer"
@@ -295,7 +311,7 @@ async def test_grounding_answer_shows_the_image_again_with_boxes(tmp_path):
     img = image_file(tmp_path, size=(200, 200))
     h = make(tmp_path, ScriptedStream(["<ref>sun</ref>", "<box>[[700, 80, 900, 290]]</box>"]))
     history, _ = h.add_user_message([], {"text": "where is the sun?", "files": [img]})
-    final = (await run(h.stream_reply(history, *PARAMS)))[-1]
+    final = (await run(h.stream_reply(history, SETTINGS)))[-1]
     preview = final[-1]
     assert preview["metadata"] == {"title": "Boxes: sun", "id": "grounding"}
     assert Image.open(preview["content"][0]["file"]["path"]).size == (200, 200)
@@ -372,7 +388,9 @@ async def test_coalesce_sends_the_first_delta_at_once_and_joins_fast_ones():
 
 
 def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
-    from app.limits import Limits, check_conversation, served_limits
+    from app.limits import check_conversation, served_limits
+    from common.protocol import ModelCard
+    from common.protocol import ModelLimits as Limits
 
     small, wide = image_file(tmp_path, "small.png"), image_file(tmp_path, "wide.png", size=(400, 300))
     history = [{"role": "user", "content": [{"type": "file", "file": {"path": small}}, {"type": "text", "text": "a"}]},
@@ -383,7 +401,8 @@ def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
     with pytest.raises(ServingError, match="最多接受 1 个"):
         check_conversation(history, Limits(max_images_per_request=1), 2**20, "zh-Hans")
     assert len(check_conversation(history, Limits(), 2**20)) == 2
-    advertised = served_limits({"context_length": 8192, "limits": {"max_images_per_request": 4}})
+    advertised = served_limits(ModelCard.model_validate({"id": "m", "context_length": 8192,
+                                                         "limits": {"max_images_per_request": 4}}))
     assert advertised.context_length == 8192 and advertised.max_images_per_request == 4
     assert served_limits(None) == Limits()
 
@@ -395,7 +414,7 @@ async def test_a_refused_message_is_logged_as_what_was_refused_not_in_full(tmp_p
     h = make(tmp_path, ScriptedStream([], error=ServingError(ErrorCode.CONTEXT_TOO_LONG, "needs 300000 tokens")))
     pasted = "START " + "lorem ipsum " * 90_000
     history, _ = h.add_user_message([], {"text": pasted, "files": [image_file(tmp_path)]})
-    await run(h.stream_reply(history, *PARAMS))
+    await run(h.stream_reply(history, SETTINGS))
     [line] = log_lines(tmp_path)
     assert line["outcome"] == "context_length_exceeded" and "messages" not in line
     refused = line["refused"]

@@ -12,9 +12,10 @@ import pytest
 
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
+from app.generation import GenerationSettings
 from app.handlers import ChatHandlers
 from app.settings import UISettings
-from tests.support.media_samples import noise_png
+from tests.support.media_samples import encode, gradient, noise_png
 from tests.support.stack import SCRIPTED, start_controller, start_worker
 
 KB = 1024
@@ -43,12 +44,12 @@ async def handlers(controller_url, tmp_path):
     await client.aclose()
 
 
-PARAMS = (MODEL, "", 0.0, 0.9, 16, 1.0, 2, 4)
+SETTINGS = GenerationSettings(MODEL, "", 0.0, 0.9, 16, 1.0, 2, 4)
 
 
 async def turn(h: ChatHandlers, history: list, text: str, files: list[str]) -> list:
     history, _ = h.add_user_message(history, {"text": text, "files": files})
-    return [y async for y in h.stream_reply(history, *PARAMS)][-1]
+    return [y async for y in h.stream_reply(history, SETTINGS)][-1]
 
 
 async def test_a_file_over_the_advertised_limit_is_refused_by_name_before_upload(handlers, tmp_path):
@@ -80,6 +81,20 @@ async def test_the_fourth_photo_turn_names_the_conversation_not_a_file(handlers,
     assert (handlers.encoded.misses, handlers.encoded.hits) == (3, 1 + 2)
 
 
+async def test_a_file_the_worker_refuses_is_named_from_the_errors_param(handlers, tmp_path):
+    """The UI's header check passes a cut-off PNG; the worker's decoder refuses it. The note names the file from the
+    error's `param` (its place in the request the UI built), not from the worker's wording, which it keeps."""
+    good, cut = tmp_path / "good.png", tmp_path / "cut.png"
+    good.write_bytes(noise_png(2 * KB))
+    cut.write_bytes(encode(gradient())[:200])
+    history = await turn(handlers, [], "first?", [str(good)])
+    assert "metadata" not in history[-1], history[-1]
+    history = await turn(handlers, history, "second?", [str(good), str(cut)])
+    note = history[-1]
+    assert note["metadata"]["id"] == "error", note
+    assert note["content"].startswith("'cut.png' in your 2nd message: image 3 (message 3)"), note["content"]
+
+
 def _models_requests(url: str) -> float:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -92,7 +107,8 @@ def _models_requests(url: str) -> float:
 async def test_the_limits_are_the_cards_and_a_turn_does_not_fetch_them_again(controller_url):
     # Each fetch is a round trip to the controller before the first token: at most one per TTL, not one per turn
     # (there were two per turn).
-    from app.limits import Limits, ServedLimits
+    from app.limits import ServedLimits
+    from common.protocol import ModelLimits as Limits
 
     client = ControllerClient(controller_url)
     try:

@@ -1,4 +1,4 @@
-"""Request limits, declared once (workers/limits.py), advertised on the model card of a real worker and through the
+"""Request limits, declared once (common/limits.py), advertised on the model card of a real worker and through the
 controller, and errors that name the real cause: one file, or the conversation as a whole (issue 11: the 4th turn of
 a chat with four photos that each pass the per-file limit failed with "use a smaller file")."""
 

@@ -132,6 +132,31 @@ async def test_errors_name_the_problem(spec, messages, code, match):
     assert info.value.code == code
 
 
+async def test_an_error_about_one_file_carries_its_place_in_the_request_as_param(spec):
+    """Positions travel as data (issue 23): clients read `param`, never the message text, to say which file."""
+    good, _ = _png(8, 8)
+    video = "data:video/mp4;base64," + base64.b64encode(b"not video").decode()
+    earlier = [{"role": "system", "content": "s"},
+               {"role": "user", "content": [{"type": "text", "text": "a"}, _image_part(good)]},
+               {"role": "assistant", "content": "b"}]
+    cases = [(_image_part("data:image/png;base64,AAAA"), "messages[3].content[1]", ErrorCode.INVALID_IMAGE),
+             (_image_part("data:image/png;base64," + "A" * 4000), "messages[3].content[1]",
+              ErrorCode.UPLOAD_TOO_LARGE),
+             (_image_part("https://example.com/a.png"), "messages[3].content[1]", ErrorCode.REMOTE_URL_FORBIDDEN),
+             ({"type": "video_url", "video_url": {"url": video}}, "messages[3].content[1]", ErrorCode.INVALID_VIDEO),
+             ({"type": "video_url", "video_url": {"url": video, "num_frames": 9}}, "messages[3].content[1]",
+              ErrorCode.INVALID_REQUEST)]
+    for part, param, code in cases:
+        messages = earlier + [{"role": "user", "content": [{"type": "text", "text": "c"}, part]}]
+        with pytest.raises(ServingError) as info:
+            await prepare_generation(_req(messages), spec, MediaLimits(max_media_bytes=2000, max_video_frames=8), "r")
+        assert (info.value.code, info.value.param) == (code, param), info.value.message
+    with pytest.raises(ServingError) as info:  # about one message, not a file
+        await prepare_generation(_req(earlier[:2] + [{"role": "user", "content": "look <IMG_CONTEXT>"}]), spec,
+                                 MediaLimits(), "r")
+    assert info.value.param == "messages[2]"
+
+
 async def test_too_many_images_and_context(spec):
     url, _ = _png(8, 8)
     many = [{"role": "user", "content": [_image_part(url)] * 3}]
