@@ -243,5 +243,9 @@ class Registry:
 
 
 def _tightest(a: ModelLimits, b: ModelLimits) -> ModelLimits:
-    """Field by field the smaller bound (`default_num_frames` too: it must stay within every worker's limit)."""
-    return ModelLimits(**{name: min(getattr(a, name), getattr(b, name)) for name in ModelLimits.model_fields})
+    """Field by field the smaller bound (`default_num_frames` too: it must stay within every worker's limit); a
+    card silent on a bound (None: `context_length` is optional) leaves it to the others."""
+    def least(x, y):
+        return y if x is None else x if y is None else min(x, y)
+
+    return ModelLimits(**{name: least(getattr(a, name), getattr(b, name)) for name in ModelLimits.model_fields})

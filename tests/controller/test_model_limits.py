@@ -25,3 +25,15 @@ def test_tightest_of_the_workers_and_of_the_controller_body_limit():
     assert card.limits.max_body_bytes == 500 and card.workers == ["a", "b"]
     (card,) = registry.model_cards(max_body_bytes=10**9)
     assert card.limits.max_body_bytes == 1000
+
+
+def test_a_card_silent_on_its_context_takes_the_other_workers_context():
+    """`context_length` is optional in a card's limits (a card that does not say): the tightest of the rest is
+    advertised, and registering such a worker beside another does not break /v1/models."""
+    registry = Registry(expiry_s=10)
+    registry.register(registration("a", MediaLimits(), 4096))
+    silent = registration("b", MediaLimits(), 2048)
+    silent.models[0].limits = silent.models[0].limits.model_copy(update={"context_length": None})
+    registry.register(silent)
+    (card,) = registry.model_cards()
+    assert card.limits.context_length == 4096 and card.workers == ["a", "b"]
