@@ -174,7 +174,7 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     assert turns[1]["messages"][1]["content"][0]["media"] == media[0].name
     # One session id per chat: its turns stay on one worker; another chat has its own.
     history, _ = h.add_user_message([], {"text": "another chat", "files": [img]})
-    await run(h.stream_reply(history, *PARAMS))
+    await run(h.stream_reply(history, SETTINGS))
     first, second, other = source.session_ids
     assert first and first == second and other and other != first
 
@@ -185,7 +185,7 @@ async def test_a_waiting_turn_shows_its_place_in_line_then_the_answer(tmp_path):
     h = make(tmp_path, source)
     h.place_poll_s = 0.1
     history, _ = h.add_user_message([], {"text": "hello", "files": []})
-    yields = await run(h.stream_reply(history, *PARAMS))
+    yields = await run(h.stream_reply(history, SETTINGS))
     waiting = [y[-1]["content"] for y in yields if y[-1].get("metadata", {}).get("id") == "waiting"]
     assert waiting[:3] == [f"Waiting for a free worker, {n} in line." for n in ("3rd", "2nd", "1st")]
     assert yields[-1][-1] == {"role": "assistant", "content": "Here it is."}  # the answer replaced the place
