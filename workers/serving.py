@@ -4,9 +4,9 @@ The response headers go out only after the engine produced its first event: ever
 an HTTP error the controller can fail over on. After that, a failure is one error event and the end marker.
 
 Each request holds a request slot (workers/slots.py) from admission to its end, owned by its response
-(workers/chat_response.py); its stages, in order: `admitted`
-(cheap checks), `media` (fetch, decode, tile: in threads, within the worker's pixel budget), `tokenizing` (in a
-thread; the one context check), `engine` (queued for or inside the engine, up to the first token), `streaming`.
+(workers/chat_response.py); its stages, in order: `admitted`, `media` (fetch, decode, tile: in threads, within the
+worker's pixel budget), `tokenizing` (in a thread; the one context check), `engine` (queued for or inside the
+engine, up to the first token), `streaming`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              CompletionTokensDetails, Delta, ResponseMessage, Usage, new_completion_id)
 from workers.choices import IndexedEvent, choice_requests, merged, wire_logprobs
-from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
+from workers.context_check import fit_context, tokenize_within_context
 from workers.engines.base import Engine, FinishEvent, TokenEvent
 from workers.slots import PixelPool, RequestSlot, RequestSlots
 from workers.media_cache import MediaCache
@@ -61,8 +61,7 @@ class ChatService:
     async def start(self, req: ChatCompletionRequest,
                     slot: RequestSlot) -> tuple[IndexedEvent, AsyncIterator[IndexedEvent]]:
         """Prepare and run up to the first engine event. The engine's stream is closed when `slot` goes."""
-        started = time.monotonic()
-        refuse_impossible_text(req, self.engine)
+        started = time.monotonic()  # text far beyond the context was refused with the body (workers/body_parser.py)
         slot.stage = "media"
         gen = await prepare_generation(req, self.engine.spec, self.limits, slot.id, self.media_cache, slot)
         slot.stage = "tokenizing"

@@ -31,7 +31,7 @@ async def engine(v1_checkpoint, monkeypatch):
     """One TurboMind handle (max_batch_size 1), so a second request queues for it."""
     eng = TurbomindEngine(WorkerSettings(model_path=str(v1_checkpoint), turbomind={"max_batch_size": 1}),
                           detect_model_spec(v1_checkpoint))
-    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat and"))
+    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat and"))
     gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
     await eng.load(eng.resolve(gpus), vision_device="cpu")
     eng.tm = scripted["tm"]

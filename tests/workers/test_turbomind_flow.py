@@ -30,7 +30,7 @@ from workers.settings import WorkerSettings
 def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
     eng = v1_engine
     ph = "<img>" + "<IMG_CONTEXT>" * 256 + "</img>"
-    ids = eng.encode(f"Image-1: {ph}\nImage-2: {ph}\nCompare.")
+    ids = eng.tokenize(f"Image-1: {ph}\nImage-2: {ph}\nCompare.")
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     runs = embedding_ranges(ids, ctx, [1, 1], 2, 256)
     assert [e - b for b, e in runs] == [256, 256] and all(ids[b - 1] != ctx != ids[e] for b, e in runs)
@@ -45,7 +45,7 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
 
 async def _engine(path, monkeypatch, **settings):
     eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat STOP and"))
+    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat STOP and"))
     gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
     await eng.load(eng.resolve(gpus), vision_device="cpu")
     eng.tm = scripted["tm"]
@@ -78,11 +78,11 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
     req = request(eng)
     events = await collect(eng.generate(req))
     assert isinstance(events[-1], FinishEvent) and events[-1].reason == "length"
-    assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.encode(req.prompt))
+    assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.tokenize(req.prompt))
     assert "".join(e.text for e in events[:-1]) == eng.tokenizer.decode(eng.tm.tokens[:6])
     assert sum(e.tokens for e in events[:-1]) == 6  # each event says how many tokens its text completes
     call = eng.tm.calls[-1]
-    assert call.multimodal is None and call.input_ids == eng.encode(req.prompt)
+    assert call.multimodal is None and call.input_ids == eng.tokenize(req.prompt)
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert [tuple(r) for r in call.ranges] == image_runs(call.input_ids, ctx)
     reference = InternVisionV1.from_pretrained(v1_checkpoint, dtype=torch.float32)(req.pixel_values)

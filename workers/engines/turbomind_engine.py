@@ -257,12 +257,9 @@ class TurbomindEngine(Engine):
                 self.model_path, trust_remote_code=self.spec.checkpoint_format == "remote_code")
         return self._tokenizer
 
-    def encode(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
         # BOS as the checkpoints' own chat() adds it (Llama/Yi/InternLM2; none for Qwen2); message text as plain text.
         return encode_prompt(self.tokenizer, prompt, user_spans, get_template(self.spec.template))
-
-    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
-        return self.encode(prompt, user_spans)
 
     @property
     def max_token_chars(self) -> int | None:
@@ -318,7 +315,7 @@ class TurbomindEngine(Engine):
             # Tokenized and checked against session_len once, by the serving layer (workers/context_check.py);
             # lmdeploy's preprocess refuses a prompt that does not fit as well.
             input_ids = (request.input_ids if request.input_ids is not None
-                         else self.encode(request.prompt, request.user_spans))
+                         else self.tokenize(request.prompt, request.user_spans))
             session_len = self.resolved.session_len
             extra = await self.image_inputs(request, input_ids)
             max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
