@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
+from workers.checkpoint_files import language_model_config
 from workers.engines.base import Engine
 from workers.model_spec import ModelSpec
 
@@ -50,7 +51,7 @@ def turbomind_checkpoint_problem(model_path: str | Path) -> str | None:
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch not in _TURBOMIND_VLM_ARCHS:
         return f"architecture {arch} is not an InternVL format TurboMind loads"
-    llm = cfg.get("llm_config") or cfg.get("text_config") or {}
+    llm = language_model_config(cfg)
     llm_arch = (llm.get("architectures") or [None])[0]
     if llm_arch is None:  # lmdeploy picks the TurboMind text model by this name alone
         return "the language model config names no architectures"
