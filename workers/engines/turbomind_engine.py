@@ -42,6 +42,7 @@ from workers.engines.turbomind_sampling import TURBOMIND_FEATURES, lmdeploy_logp
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import encode_prompt
 from workers.prompts.templates import get_template
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class TurbomindEngine(Engine):
     name = "turbomind"
     features = TURBOMIND_FEATURES
 
-    def __init__(self, settings: Any, spec: ModelSpec):
+    def __init__(self, settings: WorkerSettings, spec: ModelSpec):
         self.settings = settings
         self.spec = spec
         self.model_path = str(settings.model_path)
@@ -161,10 +162,9 @@ class TurbomindEngine(Engine):
         await self.load(resolved, vision_device="cuda:0")
 
     def resolve(self, gpus: GpuFacts) -> ResolvedTurbomind:
-        dtype = getattr(self.settings, "dtype", "auto")
         resolved = resolve_options(self.options, spec=self.spec, facts=CheckpointFacts.read(self.model_path),
-                                   gpus=gpus, tp=self.settings.tp, dtype=dtype,
-                                   max_concurrency=getattr(self.settings, "max_concurrency", 8))
+                                   gpus=gpus, tp=self.settings.tp, dtype=self.settings.dtype,
+                                   max_concurrency=self.settings.max_concurrency)
         log.info("TurboMind for %s: %s", self.model_id, resolved)
         for note in resolved.notes:
             log.warning("TurboMind: %s", note)
@@ -214,7 +214,7 @@ class TurbomindEngine(Engine):
         from lmdeploy.serve.core import AsyncEngine
         from lmdeploy.utils import get_logger
 
-        level = "INFO" if str(getattr(self.settings, "log_level", "info")).lower() == "debug" else "WARNING"
+        level = "INFO" if self.settings.log_level.lower() == "debug" else "WARNING"
         os.environ.setdefault("TM_LOG_LEVEL", level)
         get_logger("lmdeploy").setLevel(level)
         try:
