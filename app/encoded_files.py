@@ -8,8 +8,9 @@ changed in place is read again; least recently used entries go first once `max_b
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
+
+from cachetools import LRUCache
 
 from app.messages import data_url
 
@@ -17,10 +18,16 @@ from app.messages import data_url
 class EncodedFiles:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int, int], tuple[str, str]] = OrderedDict()
-        self._held = 0
+        # cachetools keeps the recency order and the bytes of text held, and evicts
+        self._entries: LRUCache[tuple[str, int, int], tuple[str, str]] = LRUCache(
+            max_bytes, getsizeof=lambda entry: len(entry[1]))
         self._lock = threading.Lock()  # handlers of several chats may run in threads
         self.hits = self.misses = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Characters of data: URL text held."""
+        return int(self._entries.currsize)
 
     def get(self, path: str | Path, max_file_bytes: int) -> tuple[str, str]:
         """(kind, data: URL) of the file; the size limit is checked again on every call (it may have changed)."""
@@ -31,9 +38,8 @@ class EncodedFiles:
             return data_url(p, max_file_bytes)  # says why, naming the file
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         with self._lock:
-            found = self._entries.get(key)
+            found = self._entries.get(key)  # a hit becomes the most recently used
             if found is not None and st.st_size <= max_file_bytes:
-                self._entries.move_to_end(key)
                 self.hits += 1
                 return found
         kind, url = data_url(p, max_file_bytes)
@@ -41,8 +47,4 @@ class EncodedFiles:
             self.misses += 1
             if len(url) <= self.max_bytes and key not in self._entries:
                 self._entries[key] = (kind, url)
-                self._held += len(url)
-                while self._held > self.max_bytes:
-                    _, (_, old) = self._entries.popitem(last=False)
-                    self._held -= len(old)
         return kind, url

@@ -120,11 +120,6 @@ class ChatMessage(WireModel):
     def _developer_is_system(cls, v: str) -> str:
         return "system" if v == "developer" else v
 
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content if isinstance(p, TextPart))
-
 
 class StreamOptions(WireModel):
     include_usage: bool = False

@@ -12,7 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+from workers.checkpoint_files import weight_bytes
+
 # Weights take this share of a GPU at most; the rest is for activations, the vision tower's work and the KV cache.
 WEIGHT_SHARE = 0.6
 TP_CHOICES = (1, 2, 4, 8)
@@ -62,10 +63,8 @@ def visible_gpus() -> list[Gpu]:
 
 
 def weights_bytes(model_path: str | Path) -> int:
-    root = Path(model_path)
-    if not root.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    """The checkpoint's weight bytes, as the worker sizes them (workers/checkpoint_files.py); 0 for no folder."""
+    return weight_bytes(model_path).total
 
 
 def select(gpus: list[Gpu], wanted: str | None) -> list[Gpu]:

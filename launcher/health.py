@@ -46,22 +46,3 @@ class Probe:
             return False, f"running but cannot register with its controller: {problem}"
         return False, None
 
-
-def wait_url(url: str, timeout_s: float, registers: bool = False, alive=lambda: True) -> None:
-    """Block until `url` answers ready; RuntimeError when `alive()` turns False, on a lasting problem, or late."""
-    import httpx
-
-    probe = Probe(url, registers)
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2.0) as client:
-        while True:
-            if not alive():
-                raise RuntimeError(f"exited before {url} answered")
-            ready, problem = probe.check(client)
-            if ready:
-                return
-            if problem:
-                raise RuntimeError(problem)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s")
-            time.sleep(0.1)

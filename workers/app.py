@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from common.auth import WorkerAccess
 from common.errors import ServingError
-from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, install_error_handlers, sse_response
+from common.http import RELAY_INCLUDE_USAGE, RELAY_STREAM, install_error_handlers
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, install_metrics
 from common.protocol import ChatCompletionRequest, ModelCard, ModelList, StreamOptions
 from workers.body_parser import BodyParser
+from workers.chat_response import ChatResponse
 from workers.engines.base import Engine
-from workers.lease import ClientGone, Lease, until_client_leaves
 from workers.limits import MediaLimits
 from workers.registration import Registrar
 from workers.serving import ChatService
@@ -96,8 +96,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         registrar = app.state.registrar
         return JSONResponse({"status": "ok", "worker_id": settings.worker_id, "model": engine.model_id,
                              "engine": engine.name, "in_flight": service.in_flight, "queued": service.queued,
-                             "stages": service.leases.stages(), "engine_running": engine.running,
-                             "preprocess_pixels": service.leases.pixels.in_use,
+                             "stages": service.slots.stages(), "engine_running": engine.running,
+                             "preprocess_pixels": service.slots.pixels.in_use,
                              "random_weights": engine.spec.random_weights,
                              "registered": registrar.registered if registrar else None,
                              "registration_problem": registrar.problem if registrar else None})
@@ -111,35 +111,8 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         access.check(request)
         req = relayed(await bodies.parse(request, service.limits.max_body_bytes, engine.context_length,
                                          engine.max_token_chars), request)
-        # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the lease's.
-        lease = service.admit(req, request_id_var.get())
-        try:
-            if not req.stream:
-                completion = await until_client_leaves(request.receive, service.answer(req, lease))
-                return JSONResponse(completion.model_dump(exclude_none=True))
-            first, events = await until_client_leaves(request.receive, service.start(req, lease))
-        except ClientGone:
-            log.info("client left; request %s stopped", lease.id)
-            return Response(status_code=499)  # nobody reads it: for the access log ("client closed request")
-        finally:
-            if not req.stream:
-                await lease.release()
-        return _Released(sse_response(service.stream_chunks(req, lease, first, events),
-                                      interval_s=settings.stream_interval_ms / 1000), lease)
+        service.refuse_wrong(req)
+        # The client's (or controller's) X-Request-ID names the request in the logs; the engine's key is the slot's.
+        return ChatResponse(service, req, request_id_var.get(), settings.stream_interval_ms / 1000)
 
     return app
-
-
-class _Released(Response):
-    """Sends `inner` and then releases the lease, also when the stream never started (the client left in between)
-    or the server stops it."""
-
-    def __init__(self, inner: Response, lease: Lease):
-        self.inner, self.lease = inner, lease
-        self.background = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await self.inner(scope, receive, send)
-        finally:
-            await self.lease.release()

@@ -32,13 +32,9 @@ def text_chars(req: ChatCompletionRequest) -> int:
     return total
 
 
-def refuse_impossible_text(req: ChatCompletionRequest, engine: Engine) -> None:
-    """Step 1."""
-    refuse_text_beyond(req, engine.context_length, engine.max_token_chars)
-
-
 def refuse_text_beyond(req: ChatCompletionRequest, context: int, longest_token: int | None) -> None:
-    """Step 1 with the engine's figures as numbers (the body parser's helper process has no engine)."""
+    """Step 1, once per request, where the body is validated (workers/body_parser.py): with the engine's figures as
+    numbers, as the body parser's helper process has no engine."""
     if not longest_token:
         return
     chars, most = text_chars(req), context * longest_token * NORMALISER_SLACK

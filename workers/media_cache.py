@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+from cachetools import LRUCache
 
 if TYPE_CHECKING:
     import torch
@@ -34,9 +35,9 @@ def content_digest(source: str | bytes) -> str:
 class MediaCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Key, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()  # preprocessing runs in worker threads
-        self.held_bytes = 0
+        # cachetools keeps the recency order and the byte count, and evicts; the lock: preprocessing runs in threads
+        self._entries: LRUCache[Key, torch.Tensor] = LRUCache(max_bytes, getsizeof=_tensor_bytes)
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -44,32 +45,31 @@ class MediaCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
+    @property
+    def held_bytes(self) -> int:
+        return int(self._entries.currsize)
+
     def get(self, key: Key) -> torch.Tensor | None:
-        """The cached pixels (read only), or None (counted as a miss)."""
+        """The cached pixels (read only), or None (counted as a miss). A hit becomes the most recently used."""
         with self._lock:
             found = self._entries.get(key)
             if found is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(key)
             self.hits += 1
         return found
 
     def put(self, key: Key, pixels: torch.Tensor) -> None:
-        """Keep `pixels` (not copied: the caller must not modify it afterwards); a tensor larger than the whole cache
-        is not kept."""
-        size = pixels.element_size() * pixels.nelement()
-        if size > self.max_bytes:
+        """Keep `pixels` (not copied: the caller must not modify it afterwards), least recently used entries out
+        first; a tensor larger than the whole cache is not kept."""
+        if _tensor_bytes(pixels) > self.max_bytes:
             return
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.held_bytes -= old.element_size() * old.nelement()
             self._entries[key] = pixels
-            self.held_bytes += size
-            while self.held_bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self.held_bytes -= evicted.element_size() * evicted.nelement()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _tensor_bytes(pixels: torch.Tensor) -> int:
+    return pixels.element_size() * pixels.nelement()

@@ -17,7 +17,7 @@ from common.openai_fields import DEFAULT_ONLY
 from common.protocol import ChatCompletionRequest
 from workers.engines.base import Engine
 
-MAX_CHOICES = 8  # n: each choice is a generation of its own, inside one request's lease
+MAX_CHOICES = 8  # n: each choice is a generation of its own, inside one request's slot
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 ALL_FEATURES = frozenset({"logprobs", "penalties", "logit_bias", "response_format", "min_p", "min_tokens",
                           "stop_token_ids", "ignore_eos", "skip_special_tokens"})

@@ -37,7 +37,7 @@ from workers.vision.video import decode_video, frame_pixels
 if TYPE_CHECKING:
     import torch
 
-    from workers.lease import Lease
+    from workers.slots import RequestSlot
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -52,11 +52,11 @@ class _Media:
 
 
 async def prepare_generation(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, request_id: str,
-                             cache: MediaCache | None = None, lease: Lease | None = None) -> GenerationRequest:
-    """With `lease` (the worker's path), decoding threads take their pixels from the worker's preprocessing budget
-    and stop when the request is cancelled (workers/lease.py)."""
-    in_thread = lease.in_thread if lease is not None else _in_thread
-    check = lease.check if lease is not None else _never
+                             cache: MediaCache | None = None, slot: RequestSlot | None = None) -> GenerationRequest:
+    """With `slot` (the worker's path), decoding threads take their pixels from the worker's preprocessing budget
+    and stop when the request is cancelled (workers/slots.py)."""
+    in_thread = slot.in_thread if slot is not None else _in_thread
+    check = slot.check if slot is not None else _never
     untrusted = UntrustedText()
     system, turns, media = _parse_messages(req, spec, limits, untrusted)
     sources = await asyncio.gather(*(_source(m, limits) for m in media))

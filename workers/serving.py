@@ -3,9 +3,10 @@
 The response headers go out only after the engine produced its first event: every failure before the first token is
 an HTTP error the controller can fail over on. After that, a failure is one error event and the end marker.
 
-Each request holds a lease (workers/lease.py) from admission to its end; its stages, in order: `admitted`
-(cheap checks), `media` (fetch, decode, tile: in threads, within the worker's pixel budget), `tokenizing` (in a
-thread; the one context check), `engine` (queued for or inside the engine, up to the first token), `streaming`.
+Each request holds a request slot (workers/slots.py) from admission to its end, owned by its response
+(workers/chat_response.py); its stages, in order: `admitted`, `media` (fetch, decode, tile: in threads, within the
+worker's pixel budget), `tokenizing` (in a thread; the one context check), `engine` (queued for or inside the
+engine, up to the first token), `streaming`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              CompletionTokensDetails, Delta, ResponseMessage, Usage, new_completion_id)
 from workers.choices import IndexedEvent, choice_requests, merged, wire_logprobs
-from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
+from workers.context_check import fit_context, tokenize_within_context
 from workers.engines.base import Engine, FinishEvent, TokenEvent
-from workers.lease import Lease, Leases, PixelPool
+from workers.slots import PixelPool, RequestSlot, RequestSlots
 from workers.media_cache import MediaCache
 from workers.openai_support import refuse_unsupported
 from workers.pipeline import prepare_generation
@@ -40,49 +41,42 @@ class ChatService:
         self.metrics = metrics or Metrics()
         self.limits = settings.media_limits()
         self.media_cache = MediaCache(settings.media_cache_mb * 2**20)
-        self.leases = Leases(settings.max_concurrency, PixelPool(settings.preprocess_pixels))
+        self.slots = RequestSlots(settings.max_concurrency, PixelPool(settings.preprocess_pixels))
 
     @property
     def in_flight(self) -> int:
-        return len(self.leases)
+        return len(self.slots)
 
     @property
     def queued(self) -> int:
         return int(getattr(self.engine, "queued", 0))
 
-    def admit(self, req: ChatCompletionRequest, client_id: str) -> Lease:
-        """Take the request's lease (or refuse: wrong model, worker full). The caller makes sure it is released."""
+    def refuse_wrong(self, req: ChatCompletionRequest) -> None:
+        """Refuse what this worker cannot serve (another model, unsupported options) before it takes a slot."""
         if req.model != self.engine.model_id:
             raise ServingError(ErrorCode.MODEL_NOT_FOUND, f"this worker serves '{self.engine.model_id}', "
                                f"not {excerpt(req.model)}", param="model")
         refuse_unsupported(req, self.engine)
-        return self.leases.admit(client_id)
 
     async def start(self, req: ChatCompletionRequest,
-                    lease: Lease) -> tuple[IndexedEvent, AsyncIterator[IndexedEvent]]:
-        """Prepare and run up to the first engine event. On success the caller owns the events and `lease`; on any
-        failure or cancellation the lease is released here."""
-        events = None
-        started = time.monotonic()
+                    slot: RequestSlot) -> tuple[IndexedEvent, AsyncIterator[IndexedEvent]]:
+        """Prepare and run up to the first engine event. The engine's stream is closed when `slot` goes."""
+        started = time.monotonic()  # text far beyond the context was refused with the body (workers/body_parser.py)
+        slot.stage = "media"
+        gen = await prepare_generation(req, self.engine.spec, self.limits, slot.id, self.media_cache, slot)
+        slot.stage = "tokenizing"
+        gen.input_ids = await slot.in_thread(tokenize_within_context, self.engine, gen.prompt, gen.user_spans)
+        fit_context(self.engine, gen, req.max_new_tokens)
+        slot.stage = "engine"
+        # n > 1: one generation per choice (workers/choices.py); events come as (choice index, event)
+        events = self._measured(merged([self.engine.generate(g) for g in choice_requests(gen, req.n)]), started)
+        slot.on_release(events.aclose)  # closing the stream is how an engine stops (engines/base.py)
         try:
-            refuse_impossible_text(req, self.engine)
-            lease.stage = "media"
-            gen = await prepare_generation(req, self.engine.spec, self.limits, lease.id, self.media_cache, lease)
-            lease.stage = "tokenizing"
-            gen.input_ids = await lease.in_thread(tokenize_within_context, self.engine, gen.prompt, gen.user_spans)
-            fit_context(self.engine, gen, req.max_new_tokens)
-            lease.stage = "engine"
-            # n > 1: one generation per choice (workers/choices.py); events come as (choice index, event)
-            events = self._measured(merged([self.engine.generate(g) for g in choice_requests(gen, req.n)]), started)
-            lease.on_release(events.aclose)  # closing the stream is how an engine stops (engines/base.py)
             first = await anext(events)
-            lease.stage = "streaming"
-            return first, events
-        except BaseException as exc:
-            await lease.release()
-            if isinstance(exc, StopAsyncIteration):
-                raise ServingError(ErrorCode.ENGINE_ERROR, "the engine produced no output") from None
-            raise
+        except StopAsyncIteration:
+            raise ServingError(ErrorCode.ENGINE_ERROR, "the engine produced no output") from None
+        slot.stage = "streaming"
+        return first, events
 
     async def _measured(self, events: AsyncIterator[IndexedEvent], started: float) -> AsyncIterator[IndexedEvent]:
         """The engine's events, unchanged, timed for the TTFT and tokens/s histograms. Closing this closes the
@@ -99,7 +93,7 @@ class ChatService:
         finally:
             await events.aclose()
 
-    async def stream_chunks(self, req: ChatCompletionRequest, lease: Lease, first: IndexedEvent,
+    async def stream_chunks(self, req: ChatCompletionRequest, first: IndexedEvent,
                             events: AsyncIterator[IndexedEvent]) -> AsyncIterator[str]:
         cid, model = new_completion_id(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -140,33 +134,28 @@ class ChatService:
             self.metrics.count_error(err.code)
             yield json.dumps(error_body(err.code, err.message))
             yield DONE
-        finally:
-            await lease.release()  # closes the engine's stream: on client disconnect this stops the generation
 
-    async def answer(self, req: ChatCompletionRequest, lease: Lease) -> ChatCompletion:
+    async def answer(self, req: ChatCompletionRequest, slot: RequestSlot) -> ChatCompletion:
         """The whole non-streaming answer."""
-        first, events = await self.start(req, lease)
-        return await self.complete(req, lease, first, events)
+        first, events = await self.start(req, slot)
+        return await self.complete(req, first, events)
 
-    async def complete(self, req: ChatCompletionRequest, lease: Lease, first: IndexedEvent,
+    async def complete(self, req: ChatCompletionRequest, first: IndexedEvent,
                        events: AsyncIterator[IndexedEvent]) -> ChatCompletion:
         splitters = [AnswerSplitter(self.engine.spec.thinking) for _ in range(req.n)]
         splits: dict[int, list[Split]] = {i: [] for i in range(req.n)}
         tokens: dict[int, list] = {i: [] for i in range(req.n)}
         finished: dict[int, FinishEvent] = {}
-        try:
-            index, event = first
-            while True:
-                if isinstance(event, FinishEvent):
-                    finished[index] = event
-                    if len(finished) == req.n:
-                        break
-                else:
-                    splits[index].append(splitters[index].feed(event.text, event.tokens))
-                    tokens[index].extend(event.logprobs or ())
-                index, event = await anext(events)
-        finally:
-            await lease.release()
+        index, event = first
+        while True:
+            if isinstance(event, FinishEvent):
+                finished[index] = event
+                if len(finished) == req.n:
+                    break
+            else:
+                splits[index].append(splitters[index].feed(event.text, event.tokens))
+                tokens[index].extend(event.logprobs or ())
+            index, event = await anext(events)
         choices = []
         for i, splitter in enumerate(splitters):
             parts = splits[i] + [splitter.flush()]

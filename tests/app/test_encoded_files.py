@@ -62,6 +62,6 @@ def test_held_text_stays_within_its_bound(tmp_path):
     files = EncodedFiles(max_bytes=2 * one + 10)
     for path in paths:
         files.get(path, 2**20)
-    assert files._held <= files.max_bytes and len(files._entries) == 2
+    assert files.held_bytes <= files.max_bytes and len(files._entries) == 2
     files.get(paths[-1], 2**20)
     assert files.hits == 1  # the newest stayed

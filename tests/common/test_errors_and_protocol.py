@@ -57,4 +57,6 @@ def test_request_accepts_openai_multimodal_shapes():
         {"role": "user", "content": [{"type": "text", "text": "a"},
                                      {"type": "image_url", "image_url": {"url": "data:,", "max_dynamic_patch": 6}},
                                      {"type": "video_url", "video_url": {"url": "data:,", "num_frames": 8}}]}]})
-    assert req.stop == ["###"] and req.messages[0].text() == "a"
+    parts = req.messages[0].content
+    assert req.stop == ["###"] and [p.type for p in parts] == ["text", "image_url", "video_url"]
+    assert parts[0].text == "a" and parts[1].image_url.max_dynamic_patch == 6 and parts[2].video_url.num_frames == 8

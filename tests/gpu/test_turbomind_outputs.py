@@ -72,7 +72,7 @@ async def turbomind_outputs(path: Path, spec, inputs: list[tuple[str, list[int],
     try:
         for name, ids, pixels, tiles in inputs:
             prompt = rd.prompt_of(spec, next(c for c in rd.cases(spec.dynamic) if c.name == name))
-            assert engine.encode(prompt) == ids
+            assert engine.tokenize(prompt) == ids
             before = set(records)
             request = GenerationRequest(request_id=name, prompt=prompt, pixel_values=pixels, num_tiles=list(tiles),
                                         sampling=SamplingParams(max_new_tokens=rd.STEPS, temperature=0))
@@ -97,7 +97,7 @@ def test_turbomind_equals_transformers(route, tmp_path, monkeypatch):
     spec = detect_model_spec(path)
     tokenizer_engine = TurbomindEngine(WorkerSettings(model_path=str(path)), spec)
     image_token = tokenizer_engine.tokenizer.convert_tokens_to_ids(spec.image_token)
-    inputs = [(c.name, tokenizer_engine.encode(rd.prompt_of(spec, c)), rd.pixels_of(spec, c), c.tiles)
+    inputs = [(c.name, tokenizer_engine.tokenize(rd.prompt_of(spec, c)), rd.pixels_of(spec, c), c.tiles)
               for c in rd.cases(spec.dynamic)]
 
     records = spy_on_turbomind(monkeypatch)

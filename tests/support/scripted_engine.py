@@ -14,6 +14,7 @@ Per-request switches, written in the user's text, aim a failure at one worker so
 every fault scenario (a failover test needs the same request to fail on one worker and work on the other):
   scripted:fail=WORKER_ID   that worker raises an engine error (HTTP 500) before the first token ('*': every worker)
   scripted:hang=WORKER_ID   that worker sleeps 30 s before the first token
+  scripted:break=WORKER_ID  that worker raises an engine error right after its first token (a mid-stream failure)
   scripted:ground           the answer is a grounding answer (two labelled boxes on InternVL's 0-1000 scale)
   scripted:think            the answer thinks first, as InternVL3.5 does: `<think>...</think>` then the answer, its
                             tags split across tokens (THINKING_ANSWER)
@@ -101,6 +102,9 @@ class ScriptedEngine(Engine):
                 if self.rate:
                     await asyncio.sleep(1.0 / self.rate)
                 yield TokenEvent(word)
+                if i == 0 and self._aimed_at_me(request.prompt, "break"):
+                    raise ServingError(ErrorCode.ENGINE_ERROR, f"scripted failure after the first token on "
+                                       f"{self.worker_id} (scripted:break)")
             reason = "length" if limit < (len(script) if script else self.tokens) else "stop"
             yield FinishEvent(reason, prompt_tokens, limit)
         finally:

@@ -1,4 +1,4 @@
-"""The worker-wide preprocessing budget (workers/lease.py PixelPool): requests past it wait their turn, in order; a
+"""The worker-wide preprocessing budget (workers/slots.py PixelPool): requests past it wait their turn, in order; a
 waiter whose client left takes nothing and lets the next one in; one request bigger than the pool runs alone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from workers.lease import PixelPool
+from workers.slots import PixelPool
 
 
 async def test_waits_in_order_and_a_leaving_waiter_takes_nothing():

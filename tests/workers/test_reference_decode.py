@@ -22,7 +22,7 @@ from workers.settings import WorkerSettings
 def token_ids(path, spec):
     """How the TurboMind engine tokenizes (the GPU tests feed these ids to both sides), and its image token id."""
     eng = TurbomindEngine(WorkerSettings(model_path=str(path)), spec)
-    return eng.encode, eng.tokenizer.convert_tokens_to_ids(spec.image_token)
+    return eng.tokenize, eng.tokenizer.convert_tokens_to_ids(spec.image_token)
 
 
 @pytest.mark.parametrize("case_name", ["text", "one_image"])

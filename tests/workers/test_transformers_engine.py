@@ -13,7 +13,7 @@ import torch
 from common.errors import ErrorCode, ServingError
 from workers.demo_checkpoint import IMG_CONTEXT, TILE, TOKENS_PER_TILE, ensure_demo_checkpoint
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.transformers_engine import _END, TransformersEngine
+from workers.engines.transformers_engine import GENERATION_END, TransformersEngine
 from workers.engines.transformers_loading import NATIVE_LAYOUT, remote_code_layout, split_device_map
 from workers.model_spec import ModelSpec
 from workers.settings import WorkerSettings
@@ -146,8 +146,8 @@ async def test_a_cancelled_prefill_stops_within_a_layer(engine):
 
     streamer = Streamer()
     kwargs = engine._generation_kwargs(request.sampling, int(inputs["input_ids"].shape[1]))
-    engine._run(engine._loaded, inputs, kwargs, None, cancel, streamer)
-    assert tokens == [_END]  # no token, no error: just the end
+    engine.run_generation(engine._loaded, inputs, kwargs, None, cancel, streamer)
+    assert tokens == [GENERATION_END]  # no token, no error: just the end
     _, finish, _ = await asyncio.wait_for(collect(engine.generate(make_request("next", max_new_tokens=8))), 30)
     assert finish.completion_tokens > 0
 

@@ -2,9 +2,10 @@
 on top and tests/support/scripted_turbomind.py in place of TurboMind's CUDA part (it keeps TurboMind's contract: a
 cancel is a request, confirmed later; a handle must not serve a new request before its old one is confirmed).
 
-An abort must take effect before the request's first output, whether the request is queued for a TurboMind handle
-or prefilling, and a client that leaves (anyio cancels the response task at every await, as sse-starlette does) must
-not make lmdeploy return a handle before TurboMind confirms the cancel.
+Stopping a request is closing its stream (workers/engines/base.py: here, cancelling the task that reads it, as the
+worker does when the client leaves). It must take effect before the request's first output, whether the request is
+queued for a TurboMind handle or prefilling, and a client that leaves (anyio cancels the response task at every
+await, as sse-starlette does) must not make lmdeploy return a handle before TurboMind confirms the cancel.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ async def engine(v1_checkpoint, monkeypatch):
     """One TurboMind handle (max_batch_size 1), so a second request queues for it."""
     eng = TurbomindEngine(WorkerSettings(model_path=str(v1_checkpoint), turbomind={"max_batch_size": 1}),
                           detect_model_spec(v1_checkpoint))
-    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat and"))
+    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat and"))
     gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
     await eng.load(eng.resolve(gpus), vision_device="cpu")
     eng.tm = scripted["tm"]
@@ -54,30 +55,28 @@ async def until(condition) -> None:
         await asyncio.sleep(0.001)
 
 
-async def finished(task: asyncio.Task):
-    """The task's result; fails (without cancelling it) when it is still running after the guard time."""
+async def stopped(task: asyncio.Task) -> None:
+    """Close the stream `task` reads (cancel the task); fails when the task is still running after the guard time,
+    that is, when stopping waited for TurboMind."""
+    task.cancel()
     await asyncio.wait({task}, timeout=GUARD_S)
-    assert task.done(), "the request is still waiting"
-    return task.result()
+    assert task.cancelled(), "the request is still waiting"
 
 
-async def test_abort_of_a_request_queued_for_a_handle_ends_it_without_reaching_turbomind(engine):
+async def test_closing_a_request_queued_for_a_handle_ends_it_without_reaching_turbomind(engine):
     engine.tm.prefill.clear()  # the first request holds the only handle and stays in its prefill
     first = asyncio.create_task(collect(engine.generate(request(engine, "first"))))
     await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
+    first_session = engine._live["first"].session.session_id
     queued = asyncio.create_task(collect(engine.generate(request(engine, "queued"))))
     await asyncio.wait_for(until(lambda: len(engine._pipe.session_mgr.sessions) == 2), GUARD_S)  # preprocessed
 
-    await engine.abort("queued")
-    events = await finished(queued)
-    assert events == [FinishEvent("abort", events[-1].prompt_tokens, 0)]
+    await stopped(queued)
     assert len(engine.tm.calls) == 1 and not first.done()  # it never reached TurboMind; the first one runs on
     await engine.settle(GUARD_S)
-    assert [s.session_id for s in engine._pipe.session_mgr.sessions.values()] == \
-        [engine._live["first"].session.session_id]
+    assert [s.session_id for s in engine._pipe.session_mgr.sessions.values()] == [first_session]
 
-    await engine.abort("first")
-    assert (await finished(first))[-1].reason == "abort"
+    await stopped(first)
     engine.tm.prefill.set()
     await engine.settle(GUARD_S)
     assert engine.tm.calls[0].status == "cancel" and not engine.tm.violations
@@ -86,14 +85,13 @@ async def test_abort_of_a_request_queued_for_a_handle_ends_it_without_reaching_t
     assert again[-1] == FinishEvent("length", again[-1].prompt_tokens, 5)
 
 
-async def test_abort_during_prefill_ends_the_request_before_its_first_token(engine):
+async def test_closing_during_prefill_ends_the_request_before_its_first_token(engine):
     engine.tm.prefill.clear()
     task = asyncio.create_task(collect(engine.generate(request(engine, "slow"))))
     await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
 
-    await engine.abort("slow")
-    events = await finished(task)  # no waiting for TurboMind's first output
-    assert [type(e) for e in events] == [FinishEvent] and events[0].reason == "abort"
+    await stopped(task)  # no waiting for TurboMind's first output
+    assert engine._live == {}
     call = engine.tm.calls[0]
     assert call.cancel_requested and not call.released.is_set()  # TurboMind has been asked; it confirms later
     engine.tm.prefill.set()

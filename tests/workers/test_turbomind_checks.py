@@ -39,7 +39,7 @@ def edited(src, dst, **changes):
 
 async def served(path, monkeypatch, **settings):
     eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" a b c"))
+    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" a b c"))
     await eng.load(eng.resolve(GPU), vision_device="cpu")
     eng.tm = scripted["tm"]
     return eng

@@ -30,7 +30,7 @@ from workers.settings import WorkerSettings
 def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
     eng = v1_engine
     ph = "<img>" + "<IMG_CONTEXT>" * 256 + "</img>"
-    ids = eng.encode(f"Image-1: {ph}\nImage-2: {ph}\nCompare.")
+    ids = eng.tokenize(f"Image-1: {ph}\nImage-2: {ph}\nCompare.")
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     runs = embedding_ranges(ids, ctx, [1, 1], 2, 256)
     assert [e - b for b, e in runs] == [256, 256] and all(ids[b - 1] != ctx != ids[e] for b, e in runs)
@@ -45,7 +45,7 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
 
 async def _engine(path, monkeypatch, **settings):
     eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    scripted = scripted_turbomind.install(monkeypatch, eng.encode(" the cat sat on the mat STOP and"))
+    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat STOP and"))
     gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
     await eng.load(eng.resolve(gpus), vision_device="cpu")
     eng.tm = scripted["tm"]
@@ -78,11 +78,11 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
     req = request(eng)
     events = await collect(eng.generate(req))
     assert isinstance(events[-1], FinishEvent) and events[-1].reason == "length"
-    assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.encode(req.prompt))
+    assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.tokenize(req.prompt))
     assert "".join(e.text for e in events[:-1]) == eng.tokenizer.decode(eng.tm.tokens[:6])
     assert sum(e.tokens for e in events[:-1]) == 6  # each event says how many tokens its text completes
     call = eng.tm.calls[-1]
-    assert call.multimodal is None and call.input_ids == eng.encode(req.prompt)
+    assert call.multimodal is None and call.input_ids == eng.tokenize(req.prompt)
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert [tuple(r) for r in call.ranges] == image_runs(call.input_ids, ctx)
     reference = InternVisionV1.from_pretrained(v1_checkpoint, dtype=torch.float32)(req.pixel_values)
@@ -91,28 +91,16 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
     assert call.released.is_set() and not eng.tm.violations
 
 
-async def test_abort_ends_the_turbomind_request(v1_engine):
-    eng = v1_engine
-    gen = eng.generate(request(eng, max_new=500, rid="abort-me"))
-    first = await gen.__anext__()
-    assert isinstance(first, TokenEvent)
-    await eng.abort("abort-me")
-    rest = await collect(gen)
-    assert rest[-1].reason == "abort" and rest[-1].completion_tokens < 500
-    await eng.settle()
-    call = eng.tm.calls[-1]
-    assert call.cancel_requested and call.status == "cancel" and not eng.tm.violations
-
-
 async def test_closing_the_stream_cancels_and_releases(v1_engine):
+    """Closing the stream is the one way to stop a generation (workers/engines/base.py)."""
     eng = v1_engine
     gen = eng.generate(request(eng, images=1, max_new=500, rid="gone"))
-    await gen.__anext__()
+    assert isinstance(await gen.__anext__(), TokenEvent)
     await gen.aclose()  # the client went away
     assert eng._live == {}
     await eng.settle()
     call = eng.tm.calls[-1]
-    assert call.cancel_requested and call.status == "cancel" and not eng.tm.violations
+    assert call.cancel_requested and call.status == "cancel" and len(call.tokens) < 500 and not eng.tm.violations
     assert eng._pipe.session_mgr.sessions == {} and eng.running == 0
 
 
@@ -139,17 +127,26 @@ async def test_leaving_before_turbomind_has_the_request_drops_it(v1_engine, monk
     assert eng.running == 0 and len(eng.tm.calls) == calls and eng._pipe.session_mgr.sessions == {}
 
 
-async def test_concurrent_requests_and_one_abort(v1_engine):
+async def test_concurrent_requests_and_one_closed(v1_engine):
     eng = v1_engine
 
     async def run(rid, n):
         return await collect(eng.generate(request(eng, images=1, max_new=n, rid=rid)))
 
-    tasks = [asyncio.create_task(run(f"c{i}", 40)) for i in range(4)]
-    await asyncio.sleep(0.02)
-    await eng.abort("c2")
+    async def leave_after_first_token(rid, n):
+        gen = eng.generate(request(eng, images=1, max_new=n, rid=rid))
+        first = await gen.__anext__()
+        await gen.aclose()
+        return [first]
+
+    tasks = [asyncio.create_task(leave_after_first_token(f"c{i}", 400) if i == 2 else run(f"c{i}", 40))
+             for i in range(4)]
     results = await asyncio.gather(*tasks)
-    assert [r[-1].reason for r in results] == ["length", "length", "abort", "length"]
+    assert [r[-1].reason for r in results[:2] + results[3:]] == ["length"] * 3
+    assert isinstance(results[2][0], TokenEvent)
+    await eng.settle()
+    assert sorted(c.status for c in eng.tm.calls[-4:]) == ["cancel", "finish", "finish", "finish"]
+    assert not eng.tm.violations
 
 
 async def test_stop_string_ends_with_stop_and_is_not_emitted(v1_engine):

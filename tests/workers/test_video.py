@@ -180,17 +180,17 @@ def test_parallel_runs_give_the_same_pixels_as_one_reader(monkeypatch, codec, bf
     for num_frames, bounds in [(8, (None, None)), (16, (None, None)), (5, (1.2, 4.9))]:
         expected = reader.get_batch(sample_indices(len(reader), float(reader.get_avg_fps()), num_frames,
                                                    *bounds)).asnumpy()
-        monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 1)
+        monkeypatch.setattr(video.sampling, "MIN_PIXELS_PER_PART", 1)
         got = decode_video(data, MediaLimits(), num_frames, *bounds, max_parts=parts)
         assert got.shape == expected.shape and np.array_equal(got, expected)
-        monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 10**12)  # too little work: one reader, same pixels
+        monkeypatch.setattr(video.sampling, "MIN_PIXELS_PER_PART", 10**12)  # too little work: one reader, same pixels
         assert np.array_equal(decode_video(data, MediaLimits(), num_frames, *bounds, max_parts=parts), expected)
 
 
 def test_parallel_decoding_reports_undecodable_frames(monkeypatch):
     import workers.vision.video as video
 
-    monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 1)
+    monkeypatch.setattr(video.sampling, "MIN_PIXELS_PER_PART", 1)
     data = bytearray(make_gop_video(codec="libx264", bframes=False))
     data[len(data) // 2:] = bytes(len(data) - len(data) // 2)  # second half of the file zeroed
     with pytest.raises(ServingError) as info:

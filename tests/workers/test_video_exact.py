@@ -76,8 +76,8 @@ def pyav_only(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("fell back to decord")
 
-    monkeypatch.setattr(video, "MIN_PIXELS_PER_PART", 1)
-    monkeypatch.setattr(video, "_decode_decord", refuse)
+    monkeypatch.setattr(video.sampling, "MIN_PIXELS_PER_PART", 1)
+    monkeypatch.setattr(video, "decode_decord", refuse)
 
 
 @pytest.mark.parametrize("fmt,first_pts", [("mp4", 0), ("mp4", 7), ("matroska", 13)])
@@ -111,8 +111,8 @@ def test_unchecked_formats_are_decoded_with_decord(monkeypatch):
     import workers.vision.video as video
 
     calls = []
-    decord_path = video._decode_decord
-    monkeypatch.setattr(video, "_decode_decord", lambda *a: calls.append(1) or decord_path(*a))
+    decord_path = video.decode_decord
+    monkeypatch.setattr(video, "decode_decord", lambda *a: calls.append(1) or decord_path(*a))
     # 10-bit: PyAV's FFmpeg converts it to RGB a few levels away from decord's.
     data = make_clip("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
     expected, _ = decord_frames(data, 4)

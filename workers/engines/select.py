@@ -10,11 +10,12 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from common.errors import ErrorCode, ServingError
+from workers.checkpoint_files import language_model_config
 from workers.engines.base import Engine
 from workers.model_spec import ModelSpec
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def turbomind_checkpoint_problem(model_path: str | Path) -> str | None:
     arch = (cfg.get("architectures") or ["?"])[0]
     if arch not in _TURBOMIND_VLM_ARCHS:
         return f"architecture {arch} is not an InternVL format TurboMind loads"
-    llm = cfg.get("llm_config") or cfg.get("text_config") or {}
+    llm = language_model_config(cfg)
     llm_arch = (llm.get("architectures") or [None])[0]
     if llm_arch is None:  # lmdeploy picks the TurboMind text model by this name alone
         return "the language model config names no architectures"
@@ -61,12 +62,12 @@ def turbomind_checkpoint_problem(model_path: str | Path) -> str | None:
     return None
 
 
-def choose_engine(settings: Any, spec: ModelSpec) -> str:
+def choose_engine(settings: WorkerSettings, spec: ModelSpec) -> str:
     """The engine reference to use for these settings (`auto` resolved)."""
     choice = settings.engine
     if choice != "auto":
         return BUILTIN.get(choice, choice)
-    if getattr(settings, "device", "auto") == "cpu":
+    if settings.device == "cpu":
         return BUILTIN["transformers"]
     from workers.engines.turbomind_engine import turbomind_unavailable_reason
 
@@ -78,5 +79,5 @@ def choose_engine(settings: Any, spec: ModelSpec) -> str:
     return BUILTIN["turbomind"]
 
 
-def create_engine(settings: Any, spec: ModelSpec) -> Engine:
+def create_engine(settings: WorkerSettings, spec: ModelSpec) -> Engine:
     return load_engine_class(choose_engine(settings, spec))(settings, spec)

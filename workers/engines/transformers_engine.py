@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-_END = object()  # queue sentinel: generation thread finished
+GENERATION_END = object()  # the streamer's last item: the generation thread is finished
 _generating = threading.local()  # the generation thread's cancel flag, for the layer hooks
 
 
@@ -120,9 +120,9 @@ class TransformersEngine(Engine):
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
             tap = LogprobTap(loaded.tokenizer, sampling.top_logprobs) if sampling.logprobs else None
-            future = loop.run_in_executor(self._executor, self._run, loaded, inputs,
+            future = loop.run_in_executor(self._executor, self.run_generation, loaded, inputs,
                                           self._generation_kwargs(sampling, prompt_tokens), sampling.seed,
-                                          state.cancel, _QueueStreamer(loop, queue, tap))
+                                          state.cancel, TokenStreamer(_to_loop(loop, queue), tap))
             # skip_special_tokens false: special tokens are text too, but the end token that stops the answer is not
             decoder = IncrementalDecoder(loaded.tokenizer, sampling.skip_special_tokens)
             stops = StopStrings(sampling.stop)
@@ -131,7 +131,7 @@ class TransformersEngine(Engine):
             ending = set() if sampling.ignore_eos else {*self._eos_ids, *sampling.stop_token_ids}
             while not hit_stop:
                 item = await queue.get()
-                if item is _END:
+                if item is GENERATION_END:
                     break
                 if isinstance(item, BaseException):
                     await asyncio.shield(future)  # the thread is on its way out; free the model before raising
@@ -190,9 +190,11 @@ class TransformersEngine(Engine):
         self.running -= 1
         self._lock.release()
 
-    def _run(self, loaded: LoadedModel, inputs: dict[str, Any], generation_kwargs: dict[str, Any], seed: int | None,
-             cancel: threading.Event, streamer: _QueueStreamer) -> None:
-        """Generation thread. Never raises: the outcome travels through the streamer's queue."""
+    def run_generation(self, loaded: LoadedModel, inputs: dict[str, Any], generation_kwargs: dict[str, Any],
+                       seed: int | None, cancel: threading.Event, streamer: TokenStreamer) -> None:
+        """The generation thread's body; the seam a subclass that generates elsewhere overrides (zerogpu_engine.py).
+        Never raises: the outcome travels through the streamer, (token ids, logprobs) items, an exception, and
+        always GENERATION_END last."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -215,7 +217,7 @@ class TransformersEngine(Engine):
             streamer.send(exc)
         finally:
             _generating.cancel = None
-            streamer.send(_END)
+            streamer.send(GENERATION_END)
 
     def _generation_kwargs(self, sampling: SamplingParams, prompt_tokens: int) -> dict[str, Any]:
         tokenizer = self._require().tokenizer
@@ -309,11 +311,12 @@ def _hook_layers(model) -> None:
             module.register_forward_pre_hook(check)
 
 
-class _QueueStreamer:
-    """transformers streamer protocol (`put`/`end`): forwards new token ids to an asyncio queue."""
+class TokenStreamer:
+    """transformers streamer protocol (`put`/`end`): forwards each step's new token ids, with their logprobs when
+    `tap` reads them, as (ids, logprobs) items to `send` (the event loop's queue; on ZeroGPU a thread queue)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, tap: LogprobTap | None = None):
-        self._loop, self._queue, self.tap = loop, queue, tap
+    def __init__(self, send: Callable[[Any], None], tap: LogprobTap | None = None):
+        self.send, self.tap = send, tap
         self._prompt_seen = False
 
     def put(self, value) -> None:
@@ -324,13 +327,19 @@ class _QueueStreamer:
         self.send((ids, self.tap.take(ids) if self.tap else None))
 
     def end(self) -> None:
-        return None  # the thread wrapper sends _END, also after an exception
+        return None  # run_generation sends GENERATION_END, also after an exception
 
-    def send(self, item) -> None:
+
+def _to_loop(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[Any], None]:
+    """A thread's `send` into an asyncio queue."""
+
+    def send(item) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            loop.call_soon_threadsafe(queue.put_nowait, item)
         except RuntimeError:  # loop closed: nobody is listening any more
             pass
+
+    return send
 
 
 class _CancelCriteria:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from common.errors import ErrorCode, ServingError
+from workers.checkpoint_files import language_model_config, weight_bytes
 from workers.engines.base import SamplingParams
 from workers.model_spec import ModelSpec
 from workers.settings import TurbomindOptions
@@ -62,16 +63,16 @@ class CheckpointFacts:
     def read(cls, model_path: str | Path) -> CheckpointFacts:
         path = Path(model_path)
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        llm = cfg.get("llm_config") or cfg.get("text_config") or cfg
+        llm = language_model_config(cfg) or cfg
         heads = int(llm["num_attention_heads"])
         hidden = int(llm["hidden_size"])
-        vision_bytes, total_bytes = _weight_bytes(path)
+        weights = weight_bytes(path)
         native = "text_config" in cfg
         return cls(architecture=(cfg.get("architectures") or ["?"])[0], num_layers=int(llm["num_hidden_layers"]),
                    num_heads=heads, num_kv_heads=int(llm.get("num_key_value_heads") or heads),
                    head_dim=int(llm.get("head_dim") or hidden // heads),
                    max_position_embeddings=llm.get("max_position_embeddings"),
-                   llm_weight_bytes=total_bytes - vision_bytes, vision_weight_bytes=vision_bytes,
+                   llm_weight_bytes=weights.total - weights.vision, vision_weight_bytes=weights.vision,
                    llm_dtype=llm.get("dtype") or llm.get("torch_dtype"),
                    feature_layer=int(cfg.get("vision_feature_layer" if native else "select_layer", -1)),
                    turbomind_tokens_per_tile=_turbomind_tokens_per_tile(cfg, native))
@@ -89,31 +90,6 @@ def _turbomind_tokens_per_tile(cfg: dict[str, Any], native: bool) -> int | None:
     side = lambda v: int(v[0] if isinstance(v, list | tuple) else v)  # noqa: E731
     ratio = float(cfg.get("downsample_ratio", 0.5))
     return int((side(vision["image_size"]) // side(vision["patch_size"])) ** 2 * ratio**2)
-
-
-_VISION_PREFIXES = ("vision_model.", "mlp1.", "model.vision_tower.", "model.multi_modal_projector.",
-                    "vision_tower.", "multi_modal_projector.")
-
-
-def _weight_bytes(path: Path) -> tuple[int, int]:
-    """(vision bytes, total bytes). Safetensors headers give exact per-tensor sizes without reading weights;
-    .bin checkpoints only give file sizes (all counted as language model: the conservative side)."""
-    vision = total = 0
-    files = sorted(path.glob("*.safetensors"))
-    for file in files:
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            begin, end = meta["data_offsets"]
-            total += end - begin
-            if name.startswith(_VISION_PREFIXES):
-                vision += end - begin
-    if not files:
-        total = sum(f.stat().st_size for f in path.glob("*.bin"))
-    return vision, total
 
 
 @dataclass(frozen=True)

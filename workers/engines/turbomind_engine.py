@@ -1,4 +1,4 @@
-"""LMDeploy TurboMind behind the Engine protocol: continuous batching across requests, tensor parallelism, abort.
+"""LMDeploy TurboMind behind the Engine protocol: continuous batching across requests, tensor parallelism.
 
 Requests arrive templated, with each image already expanded to `<img>` + `<IMG_CONTEXT>` * n + `</img>`. We tokenize
 that prompt ourselves (the same bytes every engine sees) and hand lmdeploy's AsyncEngine token ids plus the images:
@@ -12,13 +12,13 @@ that prompt ourselves (the same bytes every engine sees) and hand lmdeploy's Asy
 Each request's lmdeploy stream is read by a task of its own (`_pump`), never by the caller's task. A client that goes
 away cancels the caller (through sse-starlette, again at every await); had that cancellation reached lmdeploy, it
 would have swallowed it in `TurboMindInstance.async_stream_infer`, handed the request handle back before TurboMind
-confirmed the cancel, and ended with a made-up 'length'. Instead, stopping a request (abort, client gone, a stop
-string) is `_stop`, which never awaits:
+confirmed the cancel, and ended with a made-up 'length'. Instead, stopping a request (its stream closed: the client
+gone; a stop string; the engine stopping) is `_stop`, which never awaits:
 - once the session holds a TurboMind handle, it asks TurboMind to cancel (`Session.async_abort`); the pump reads on
   until TurboMind confirms (status CANCEL), and only then does lmdeploy return the handle for the next request;
 - before that (queued for a free handle, max_batch_size requests running), it cancels the pump, which only waits in
   lmdeploy's handle queue: the request leaves the queue and never reaches TurboMind.
-The caller stops waiting at once in both cases and ends with finish reason 'abort'.
+The caller stops waiting at once in both cases.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from workers.engines.turbomind_sampling import TURBOMIND_FEATURES, lmdeploy_logp
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import encode_prompt
 from workers.prompts.templates import get_template
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,6 @@ def embedding_ranges(input_ids: list[int], image_token_id: int, num_tiles: list[
 
 
 _END = object()  # queue item: the pump is done
-_ABORTED = object()  # queue item: abort() was called
 
 
 @dataclass
@@ -121,8 +121,7 @@ class _Live:
 
     session: Any = None  # lmdeploy Session, once preprocessed
     pump: asyncio.Task | None = None
-    outputs: asyncio.Queue = field(default_factory=asyncio.Queue)  # lmdeploy GenOuts, an exception, _END, _ABORTED
-    aborted: bool = False
+    outputs: asyncio.Queue = field(default_factory=asyncio.Queue)  # lmdeploy GenOuts, an exception, _END
 
 
 def _holds_handle(session: Any) -> bool:
@@ -135,7 +134,7 @@ class TurbomindEngine(Engine):
     name = "turbomind"
     features = TURBOMIND_FEATURES
 
-    def __init__(self, settings: Any, spec: ModelSpec):
+    def __init__(self, settings: WorkerSettings, spec: ModelSpec):
         self.settings = settings
         self.spec = spec
         self.model_path = str(settings.model_path)
@@ -163,10 +162,9 @@ class TurbomindEngine(Engine):
         await self.load(resolved, vision_device="cuda:0")
 
     def resolve(self, gpus: GpuFacts) -> ResolvedTurbomind:
-        dtype = getattr(self.settings, "dtype", "auto")
         resolved = resolve_options(self.options, spec=self.spec, facts=CheckpointFacts.read(self.model_path),
-                                   gpus=gpus, tp=self.settings.tp, dtype=dtype,
-                                   max_concurrency=getattr(self.settings, "max_concurrency", 8))
+                                   gpus=gpus, tp=self.settings.tp, dtype=self.settings.dtype,
+                                   max_concurrency=self.settings.max_concurrency)
         log.info("TurboMind for %s: %s", self.model_id, resolved)
         for note in resolved.notes:
             log.warning("TurboMind: %s", note)
@@ -216,7 +214,7 @@ class TurbomindEngine(Engine):
         from lmdeploy.serve.core import AsyncEngine
         from lmdeploy.utils import get_logger
 
-        level = "INFO" if str(getattr(self.settings, "log_level", "info")).lower() == "debug" else "WARNING"
+        level = "INFO" if self.settings.log_level.lower() == "debug" else "WARNING"
         os.environ.setdefault("TM_LOG_LEVEL", level)
         get_logger("lmdeploy").setLevel(level)
         try:
@@ -259,12 +257,9 @@ class TurbomindEngine(Engine):
                 self.model_path, trust_remote_code=self.spec.checkpoint_format == "remote_code")
         return self._tokenizer
 
-    def encode(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
+    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
         # BOS as the checkpoints' own chat() adds it (Llama/Yi/InternLM2; none for Qwen2); message text as plain text.
         return encode_prompt(self.tokenizer, prompt, user_spans, get_template(self.spec.template))
-
-    def tokenize(self, prompt: str, user_spans: tuple[tuple[int, int], ...] = ()) -> list[int]:
-        return self.encode(prompt, user_spans)
 
     @property
     def max_token_chars(self) -> int | None:
@@ -313,14 +308,14 @@ class TurbomindEngine(Engine):
         pipe = self._pipe
         if pipe is None:
             raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind is not loaded yet")
-        live = self._live.setdefault(request.request_id, _Live())  # first: an abort may come at any await
+        live = self._live.setdefault(request.request_id, _Live())  # first: stop() may come at any await
         self.running += 1
         completion, reason, sent = 0, "length", 0  # sent: tokens whose text went out
         try:
             # Tokenized and checked against session_len once, by the serving layer (workers/context_check.py);
             # lmdeploy's preprocess refuses a prompt that does not fit as well.
             input_ids = (request.input_ids if request.input_ids is not None
-                         else self.encode(request.prompt, request.user_spans))
+                         else self.tokenize(request.prompt, request.user_spans))
             session_len = self.resolved.session_len
             extra = await self.image_inputs(request, input_ids)
             max_new = max(1, min(request.sampling.max_new_tokens, session_len - len(input_ids)))
@@ -334,40 +329,32 @@ class TurbomindEngine(Engine):
                 raise serving_error(exc) from exc
             prepared.inputs.update(extra)
             live.session = prepared.session
-            if live.aborted:  # aborted while we tokenized, ran the vision tower or preprocessed
-                pipe.session_mgr.remove(prepared.session)
-                reason = "abort"
-            else:
-                live.pump = self._spawn(self._pump(pipe, prepared, live.outputs))
-                while True:
-                    out = await live.outputs.get()
-                    if out is _ABORTED:
-                        reason = "abort"
-                        break
-                    if out is _END:
-                        break
-                    if isinstance(out, RequestError):
-                        raise serving_error(out)
-                    if isinstance(out, BaseException):
-                        raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {type(out).__name__}: {out}") from out
-                    completion = max(completion, out.generate_token_len)
-                    if sampling.logprobs:
-                        pending += lmdeploy_logprobs(out.token_ids, out.logprobs, self.tokenizer,
-                                                     sampling.top_logprobs)
-                    text = stops.feed(out.response)
-                    if text:
-                        yield TokenEvent(text, completion - sent, tuple(pending) if sampling.logprobs else None)
-                        sent, pending = completion, []
-                    if stops.hit:
-                        reason = "stop"
-                        break
-                    if out.finish_reason:
-                        reason = out.finish_reason
-                if reason == "error":
-                    raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
-                tail = stops.flush() if reason != "abort" else ""
-                if tail:
-                    yield TokenEvent(tail, completion - sent, tuple(pending) if sampling.logprobs else None)
+            live.pump = self._spawn(self._pump(pipe, prepared, live.outputs))
+            while True:
+                out = await live.outputs.get()
+                if out is _END:
+                    break
+                if isinstance(out, RequestError):
+                    raise serving_error(out)
+                if isinstance(out, BaseException):
+                    raise ServingError(ErrorCode.ENGINE_ERROR, f"TurboMind: {type(out).__name__}: {out}") from out
+                completion = max(completion, out.generate_token_len)
+                if sampling.logprobs:
+                    pending += lmdeploy_logprobs(out.token_ids, out.logprobs, self.tokenizer, sampling.top_logprobs)
+                text = stops.feed(out.response)
+                if text:
+                    yield TokenEvent(text, completion - sent, tuple(pending) if sampling.logprobs else None)
+                    sent, pending = completion, []
+                if stops.hit:
+                    reason = "stop"
+                    break
+                if out.finish_reason:
+                    reason = out.finish_reason
+            if reason == "error":
+                raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
+            tail = stops.flush()
+            if tail:
+                yield TokenEvent(tail, completion - sent, tuple(pending) if sampling.logprobs else None)
             yield FinishEvent(reason=reason, prompt_tokens=len(input_ids), completion_tokens=completion)
         finally:
             # No await here: a client that left may be cancelling this task at every await (sse-starlette).
@@ -416,11 +403,3 @@ class TurbomindEngine(Engine):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    async def abort(self, request_id: str) -> None:
-        live = self._live.get(request_id)
-        if live is None:
-            return
-        live.aborted = True
-        live.outputs.put_nowait(_ABORTED)  # the request stops waiting now, before any output
-        self._stop(live)

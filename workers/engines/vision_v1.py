@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import ErrorCode, ServingError
+from workers.checkpoint_files import language_model_config
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class VisionV1Config:
         assumed, so a v2 checkpoint cannot slip into the v1 code."""
         v = cfg["vision_config"]
         native = "text_config" in cfg
-        llm = cfg["text_config"] if native else cfg["llm_config"]
+        llm = language_model_config(cfg)
         depth = int(v["num_hidden_layers"])
         select = int(cfg.get("vision_feature_layer", -1) if native else cfg.get("select_layer", -1))
         # hidden_states[i] is the output of layer i (0 = embeddings): a negative index counts from depth + 1.

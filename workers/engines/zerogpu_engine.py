@@ -16,48 +16,28 @@ from typing import Any
 
 import spaces
 
-from workers.engines.transformers_engine import _END, TransformersEngine
+from workers.engines.transformers_engine import GENERATION_END, TokenStreamer, TransformersEngine
 
 _ENGINE: ZeroGPUEngine | None = None  # the one engine of this process; the forked GPU process finds it here
 GPU_DURATION_S = 120  # ZeroGPU quota a call reserves; a longer answer is cut by the platform
 
 
-class _ThreadStreamer:
-    """transformers streamer protocol for the GPU-side thread: token ids into a thread queue."""
-
-    tap = None  # logprobs are not served on ZeroGPU (ZeroGPUEngine.features)
-
-    def __init__(self, out: queue.SimpleQueue):
-        self._out = out
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first puts the prompt
-            self._prompt_seen = True
-            return
-        self._out.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        return None
-
-    def send(self, item) -> None:
-        self._out.put(item)
-
-
 @spaces.GPU(duration=GPU_DURATION_S)
 def generate_on_gpu(inputs: dict[str, Any], generation_kwargs: dict[str, Any], seed: int | None):
-    """Yields lists of new token ids. Arguments and yields are pickled across the ZeroGPU process boundary."""
+    """Yields the engine's streamer items, (token ids, None): no logprobs on ZeroGPU (ZeroGPUEngine.features).
+    Arguments and yields are pickled across the ZeroGPU process boundary."""
     engine = _ENGINE
     if engine is None or engine._loaded is None:
         raise RuntimeError("the ZeroGPU engine has not loaded its model")
     out: queue.SimpleQueue = queue.SimpleQueue()
     cancel = threading.Event()
-    thread = threading.Thread(target=TransformersEngine._run, name="zerogpu-generate", daemon=True,
+    # The transformers engine's own generation, in a thread of the GPU process, into a thread queue.
+    thread = threading.Thread(target=TransformersEngine.run_generation, name="zerogpu-generate", daemon=True,
                               args=(engine, engine._loaded, inputs, generation_kwargs, seed, cancel,
-                                    _ThreadStreamer(out)))
+                                    TokenStreamer(out.put)))
     thread.start()
     try:
-        while (item := out.get()) is not _END:
+        while (item := out.get()) is not GENERATION_END:
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -77,13 +57,13 @@ class ZeroGPUEngine(TransformersEngine):
         await super().start()
         _ENGINE = self
 
-    def _run(self, loaded, inputs, generation_kwargs, seed, cancel, streamer) -> None:
+    def run_generation(self, loaded, inputs, generation_kwargs, seed, cancel, streamer) -> None:
         """Generation thread of the serving process: relays what the GPU function yields. Never raises."""
         try:
             tokens = generate_on_gpu(inputs, generation_kwargs, seed)
             try:
-                for ids in tokens:
-                    streamer.send((ids, None))  # (token ids, logprobs), as the engine's own streamer sends them
+                for item in tokens:
+                    streamer.send(item)
                     if cancel.is_set():
                         break
             finally:
@@ -91,4 +71,4 @@ class ZeroGPUEngine(TransformersEngine):
         except BaseException as exc:  # noqa: BLE001 - reported to the consumer, which raises a ServingError
             streamer.send(exc)
         finally:
-            streamer.send(_END)
+            streamer.send(GENERATION_END)

@@ -1,13 +1,17 @@
-"""One lease per admitted request: the worker's own record that the request exists, what stage it is in, and the one
-way to stop its work. The worker's in-flight count (in /health, /metrics and every heartbeat) is the number of
-leases; a lease is taken at admission and released exactly once, whatever ends the request.
+"""The worker's request slots: one per admitted request, its own record that the request exists, what stage it is
+in, and the one way to stop its work. The worker's in-flight count (in /health, /metrics and every heartbeat) is the
+number of slots held. (Not the controller's lease in controller/registry.py: that is one dispatch onto a worker.)
 
-Stopping: the layer that owns the lease (workers/serving.py, driven by the routes in workers/app.py) runs the
-request's work as a task and cancels that task when the client leaves. Cancelling reaches every stage: a wait for
-the preprocessing budget or for the model is an await and ends at once; work running in a thread (media decoding,
-tiling, tokenizing) sees `cancelled` set and stops at its next check, and the task waits for the thread to be out
-before the lease goes, so the pixels it holds are really free; the engine's stream is closed, which is how an engine
-stops a generation (workers/engines/base.py).
+One owner: `RequestSlots.hold` is the only way to take a slot, and leaving its `async with` the only way it goes;
+the chat response (workers/chat_response.py) holds it for as long as it lives, as TGI holds its permit for the life
+of the stream. So a slot is released exactly once, whatever ends the request.
+
+Stopping: the response runs the request's work as a task and cancels that task when the client leaves
+(`until_client_leaves`). Cancelling reaches every stage: a wait for the preprocessing budget or for the model is an
+await and ends at once; work running in a thread (media decoding, tiling, tokenizing) sees `cancelled` set and stops
+at its next check, and the task waits for the thread to be out before the slot goes, so the pixels it holds are
+really free; the engine's stream is closed when the slot goes, which is how an engine stops a generation
+(workers/engines/base.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from common.errors import ErrorCode, ServingError
@@ -35,13 +39,15 @@ class ClientGone(Exception):
     """The client disconnected before the request's answer started; its work has been stopped."""
 
 
-class Lease:
-    def __init__(self, leases: Leases, client_id: str, pixels: PixelPool):
+class RequestSlot:
+    """Taken and released by `RequestSlots.hold` only."""
+
+    def __init__(self, slots: RequestSlots, client_id: str, pixels: PixelPool):
         self.id = uuid.uuid4().hex  # the engine's key: ours, unique; the client's X-Request-ID is only logged
         self.client_id = client_id
         self.stage = "admitted"
         self.cancelled = threading.Event()  # read by worker threads between frames, images, steps
-        self._leases = leases
+        self._slots = slots
         self._pixels = pixels
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self.released = False
@@ -73,13 +79,11 @@ class Lease:
             raise
 
     def on_release(self, cleanup: Callable[[], Awaitable[None]]) -> None:
-        """Something to close when the lease goes (e.g. the engine's stream)."""
+        """Something to close when the slot goes (e.g. the engine's stream)."""
         self._cleanups.append(cleanup)
 
-    async def release(self) -> None:
-        """End the request: close what it holds and drop it from the count. Only the first call does anything."""
-        if self.released:
-            return
+    async def _release(self) -> None:
+        """End the request: close what it holds and drop it from the count. Called once, by `RequestSlots.hold`."""
         self.released = True
         self.cancelled.set()
         try:
@@ -87,34 +91,39 @@ class Lease:
                 with contextlib.suppress(Exception):
                     await cleanup()
         finally:
-            self._leases.drop(self)
+            self._slots._drop(self)
 
 
-class Leases:
-    """The worker's admitted requests. `admit` refuses with worker_busy at max_concurrency."""
+class RequestSlots:
+    """The worker's admitted requests. `hold` refuses with worker_busy at max_concurrency."""
 
     def __init__(self, max_concurrency: int, pixels: PixelPool):
         self.max_concurrency = max_concurrency
         self.pixels = pixels
-        self._live: dict[str, Lease] = {}
+        self._live: dict[str, RequestSlot] = {}
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def admit(self, client_id: str) -> Lease:
+    @contextlib.asynccontextmanager
+    async def hold(self, client_id: str) -> AsyncIterator[RequestSlot]:
+        """The request's slot for the body of the `async with`; released when it is left, however."""
         if len(self._live) >= self.max_concurrency:
             raise ServingError(ErrorCode.WORKER_BUSY, f"worker is at capacity ({len(self._live)} requests running); "
                                "retry shortly or add workers")
-        lease = Lease(self, client_id, self.pixels)
-        self._live[lease.id] = lease
-        log.info("admitted as %s", lease.id)  # the line that ties the client's id (request_id=) to the engine's
-        return lease
+        slot = RequestSlot(self, client_id, self.pixels)
+        self._live[slot.id] = slot
+        log.info("admitted as %s", slot.id)  # the line that ties the client's id (request_id=) to the engine's
+        try:
+            yield slot
+        finally:
+            await slot._release()
 
-    def drop(self, lease: Lease) -> None:
-        self._live.pop(lease.id, None)
+    def _drop(self, slot: RequestSlot) -> None:
+        self._live.pop(slot.id, None)
 
     def stages(self) -> dict[str, int]:
-        return dict(Counter(lease.stage for lease in self._live.values()))
+        return dict(Counter(slot.stage for slot in self._live.values()))
 
 
 class PixelPool:
@@ -162,7 +171,7 @@ class PixelPool:
 
 async def until_client_leaves(receive: Callable[[], Awaitable[dict]], work: Awaitable[T]) -> T:
     """Run `work` while watching the client's connection. When the client disconnects first, the work is cancelled
-    (and has unwound, its lease released) before ClientGone is raised."""
+    (and has unwound: its threads are out) before ClientGone is raised."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(receive))
     try:
