@@ -209,15 +209,17 @@ class Chat:
 
 
 def chat_load(url: str, model: str, stop: threading.Event, chats: list[Chat], lanes: int = 3) -> list:
-    """`lanes` clients, each streaming one chat after another until `stop`."""
-    def lane() -> None:
+    """`lanes` clients, each streaming one new chat after another until `stop` (each its own conversation: the
+    controller keeps a conversation on its worker, and this load is about spreading)."""
+    def lane(number: int) -> None:
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
                 chat = Chat(time.monotonic())
                 chats.append(chat)
+                text = f"lane {number}, chat {len(chats)}"
                 try:
                     with http.stream("POST", url + "/v1/chat/completions",
-                                     json=body(model, max_tokens=STREAM_TOKENS, stream=True)) as r:
+                                     json=body(model, text, max_tokens=STREAM_TOKENS, stream=True)) as r:
                         chat.status, chat.worker = r.status_code, r.headers.get("x-worker-id", "")
                         for line in data_lines(r):
                             if line != "[DONE]" and "error" in (event := json.loads(line)):
@@ -227,7 +229,7 @@ def chat_load(url: str, model: str, stop: threading.Event, chats: list[Chat], la
                 chat.ended = time.monotonic()
 
     pool = concurrent.futures.ThreadPoolExecutor(lanes)
-    return [pool.submit(lane) for _ in range(lanes)]
+    return [pool.submit(lane, number) for number in range(lanes)]
 
 
 def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkpoint, tmp_path):
