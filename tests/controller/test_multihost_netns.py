@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.controller.helpers import body, data_lines, worker_status
+from tests.support.netns import create_or_skip
 from tests.support.stack import ROOT, SCRIPTED, Proc, _flags, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -108,12 +109,7 @@ class Hosts:
 @pytest.fixture
 def hosts(demo_checkpoint, log_dir):
     h = Hosts()
-    try:
-        h.create()
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        h.destroy()
-        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        pytest.skip(f"cannot create network namespaces here (needs root and iproute2): {detail}")
+    create_or_skip(h)
     procs: list[Proc] = []
     try:
         ctl = h.spawn("ctl", "controller", "controller", {

@@ -34,6 +34,7 @@ import pytest
 
 from tests.controller.helpers import body, data_lines, worker_status
 from tests.support.launched import Launched, start_launcher
+from tests.support.netns import create_or_skip
 from tests.support.ray_nodes import OURS, RayHosts
 from tests.support.stack import ROOT, SCRIPTED
 
@@ -49,12 +50,7 @@ SECRET = "ray-test-registration-secret-4a7c"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     hosts = RayHosts(["head", "a", "b"], Path(f"/tmp/ivr{os.getpid()}"))  # short: Ray's socket paths are bounded
-    try:
-        hosts.create()
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        hosts.destroy()
-        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        pytest.skip(f"cannot create network namespaces here (needs root and iproute2): {detail}")
+    create_or_skip(hosts)
     scripted = {"SCRIPTED_TOKENS": str(STREAM_TOKENS), "SCRIPTED_RATE": str(STREAM_RATE)}
     try:
         head = hosts.start_head("head", "--num-cpus", "2", "--num-gpus", "0", env=scripted)

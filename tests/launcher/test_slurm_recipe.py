@@ -21,6 +21,7 @@ import pytest
 
 from tests.controller.helpers import body, worker_status
 from tests.support.launched import Launched
+from tests.support.netns import create_or_skip
 from tests.support.ray_nodes import RayHosts
 from tests.support.stack import ROOT, SCRIPTED
 
@@ -44,12 +45,7 @@ echo "srun stand-in: no node $node" >&2; exit 1
 @pytest.fixture
 def allocation(tmp_path):
     hosts = RayHosts(["head", "gpu1"], Path(f"/tmp/ivs{os.getpid()}"))
-    try:
-        hosts.create()
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        hosts.destroy()
-        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        pytest.skip(f"cannot create network namespaces here (needs root and iproute2): {detail}")
+    create_or_skip(hosts)
     shims = tmp_path / "slurm-bin"
     shims.mkdir()
     for name, text in (("scontrol", SCONTROL), ("srun", SRUN)):
