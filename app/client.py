@@ -8,6 +8,8 @@ the worker: the controller relays the disconnect.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -124,3 +126,27 @@ def _error_from_response(status: int, content: bytes) -> ServingError:
     except ValueError:
         body = None
     return ServingError.from_body(body, status)
+
+
+async def with_place(client: ControllerClient, deltas: AsyncIterator[str], request_id: str,
+                     poll_s: float) -> AsyncIterator[str | tuple[int, int]]:
+    """`deltas`, and before the first one, every `poll_s` while the request waits in the controller's line, its
+    (place, waiting). The stream carries no byte before a worker takes the request, so the place is asked for
+    beside it, by request id (`ControllerClient.queue_place`)."""
+    first = asyncio.ensure_future(anext(deltas, None))
+    try:
+        while not (await asyncio.wait({first}, timeout=poll_s))[0]:
+            place = await client.queue_place(request_id)
+            if place is not None and not first.done():
+                yield place
+    finally:
+        if not first.done():  # stopped while waiting: the stream goes with it
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+    delta = first.result()
+    if delta is None:
+        return
+    yield delta
+    async for delta in deltas:
+        yield delta

@@ -12,7 +12,6 @@ worker. A turn counts as "stopped" unless its stream ended by itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import mimetypes
@@ -22,15 +21,14 @@ import uuid
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app.client import ControllerClient, StreamStats
-from app import chat_export, past_chats
+from app.client import ControllerClient, StreamStats, with_place
 from app.coalesce import coalesce
+from app.chat_transfer import ChatTransfer
 from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
@@ -62,6 +60,7 @@ class ChatHandlers:
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
         self.limits = ServedLimits(client)
         self.memory = MemoryReleaser()
+        self.transfer = ChatTransfer(self.work_dir, self.media, self.max_bytes)
         self.place_poll_s = 1.0  # how often a waiting turn asks the controller for its place in line
 
     def end_session(self, request: gr.Request | None = None) -> None:
@@ -144,7 +143,7 @@ class ChatHandlers:
             stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats,
                                              session_id=chat_id(request, history), request_id=request_id)
             async with (aclosing(stream), aclosing(coalesce(stream)) as deltas,
-                        aclosing(self._with_place(deltas, request_id)) as shown):  # closed in reverse order
+                        aclosing(with_place(self.client, deltas, request_id, self.place_poll_s)) as shown):  # closed in reverse order
                 async for delta in shown:
                     if isinstance(delta, tuple):  # still waiting for a worker: where in line
                         text = tr("waiting_in_line", lang, nth=ordinal(delta[0]), n=delta[0])
@@ -239,46 +238,10 @@ class ChatHandlers:
         return history, {"text": from_display(message_text(last)), "files": message_files(last)}
 
     def export_chat(self, history: History | None, request: gr.Request = None) -> list[str] | None:
-        """The conversation as Markdown (to read) and JSON (to import back): two files to download."""
-        if not history:
-            gr.Warning(tr("nothing_to_export", language(request)), duration=4)
-            return None
-        title = past_chats.title_of(history)
-        self.work_dir.mkdir(parents=True, exist_ok=True)  # its files are deleted by age (SessionMedia)
-        name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
-        stem = f"{name}-{uuid.uuid4().hex[:6]}"
-        md, js = self.work_dir / f"{stem}.md", self.work_dir / f"{stem}.json"
-        md.write_text(chat_export.to_markdown(history, title), encoding="utf-8")
-        js.write_text(chat_export.to_json(history, title), encoding="utf-8")
-        return [str(md), str(js)]
+        return self.transfer.export_chat(history, request)
 
     def import_chat(self, file: Any, request: gr.Request = None) -> tuple[Any, Any]:
-        """A conversation exported as JSON becomes the current chat (a new entry in the list); its files become
-        this session's uploads."""
-        path = file if isinstance(file, str) else getattr(file, "name", None) or (file or {}).get("path")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            history = chat_export.from_json(text, lambda name, data: self._imported_file(name, data, request),
-                                            self.max_bytes)
-        except (OSError, UnicodeDecodeError, TypeError, ServingError) as exc:
-            gr.Warning(getattr(exc, "message", None) or f"This file cannot be imported: {exc}", duration=10)
-            return gr.skip(), gr.skip()
-        return history, None
-
-    def _imported_file(self, name: str, data: bytes, request: gr.Request | None) -> str:
-        from gradio.processing_utils import save_file_to_cache
-        from gradio.utils import get_upload_folder
-
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="import-", dir=self.work_dir)) / name
-        staging.write_bytes(data)
-        try:
-            cached = save_file_to_cache(staging, get_upload_folder())  # where the Chatbot takes files from
-        finally:
-            staging.unlink(missing_ok=True)
-            staging.parent.rmdir()
-        self.media.received(request, [cached])
-        return cached
+        return self.transfer.import_chat(file, request)
 
     @staticmethod
     def stopped(history: History | None, request: gr.Request = None) -> History:
@@ -298,29 +261,6 @@ class ChatHandlers:
         self.log.log_vote(session=_session(request), turn=turn, vote=vote, answer=answer)
 
     # ------------------------------------------------------------------------------------------ helpers
-
-    async def _with_place(self, deltas: AsyncIterator[str], request_id: str
-                          ) -> AsyncIterator[str | tuple[int, int]]:
-        """`deltas`, and before the first one, every `place_poll_s` while it waits in the controller's line, its
-        (place, waiting). The stream carries no byte before a worker takes the request, so the place is asked for
-        beside it, by request id."""
-        first = asyncio.ensure_future(anext(deltas, None))
-        try:
-            while not (await asyncio.wait({first}, timeout=self.place_poll_s))[0]:
-                place = await self.client.queue_place(request_id)
-                if place is not None and not first.done():
-                    yield place
-        finally:
-            if not first.done():  # stopped while waiting: the stream goes with it
-                first.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await first
-        delta = first.result()
-        if delta is None:
-            return
-        yield delta
-        async for delta in deltas:
-            yield delta
 
     @staticmethod
     def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:
