@@ -33,6 +33,7 @@ class StreamStats:
     total_s: float | None = None
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    reasoning: str = ""  # the answer's reasoning so far (thinking models; logged apart from the answer)
 
 
 class ControllerClient:
@@ -62,12 +63,28 @@ class ControllerClient:
     async def workers(self) -> list[WorkerStatus]:
         return [WorkerStatus.model_validate(w) for w in (await self._get("/workers")).get("workers", [])]
 
-    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None) -> AsyncIterator[str]:
-        """Yield text deltas of one streamed answer."""
+    async def queue_place(self, request_id: str) -> tuple[int, int] | None:
+        """(place, requests waiting) of a request waiting in the controller's line for a free worker; None when it
+        is not waiting (or the controller cannot say: the page then just shows no place)."""
+        try:
+            place = await self._get(f"/queue/{request_id}")
+        except (ServingError, ValueError):
+            return None
+        return (int(place["position"]), int(place["waiting"])) if place.get("queued") else None
+
+    async def stream_chat(self, payload: dict[str, Any], stats: StreamStats | None = None,
+                          session_id: str | None = None, request_id: str | None = None) -> AsyncIterator[str]:
+        """Yield text deltas of one streamed answer. `session_id` names the chat (X-Session-Id): the controller keeps
+        its turns on one worker; `request_id` (X-Request-ID) names the request, for `queue_place`. A reasoning delta
+        (`reasoning_content`, thinking models) is added to `stats.reasoning` and yields an empty delta, so the reader
+        shows the reasoning as it grows."""
         stats = stats or StreamStats()
         body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        headers = {"X-Session-Id": session_id} if session_id else {}
+        if request_id:
+            headers["X-Request-ID"] = request_id
         try:
-            async with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with self._http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
                 stats.worker = response.headers.get("x-worker-id")
                 if response.status_code >= 400:
                     raise _error_from_response(response.status_code, await response.aread())
@@ -82,9 +99,12 @@ class ControllerClient:
                     for choice in chunk.get("choices") or []:
                         if choice.get("finish_reason"):
                             stats.finish_reason = choice["finish_reason"]
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield text
+                        delta = choice.get("delta") or {}
+                        if delta.get("reasoning_content"):
+                            stats.reasoning += delta["reasoning_content"]
+                            yield ""
+                        if delta.get("content"):
+                            yield delta["content"]
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 

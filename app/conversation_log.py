@@ -50,13 +50,27 @@ class ConversationLog:
                 f.write(line + "\n")
 
     def log_turn(self, *, session: str, turn: int, model: str, params: dict[str, Any], messages: list[dict],
-                 answer: str, outcome: str, stats: dict[str, Any]) -> None:
-        """`messages`: the conversation as sent, media replaced by their stored names (the log stays small)."""
+                 answer: str, outcome: str, stats: dict[str, Any], reasoning: str | None = None) -> None:
+        """`messages`: the conversation as sent, media replaced by their stored names (the log stays small).
+        `reasoning`: a thinking model's reasoning, kept apart from its answer (earlier turns' in `messages`)."""
         self.write({"type": "turn", "session": session, "turn": turn, "model": model, "params": params,
-                    "messages": messages, "answer": answer, "outcome": outcome, **stats})
+                    "messages": messages, **({"reasoning": reasoning} if reasoning else {}), "answer": answer,
+                    "outcome": outcome, **stats})
+
+    def log_refused(self, *, session: str, turn: int, model: str, params: dict[str, Any], reason: str,
+                    message: str, text_chars: int, files: int, excerpt: str, stats: dict[str, Any]) -> None:
+        """A turn the server refused: what was refused (its size, the reason, the start of the newest message), never
+        the conversation itself. A refused message is often one too large for anything (a 10 MB paste), and each
+        retry would be written again in full."""
+        self.write({"type": "turn", "session": session, "turn": turn, "model": model, "params": params,
+                    "outcome": reason, "refused": {"message": message[:_SHOWN], "text_chars": text_chars,
+                                                   "files": files, "excerpt": excerpt[:_SHOWN]}, **stats})
 
     def log_vote(self, *, session: str, turn: int, vote: str | None, answer: str) -> None:
         self.write({"type": "vote", "session": session, "turn": turn, "vote": vote, "answer": answer})
+
+
+_SHOWN = 300  # characters of a refused message (and of the reason) that the log keeps
 
 
 def _private_dir(path: Path) -> None:

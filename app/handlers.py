@@ -12,6 +12,9 @@ worker. A turn counts as "stopped" unless its stream ended by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import mimetypes
 import tempfile
 import time
@@ -19,23 +22,28 @@ import uuid
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from app.client import ControllerClient, StreamStats
+from app import chat_export, past_chats
 from app.coalesce import coalesce
 from app.conversation_log import ConversationLog
 from app.encoded_files import EncodedFiles
 from app.errors import describe
 from app.grounding import draw_boxes, parse_boxes
-from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, VIDEO_EXTS, conversation_turns, from_display,
-                          is_note, last_image, media_kind, message_files, message_text, to_display,
+from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns,
+                          from_display, is_note, last_image, media_kind, message_files, message_text, to_display,
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, reader_labels
+from app.memory import LARGE_BYTES, MemoryReleaser
 from app.settings import UISettings
-from app.texts import EN, language, tr
+from app.texts import EN, language, ordinal, tr
+from app.thinking import ThinkingDisplay, mark_stopped
 from common.errors import ServingError
 
 History = list[dict[str, Any]]
@@ -52,6 +60,12 @@ class ChatHandlers:
         self.media = SessionMedia(self.work_dir, settings.media_max_age_s)
         self.encoded = EncodedFiles(settings.encoded_cache_mb * 2**20)
         self.limits = ServedLimits(client)
+        self.memory = MemoryReleaser()
+        self.place_poll_s = 1.0  # how often a waiting turn asks the controller for its place in line
+
+    def end_session(self, request: gr.Request | None = None) -> None:
+        """The page was closed: its uploads go now, not after --media-max-age-s."""
+        remove_files(self.media.forget(request))
 
     # ------------------------------------------------------------------------------------------ turn steps
 
@@ -74,6 +88,12 @@ class ChatHandlers:
                 gr.Warning(tr("bad_file", lang, name=Path(path).name, images=", ".join(sorted(IMAGE_EXTS)),
                               videos=", ".join(sorted(VIDEO_EXTS))), duration=8)
                 return None
+        held = self.media.held_bytes(request, files)
+        if held > self.settings.session_upload_mb * 2**20:
+            remove_files(self.media.unclaimed(files))  # refused: they are nobody's
+            gr.Warning(tr("session_quota", lang, total=f"{held / 2**20:.0f}", limit=self.settings.session_upload_mb),
+                       duration=10)
+            return None
         self.media.received(request, files)  # Gradio took them as this session's uploads
         # mime_type makes the Chatbot show an image or a video player instead of a download link
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
@@ -85,8 +105,9 @@ class ChatHandlers:
 
     async def stream_reply(self, history: History, model: str | None, system_prompt: str, temperature: float,
                            top_p: float, max_new_tokens: float, repetition_penalty: float, max_tiles: float,
-                           num_frames: float, request: gr.Request | None = None):
-        """Stream the answer to the last user message, yielding the whole history each time it grows."""
+                           num_frames: float, thinking: bool = False, request: gr.Request | None = None):
+        """Stream the answer to the last user message, yielding the whole history each time it grows. With
+        `thinking`, the model's reasoning streams into a folded Thinking message above the answer (app/thinking.py)."""
         lang = language(request)
         history = list(history or [])
         try:
@@ -104,39 +125,56 @@ class ChatHandlers:
             return
         params = {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_new_tokens),
                   "repetition_penalty": float(repetition_penalty), "max_tiles": int(max_tiles),
-                  "num_frames": int(num_frames)}
+                  "num_frames": int(num_frames), **({"thinking": True} if thinking else {})}
         try:
             limits = await self.limits.get(model)
             items = await asyncio.to_thread(check_conversation, history, limits, self.max_bytes, lang)
             messages = await asyncio.to_thread(to_openai_messages, history, system_prompt or "", int(num_frames),
                                                limits.per_file_bytes(self.max_bytes), self.encoded.get)
         except ServingError as err:
+            self._release_if_large(history)
             yield self._error_note(history, describe(err, lang), lang, toast=err.message)
             return
         labels = reader_labels(items, _user_indices(messages), lang)
         sent = list(history)
         turn = sum(1 for m in history if m["role"] == "assistant" and not is_note(m)) + 1
-        stats, answer, outcome = StreamStats(), "", "stopped"
+        stats, answer, outcome, refusal = StreamStats(), "", "stopped", ""
+        thought = ThinkingDisplay(lang)
         try:
-            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats)
-            async with aclosing(stream), aclosing(coalesce(stream)) as deltas:
-                async for delta in deltas:
+            request_id = uuid.uuid4().hex
+            stream = self.client.stream_chat({"model": model, "messages": messages, **params}, stats,
+                                             session_id=chat_id(request, history), request_id=request_id)
+            async with (aclosing(stream), aclosing(coalesce(stream)) as deltas,
+                        aclosing(self._with_place(deltas, request_id)) as shown):  # closed in reverse order
+                async for delta in shown:
+                    if isinstance(delta, tuple):  # still waiting for a worker: where in line
+                        text = tr("waiting_in_line", lang, nth=ordinal(delta[0]), n=delta[0])
+                        yield history + [self._note(text, NOTE_WAITING, tr("waiting_title", lang))]
+                        continue
                     if stats.first_token_s is None:
                         stats.first_token_s = round(time.monotonic() - stats.started, 4)
-                        history.append({"role": "assistant", "content": ""})
                     answer += delta
-                    history[-1] = {"role": "assistant", "content": to_display(answer)}
+                    history = _answered(sent, thought.message(stats.reasoning, bool(answer)), answer)
                     yield list(history)
             outcome = "ok"
         except ServingError as err:
-            outcome = err.code.value
+            # a request refused (4xx) is logged as what was refused; a failure (5xx) keeps its conversation
+            outcome, refusal = err.code.value, err.message if err.status < 500 else ""
             text = describe(_in_readers_words(err, labels), lang)
+            if stats.reasoning:
+                history = _answered(sent, thought.final(stats.reasoning, outcome, None), answer, keep_empty=False)
             history.append(self._note(text, lang=lang))
             gr.Warning(text.split("\n\n")[0], duration=10)
             yield history
         finally:
             stats.total_s = round(time.monotonic() - stats.started, 4)
-            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang)
+            await self._log_turn(request, turn, model, params, sent, system_prompt, answer, outcome, stats, lang,
+                                 refusal)
+            self._release_if_large(sent)
+        if outcome == "ok" and stats.reasoning:  # the thought's final title and duration
+            history = _answered(sent, thought.final(stats.reasoning, outcome, stats.finish_reason), answer,
+                                keep_empty=False)
+            yield list(history)
         if answer:
             preview = await asyncio.to_thread(self._grounding_preview, history, answer, lang)
             if preview is not None:
@@ -145,7 +183,7 @@ class ChatHandlers:
 
     async def chat(self, box: dict[str, Any] | None, history: History | None, model: str | None, system_prompt: str,
                    temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
-                   max_tiles: float, num_frames: float, request: gr.Request = None):
+                   max_tiles: float, num_frames: float, thinking: bool = False, request: gr.Request = None):
         """One whole turn (the `/chat` API): show the user's message, clear the box, stream the answer."""
         added = self.add_user_message(history, box, request)
         if added is None:  # nothing to send: the conversation stays as it is (the toast says why)
@@ -154,12 +192,13 @@ class ChatHandlers:
         history, box_update = added
         yield history, box_update
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, request):
+                                         repetition_penalty, max_tiles, num_frames, thinking, request):
             yield h, gr.skip()
 
     async def regenerate_chat(self, history: History | None, model: str | None, system_prompt: str,
                               temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
-                              max_tiles: float, num_frames: float, request: gr.Request = None):
+                              max_tiles: float, num_frames: float, thinking: bool = False,
+                              request: gr.Request = None):
         """Answer the last user message again (the `/regenerate` API)."""
         history = _drop_trailing_assistant(list(history or []))
         if not history:
@@ -168,7 +207,7 @@ class ChatHandlers:
             return
         yield history
         async for h in self.stream_reply(history, model, system_prompt, temperature, top_p, max_new_tokens,
-                                         repetition_penalty, max_tiles, num_frames, request):
+                                         repetition_penalty, max_tiles, num_frames, thinking, request):
             yield h
 
     def apply_edit(self, history: History | None, edit: gr.EditData, request: gr.Request = None) -> History:
@@ -198,6 +237,53 @@ class ChatHandlers:
         last = history.pop()
         return history, {"text": from_display(message_text(last)), "files": message_files(last)}
 
+    def export_chat(self, history: History | None, request: gr.Request = None) -> list[str] | None:
+        """The conversation as Markdown (to read) and JSON (to import back): two files to download."""
+        if not history:
+            gr.Warning(tr("nothing_to_export", language(request)), duration=4)
+            return None
+        title = past_chats.title_of(history)
+        self.work_dir.mkdir(parents=True, exist_ok=True)  # its files are deleted by age (SessionMedia)
+        name = "".join(c if c.isalnum() else "-" for c in title).strip("-")[:40] or "chat"
+        stem = f"{name}-{uuid.uuid4().hex[:6]}"
+        md, js = self.work_dir / f"{stem}.md", self.work_dir / f"{stem}.json"
+        md.write_text(chat_export.to_markdown(history, title), encoding="utf-8")
+        js.write_text(chat_export.to_json(history, title), encoding="utf-8")
+        return [str(md), str(js)]
+
+    def import_chat(self, file: Any, request: gr.Request = None) -> tuple[Any, Any]:
+        """A conversation exported as JSON becomes the current chat (a new entry in the list); its files become
+        this session's uploads."""
+        path = file if isinstance(file, str) else getattr(file, "name", None) or (file or {}).get("path")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            history = chat_export.from_json(text, lambda name, data: self._imported_file(name, data, request),
+                                            self.max_bytes)
+        except (OSError, UnicodeDecodeError, TypeError, ServingError) as exc:
+            gr.Warning(getattr(exc, "message", None) or f"This file cannot be imported: {exc}", duration=10)
+            return gr.skip(), gr.skip()
+        return history, None
+
+    def _imported_file(self, name: str, data: bytes, request: gr.Request | None) -> str:
+        from gradio.processing_utils import save_file_to_cache
+        from gradio.utils import get_upload_folder
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="import-", dir=self.work_dir)) / name
+        staging.write_bytes(data)
+        try:
+            cached = save_file_to_cache(staging, get_upload_folder())  # where the Chatbot takes files from
+        finally:
+            staging.unlink(missing_ok=True)
+            staging.parent.rmdir()
+        self.media.received(request, [cached])
+        return cached
+
+    @staticmethod
+    def stopped(history: History | None, request: gr.Request = None) -> History:
+        """After Stop: a thought cut off mid-stream says so (its stream can no longer update it)."""
+        return mark_stopped(history, language(request))
+
     @staticmethod
     def clear() -> tuple[History, dict[str, Any]]:
         return [], {"text": "", "files": []}
@@ -211,6 +297,29 @@ class ChatHandlers:
         self.log.log_vote(session=_session(request), turn=turn, vote=vote, answer=answer)
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    async def _with_place(self, deltas: AsyncIterator[str], request_id: str
+                          ) -> AsyncIterator[str | tuple[int, int]]:
+        """`deltas`, and before the first one, every `place_poll_s` while it waits in the controller's line, its
+        (place, waiting). The stream carries no byte before a worker takes the request, so the place is asked for
+        beside it, by request id."""
+        first = asyncio.ensure_future(anext(deltas, None))
+        try:
+            while not (await asyncio.wait({first}, timeout=self.place_poll_s))[0]:
+                place = await self.client.queue_place(request_id)
+                if place is not None and not first.done():
+                    yield place
+        finally:
+            if not first.done():  # stopped while waiting: the stream goes with it
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+        delta = first.result()
+        if delta is None:
+            return
+        yield delta
+        async for delta in deltas:
+            yield delta
 
     @staticmethod
     def _note(text: str, kind: str = NOTE_ERROR, title: str | None = None, lang: str = EN) -> dict[str, Any]:
@@ -232,16 +341,32 @@ class ChatHandlers:
                 "metadata": {"title": tr("boxes", lang, labels=labels), "id": NOTE_GROUNDING}}
 
     async def _log_turn(self, request, turn, model, params, history, system_prompt, answer, outcome,
-                        stats: StreamStats, lang: str = EN) -> None:
+                        stats: StreamStats, lang: str = EN, refusal: str = "") -> None:
         if not self.log.enabled:
             return
+        stats_fields = {k: v for k, v in asdict(stats).items() if k not in ("started", "reasoning")}
         try:
+            if refusal:  # what was refused, not the conversation (and none of its files are stored for it)
+                texts = [from_display(message_text(m)) for m in conversation_turns(history)]
+                users = [m for m in conversation_turns(history) if m["role"] == "user"]
+                newest = from_display(message_text(users[-1])) if users else ""
+                await asyncio.to_thread(self.log.log_refused, session=_session(request), turn=turn, model=model,
+                                        params=params, reason=outcome, message=refusal,
+                                        text_chars=sum(map(len, texts)) + len(system_prompt or ""),
+                                        files=sum(len(message_files(m)) for m in users), excerpt=newest,
+                                        stats=stats_fields)
+                return
             logged = await asyncio.to_thread(self._loggable, history, system_prompt)
             await asyncio.to_thread(self.log.log_turn, session=_session(request), turn=turn, model=model,
                                     params=params, messages=logged, answer=answer, outcome=outcome,
-                                    stats={k: v for k, v in asdict(stats).items() if k != "started"})
+                                    stats=stats_fields, reasoning=stats.reasoning or None)
         except OSError as exc:  # a full disk must not break the chat
             gr.Warning(tr("log_failed", lang, error=exc))
+
+    def _release_if_large(self, history: History) -> None:
+        """After a large message, give its copies' memory back once they are gone (app/memory.py)."""
+        if sum(len(message_text(m)) for m in history) > LARGE_BYTES:
+            self.memory.large_message_done()
 
     def _loggable(self, history: History, system_prompt: str) -> list[dict[str, Any]]:
         """The conversation as sent, each file replaced by its name in the log's media store."""
@@ -253,7 +378,18 @@ class ChatHandlers:
             if text:
                 parts.append({"type": "text", "text": text})
             out.append({"role": turn["role"], "content": parts})
+            if turn.get("reasoning"):
+                out[-1]["reasoning"] = from_display(turn["reasoning"])
         return out
+
+
+def _answered(before: History, thought: dict[str, Any] | None, answer: str, keep_empty: bool = True) -> History:
+    """The history with the answer so far: its Thinking message (if any), then the answer (an empty answer shows as
+    an empty bubble until the first words, unless there is a thought to show instead)."""
+    out = list(before) + ([thought] if thought else [])
+    if answer or (thought is None and keep_empty):
+        out.append({"role": "assistant", "content": to_display(answer)})
+    return out
 
 
 def _user_indices(messages: list[dict[str, Any]]) -> dict[int, int]:
@@ -270,6 +406,21 @@ def _in_readers_words(err: ServingError, labels: dict[str, str]) -> ServingError
     return ServingError(err.code, message, param=err.param) if message != err.message else err
 
 
+def remove_files(paths: list[Path]) -> None:
+    """Delete uploads, and the folder Gradio made for each (one per upload) once it is empty. Only what is in
+    Gradio's upload folder: never the UI's examples, or anything else a history named."""
+    uploads = Path(get_upload_folder()).resolve()
+    for path in (p.resolve() for p in paths):
+        if not path.is_relative_to(uploads):
+            continue
+        try:
+            path.unlink(missing_ok=True)
+            if path.parent != uploads:
+                path.parent.rmdir()
+        except OSError:
+            pass  # the folder holds another file, or is gone
+
+
 def _drop_trailing_assistant(history: History) -> History:
     while history and history[-1]["role"] == "assistant":
         history.pop()
@@ -278,3 +429,11 @@ def _drop_trailing_assistant(history: History) -> History:
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
+
+
+def chat_id(request: gr.Request | None, history: History) -> str:
+    """One id per chat, the same for each of its turns: the browser session and the chat's first message. The
+    controller keeps a chat's turns on the worker that has its files decoded and cached (X-Session-Id)."""
+    first = next((m for m in history if m["role"] == "user"), None)
+    seed = json.dumps([_session(request), first], sort_keys=True, default=str).encode()
+    return hashlib.blake2b(seed, digest_size=12).hexdigest()

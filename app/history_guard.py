@@ -60,6 +60,26 @@ class SessionMedia:
             while len(self._sessions) > _MAX_SESSIONS:
                 self._sessions.popitem(last=False)
 
+    def held_bytes(self, request: gr.Request | None, adding: list[str] = ()) -> int:
+        """Bytes of this session's uploads, with `adding` counted once."""
+        with self._lock:
+            paths = set(self._sessions.get(_session(request), ())) | {str(Path(p).resolve()) for p in adding if p}
+        return sum(_size(p) for p in paths)
+
+    def forget(self, request: gr.Request | None) -> list[Path]:
+        """The session ended: forget it; -> its uploads that no other session holds (the same file uploaded twice
+        is one file in Gradio's cache)."""
+        with self._lock:
+            mine = self._sessions.pop(_session(request), set())
+            others = set().union(*self._sessions.values()) if self._sessions else set()
+        return [Path(p) for p in mine - others]
+
+    def unclaimed(self, paths: list[str]) -> list[Path]:
+        """Those of `paths` that no session holds."""
+        with self._lock:
+            held = set().union(*self._sessions.values()) if self._sessions else set()
+        return [Path(p) for p in paths if p and str(Path(p).resolve()) not in held]
+
     def check(self, history: list[dict[str, Any]], request: gr.Request | None) -> None:
         """Refuse a history naming a file this session did not upload (notes, which are never opened, aside)."""
         self._prune_generated()
@@ -83,6 +103,13 @@ class SessionMedia:
                     file.unlink()
             except OSError:
                 pass
+
+
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 def _session(request: gr.Request | None) -> str:

@@ -3,7 +3,9 @@
 The Chatbot holds what the user sees; the controller gets OpenAI messages rebuilt from it on every turn, so every
 earlier image and video stays in context in its original order (the worker numbers them Image-1, Image-2, ...).
 Assistant messages that carry a metadata title are UI notes (errors, grounding previews), never sent to the model;
-a user turn answered only by an error note is dropped too, so a failed turn cannot poison the next one.
+a user turn answered only by an error note is dropped too, so a failed turn cannot poison the next one. A Thinking
+message is the reasoning of the answer after it: it goes back as that answer's `reasoning_content` (the worker puts
+it where the model's authors keep it, docs/preprocessing.md), never as text of its own.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ErrorCode, ServingError
+from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".webm", ".mov", ".avi", ".gif", ".mkv"}
+IMAGE_EXTS = IMAGE_EXTENSIONS  # what the worker decodes (common/media_types.py)
+VIDEO_EXTS = VIDEO_EXTENSIONS
 NOTE_ERROR = "error"  # metadata id of an error note
 NOTE_GROUNDING = "grounding"  # metadata id of a grounding preview
+NOTE_THINKING = "thinking"  # metadata id of an answer's reasoning (app/thinking.py), shown folded above it
+NOTE_WAITING = "waiting"  # metadata id of "waiting for a free worker, 3rd in line" (shown until the answer starts)
 
 # Code and math are left raw (markdown shows code literally; KaTeX needs the real '<'); the rest is escaped.
 # A lone '$' is text, not math (ui.LATEX has no single-'$' delimiter).
@@ -117,7 +122,13 @@ def message_files(message: dict[str, Any]) -> list[str]:
 def conversation_turns(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The model's view of the chat: notes removed, failed user turns dropped, same-role neighbours merged."""
     kept: list[dict[str, Any]] = []
+    reasoning = None  # a Thinking message waiting for its answer
     for msg in history:
+        if note_kind(msg) == NOTE_THINKING:
+            reasoning = message_text(msg)
+            continue
+        if msg.get("role") == "user":
+            reasoning = None  # thought, but never answered (stopped or cut): nothing to attach it to
         if msg.get("role") == "assistant" and note_kind(msg) == NOTE_ERROR:
             while kept and kept[-1]["role"] == "user":
                 kept.pop()
@@ -127,9 +138,11 @@ def conversation_turns(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if msg["role"] == "assistant" and not message_text(msg).strip():
             continue  # stopped before the first token
         if kept and kept[-1]["role"] == msg["role"]:
-            kept[-1] = {"role": msg["role"], "content": _parts(kept[-1]["content"]) + _parts(msg["content"])}
+            kept[-1] = {**kept[-1], "content": _parts(kept[-1]["content"]) + _parts(msg["content"])}
         else:
             kept.append({"role": msg["role"], "content": _parts(msg["content"])})
+        if msg["role"] == "assistant" and reasoning:
+            kept[-1]["reasoning"], reasoning = reasoning, None
     return kept
 
 
@@ -142,6 +155,8 @@ def to_openai_messages(history: list[dict[str, Any]], system_prompt: str, num_fr
     for turn in conversation_turns(history):
         if turn["role"] == "assistant":
             messages.append({"role": "assistant", "content": from_display(message_text(turn))})
+            if turn.get("reasoning"):
+                messages[-1]["reasoning_content"] = from_display(turn["reasoning"])
             continue
         content: list[dict[str, Any]] = []
         for path in message_files(turn):

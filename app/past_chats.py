@@ -32,6 +32,9 @@ def _title(history: list[dict[str, Any]]) -> str:
     return text if len(text) <= TITLE_CHARS else text[:TITLE_CHARS - 1] + "…"
 
 
+title_of = _title  # a chat's title, as the list shows it (exports are named after it)
+
+
 def _choices(saved: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(c["title"], c["id"]) for c in saved]
 
@@ -60,6 +63,22 @@ def _within_budget(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if i and total > MAX_BYTES:
             return entries[:i]
     return entries
+
+
+def search(query: str | None, saved: list[dict[str, Any]] | None) -> Any:
+    """The list narrowed to the chats whose title or messages (answers and reasoning included) hold every word of
+    `query`, case-insensitively; an empty query lists them all."""
+    words = (query or "").casefold().split()
+    entries = [c for c in saved or [] if isinstance(c, dict) and c.get("id")]
+    if words:
+        entries = [c for c in entries if all(w in _searchable(c) for w in words)]
+    return gr.Radio(choices=_choices(entries), value=None)
+
+
+def _searchable(entry: dict[str, Any]) -> str:
+    texts = [entry.get("title") or ""] + [from_display(message_text(m)) for m in entry.get("history") or []
+                                          if isinstance(m, dict)]
+    return "\n".join(texts).casefold()
 
 
 def open_chat(chosen: str | None, saved: list[dict[str, Any]] | None) -> tuple[Any, Any]:

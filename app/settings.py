@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.bounded_http import HEAD_TIMEOUT_S
+
 
 class UISettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTERNVL_UI_", cli_kebab_case=True, cli_prog_name="python -m app",
@@ -22,6 +24,8 @@ class UISettings(BaseSettings):
                                  "deleted (checked every few minutes)")
     max_upload_mb: int = Field(50, ge=1, le=2048, description="largest file a user may upload (the model's own "
                                "advertised limit applies when lower)")
+    session_upload_mb: int = Field(200, ge=1, description="uploads one browser session may keep at once")
+    total_upload_mb: int = Field(2048, ge=1, description="uploads all sessions together may keep at once")
     encoded_cache_mb: int = Field(256, ge=0, description="uploaded files kept base64-encoded between turns")
     share: bool = Field(False, description="ask Gradio for a public share link (off: stays on this machine)")
     request_timeout_s: float = Field(600.0, gt=0, description="longest one answer may stream")
@@ -29,3 +33,5 @@ class UISettings(BaseSettings):
     default_max_tiles: int = Field(6, ge=1, le=40, description="initial 'max tiles per image' in the settings")
     default_num_frames: int = Field(8, ge=1, le=64, description="initial 'frames per video' in the settings")
     concurrency_limit: int = Field(16, ge=1, le=1024, description="chats streaming at once through this UI")
+    header_timeout_s: float = Field(HEAD_TIMEOUT_S, gt=0, le=600, description="longest a client may take to send a "
+                                    "request's line and headers (then 408); they may total 64 KiB (then 431)")

@@ -63,13 +63,30 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "'{name}' is not an image or a video this chat accepts (images: {images}; videos: {videos}).",
         HANS: "“{name}”不是本对话接受的图片或视频（图片：{images}；视频：{videos}）。",
         HANT: "「{name}」不是本對話接受的圖片或影片（圖片：{images}；影片：{videos}）。"},
+    "session_quota": {
+        EN: "This chat's files would take {total} MB, over the {limit} MB one session may keep. Start a new chat "
+            "(its files are removed when you close the page), or send smaller files.",
+        HANS: "本对话的文件将占用 {total} MB，超过每个会话可保存的 {limit} MB。请开始新对话（关闭页面时会删除其文件），或发送更小的文件。",
+        HANT: "本對話的檔案將佔用 {total} MB，超過每個工作階段可保存的 {limit} MB。請開始新對話（關閉頁面時會刪除其檔案），或傳送更小的檔案。"},
     "no_model": {
         EN: "No model is served right now. Start a worker (`python -m workers --model-path PATH`); this page "
             "notices it by itself within a few seconds.",
         HANS: "目前没有可用的模型。请启动 worker（`python -m workers --model-path PATH`），本页面会在几秒内自动发现。",
         HANT: "目前沒有可用的模型。請啟動 worker（`python -m workers --model-path PATH`），本頁面會在幾秒內自動發現。"},
+    "waiting_title": {EN: "⏳ Waiting", HANS: "⏳ 排队中", HANT: "⏳ 排隊中"},
+    "waiting_in_line": {EN: "Waiting for a free worker, {nth} in line.",
+                        HANS: "正在等待空闲的服务节点，排在第 {n} 位。", HANT: "正在等待空閒的服務節點，排在第 {n} 位。"},
     "could_not_answer": {EN: "⚠ Could not answer", HANS: "⚠ 无法回答", HANT: "⚠ 無法回答"},
     "stopped": {EN: "■ Stopped", HANS: "■ 已停止", HANT: "■ 已停止"},
+    "nothing_to_export": {EN: "There is no conversation to export yet.", HANS: "还没有可导出的对话。",
+                          HANT: "還沒有可匯出的對話。"},
+    # the folded reasoning above an answer (app/thinking.py)
+    "thinking": {EN: "Thinking", HANS: "思考过程", HANT: "思考過程"},
+    "thinking_stopped": {EN: "Thinking (stopped)", HANS: "思考过程（已停止）", HANT: "思考過程（已停止）"},
+    "thinking_failed": {EN: "Thinking (failed)", HANS: "思考过程（失败）", HANT: "思考過程（失敗）"},
+    "thinking_cut": {EN: "Thinking (cut at the token limit: raise 'Max new tokens')",
+                     HANS: "思考过程（达到长度上限：请调高“最大生成长度”）",
+                     HANT: "思考過程（達到長度上限：請調高「最大生成長度」）"},
     "boxes": {EN: "Boxes: {labels}", HANS: "框选：{labels}", HANT: "框選：{labels}"},
     "n_boxes": {EN: "{n} boxes", HANS: "{n} 个框", HANT: "{n} 個框"},
     "log_failed": {
@@ -117,6 +134,8 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "`{id}` {state}, {busy} busy", HANS: "`{id}` {state}，{busy} 个进行中", HANT: "`{id}` {state}，{busy} 個進行中"},
     "up": {EN: "up", HANS: "在线", HANT: "在線"},
     "down": {EN: "down", HANS: "离线", HANT: "離線"},
+    "benched": {EN: "benched (failing; retried in {s} s)", HANS: "暂停使用（连续失败；{s} 秒后重试）",
+                HANT: "暫停使用（連續失敗；{s} 秒後重試）"},
     "no_workers": {EN: "none", HANS: "无", HANT: "無"},
     "context": {EN: "context {n} tokens", HANS: "上下文 {n} tokens", HANT: "上下文 {n} tokens"},
     "random_banner": {

@@ -14,8 +14,11 @@ from typing import Any
 
 import gradio as gr
 import httpx
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from app import models_panel, past_chats
+from app.copy_answer import COPY_ANSWER_JS, COPY_WITH_REASONING_JS
 from app.client import ControllerClient
 from app.conversation_log import ConversationLog
 from app.handlers import ChatHandlers
@@ -23,6 +26,9 @@ from app.history_guard import GuardedChatbot
 from app.i18n import labels, make_i18n
 from app.settings import UISettings
 from app.texts import language
+from app.upload_quota import UploadQuota
+from common.bounded_http import bounded_http, make_default
+from common.media_types import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 EXAMPLES = STATIC / "examples"
@@ -68,10 +74,11 @@ def _served_model_ids(settings: UISettings) -> list[str]:
         return []
 
 
-def create_app(settings: UISettings) -> gr.Blocks:
+def create_app(settings: UISettings, work_dir: Path | None = None) -> gr.Blocks:
+    """`work_dir`: where generated files go (app/temp_folders.py); None: a new temporary folder."""
     client = ControllerClient(settings.controller_url, settings.api_key, settings.request_timeout_s,
                               settings.connect_timeout_s)
-    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging))
+    handlers = ChatHandlers(settings, client, ConversationLog(settings.log_dir, settings.logging), work_dir)
     t = make_i18n()
     limit = settings.concurrency_limit
     model_ids = _served_model_ids(settings)
@@ -88,7 +95,13 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         with gr.Sidebar(label=t("chats"), position="left", open=True, width=250, elem_id="chats"):
             new_chat = gr.Button(t("new_chat"), elem_id="new-chat-btn", size="sm", variant="secondary")
+            chat_search = gr.Textbox(placeholder=t("search_chats"), show_label=False, elem_id="chat-search",
+                                     max_lines=1)
             chat_list = gr.Radio(label=t("past_chats"), choices=[], value=None, elem_id="chat-list")
+            export_btn = gr.Button(t("export_chat"), elem_id="export-btn", size="sm")
+            exported = gr.File(label=t("exported"), file_count="multiple", visible=False, interactive=False,
+                               elem_id="exported")
+            import_btn = gr.UploadButton(t("import_chat"), file_types=[".json"], elem_id="import-btn", size="sm")
 
         with gr.Sidebar(label=t("settings"), position="right", open=True, width=330, elem_id="settings"):
             with gr.Row(equal_height=False, elem_id="model-row"):
@@ -98,6 +111,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
             model_info = gr.Markdown(elem_id="model-info")
             system_prompt = gr.Textbox(label=t("system_prompt"), placeholder=t("system_placeholder"), lines=2,
                                        max_lines=8)
+            # shown only for models whose card lists the 'thinking' capability (app/models_panel.py)
+            think = gr.Checkbox(label=t("think"), value=False, visible=False, elem_id="think-toggle")
             with gr.Accordion(t("sampling"), open=True):
                 temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label=t("temperature"), elem_id="temperature")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label=t("top_p"))
@@ -114,8 +129,8 @@ def create_app(settings: UISettings) -> gr.Blocks:
                                  placeholder=t("chat_placeholder"), examples=_examples(), layout="bubble",
                                  group_consecutive_messages=True, editable="user", autoscroll=True)
         box = gr.MultimodalTextbox(label="message", placeholder=t("input_placeholder"), show_label=False,
-                                   elem_id="input", file_types=["image", "video", ".gif", ".avi", ".mov", ".webm",
-                                                                ".mkv"],
+                                   elem_id="input",  # the categories for pasted files; the list for the rest
+                                   file_types=["image", "video", *sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)],
                                    file_count="multiple", sources=["upload"], lines=1, max_lines=8,
                                    autofocus=True, submit_btn=True)
         with gr.Row(elem_id="actions"):
@@ -123,10 +138,12 @@ def create_app(settings: UISettings) -> gr.Blocks:
             regen = gr.Button(t("regenerate"), elem_id="regen-btn", size="sm")
             undo = gr.Button(t("undo"), elem_id="undo-btn", size="sm")
             clear = gr.Button(t("clear"), elem_id="clear-btn", size="sm")
+            copy_answer = gr.Button(t("copy_answer"), elem_id="copy-answer-btn", size="sm")
+            copy_reasoning = gr.Button(t("copy_with_reasoning"), elem_id="copy-reasoning-btn", size="sm")
         timer = gr.Timer(MODEL_REFRESH_S)
 
         params = [model, system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, max_tiles,
-                  num_frames]
+                  num_frames, think]
         locked = [box, stop, regen, undo, clear, new_chat]
         browser_only = {"api_visibility": "private", "queue": False}
         generating = {"concurrency_limit": limit, "concurrency_id": "generate", "show_progress": "hidden"}
@@ -156,13 +173,19 @@ def create_app(settings: UISettings) -> gr.Blocks:
 
         # Cancelling the streaming event closes the HTTP stream to the controller, which aborts the generation.
         stop.click(None, None, locked, js=UNLOCK_JS, cancels=[chat_step, regen_step, edit_step],
-                   **browser_only).then(past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list],
-                                        **browser_only)
+                   **browser_only).then(handlers.stopped, chatbot, chatbot, **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         undo.click(handlers.undo, chatbot, [chatbot, box], api_name="undo", concurrency_limit=None, queue=False)
         clear.click(handlers.clear, None, [chatbot, box], api_name="clear", concurrency_limit=None, queue=False)
         for trigger in (clear.click, new_chat.click):
             trigger(past_chats.start_new, saved, [chatbot, chat_id, chat_list], **browser_only)
         chat_list.input(past_chats.open_chat, [chat_list, saved], [chatbot, chat_id], **browser_only)
+        copy_answer.click(None, chatbot, None, js=COPY_ANSWER_JS, **browser_only)
+        copy_reasoning.click(None, chatbot, None, js=COPY_WITH_REASONING_JS, **browser_only)
+        chat_search.change(past_chats.search, [chat_search, saved], chat_list, **browser_only)
+        export_btn.click(_shown(handlers.export_chat), chatbot, exported, **browser_only)
+        import_btn.upload(handlers.import_chat, import_btn, [chatbot, chat_id], **browser_only).then(
+            past_chats.save, [chatbot, chat_id, saved], [saved, chat_id, chat_list], **browser_only)
         chatbot.like(handlers.vote, chatbot, None, api_name="vote", concurrency_limit=None)
         chatbot.example_select(_example_to_box, None, box, api_name=False, concurrency_limit=None)
 
@@ -172,18 +195,27 @@ def create_app(settings: UISettings) -> gr.Blocks:
         async def select_model(name, max_tokens, request: gr.Request):
             return await models_panel.select(client, name, max_tokens, language(request))
 
-        panel = [model, model_info, status, max_new_tokens]
+        panel = [model, model_info, status, max_new_tokens, think]
         refresh.click(refresh_models, [model, max_new_tokens], panel, api_name="models", concurrency_limit=None)
         for trigger in (demo.load, timer.tick):
             trigger(refresh_models, [model, max_new_tokens], panel, api_visibility="private", concurrency_limit=None,
                     show_progress="hidden")
-        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens],
+        model.input(select_model, [model, max_new_tokens], [model_info, status, max_new_tokens, think],
                     api_name="select_model", concurrency_limit=None)
         demo.load(past_chats.listing, saved, chat_list, **browser_only)
         demo.load(_localized_examples, None, chatbot, **browser_only)
+        demo.unload(handlers.end_session)
 
     demo.internvl_i18n = t  # launch() takes the translations
     return demo
+
+
+def _shown(export):
+    """The export's files in the (otherwise hidden) download box."""
+    def run(history, request: gr.Request):
+        files = export(history, request)
+        return gr.File(value=files, visible=bool(files))
+    return run
 
 
 def _localized_examples(request: gr.Request) -> Any:
@@ -197,6 +229,10 @@ def _example_to_box(evt: gr.SelectData) -> dict[str, Any]:
 
 
 def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
+    # Gradio starts its own uvicorn: the bounds on request heads and declared bodies go in as its default protocol.
+    # One request's body: a whole session's uploads at most (an upload request may carry several files).
+    make_default(bounded_http(head_timeout_s=settings.header_timeout_s,
+                              max_body_bytes=(settings.session_upload_mb + 1) * 1024 * 1024))
     return {"server_name": settings.host, "server_port": settings.port, "share": settings.share,
             "max_file_size": f"{settings.max_upload_mb}mb", "i18n": getattr(demo, "internvl_i18n", None),
             "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", font=FONTS),
@@ -205,4 +241,6 @@ def launch_options(settings: UISettings, demo: gr.Blocks) -> dict[str, Any]:
             # Gradio's own run history would keep a second, unencrypted copy of every conversation in the browser
             # (inputs and outputs of up to 100 runs, rewritten every 500 ms while an answer streams): the past chats
             # list is this app's one copy, and the rewriting made the page slower as chats accumulated.
-            "run_history": False}
+            "run_history": False,
+            "app_kwargs": {"middleware": [Middleware(UploadQuota, folder=get_upload_folder(),
+                                                     limit_bytes=settings.total_upload_mb * 1024 * 1024)]}}

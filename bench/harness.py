@@ -103,16 +103,22 @@ class StreamResult:
     tokens: int = 0
     text: str = ""
     error: str | None = None
+    status: int | None = None
+    worker: str | None = None  # X-Worker-ID: the worker that answered (through the controller)
+    retry_after: str | None = None
 
 
-async def stream_chat(http: aiohttp.ClientSession, url: str, body: dict, keep_text: bool = False) -> StreamResult:
+async def stream_chat(http: aiohttp.ClientSession, url: str, body: dict, keep_text: bool = False,
+                      headers: dict[str, str] | None = None) -> StreamResult:
     """POST a streaming chat and read it to the end marker. Any HTTP error, error event or missing end is an error.
     The load generator is aiohttp (installed with lmdeploy): its C parser keeps the client's own cost per token low,
     so that the client is not what limits the figures."""
     out = StreamResult()
     start = time.perf_counter()
     try:
-        async with http.post(url + "/v1/chat/completions", json=body) as response:
+        async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as response:
+            out.status, out.worker = response.status, response.headers.get("x-worker-id")
+            out.retry_after = response.headers.get("retry-after")
             if response.status != 200:
                 out.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
                 return out

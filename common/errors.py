@@ -25,8 +25,13 @@ class ErrorCode(StrEnum):
     INVALID_VIDEO = "invalid_video"
     UPLOAD_TOO_LARGE = "upload_too_large"  # one file over the per-file limit
     REQUEST_TOO_LARGE = "request_too_large"  # the whole request (a conversation carries every earlier file) too big
+    HEADERS_TOO_LARGE = "request_headers_too_large"  # the request line and headers (common/bounded_http.py)
+    REQUEST_TIMEOUT = "request_timeout"  # the request line and headers took too long to arrive
     REMOTE_URL_FORBIDDEN = "remote_url_forbidden"
+    THINKING_UNSUPPORTED = "thinking_not_supported"  # "thinking": true for a model without thinking mode
     WORKER_BUSY = "worker_busy"
+    QUEUE_FULL = "queue_full"  # every worker at capacity and the controller's waiting line full
+    QUEUE_TIMEOUT = "queue_timeout"  # waited --queue-timeout-s in the controller's line and no worker got free
     NO_WORKER = "no_worker_available"
     WORKER_LOST = "worker_lost"
     WORKER_TIMEOUT = "worker_timeout"
@@ -50,8 +55,13 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_VIDEO: 400,
     ErrorCode.UPLOAD_TOO_LARGE: 413,
     ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.REMOTE_URL_FORBIDDEN: 400,
+    ErrorCode.THINKING_UNSUPPORTED: 400,
     ErrorCode.WORKER_BUSY: 429,
+    ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.QUEUE_TIMEOUT: 429,
     ErrorCode.NO_WORKER: 503,
     ErrorCode.WORKER_LOST: 502,
     ErrorCode.WORKER_TIMEOUT: 504,
@@ -67,20 +77,24 @@ _ERROR_TYPE: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 
 
 class ServingError(Exception):
     """Raise this anywhere below a route; the route layer renders it. `retryable` marks failures another worker
-    may not have (busy, lost, timeout), which the controller fails over on before the first token."""
+    may not have (busy, lost, timeout), which the controller fails over on before the first token. `retry_after_s`
+    becomes a Retry-After header."""
 
-    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None):
+    def __init__(self, code: ErrorCode, message: str, *, param: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from common.auth import bearer_token, one_of
 from common.coalesce import coalesce
@@ -60,17 +62,25 @@ async def until_client_leaves(request: Request, work: Awaitable[T]) -> T:
 
 
 def error_response(err: ServingError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s is not None else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def describe_validation(errors: Any) -> tuple[ErrorCode, str, str | None]:
     errors = _drop_other_branches(list(errors))
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return ErrorCode.INVALID_JSON, "the request body is not valid JSON", None
+    invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        where = str(invalid.get("ctx", {}).get("error", ""))[:200]  # a position, never the client's bytes
+        if "invalid unicode code point" in where:
+            return ErrorCode.INVALID_JSON, f"the request body is not valid UTF-8 ({where}): send JSON in UTF-8", None
+        return ErrorCode.INVALID_JSON, f"the request body is not valid JSON ({where})", None
     parts = []
     for e in errors[:5]:
         loc = _field_path(e)[:_SHOWN_FIELD]  # field names are the client's too: a megabyte key is not echoed
-        if e.get("type") == "extra_forbidden":
+        value = e.get("input")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN, Infinity, 1e309 (read as inf)
+            parts.append(f"{loc or 'body'}: must be a finite number, not {value}")
+        elif e.get("type") == "extra_forbidden":
             parts.append(f"unknown field '{loc}'")
         elif e.get("type") == "union_tag_invalid":
             parts.append(f"{loc}: unsupported content part type {excerpt(e.get('ctx', {}).get('tag'))} "
@@ -122,21 +132,41 @@ _JOIN_OFF_LOOP = 1024 * 1024
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `max_bytes` (whatever Content-Length claims). A
-    large body is joined in a thread (bytes.join lets go of the GIL for big copies): joining 40 MiB on the event
-    loop stalled every other request on it for ~100 ms."""
+    """The request body (JSON text: see json_text), refused with 413 as soon as it passes `max_bytes` (whatever
+    Content-Length claims). A large body is joined in a thread (bytes.join lets go of the GIL for big copies):
+    joining 40 MiB on the event loop stalled every other request on it for ~100 ms."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes, int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
-    if size > _JOIN_OFF_LOOP:
-        return await asyncio.to_thread(b"".join, chunks)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone from None  # the client left while sending: a 499, not a server error
+    raw = await asyncio.to_thread(b"".join, chunks) if size > _JOIN_OFF_LOOP else b"".join(chunks)
+    return json_text(raw)
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+              b"\xfe\xff": "UTF-16"}  # the longer marks first
+
+
+def json_text(raw: bytes) -> bytes:
+    """A JSON body as UTF-8 text: a UTF-8 byte-order mark is dropped (most JSON APIs accept one); UTF-16 and UTF-32
+    (which JSON once allowed; RFC 8259 says UTF-8) are refused by name, not as 'not a JSON object'."""
+    if raw.startswith(_UTF8_BOM):
+        return raw[len(_UTF8_BOM):]
+    wide = next((name for bom, name in _WIDE_BOMS.items() if raw.startswith(bom)), None)
+    if wide is None and b"\x00" in raw[:4]:  # without a mark: ASCII's first characters with NULs between them
+        wide = "UTF-32" if raw[:4].count(b"\x00") == 3 else "UTF-16"
+    if wide is not None:
+        raise ServingError(ErrorCode.INVALID_JSON, f"the request body is {wide} text; send JSON encoded as UTF-8")
+    return raw
 
 
 def _too_large(limit: int, size: int | None = None) -> ServingError:
@@ -164,7 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(ClientGone)
-    async def _gone(_: Request, __: ClientGone) -> Response:
+    @app.exception_handler(ClientDisconnect)  # a body read by FastAPI itself or any other reader
+    async def _gone(_: Request, __: Exception) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": only the access log sees it
 
     @app.exception_handler(StarletteHTTPException)

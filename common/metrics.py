@@ -9,6 +9,12 @@ Both processes expose the same metric names (Prometheus tells them apart by job/
     internvl_time_to_first_token_seconds                request arrival -> first generated token
     internvl_generation_tokens_per_second               completion tokens / (finish - first token)
     internvl_workers{state}                             controller only: registered workers, healthy or unhealthy
+    internvl_queue_length{model}                        controller only: requests waiting in its line for a worker
+    internvl_queue_wait_seconds                         controller only: time each request spent in that line
+    internvl:num_requests_running{model}                controller only: requests being answered, by model
+    internvl:num_requests_waiting{model}                controller only: requests waiting, in its line or inside
+                                                        the engines of the model's workers (named like vLLM's
+                                                        autoscaling metrics)
     internvl_media_cache_hits_total                     workers only: media whose preprocessed pixels were reused
     internvl_media_cache_misses_total                   workers only: media decoded and preprocessed
     internvl_media_cache_bytes                          workers only: bytes of pixels the media cache holds
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import FastAPI, Request
@@ -35,6 +42,7 @@ from common.http import check_api_key
 
 disable_created_metrics()  # the `*_created` timestamp series only double the output; Prometheus does not need them
 
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 120, 300)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 120)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
 
@@ -54,6 +62,7 @@ class Metrics:
         self.speed = Histogram("internvl_generation_tokens_per_second", "completion tokens per second after the "
                                "first token, per request", buckets=SPEED_BUCKETS, registry=r)
         self.workers: Gauge | None = None
+        self.queue_wait: Histogram | None = None
 
     def track_load(self, in_flight: Callable[[], float], queued: Callable[[], float]) -> None:
         """Gauges read at scrape time from the owner's own counters, so they can never drift."""
@@ -65,6 +74,16 @@ class Metrics:
                              registry=self.registry)
         self.workers.labels("healthy").set_function(healthy)
         self.workers.labels("unhealthy").set_function(unhealthy)
+
+    def track_models(self, by_model: Callable[[], dict[str, ModelLoad]]) -> None:
+        """The controller's per-model gauges and its waiting line's wait histogram."""
+        self.queue_wait = Histogram("internvl_queue_wait_seconds", "time a request waited in the controller's line "
+                                    "for a free worker", buckets=QUEUE_BUCKETS, registry=self.registry)
+        self.registry.register(_ModelLoadCollector(by_model))
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        if self.queue_wait is not None:
+            self.queue_wait.observe(seconds)
 
     def track_media_cache(self, cache: CacheCounts) -> None:
         """The worker's media cache counters, read at scrape time from the cache itself."""
@@ -84,6 +103,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    in_line: int  # waiting in the controller's line
+    waiting: int  # in the line, or inside the engines of the model's workers
+    running: int  # being answered through the controller
+
+
+class _ModelLoadCollector:
+    def __init__(self, by_model: Callable[[], dict[str, ModelLoad]]):
+        self.by_model = by_model
+
+    def collect(self):
+        loads = self.by_model()
+        families = [
+            GaugeMetricFamily("internvl_queue_length", "requests waiting in the controller's line", labels=["model"]),
+            GaugeMetricFamily("internvl:num_requests_waiting", "requests waiting for a worker or inside the engines "
+                              "of the model's workers", labels=["model"]),
+            GaugeMetricFamily("internvl:num_requests_running", "requests being answered through the controller",
+                              labels=["model"])]
+        for model, load in sorted(loads.items()):
+            for family, value in zip(families, (load.in_line, load.waiting, load.running)):
+                family.add_metric([model], value)
+        yield from families
 
 
 class CacheCounts(Protocol):

@@ -111,6 +111,8 @@ class ChatMessage(WireModel):
     function_call: dict | None = None
     refusal: str | None = None
     audio: dict | None = None
+    # An earlier answer's reasoning, as this server returned it (assistant messages; workers/reasoning.py)
+    reasoning_content: str | None = None
 
     @field_validator("role")
     @classmethod
@@ -149,6 +151,8 @@ class ChatCompletionRequest(WireModel, OpenAIOptions, FieldExtensions):
     max_tiles: int | None = Field(None, ge=1, le=40, description="tile budget for the newest turn's images")
     num_frames: int | None = Field(None, ge=1, description="frames sampled from each video (at most the "
                                    "model card's limits.max_video_frames)")
+    thinking: bool | None = Field(None, description="thinking mode (models whose card lists the 'thinking' "
+                                  "capability): reasoning comes back as reasoning_content")
 
     @field_validator("stop")
     @classmethod
@@ -174,15 +178,21 @@ class ChatCompletionRequest(WireModel, OpenAIOptions, FieldExtensions):
 # ---------------------------------------------------------------------------------------------- responses
 
 
+class CompletionTokensDetails(OutModel):
+    reasoning_tokens: int = 0
+
+
 class Usage(OutModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ResponseMessage(OutModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = None
 
 
 def _with_keys(data: dict, keys: tuple[str, ...]) -> dict:
@@ -216,6 +226,7 @@ class ChatCompletion(OutModel):
 class Delta(OutModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(OutModel):
@@ -272,6 +283,7 @@ class ModelCard(OutModel):
     engine: str | None = None
     context_length: int | None = None
     random_weights: bool = Field(False, description="True for the demo checkpoint: its answers are noise")
+    capabilities: list[str] | None = Field(None, description="e.g. ['vision', 'video', 'thinking']")
     limits: ModelLimits | None = Field(None, description="what one request may carry (None: not advertised)")
     workers: list[str] | None = None
 
@@ -318,6 +330,8 @@ class WorkerStatus(OutModel):
     last_heartbeat_age_s: float
     served: int
     failures: int
+    benched: bool = False  # its circuit breaker is open: no requests until a trial after the cool-down
+    benched_for_s: float | None = None  # cool-down left (0: the next request is its trial)
 
 
 class WorkerList(OutModel):

@@ -24,6 +24,7 @@ async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
     """`events`: event data, as `payloads` gives it. One choice per index the chunks name (OpenAI's `n`)."""
     completion_id, usage = None, Usage()
     parts: dict[int, list[str]] = {}
+    reasoning: dict[int, list[str]] = {}  # a choice's reasoning_content deltas (none: the message has no reasoning)
     tokens: dict[int, list | None] = {}  # None: the chunks carried no logprobs
     finish: dict[int, str] = {}
     async for data in events:
@@ -36,7 +37,10 @@ async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
         completion_id = completion_id or chunk.get("id")
         for choice in chunk.get("choices") or []:
             index = int(choice.get("index") or 0)
-            parts.setdefault(index, []).append((choice.get("delta") or {}).get("content") or "")
+            delta = choice.get("delta") or {}
+            parts.setdefault(index, []).append(delta.get("content") or "")
+            if delta.get("reasoning_content"):
+                reasoning.setdefault(index, []).append(delta["reasoning_content"])
             content = (choice.get("logprobs") or {}).get("content")
             if content is not None:
                 tokens[index] = (tokens.get(index) or []) + content
@@ -47,6 +51,7 @@ async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
     if not finish or set(finish) != set(parts):
         raise ServingError(ErrorCode.WORKER_LOST, "the worker ended the answer without finishing it; please retry")
     return ChatCompletion(id=completion_id or "chatcmpl-unknown", model=model, usage=usage, choices=[
-        Choice(index=i, message=ResponseMessage(content="".join(parts[i])), finish_reason=finish[i],
-               logprobs=None if tokens.get(i) is None else ChoiceLogprobs(content=tokens[i]))
+        Choice(index=i, message=ResponseMessage(content="".join(parts[i]),
+                                                reasoning_content="".join(reasoning[i]) if i in reasoning else None),
+               finish_reason=finish[i], logprobs=None if tokens.get(i) is None else ChoiceLogprobs(content=tokens[i]))
         for i in sorted(parts)])

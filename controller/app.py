@@ -18,14 +18,15 @@ from common.errors import ErrorCode, ServingError
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, SSEBytesResponse, check_api_key, install_error_handlers,
                          parse_json_body, read_body, until_client_leaves)
 from common.logging_setup import install_request_ids, request_id_var
-from common.metrics import Metrics, install_metrics
+from common.metrics import Metrics, ModelLoad, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
-from controller.policies import POLICIES
+from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
-from controller.request_peek import peek_request
+from controller.request_peek import Peeked, peek_request
 from controller.relay import Dispatcher
+from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ async def _expire_loop(registry: Registry) -> None:
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
 
 
+async def _pump_loop(queue: RequestQueue) -> None:
+    """Capacity that comes back without an event (a benched worker's cool-down ends) reaches the line here."""
+    while True:
+        await asyncio.sleep(0.25)
+        queue.pump()
+
+
 def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
     """The one HTTP client to the workers. aiohttp, for its C parser: the relay reads every token through it.
     Idle connections are dropped before the workers' own keep-alive limit (uvicorn's 5 s), so a request is never
@@ -48,29 +56,69 @@ def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s))
 
 
+SESSION_HEADER = "X-Session-Id"  # names a conversation, whose turns stay on one worker (the web UI sends one per chat)
+_MAX_KEY = 256
+
+
+def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
+    """The affinity key: the client's session id (header, else the OpenAI `user` field), else the hash of the
+    conversation's start. Prefixed by kind, so a session named like a hash is not that conversation."""
+    session = request.headers.get(SESSION_HEADER)
+    if session:
+        key = "s:" + session[:_MAX_KEY]
+    elif asked.user:
+        key = "u:" + asked.user[:_MAX_KEY]
+    elif asked.conversation:
+        key = "c:" + asked.conversation
+    else:
+        return None
+    return Conversation(key, asked.first_turn)
+
+
+def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Policy:
+    if settings.dispatch_policy == "affinity":
+        return Affinity(rng, max_excess=settings.affinity_max_excess)
+    return POLICIES[settings.dispatch_policy](rng)
+
+
 def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
-    registry = Registry(settings.heartbeat_expiry_s)
+    registry = Registry(settings.heartbeat_expiry_s, breaker_failures=settings.breaker_failures,
+                        breaker_cooldown_s=settings.breaker_cooldown_s)
     metrics = Metrics()
     metrics.track_load(lambda: sum(w.in_flight for w in registry.all()),
                        lambda: sum(w.queued for w in registry.all()))
     metrics.track_workers(lambda: sum(w.healthy for w in registry.all()),
                           lambda: sum(not w.healthy for w in registry.all()))
 
+    def model_loads() -> dict[str, ModelLoad]:
+        dispatcher: Dispatcher | None = getattr(app.state, "dispatcher", None)
+        queue = dispatcher.queue if dispatcher is not None else None
+        running = registry.running()
+        models = {m for w in registry.all() for m in w.models} | set(running) | set(queue.models() if queue else ())
+        loads = {}
+        for model in models:
+            in_line = queue.waiting(model) if queue else 0
+            engines = sum(w.queued for w in registry.serving(model))
+            loads[model] = ModelLoad(in_line, in_line + engines, running.get(model, 0))
+        return loads
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with worker_client(settings) as client:
-            app.state.dispatcher = Dispatcher(registry, POLICIES[settings.dispatch_policy](rng), client, settings,
-                                             metrics)
-            expiry = asyncio.create_task(_expire_loop(registry))
+            app.state.dispatcher = Dispatcher(registry, make_policy(settings, rng), client, settings, metrics)
+            loops = [asyncio.create_task(_expire_loop(registry)),
+                     asyncio.create_task(_pump_loop(app.state.dispatcher.queue))]
             announce(settings)
             try:
                 yield
             finally:
-                expiry.cancel()
+                for loop in loops:
+                    loop.cancel()
 
     app = FastAPI(title="InternVL controller", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    metrics.track_models(model_loads)
     install_error_handlers(app)
     install_metrics(app, metrics, settings.api_keys)
     install_request_ids(app)
@@ -109,6 +157,16 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         check_api_key(request, settings.api_keys)
         return WorkerList(workers=registry.status())
 
+    @app.get("/queue/{request_id}")
+    async def queue_position(request: Request, request_id: str) -> dict:
+        """Where a request waits in the controller's line (the web UI polls it with the X-Request-ID it sent)."""
+        check_api_key(request, settings.api_keys)
+        place = request.app.state.dispatcher.queue.position(request_id)
+        if place is None:
+            return {"request_id": request_id, "queued": False}
+        model, position, waiting = place
+        return {"request_id": request_id, "queued": True, "model": model, "position": position, "waiting": waiting}
+
     @app.get("/v1/models")
     async def models(request: Request) -> ModelList:
         check_api_key(request, settings.api_keys)
@@ -125,8 +183,10 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             relay_headers[RELAY_INCLUDE_USAGE] = "1"  # the one answer carries usage
         dispatcher: Dispatcher = request.app.state.dispatcher
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
-        upstream = await until_client_leaves(request, dispatcher.open(body, asked.model, request_id_var.get(),
-                                                                      relay_headers))
+        client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
+        opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
+                                 conversation_of(request, asked), client[:_MAX_KEY])
+        upstream = await until_client_leaves(request, opened)
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if asked.stream:

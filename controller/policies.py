@@ -1,30 +1,44 @@
-"""Dispatch policies: each picks one worker among candidates, skipping unhealthy and full ones, or None."""
+"""Dispatch policies: each picks one worker among candidates, skipping unhealthy, benched and full ones, or None.
+
+`conversation` names the conversation a request belongs to (controller/request_peek.py, app.py); only `Affinity`
+uses it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from controller.registry import WorkerRecord
+
+
+@dataclass(frozen=True)
+class Conversation:
+    key: str
+    first_turn: bool = False  # no earlier turn: no worker has anything of it cached
 
 
 class Policy(ABC):
     def __init__(self, rng: random.Random | None = None):
         self.rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[WorkerRecord]) -> WorkerRecord | None:
-        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency]
-        return self._pick(usable) if usable else None
+    def choose(self, candidates: Sequence[WorkerRecord],
+               conversation: Conversation | None = None) -> WorkerRecord | None:
+        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
+        return self._pick(usable, conversation) if usable else None
 
     @abstractmethod
-    def _pick(self, usable: Sequence[WorkerRecord]) -> WorkerRecord: ...
+    def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None) -> WorkerRecord: ...
 
 
 class ShortestQueue(Policy):
     """Least loaded relative to capacity; ties broken at random so equal workers share the load."""
 
-    def _pick(self, usable: Sequence[WorkerRecord]) -> WorkerRecord:
+    def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
         best = min(w.load for w in usable)
         return self.rng.choice([w for w in usable if w.load == best])
 
@@ -32,9 +46,73 @@ class ShortestQueue(Policy):
 class Lottery(Policy):
     """Random, weighted by free capacity: bigger or idler workers win more often."""
 
-    def _pick(self, usable: Sequence[WorkerRecord]) -> WorkerRecord:
+    def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
         weights = [max(w.max_concurrency - w.busy, 0) + 1e-9 for w in usable]
         return self.rng.choices(list(usable), weights=weights, k=1)[0]
 
 
-POLICIES: dict[str, type[Policy]] = {"shortest_queue": ShortestQueue, "lottery": Lottery}
+class Affinity(ShortestQueue):
+    """Turns of one conversation go to the worker that served its last turn: that worker holds its media cache
+    (decoded, tiled images and video frames) and, under TurboMind, its prefix cache.
+
+    A conversation seen before goes where it went last, while that worker is usable. A first turn goes to the least
+    loaded worker (nothing is cached anywhere yet, and that keeps the load even). A later turn of a conversation not
+    remembered (the controller restarted, or it runs beside others; its worker left) goes to the top of a rendezvous
+    hash of its key over the usable workers: every controller picks the same one, and a worker joining or leaving
+    moves only the conversations it wins or held. The affine worker is taken while it has at most `max_excess` more
+    requests (running and waiting) than the least loaded one, and waited for while it is full within that bound (in
+    the controller's line, request_queue.py); beyond it the least loaded takes the turn and the conversation moves
+    there for good. Requests without a conversation go by shortest queue. `remember` bounds the
+    conversations kept (the least recently seen are forgotten first)."""
+
+    def __init__(self, rng: random.Random | None = None, max_excess: int = 4, remember: int = 65_536):
+        super().__init__(rng)
+        self.max_excess = max_excess
+        self.remember = remember
+        self._last: OrderedDict[str, str] = OrderedDict()  # conversation key -> worker id of its last turn
+
+    def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None
+               ) -> WorkerRecord | None:
+        """None also when the conversation's worker is full but within the bound: the request waits for it."""
+        own = self._own(candidates, conversation)
+        if own is not None and own.healthy and own.breaker.admits() and own.busy >= own.max_concurrency:
+            others = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
+            if not others or _requests(own) - min(_requests(w) for w in others) <= self.max_excess:
+                return None
+        return super().choose(candidates, conversation)
+
+    def preferred(self, conversation: Conversation) -> str | None:
+        """The worker that served the conversation's last turn, if it is remembered."""
+        return self._last.get(conversation.key)
+
+    def _own(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None) -> WorkerRecord | None:
+        last = self._last.get(conversation.key) if conversation is not None else None
+        return next((w for w in candidates if w.worker_id == last), None) if last is not None else None
+
+    def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
+        if conversation is None:
+            return super()._pick(usable)
+        key = conversation.key
+        last = self._last.get(key)
+        affine = next((w for w in usable if w.worker_id == last), None)
+        if affine is None and not (conversation.first_turn and last is None):
+            affine = max(usable, key=lambda w: _score(key, w))
+        least = min(_requests(w) for w in usable)
+        fits = affine is not None and _requests(affine) - least <= self.max_excess
+        chosen = affine if fits else super()._pick(usable)
+        self._last[key] = chosen.worker_id
+        self._last.move_to_end(key)
+        if len(self._last) > self.remember:
+            self._last.popitem(last=False)
+        return chosen
+
+
+def _requests(w: WorkerRecord) -> int:
+    return w.busy + w.queued
+
+
+def _score(key: str, w: WorkerRecord) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{w.worker_id}".encode(), digest_size=8).digest(), "big")
+
+
+POLICIES: dict[str, type[Policy]] = {"affinity": Affinity, "shortest_queue": ShortestQueue, "lottery": Lottery}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import ModelCard, ModelLimits, WorkerHeartbeat, WorkerRegistration, WorkerStatus
+from controller.breaker import Breaker
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -32,6 +33,8 @@ class Lease:
 
     record: WorkerRecord
     taken_at: float
+    model: str = ""
+    on_release: Callable[[], None] = lambda: None  # the registry's: capacity may have been freed
     id: int = field(default_factory=lambda: next(_ids))
     released: bool = False
 
@@ -40,11 +43,13 @@ class Lease:
         if self.released:
             return False
         self.released = True
+        self.record.full_until = 0.0  # a slot of its own is free now
         if self.record.leases.pop(self.id, None) is not None:  # absent: dropped by a heartbeat correction
             if ok:
                 self.record.served += 1
             else:
                 self.record.failures += 1
+        self.on_release()
         return True
 
 
@@ -65,6 +70,13 @@ class WorkerRecord:
     mismatch_since: float | None = None  # when the worker's count started to disagree with ours
     mismatch_low: int = 0  # over that time, the smallest disagreement seen (ours minus the worker's)
     mismatch_high: int = 0
+    breaker: Breaker = field(default_factory=Breaker)  # benches it after failures in a row (controller/breaker.py)
+    full_until: float = 0.0  # it answered 429 (full) although we counted a free slot: full until then
+
+    def refused_as_full(self, for_s: float = 0.5) -> None:
+        """It is still counting a request we already let go (its client left a moment ago): treat it as full
+        until one of our requests on it ends, its next heartbeat says how busy it is, or `for_s` passed."""
+        self.full_until = time.monotonic() + for_s
 
     @property
     def in_flight(self) -> int:
@@ -73,7 +85,10 @@ class WorkerRecord:
     @property
     def busy(self) -> int:
         """Requests the worker is running, as far as the controller knows: ours, plus others it reported."""
-        return len(self.leases) + self.external
+        counted = len(self.leases) + self.external
+        if self.full_until and time.monotonic() < self.full_until:
+            return max(counted, self.max_concurrency)
+        return counted
 
     @property
     def load(self) -> float:
@@ -81,20 +96,24 @@ class WorkerRecord:
 
 
 class Registry:
-    def __init__(self, expiry_s: float, clock: Callable[[], float] = time.monotonic, grace_s: float | None = None):
+    def __init__(self, expiry_s: float, clock: Callable[[], float] = time.monotonic, grace_s: float | None = None,
+                 breaker_failures: int = 5, breaker_cooldown_s: float = 30.0):
         self.expiry_s = expiry_s
+        self.breaker_failures, self.breaker_cooldown_s = breaker_failures, breaker_cooldown_s
         # Counts may disagree for a moment (a request on its way, a heartbeat in flight); longer is a real drift.
         self.grace_s = grace_s if grace_s is not None else max(2 * expiry_s / 3, 5.0)
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
         self._departed: dict[str, WorkerRecord] = {}  # removed while requests still held leases on them
+        self.listeners: list[Callable[[], None]] = []  # told when capacity may have been freed (the waiting line)
 
     def register(self, reg: WorkerRegistration, relay_token: str = "") -> WorkerRecord:
         """New worker, or the same one again: then its record is updated in place, so the leases of requests
         running through us stay on the record that dispatch reads."""
         rec = self._workers.get(reg.worker_id) or self._departed.pop(reg.worker_id, None)
         if rec is None:
-            rec = WorkerRecord(worker_id=reg.worker_id, url="", models={}, max_concurrency=1, last_heartbeat=0.0)
+            rec = WorkerRecord(worker_id=reg.worker_id, url="", models={}, max_concurrency=1, last_heartbeat=0.0,
+                               breaker=Breaker(self.breaker_failures, self.breaker_cooldown_s, self._clock))
         rec.url = reg.url.rstrip("/")
         rec.models = {m.id: m for m in reg.models}
         rec.max_concurrency = reg.max_concurrency
@@ -102,6 +121,7 @@ class Registry:
         rec.healthy = True
         rec.relay_token = relay_token  # a new token with every registration
         self._workers[reg.worker_id] = rec
+        self.changed()
         return rec
 
     def heartbeat(self, hb: WorkerHeartbeat) -> WorkerRecord:
@@ -113,8 +133,14 @@ class Registry:
         rec.last_heartbeat = now
         rec.queued = hb.queued
         rec.healthy = True
+        rec.full_until = 0.0
         self._reconcile(rec, hb.in_flight, now)
+        self.changed()
         return rec
+
+    def changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _reconcile(self, rec: WorkerRecord, reported: int, now: float) -> None:
         """Compare the worker's own in-flight count with our leases and correct a difference that lasted `grace_s`
@@ -189,10 +215,19 @@ class Registry:
                 card.limits = card.limits.model_copy(update={"max_body_bytes": max_body_bytes})
         return sorted(cards.values(), key=lambda c: c.id)
 
-    def acquire(self, rec: WorkerRecord) -> Lease:
-        lease = Lease(rec, self._clock())
+    def acquire(self, rec: WorkerRecord, model: str = "") -> Lease:
+        lease = Lease(rec, self._clock(), model, self.changed)
+        rec.breaker.dispatched()
         rec.leases[lease.id] = lease
         return lease
+
+    def running(self) -> dict[str, int]:
+        """Requests running through this controller, by model (departed workers' included)."""
+        counts: dict[str, int] = {}
+        for rec in [*self._workers.values(), *self._departed.values()]:
+            for lease in rec.leases.values():
+                counts[lease.model] = counts.get(lease.model, 0) + 1
+        return counts
 
     def mark_unreachable(self, rec: WorkerRecord) -> None:
         rec.healthy = False
@@ -202,7 +237,8 @@ class Registry:
         return [WorkerStatus(worker_id=r.worker_id, url=r.url, models=sorted(r.models), healthy=r.healthy,
                              in_flight=r.in_flight, max_concurrency=r.max_concurrency, queued=r.queued,
                              last_heartbeat_age_s=round(now - r.last_heartbeat, 3), served=r.served,
-                             failures=r.failures)
+                             failures=r.failures, benched=r.breaker.benched,
+                             benched_for_s=round(r.breaker.cooldown_left_s(), 3) if r.breaker.benched else None)
                 for r in sorted(self._workers.values(), key=lambda r: r.worker_id)]
 
 

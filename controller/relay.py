@@ -26,8 +26,9 @@ from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
-from controller.policies import Policy
+from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
+from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,14 @@ class Dispatcher:
         self.client = client
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.queue = RequestQueue(registry, policy, settings.queue_size, settings.queue_timeout_s,
+                                  self.metrics.observe_queue_wait)
 
-    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None) -> Upstream:
-        """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds.
+    async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None,
+                   conversation: Conversation | None = None, client: str = "") -> Upstream:
+        """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds;
+        `conversation`: the one it belongs to (for the policy); `client`: who sent it (turns in the waiting line).
+        The first attempt may wait in line for a free worker (request_queue.py); a failover does not wait.
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
         with the returned stream, whose `relay` releases it."""
@@ -98,18 +104,25 @@ class Dispatcher:
         tried: set[str] = set()
         last: ServingError | None = None
         started = time.monotonic()
-        for _ in range(self.settings.max_attempts):
-            worker = self.policy.choose([w for w in self.registry.serving(model) if w.worker_id not in tried])
-            if worker is None:
+        for attempt in range(self.settings.max_attempts):
+            if attempt == 0 or (last is not None and last.code == ErrorCode.WORKER_BUSY):
+                # A worker that answered 429 counts as full for a moment: the request waits in line for a slot
+                taken = await self.queue.take(model, conversation, client, request_id)
+            else:
+                left = [w for w in self.registry.serving(model) if w.worker_id not in tried]
+                worker = self.policy.choose(left, conversation) or self.policy.choose(left)  # failover: no wait
+                taken = (worker, self.registry.acquire(worker, model)) if worker is not None else None
+            if taken is None:
                 break
+            worker, lease = taken
             tried.add(worker.worker_id)
-            lease = self.registry.acquire(worker)
             try:
                 upstream = await self._connect(worker, lease, body, request_id, headers)
             except ServingError as err:
                 lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
                             worker.worker_id, err.message)
+                self._judge(worker, err)
                 if err.code == ErrorCode.RELAY_LOOP:  # its URL leads back to a controller: never a worker
                     self.registry.remove(worker.worker_id)
                 if not err.retryable:
@@ -118,7 +131,9 @@ class Dispatcher:
                 continue
             except BaseException:
                 lease.release(ok=None)
+                worker.breaker.no_verdict()
                 raise
+            worker.breaker.succeeded()
             self.metrics.observe_first_token(started)
             return upstream
         if last is not None:
@@ -128,8 +143,26 @@ class Dispatcher:
         if busy:
             raise ServingError(ErrorCode.WORKER_BUSY, f"all workers serving '{model}' are at capacity; "
                                "retry in a few seconds")
+        benched = [w for w in self.registry.serving(model) if w.breaker.benched]
+        if benched:
+            soonest = min(w.breaker.cooldown_left_s() for w in benched)
+            raise ServingError(ErrorCode.NO_WORKER, f"no worker can take requests for '{model}' right now: "
+                               f"{len(benched)} benched after failing {self.settings.breaker_failures} requests in a "
+                               f"row (the next trial in {soonest:.0f} s; check their logs)")
         raise ServingError(ErrorCode.NO_WORKER, f"no healthy worker is serving '{model}' right now; "
                            "its workers stopped answering (check their logs or start one)")
+
+    def _judge(self, worker: WorkerRecord, err: ServingError) -> None:
+        """A failed attempt, for the worker's breaker: failures of the worker count; a busy worker or a request
+        the worker refused (the client's error) show it alive."""
+        if err.code == ErrorCode.WORKER_BUSY:
+            worker.refused_as_full()
+            worker.breaker.no_verdict()
+        elif not err.retryable:
+            worker.breaker.succeeded()
+        elif worker.breaker.failed():
+            log.warning("worker %s benched for %.0f s: %d requests in a row failed before their first token",
+                        worker.worker_id, worker.breaker.cooldown_s, worker.breaker.failures)
 
     def _no_such_model(self, model: str) -> ServingError:
         cards = self.registry.model_cards()

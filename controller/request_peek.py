@@ -1,16 +1,21 @@
-"""What the controller reads of a chat request: `model` (to route it) and `stream` (to answer in kind). Nothing else.
+"""What the controller reads of a chat request: `model` (to route it), `stream` (to answer in kind), `user` and where
+the conversation starts (to keep a conversation on the worker that has its media and prefix cached). Nothing else.
 
 The body travels to the worker byte for byte, and the worker validates all of it; the controller must not pay for a
 parse of a body that is mostly base64 media (a 40 MiB body cost ~300 ms of pydantic on the one event loop that
 relays every stream). So this walks only the JSON's structure: brackets and strings, each string skipped with one
 byte search, and reads the values of the two top-level keys it needs; a large body is walked in a thread (its
-searches are short, so the event loop gets the GIL between them). Malformed JSON that the walk meets (an
+searches are short, so the event loop gets the GIL between them). The conversation's key is a hash of the messages up
+to the end of the first user message (they stay the same for every turn of a chat): of at most 16 KiB of their bytes,
+their start and their end, with their length, not of the media in them (a routing hint: two chats that collide only
+share a worker). Malformed JSON that the walk meets (an
 unterminated string or bracket) is refused here; anything subtler is the worker's to refuse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,12 +28,16 @@ _SPACE = re.compile(rb"[ \t\r\n]*")
 _LITERAL = re.compile(rb"true|false|null|-?[0-9][0-9.eE+-]*")
 MAX_VALUES = 200_000  # brackets and strings walked at most: a real chat has far fewer
 _WALK_OFF_LOOP = 64 * 1024  # bodies larger than this are walked in a thread
+_KEY_SAMPLE = 8 * 1024  # bytes hashed from each end of the conversation's start
 
 
 @dataclass(frozen=True)
 class Peeked:
     model: str
     stream: bool
+    user: str | None = None  # the OpenAI `user` field, when it is a string
+    conversation: str | None = None  # hash of the messages up to the first user message's end; None without one
+    first_turn: bool = False  # that user message is the last message: nothing of the conversation is cached yet
 
 
 class _Invalid(Exception):
@@ -40,9 +49,10 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
     the body is not a JSON object."""
     try:
         if len(body) > _WALK_OFF_LOOP:
-            fields = await asyncio.to_thread(_top_level, body, _WANTED)
+            fields, start = await asyncio.to_thread(_top_level, body, _WANTED)
         else:
-            fields = _top_level(body, _WANTED)
+            fields, start = _top_level(body, _WANTED)
+        span, first_turn = start or (None, False)
     except _Invalid:
         raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
     if fields is None:
@@ -58,22 +68,41 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
     if not isinstance(stream, bool):
         raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: stream: Input should be a valid boolean",
                            param="stream")
-    return Peeked(model, stream)
+    user = fields.get("user")
+    return Peeked(model, stream, user if isinstance(user, str) else None,
+                  _conversation_key(body, span) if span else None, first_turn)
 
 
-_WANTED = frozenset({b'"model"', b'"stream"'})
+_WANTED = frozenset({b'"model"', b'"stream"', b'"user"'})
 
 
-def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]) -> dict[str, object] | None:
+def _conversation_key(body: bytes | bytearray, span: tuple[int, int]) -> str:
+    start, end = span
+    size = end - start
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=12)
+    if size <= 2 * _KEY_SAMPLE:
+        h.update(body[start:end])
+    else:
+        h.update(body[start:start + _KEY_SAMPLE])
+        h.update(body[end - _KEY_SAMPLE:end])
+    return h.hexdigest()
+
+
+def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]
+               ) -> tuple[dict[str, object] | None, tuple[tuple[int, int], bool] | None]:
     """The values of the `wanted` keys (JSON-quoted) of the top-level object (the last one of a repeated key, as
-    JSON parsers do). None when the body is not an object. A value that is an object or array reads as a list."""
+    JSON parsers do), None when the body is not an object; and the span of `messages` from its `[` to the end of its
+    first message with role "user", with whether that message is the last one (None without one). A value that is an
+    object or array reads as a list."""
     start = _SPACE.match(body).end()
     if body[start:start + 1] != b"{":
         if not body[start:].strip():
             raise _Invalid
-        return None
+        return None, None
     found: dict[str, object] = {}
     depth, pos, walked = 0, start, 0
+    messages_at, user_seen, span = -1, False, None  # messages_at >= 0: inside `messages`, before the span's end
+    only = False  # no message after the first user message: the conversation's first turn
     while True:
         m = _STRUCTURE.search(body, pos)
         if m is None:
@@ -85,14 +114,20 @@ def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]) -> dict[str, o
                                "JSON objects, arrays and strings")
         if char == 0x22:  # '"'
             end = _string_end(body, at)
-            if depth == 1:
+            if depth == 1 or (depth == 3 and messages_at >= 0):  # a top-level key, or a key of a message
                 colon = _SPACE.match(body, end).end()
                 if body[colon:colon + 1] == b":":
                     key = bytes(body[at:end])
-                    if key in wanted or (b"\\" in key and json.dumps(json.loads(key)).encode() in wanted):
-                        value_at = _SPACE.match(body, colon + 1).end()
+                    value_at = _SPACE.match(body, colon + 1).end()
+                    if depth == 3:
+                        if key == b'"role"':
+                            value, end = _value(body, value_at)
+                            user_seen = user_seen or value == "user"
+                    elif key in wanted or (b"\\" in key and json.dumps(json.loads(key)).encode() in wanted):
                         value, end = _value(body, value_at)
                         found[json.loads(key)] = value
+                    elif key == b'"messages"' and span is None and body[value_at:value_at + 1] == b"[":
+                        messages_at = value_at
             pos = end
         elif char in b"{[":
             depth += 1
@@ -100,8 +135,14 @@ def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]) -> dict[str, o
         else:
             depth -= 1
             pos = at + 1
+            if messages_at >= 0 and depth <= 2:
+                if user_seen and depth == 2:  # the first user message ends here; is it the last message?
+                    after = _SPACE.match(body, at + 1).end()
+                    span, messages_at, only = (messages_at, at + 1), -1, body[after:after + 1] == b"]"
+                elif depth == 1:  # `messages` ended without one
+                    messages_at = -1
             if depth == 0:
-                return found
+                return found, (span, only) if span else None
             if depth < 0:
                 raise _Invalid
 

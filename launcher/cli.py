@@ -18,6 +18,7 @@ MODES = {
     "controller": "only the controller (the OpenAI-compatible API)",
     "worker": "only workers, registering with a (remote) controller: --controller-url URL [--worker-url URL]",
     "ui": "only the web UI, talking to a (remote) controller: --controller-url URL",
+    "scale": "change the number of workers of a running --ray launcher: scale N --ray ADDRESS",
     "test": "run pytest (./launch.sh test installs the test extras first); the rest goes to pytest",
 }
 ALIASES = {"workers": "worker"}
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     modes = "\n".join(f"  {PROG} {m:<11} {text}" for m, text in MODES.items())
     parser = argparse.ArgumentParser(
         prog=PROG, add_help=False, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage=f"{PROG} [all|controller|worker|ui|test] [FLAGS] [-- WORKER ARGS]",
+        usage=f"{PROG} [all|controller|worker|ui|scale|test] [FLAGS] [-- WORKER ARGS]",
         description=f"Start the InternVL chat stack, keep it running, stop it all on Ctrl-C.\n\n{modes}",
         epilog="Every flag can also be set by its environment variable (shown in brackets); flags win.\n"
                "`-- ARGS` are passed to every worker unchanged, e.g. -- --max-concurrency 4.\n"
@@ -99,6 +100,10 @@ def parse(argv: list[str]) -> Command:
         argv = argv[1:]
     if mode == "test":
         return Command("test", None, test_args=argv)
+    if mode == "scale":
+        if not argv or not argv[0].isdigit():
+            raise UsageError(f"scale takes the number of workers: {PROG} scale N --ray ADDRESS")
+        argv = ["--workers", argv[0], *argv[1:]]
     worker_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")

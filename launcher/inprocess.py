@@ -24,7 +24,10 @@ def serve_in_thread(app, port: int, name: str, timeout_s: float = 900.0) -> None
     """uvicorn in a daemon thread; returns once it serves (a worker's start-up loads the model: minutes)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    from common.bounded_http import bounded_http
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           http=bounded_http()))
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from launcher import cli
 from launcher.compose import LOOPBACK, ROOT, Stack, local_host, port_in_use, shown_host, split_worker_url
-from launcher.gpus import PlanError, plan_for
+from launcher.gpus import PlanError, plan_for, weights_bytes
 from launcher.models import ResolveError, resolve
 from launcher.settings import LaunchSettings
 from launcher.supervisor import Service, StartupFailed, Supervisor
@@ -207,6 +207,42 @@ def run_ui(s: LaunchSettings, sup: Supervisor, stack: Stack, extra: list[str], t
     return [("Web UI:", f"http://{shown_host(s.host)}:{s.port}"), ("API:", controller_url)], False
 
 
+def run_ray(s: LaunchSettings, sup, stack: Stack, extra: list[str], t0: float) -> tuple[list, bool]:
+    """The whole stack on a Ray cluster (launcher/ray_stack.py); `sup` is its RayStack."""
+    nodes = sup.connect()
+    controller_url = sup.start_front(str(stack.log_dir))
+    if not s.api_key:
+        warn(f"the controller listens on {controller_url} (workers on other nodes reach it there): without "
+             "--api-key anyone on that network can use the API")
+    folder, random_weights = _model(s)
+    demo_dir = s.demo_dir if s.demo_dir.is_absolute() else ROOT / s.demo_dir
+    sup.wait_ready(s.start_timeout_s, t0, roles=("controller",))
+    try:
+        reason = sup.plan_workers(nodes, str(folder), s.model, str(demo_dir), weights_bytes(folder), extra)
+    except PlanError as exc:
+        raise UserError(str(exc)) from None
+    say(f"Plan: {reason}")
+    sup.wait_ready(s.start_timeout_s, t0)
+    say("Placed (node -> process):")
+    sup.show_plan()
+    ui = next(h.info for h in sup.hosted if h.job.role == "ui")
+    return [("Web UI:", f"{ui['url']}  (on node {ui['ip']})"),
+            ("API:", f"{controller_url}/v1  (OpenAI-compatible)"),
+            ("Metrics:", f"{controller_url}/metrics"),
+            ("Scale:", f"./launch.sh scale N --ray {s.ray}")], random_weights
+
+
+def run_scale(s: LaunchSettings) -> int:
+    from launcher.ray_control import scale
+
+    if not s.ray:
+        raise UserError("scale talks to a launcher running on a Ray cluster: add --ray ADDRESS (or auto)")
+    say(f"Asking the launcher on the Ray cluster {s.ray} for {s.workers} worker(s)")
+    for line in scale(s.ray, int(s.workers)).splitlines():
+        print(f"    {line}", flush=True)
+    return 0
+
+
 MODES = {"all": run_all, "controller": run_controller, "worker": run_worker, "ui": run_ui}
 
 
@@ -237,10 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = (s.log_dir if s.log_dir.is_absolute() else ROOT / s.log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sup = Supervisor(say, s.max_restarts, s.quick_crash_s, s.stop_timeout_s, echo=echo_line)
+    if command.mode == "scale":
+        try:
+            return run_scale(s)
+        except (UserError, StartupFailed) as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2 if isinstance(exc, UserError) else 1
+    if s.ray and command.mode != "all":
+        print(f"error: --ray runs the whole stack (controller, web UI and workers), not {command.mode} mode",
+              file=sys.stderr, flush=True)
+        return 2
+    if s.ray:
+        from launcher.ray_stack import RayStack
+
+        sup, run = RayStack(s, say), run_ray
+    else:
+        sup, run = Supervisor(say, s.max_restarts, s.quick_crash_s, s.stop_timeout_s, echo=echo_line), \
+            MODES[command.mode]
     _install_signal_handlers()
     try:
-        rows, random_weights = MODES[command.mode](s, sup, Stack(log_dir), command.worker_args, t0)
+        rows, random_weights = run(s, sup, Stack(log_dir), command.worker_args, t0)
         sup.echo = None
         ready_block(time.monotonic() - t0, rows, log_dir, random_weights)
         while sup.supervise_once():

@@ -50,6 +50,13 @@ class LaunchSettings(BaseSettings):
                                    "at, e.g. http://10.0.0.5:21002")
     allow_unauthenticated: bool = Field(False, description="(worker) let a worker on a non-loopback address "
                                         "serve without api keys or a controller")
+    # Ray cluster (docs/deployment.md, "More than one machine")
+    ray: str | None = Field(None, description="run the whole stack on a Ray cluster: auto (the cluster this "
+                            "machine is a node of) or the head's HOST:PORT; controller and web UI on the head node, "
+                            "one worker per --tp GPUs of one node, kept running by Ray")
+    ray_controller_resource: str | None = Field(None, description="(--ray) a custom Ray resource (ray start "
+                                                "--resources) marking the node for the controller and web UI; "
+                                                "default: the head node")
     # supervision
     log_dir: Path = Field(Path("logs"), description="where each process's log goes")
     start_timeout_s: float = Field(900.0, gt=0, description="longest wait for everything to be ready")
@@ -76,6 +83,13 @@ class LaunchSettings(BaseSettings):
     def _plain_secret(cls, value: str | None) -> str | None:
         if value and not _SECRET.match(value):
             raise ValueError("API keys and secrets may use letters, digits and ._~+/=- only")
+        return value or None
+
+    @field_validator("ray")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value and value != "auto" and not re.fullmatch(r"[\w.-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", value):
+            raise ValueError(f"--ray takes auto or the head's HOST:PORT (e.g. 10.0.0.1:6379), not {value!r}")
         return value or None
 
     @field_validator("controller_url", "worker_url")

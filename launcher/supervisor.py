@@ -168,11 +168,12 @@ class Supervisor:
             service.ready_after_s = time.monotonic() - service.started_at
         return problem
 
-    def wait_ready(self, timeout_s: float, since: float) -> None:
-        """Until every service is ready. While starting, a death is a StartupFailed (no restarts: the user is
-        watching, and the cause is usually in the command line or the model)."""
+    def wait_ready(self, timeout_s: float, since: float, until: Callable[[], bool] = lambda: False) -> None:
+        """Until every service is ready (or `until()` says to stop waiting). While starting, a death is a
+        StartupFailed (no restarts: the user is watching, and the cause is usually in the command line or the
+        model)."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not until():
             self._echo_logs()
             pending = [s for s in self.services if not s.ready]
             for s in pending:

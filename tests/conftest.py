@@ -51,3 +51,11 @@ def v2_checkpoint(tmp_path_factory):
     from tests.gpu.random_checkpoint import build_native_v2
 
     return build_native_v2(tmp_path_factory.mktemp("v2"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint_35(tmp_path_factory):
+    """The demo checkpoint built as an InternVL3.5-family checkpoint (Qwen3 text model): it has a thinking mode."""
+    from workers.demo_checkpoint import build_demo_checkpoint
+
+    return build_demo_checkpoint(tmp_path_factory.mktemp("ckpt35") / "internvl35-demo", seed=0, family="internvl3.5")

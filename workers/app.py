@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def model_card(engine: Engine, limits: MediaLimits) -> ModelCard:
     spec = engine.spec
     return ModelCard(id=engine.model_id, family=spec.family, engine=engine.name, context_length=engine.context_length,
-                     random_weights=spec.random_weights, limits=limits.advertised(engine.context_length))
+                     random_weights=spec.random_weights, limits=limits.advertised(engine.context_length),
+                     capabilities=["vision", "video"] + (["thinking"] if spec.thinking else []))
 
 
 def relayed(req: ChatCompletionRequest, request: Request) -> ChatCompletionRequest:

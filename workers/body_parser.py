@@ -11,8 +11,10 @@ cost more than it saves.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -45,16 +47,34 @@ def _ready() -> bool:
     return True
 
 
-def _exit_with_parent() -> None:
-    """Helper initializer: a worker killed with SIGKILL cannot stop its helpers, so they watch for it themselves."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """Helper initializer: a worker killed with SIGKILL cannot stop its helpers, so they go by themselves. `parent`
+    is the worker's pid as it started the pool: a helper that comes up after its worker died (killed during
+    start-up) must not take its adopter (init, a subreaper) for its worker. On Linux the kernel kills the helper
+    with its worker (PR_SET_PDEATHSIG: strictly, when the thread that started it ends; the pool is started and
+    refilled from the event loop's thread, which lives as long as the worker); elsewhere a thread polls."""
+    if _die_with_parent():
+        if os.getppid() != parent:  # it died before the request was made
+            os._exit(0)
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(1.0)
+            time.sleep(0.5)
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _die_with_parent() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class BodyParser:
@@ -71,7 +91,7 @@ class BodyParser:
         # protocol. The default is two, so that a big prompt to refuse does not wait behind every big image body
         # (~60 MB each).
         self._pool = ProcessPoolExecutor(self.helpers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_exit_with_parent)
+                                         initializer=_exit_with_parent, initargs=(os.getpid(),))
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self.helpers)))
 

@@ -4,7 +4,10 @@ It exists so that the whole stack (worker, controller, UI, tests) runs without a
 tokenizer's special tokens, the chat template and the image/video processors are real; the weights are noise, so the
 answers are noise. config.json carries `"random_weights": true`, and everything that serves it says so.
 
-    python -m workers.demo_checkpoint OUT_DIR [--seed N] [--force]
+    python -m workers.demo_checkpoint OUT_DIR [--seed N] [--family internvl3|internvl3.5] [--force]
+
+`--family internvl3.5` builds the same model with a Qwen3 text model, as the InternVL3.5 "-HF" checkpoints have:
+the worker reads it as an InternVL3.5 checkpoint (thinking mode included) from its config, as it reads a real one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ VOCAB_SIZE = 640
 CONTEXT_LENGTH = 4096
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# family -> the text model's config `model_type` (workers/model_spec.py tells the families apart by it)
+TEXT_MODELS = {"internvl3": "qwen2", "internvl3.5": "qwen3"}
 
 # Files whose presence (with a matching config) marks a finished build.
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -72,7 +77,7 @@ Mixed case: Hello World, INTERNVL, Vision Language Model, Transformer, Tokenizer
 """
 
 
-def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
+def build_demo_checkpoint(out_dir: Path, seed: int = 0, family: str = "internvl3") -> Path:
     """Write the demo checkpoint into `out_dir` (created, must not hold other files) and return it.
 
     Deterministic: the same seed gives byte-identical weights and tokenizer files.
@@ -89,7 +94,7 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     config = InternVLConfig(
         vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                            image_size=[TILE, TILE], patch_size=[PATCH, PATCH]),
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+        text_config=dict(model_type=TEXT_MODELS[family], vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                          max_position_embeddings=CONTEXT_LENGTH, bos_token_id=token_id(IM_START),
                          eos_token_id=token_id(IM_END), pad_token_id=token_id(PAD), tie_word_embeddings=False),
@@ -116,8 +121,8 @@ def build_demo_checkpoint(out_dir: Path, seed: int = 0) -> Path:
                                   chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
 
-    _mark_random(out_dir / "config.json", seed)
-    (out_dir / "README.md").write_text(_readme(seed), encoding="utf-8")
+    _mark_random(out_dir / "config.json", seed, family)
+    (out_dir / "README.md").write_text(_readme(seed, family), encoding="utf-8")
     return out_dir
 
 
@@ -165,23 +170,25 @@ def _spread_logits(model, tokenizer, seed: int) -> None:
                 head[token_id].zero_()
 
 
-def _mark_random(config_path: Path, seed: int) -> None:
+def _mark_random(config_path: Path, seed: int, family: str = "internvl3") -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["random_weights"] = True
-    config["demo_checkpoint"] = {"seed": seed, "format_version": FORMAT_VERSION}
+    config["demo_checkpoint"] = {"seed": seed, "format_version": FORMAT_VERSION, "family": family}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _readme(seed: int) -> str:
+def _readme(seed: int, family: str = "internvl3") -> str:
+    text = TEXT_MODELS[family].capitalize()
     return f"""# InternVL demo checkpoint (random weights)
 
 **The weights in this folder are random.** The model answers with noise. It exists to run and test the serving
 stack without downloading a real model: the architecture (transformers-native `InternVLForConditionalGeneration`,
-InternViT-style vision tower + Qwen2 text model), the tokenizer's special tokens, the ChatML chat template and the
+InternViT-style vision tower + {text} text model, read as an {family} checkpoint), the tokenizer's special tokens, the ChatML chat template and the
 image/video processors are real; only the numbers are not.
 
-- built by `python -m workers.demo_checkpoint OUT_DIR --seed {seed}` (deterministic: same seed, same bytes)
-- vision: hidden 32, 2 layers, {TILE}px tiles, patch {PATCH}; text: Qwen2, hidden 64, 2 layers
+- built by `python -m workers.demo_checkpoint OUT_DIR --seed {seed} --family {family}` (deterministic: same seed,
+  same bytes)
+- vision: hidden 32, 2 layers, {TILE}px tiles, patch {PATCH}; text: {text}, hidden 64, 2 layers
 - {TOKENS_PER_TILE} `<IMG_CONTEXT>` tokens per tile; 1..12 tiles per image
 - config.json has `"random_weights": true`; servers label the model as random weights
 
@@ -189,8 +196,8 @@ To serve a real model, point the worker at a real InternVL checkpoint folder ins
 """
 
 
-def is_demo_checkpoint(path: Path, seed: int | None = None) -> bool:
-    """True when `path` holds a complete demo checkpoint of this format (and of `seed`, when given)."""
+def is_demo_checkpoint(path: Path, seed: int | None = None, family: str | None = None) -> bool:
+    """True when `path` holds a complete demo checkpoint of this format (and of `seed` and `family`, when given)."""
     path = Path(path)
     if not all((path / name).is_file() for name in REQUIRED_FILES):
         return False
@@ -200,17 +207,20 @@ def is_demo_checkpoint(path: Path, seed: int | None = None) -> bool:
         return False
     if marker.get("format_version") != FORMAT_VERSION:
         return False
+    if family is not None and marker.get("family", "internvl3") != family:
+        return False
     return seed is None or marker.get("seed") == seed
 
 
-def ensure_demo_checkpoint(out_dir: Path, seed: int = 0, force: bool = False) -> tuple[Path, bool]:
+def ensure_demo_checkpoint(out_dir: Path, seed: int = 0, force: bool = False,
+                           family: str = "internvl3") -> tuple[Path, bool]:
     """Build into `out_dir` unless it already holds this demo checkpoint; returns (path, built).
 
     Builds in a sibling temporary folder and renames it into place, so an interrupted build never looks complete.
     Refuses to overwrite a folder that holds something else unless `force`.
     """
     out_dir = Path(out_dir)
-    if not force and is_demo_checkpoint(out_dir, seed):
+    if not force and is_demo_checkpoint(out_dir, seed, family):
         return out_dir, False
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force and not is_demo_checkpoint(out_dir):
@@ -218,7 +228,7 @@ def ensure_demo_checkpoint(out_dir: Path, seed: int = 0, force: bool = False) ->
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        build_demo_checkpoint(staging, seed)
+        build_demo_checkpoint(staging, seed, family)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -232,10 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Build the tiny random-weights InternVL demo checkpoint.")
     parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint into")
     parser.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same bytes)")
+    parser.add_argument("--family", choices=sorted(TEXT_MODELS), default="internvl3",
+                        help="internvl3.5: a Qwen3 text model, read as an InternVL3.5 checkpoint (thinking mode)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR already holds it")
     args = parser.parse_args(argv)
     try:
-        path, built = ensure_demo_checkpoint(args.out_dir, args.seed, args.force)
+        path, built = ensure_demo_checkpoint(args.out_dir, args.seed, args.force, args.family)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ class ModelSpec:
     stop_words: tuple[str, ...] = ()
     system_message: str | None = None  # the family's default system prompt (None: none)
     random_weights: bool = False  # the demo checkpoint: answers are noise, say so wherever it is served
+    thinking: bool = False  # has a thinking mode (InternVL3.5: workers/prompts/thinking.py)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -49,6 +50,7 @@ REMOTE_ARCH = "InternVLChatModel"
 NATIVE_ARCH = "InternVLForConditionalGeneration"
 _QWEN3_LIKE = ("qwen3", "gpt_oss", "gptoss")  # InternVL3.5 language models
 _VIT_300M_HIDDEN = 1024  # InternViT-300M (Mini-InternVL) vs InternViT-6B (hidden 3200)
+THINKING_FAMILIES = frozenset({"internvl3.5"})  # trained with the thinking system prompt (InternVL3.5 model cards)
 
 
 class UnsupportedCheckpoint(ValueError):
@@ -59,6 +61,7 @@ def detect_model_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
     config = _read_json(path / "config.json", required=True)
     arch = (config.get("architectures") or [None])[0]
+    _refuse_flash(path, config)
     if arch == REMOTE_ARCH:
         return _remote_code_spec(path, config)
     if arch == NATIVE_ARCH:
@@ -67,6 +70,19 @@ def detect_model_spec(path: str | Path) -> ModelSpec:
         f"{path}/config.json declares architectures={config.get('architectures')!r}; expected an InternVL "
         f"checkpoint: {REMOTE_ARCH!r} (InternVL-Chat V1-1 .. InternVL3.5, trust_remote_code format) or "
         f"{NATIVE_ARCH!r} (transformers-native InternVL 2.5/3/3.5)")
+
+
+def _refuse_flash(path: Path, config: dict[str, Any]) -> None:
+    """InternVL3.5-Flash: its Visual Resolution Router picks, per tile and inside the model, 256 or 64 tokens; our
+    prompts expand every tile to a fixed count before the engine runs, and neither TurboMind nor transformers'
+    native InternVL has the router, so such a checkpoint would be fed the wrong number of image tokens."""
+    if config.get("flash_mode"):
+        raise UnsupportedCheckpoint(
+            f"{path} is an InternVL3.5-Flash checkpoint (config.json: flash_mode={config['flash_mode']!r}, the "
+            "Visual Resolution Router). Neither engine of this worker can serve it: TurboMind and transformers' "
+            "native InternVL have no router. Serve it with lmdeploy's PyTorch engine (`lmdeploy serve api_server "
+            "--backend pytorch`) or the authors' remote code (`model.chat`), or serve the non-Flash InternVL3.5 "
+            "checkpoint of the same size here")
 
 
 def _read_json(file: Path, required: bool = False) -> dict[str, Any]:
@@ -117,7 +133,7 @@ def _remote_code_spec(path: Path, config: dict[str, Any]) -> ModelSpec:
         tokens_per_tile=tokens, ps_version=ps_version,
         context_length=int(llm.get("max_position_embeddings") or llm.get("max_sequence_length") or 4096),
         stop_words=tpl.stop_words, system_message=system, random_weights=bool(config.get("random_weights", False)),
-        extra={"image_mean": tuple(mean), "image_std": tuple(std)},
+        thinking=family in THINKING_FAMILIES, extra={"image_mean": tuple(mean), "image_std": tuple(std)},
     )
 
 
@@ -176,7 +192,7 @@ def _native_spec(path: Path, config: dict[str, Any]) -> ModelSpec:
         context_length=int(text.get("max_position_embeddings", 4096)),
         stop_words=tpl.stop_words,
         system_message=None,  # the "-hf" chat templates carry no default system prompt; we render what they render
-        random_weights=bool(config.get("random_weights", False)),
+        random_weights=bool(config.get("random_weights", False)), thinking=family in THINKING_FAMILIES,
         extra={"image_mean": tuple(image_proc.get("image_mean", IMAGENET_MEAN)),
                "image_std": tuple(image_proc.get("image_std", IMAGENET_STD))},
     )

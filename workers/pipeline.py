@@ -26,6 +26,8 @@ from workers.media_cache import Key, MediaCache, content_digest
 from workers.model_spec import ModelSpec
 from workers.prompts.escaping import UntrustedText
 from workers.prompts.templates import get_template, image_placeholder
+from workers.prompts.thinking import THINKING_SAMPLING, check_thinking, thinking_system
+from workers.reasoning import THINK_START, join_reasoning
 from workers.vision.budget import check_image_tokens_fit, newest_turn_budgets
 from workers.vision.images import decode_image, header_pixels
 from workers.vision.tiling import IMAGENET_MEAN, IMAGENET_STD, cut_tiles, normalize, square_tile
@@ -92,7 +94,8 @@ def _url(part: ImagePart | VideoPart) -> str:
 def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLimits, untrusted: UntrustedText):
     """-> (system, turns, media). A turn is (role, pieces); a piece is text, or None where a media item's
     expansion goes (media listed in prompt order). The messages' text is wrapped by `untrusted`."""
-    system = spec.system_message
+    thinking = check_thinking(req.thinking, spec.family, spec.thinking, req.model)
+    system, user_system = spec.system_message, None
     turns: list[tuple[str, list[str | None]]] = []
     media: list[_Media] = []
     user_indices = [i for i, m in enumerate(req.messages) if m.role == "user"]
@@ -113,8 +116,10 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
             if i != 0:
                 raise ServingError(ErrorCode.INVALID_REQUEST, f"message {i + 1}: a system message must come first",
                                    param=f"messages[{i}]")
-            system = untrusted.wrap("".join(texts))
+            system = user_system = untrusted.wrap("".join(texts))
             continue
+        if msg.reasoning_content is not None:
+            texts = _with_reasoning(msg.role, msg.reasoning_content, texts, i)
         _refuse_image_markup(spec, texts, i)
         pieces: list[str | None] = []
         first = len(media)
@@ -138,7 +143,22 @@ def _parse_messages(req: ChatCompletionRequest, spec: ModelSpec, limits: MediaLi
         raise ServingError(ErrorCode.INVALID_REQUEST, f"the conversation as a whole has {len(media)} images and "
                            f"videos (earlier turns included); this server takes at most "
                            f"{limits.max_images_per_request} per request: start a new conversation", param="messages")
+    if thinking:
+        system = thinking_system(user_system)
     return system, turns, media
+
+
+def _with_reasoning(role: str, reasoning: str, texts: list[str], index: int) -> list[str]:
+    """An earlier answer sent back with its reasoning apart goes to the model as the model wrote it, reasoning
+    first (the authors' `chat()` keeps the whole response in the history); an answer that still holds its
+    `<think>` section is sent as it is, so the reasoning is never there twice."""
+    if role != "assistant":
+        raise ServingError(ErrorCode.INVALID_REQUEST, f"message {index + 1} ({role}) has reasoning_content; only "
+                           "assistant messages may", param=f"messages[{index}].reasoning_content")
+    answer = "".join(texts)
+    if not reasoning or answer.lstrip().startswith(THINK_START):
+        return texts
+    return [join_reasoning(reasoning, answer)]
 
 
 def _assign_budgets(spec: ModelSpec, req: ChatCompletionRequest, newest_images: list[_Media]) -> None:
@@ -264,7 +284,10 @@ def _tiles_per_image(media: list[_Media], counts: list[int]) -> list[int]:
 def _sampling(req: ChatCompletionRequest, spec: ModelSpec) -> SamplingParams:
     stops = list(req.stop or [])
     stops += [s for s in spec.stop_words if s not in stops]
-    return SamplingParams(max_new_tokens=req.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, temperature=req.temperature,
+    # Thinking: the model card's sampling for the fields the request leaves unset (workers/prompts/thinking.py).
+    card = {k: v for k, v in THINKING_SAMPLING.items() if k not in req.model_fields_set} if req.thinking else {}
+    return SamplingParams(max_new_tokens=req.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                          temperature=card.get("temperature", req.temperature),
                           top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty,
                           stop=tuple(stops), seed=None if req.seed is None else req.seed % SEED_MODULUS,
                           **openai_sampling(req))

@@ -19,7 +19,7 @@ from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
-                             Delta, ResponseMessage, Usage, new_completion_id)
+                             CompletionTokensDetails, Delta, ResponseMessage, Usage, new_completion_id)
 from workers.choices import IndexedEvent, choice_requests, merged, wire_logprobs
 from workers.context_check import fit_context, refuse_impossible_text, tokenize_within_context
 from workers.engines.base import Engine, FinishEvent, TokenEvent
@@ -27,6 +27,7 @@ from workers.lease import Lease, Leases, PixelPool
 from workers.media_cache import MediaCache
 from workers.openai_support import refuse_unsupported
 from workers.pipeline import prepare_generation
+from workers.reasoning import AnswerSplitter, Split
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -102,23 +103,28 @@ class ChatService:
                             events: AsyncIterator[IndexedEvent]) -> AsyncIterator[str]:
         cid, model = new_completion_id(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        begun: set[int] = set()  # choices whose first chunk (the one with the role) went out
-        finished: list[FinishEvent] = []
+        splitters: dict[int, AnswerSplitter] = {}  # per choice, made at its first chunk (the one with the role)
+        pending: dict[int, list] = {}  # per choice: logprobs of tokens whose text is held back (a tag may start)
+        finished: list[tuple[FinishEvent, AnswerSplitter]] = []
         try:
             index, event = first
             while True:
-                opening = index not in begun
-                begun.add(index)
+                opening = index not in splitters
+                splitter = splitters.setdefault(index, AnswerSplitter(self.engine.spec.thinking))
+                waiting = pending.setdefault(index, [])
                 if isinstance(event, TokenEvent):
-                    delta = Delta(content=event.text, role="assistant" if opening else None)
-                    logprobs = wire_logprobs(event.logprobs) if req.logprobs else None
-                    yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
-                        ChunkChoice(index=index, delta=delta, logprobs=logprobs)]))
+                    waiting.extend(event.logprobs or ())
+                    for delta in _deltas(splitter.feed(event.text, event.tokens), not opening):
+                        opening = False
+                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
+                            ChunkChoice(index=index, delta=delta, logprobs=_take(waiting, req.logprobs))]))
                 elif isinstance(event, FinishEvent):
-                    delta = Delta(role="assistant" if opening else None, content="" if opening else None)
-                    yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
-                        ChunkChoice(index=index, delta=delta, finish_reason=event.reason)]))
-                    finished.append(event)
+                    deltas = _deltas(splitter.flush(), not opening, last=True)
+                    for i, delta in enumerate(deltas):
+                        yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[
+                            ChunkChoice(index=index, delta=delta, logprobs=_take(waiting, req.logprobs),
+                                        finish_reason=event.reason if i == len(deltas) - 1 else None)]))
+                    finished.append((event, splitter))
                     if len(finished) == req.n:
                         if include_usage:
                             yield sse_data(ChatCompletionChunk(id=cid, model=model, choices=[],
@@ -144,7 +150,8 @@ class ChatService:
 
     async def complete(self, req: ChatCompletionRequest, lease: Lease, first: IndexedEvent,
                        events: AsyncIterator[IndexedEvent]) -> ChatCompletion:
-        texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
+        splitters = [AnswerSplitter(self.engine.spec.thinking) for _ in range(req.n)]
+        splits: dict[int, list[Split]] = {i: [] for i in range(req.n)}
         tokens: dict[int, list] = {i: [] for i in range(req.n)}
         finished: dict[int, FinishEvent] = {}
         try:
@@ -155,18 +162,51 @@ class ChatService:
                     if len(finished) == req.n:
                         break
                 else:
-                    texts[index].append(event.text)
+                    splits[index].append(splitters[index].feed(event.text, event.tokens))
                     tokens[index].extend(event.logprobs or ())
                 index, event = await anext(events)
         finally:
             await lease.release()
-        return ChatCompletion(id=new_completion_id(), model=req.model, usage=_usage(list(finished.values())), choices=[
-            Choice(index=i, message=ResponseMessage(content="".join(texts[i])), finish_reason=finished[i].reason,
-                   logprobs=wire_logprobs(tuple(tokens[i])) if req.logprobs else None) for i in range(req.n)])
+        choices = []
+        for i, splitter in enumerate(splitters):
+            parts = splits[i] + [splitter.flush()]
+            reasoning = "".join(s.reasoning for s in parts) if splitter.thought else None
+            message = ResponseMessage(content="".join(s.content for s in parts), reasoning_content=reasoning)
+            choices.append(Choice(index=i, message=message, finish_reason=finished[i].reason,
+                                  logprobs=wire_logprobs(tuple(tokens[i])) if req.logprobs else None))
+        return ChatCompletion(id=new_completion_id(), model=req.model, choices=choices,
+                              usage=_usage([(finished[i], splitters[i]) for i in range(req.n)]))
 
 
-def _usage(finished: list[FinishEvent]) -> Usage:
-    """The prompt counts once (every choice shares it); the completions add up."""
-    prompt = finished[0].prompt_tokens if finished else 0
-    completion = sum(f.completion_tokens for f in finished)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+def _deltas(split: Split, role_sent: bool, last: bool = False) -> list[Delta]:
+    """The chunks' deltas for one piece of a choice: reasoning, then content, each in its own chunk (as vLLM and
+    DeepSeek send them), and at the end one empty delta for the finish reason. The first chunk of a choice carries
+    the role, also when the piece is empty (text held back while a tag may be starting)."""
+    out = [Delta(reasoning_content=split.reasoning)] if split.reasoning else []
+    out += [Delta(content=split.content)] if split.content else []
+    out += [Delta()] if last else []
+    if not role_sent:
+        out = out or [Delta()]
+        out[0].role = "assistant"
+        if out[0].reasoning_content is None and out[0].content is None:
+            out[0].content = ""
+    return out
+
+
+def _take(waiting: list, asked: bool):
+    """A chunk's logprobs when the request asked for them: those of the tokens whose text it is the first to carry."""
+    if not asked:
+        return None
+    out = wire_logprobs(tuple(waiting))
+    waiting.clear()
+    return out
+
+
+def _usage(finished: list[tuple[FinishEvent, AnswerSplitter]]) -> Usage:
+    """The prompt counts once (every choice shares it); the completions, and their reasoning, add up."""
+    prompt = finished[0][0].prompt_tokens if finished else 0
+    completion = sum(f.completion_tokens for f, _ in finished)
+    reasoning = [r for f, s in finished if (r := s.reasoning_tokens(f.completion_tokens)) is not None]
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 completion_tokens_details=CompletionTokensDetails(reasoning_tokens=sum(reasoning)) if reasoning
+                 else None)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.bounded_http import HEAD_TIMEOUT_S
 from workers.limits import DEFAULTS, MediaLimits
 
 
@@ -92,6 +93,8 @@ class WorkerSettings(BaseSettings):
     allow_remote_media: bool = Field(False, description="fetch http(s) image/video URLs (private addresses refused)")
     turbomind: TurbomindOptions = Field(default_factory=TurbomindOptions,
                                         description="TurboMind engine knobs (--turbomind.session-len ...)")
+    header_timeout_s: float = Field(HEAD_TIMEOUT_S, gt=0, le=600, description="longest a client may take to send a "
+                                    "request's line and headers (then 408); they may total 64 KiB (then 431)")
     log_level: str = "info"
     log_format: Literal["kv", "json"] = Field("kv", description="log lines as key=value or JSON")
 

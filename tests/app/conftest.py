@@ -36,3 +36,22 @@ def browser():
     # async test collected after a still-running browser would fail with "cannot be called from a running event loop".
     with launch_browser() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def think_ui_stack(demo_checkpoint, demo_checkpoint_35, log_dir, tmp_path_factory):
+    """-> dict(url, conversations): 'internvl-think' (scripted, demo checkpoint built as InternVL3.5, 8 tokens/s:
+    `scripted:think` answers think) and 'internvl-plain' (scripted, InternVL3 demo checkpoint), and the UI."""
+    controller = start_controller(log_dir)
+    think = spawn_worker(log_dir, demo_checkpoint_35, controller.url, engine=SCRIPTED, model_name="internvl-think",
+                         env={"SCRIPTED_RATE": "8"})  # ~2 s of reasoning: time to see it stream, and to Stop it
+    plain = spawn_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-plain",
+                         env={"SCRIPTED_RATE": "0"})
+    for w in (think, plain):
+        wait_worker(w, controller.url)
+    conversations = tmp_path_factory.mktemp("think-conversations")
+    ui = start_ui(controller.url, log_dir, conversations)
+    yield {"url": ui.url, "conversations": conversations}
+    ui.stop()
+    for proc in (think, plain, controller):
+        proc.stop()

@@ -22,7 +22,8 @@ from PIL import Image
 from tests.support.stack import ROOT, SCRIPTED, free_port, start_controller, start_worker
 
 MODEL = "scripted"
-SETTINGS = ("", 0.7, 0.9, 16, 1.05, 2, 4)  # system prompt, temperature, top_p, max tokens, rep. penalty, tiles, frames
+SETTINGS = ("", 0.7, 0.9, 16, 1.05, 2, 4, False)  # system prompt, temperature, top_p, max tokens, rep. penalty,
+# tiles, frames, think
 MAX_AGE_S = 2  # for the test of the clean-up only
 
 

@@ -63,11 +63,12 @@ def text_of(message: dict) -> str:
 
 
 def test_models_endpoint_lists_served_models_and_flags_random_weights(client):
-    dropdown, info, banner, max_tokens = client.predict("", 1024, api_name="/models")
+    dropdown, info, banner, max_tokens, think = client.predict("", 1024, api_name="/models")
     assert [c[0] for c in dropdown["choices"]] == ["internvl-demo", "internvl-scripted"]
     assert dropdown["value"] == "internvl-demo" and "Served by: `worker-" in info
     assert banner["visible"] is True and "random weights" in banner["value"]
     assert max_tokens["maximum"] == 3072  # the demo checkpoint's 4096-token context, less room for the prompt
+    assert think["visible"] is False  # the InternVL3 demo model has no thinking mode
 
 
 def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(client, ui_stack):

@@ -59,3 +59,47 @@ def test_bad_input_through_the_api_is_an_answer_not_an_exception(client):
     history, box = client.predict({"text": "   ", "files": []}, [], "internvl-fast", *SETTINGS, api_name="/chat")
     assert history == []
     assert client.predict([], "internvl-fast", *SETTINGS, api_name="/regenerate") == []
+
+
+def test_an_avif_photo_is_accepted_and_reaches_the_model(client, tmp_path):
+    """The UI takes every image type the worker decodes (one list: common/media_types.py); .avif was refused."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    photo = tmp_path / "photo.avif"
+    Image.open(EXAMPLES / "landscape.jpg").convert("RGB").save(photo, "AVIF")
+    history, _ = client.predict({"text": "What is this?", "files": [handle_file(str(photo))]}, [], "internvl-fast",
+                                *SETTINGS, api_name="/chat")
+    assert text_of(history[-1]).startswith("I see 1 image."), history[-1]
+
+
+def test_a_queued_turn_shows_its_place_then_answers(client, ui_stack):
+    """Every slot of the slow model's worker taken (8 held streams): a turn waits in the controller's line, the UI
+    says where it is, and once a slot frees it answers, with no error on the way."""
+    import time
+
+    import httpx
+
+    from tests.controller.helpers import HeldStream, body
+
+    ctl = ui_stack["controller"].url
+    with httpx.Client(timeout=30) as http:
+        held = [HeldStream(http, ctl, body("internvl-slow", f"hold {i}", 2000, stream=True)) for i in range(8)]
+        try:
+            job = client.submit({"text": "Are you there?", "files": []}, [], "internvl-slow", *SETTINGS,
+                                api_name="/chat")
+            deadline = time.monotonic() + 20
+            while not any(text_of(out[0][-1]) == "Waiting for a free worker, 1st in line."
+                          for out in job.outputs() if out[0]):
+                assert time.monotonic() < deadline, [o[0][-1] for o in job.outputs() if o[0]]
+                time.sleep(0.1)
+            held.pop().close()  # a slot frees: the waiting turn gets it
+            while not any(text_of(out[0][-1]).startswith("I see 0 images.") for out in job.outputs() if out[0]):
+                assert time.monotonic() < deadline, job.outputs()[-1:]
+                time.sleep(0.1)
+            shown = [text_of(out[0][-1]) for out in job.outputs() if out[0]]
+            assert not any("could not answer" in t.lower() or "⚠" in t for t in shown), shown
+            job.cancel()
+        finally:
+            for h in held:
+                h.close()

@@ -31,13 +31,24 @@ class ScriptedStream:
     def __init__(self, deltas=(), error: ServingError | None = None, block_after: int | None = None):
         self.deltas, self.error, self.block_after = list(deltas), error, block_after
         self.payloads: list[dict] = []
+        self.session_ids: list[str | None] = []
+        self.request_ids: list[str | None] = []
+        self.wait_s, self.places, self.asked_places = 0.0, [], []
         self.closed = asyncio.Event()
 
     async def models(self):  # no limits advertised: the UI's own upload ceiling applies
         return []
 
-    async def stream_chat(self, payload, stats):
+    async def queue_place(self, request_id):
+        self.asked_places.append(request_id)
+        return self.places.pop(0) if self.places else None
+
+    async def stream_chat(self, payload, stats, session_id=None, request_id=None):
         self.payloads.append(payload)
+        self.session_ids.append(session_id)
+        self.request_ids.append(request_id)
+        if self.wait_s:
+            await asyncio.sleep(self.wait_s)  # waiting in the controller's line
         stats.worker = "worker-test"
         try:
             for i, d in enumerate(self.deltas):
@@ -159,6 +170,26 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     media = list((tmp_path / "logs" / "media").iterdir())
     assert len(media) == 1 and media[0].read_bytes() == Path(img).read_bytes()
     assert turns[1]["messages"][1]["content"][0]["media"] == media[0].name
+    # One session id per chat: its turns stay on one worker; another chat has its own.
+    history, _ = h.add_user_message([], {"text": "another chat", "files": [img]})
+    await run(h.stream_reply(history, *PARAMS))
+    first, second, other = source.session_ids
+    assert first and first == second and other and other != first
+
+
+async def test_a_waiting_turn_shows_its_place_in_line_then_the_answer(tmp_path):
+    source = ScriptedStream(["Here", " it is."])
+    source.wait_s, source.places = 0.5, [(3, 4), (2, 4), (1, 3)]
+    h = make(tmp_path, source)
+    h.place_poll_s = 0.1
+    history, _ = h.add_user_message([], {"text": "hello", "files": []})
+    yields = await run(h.stream_reply(history, *PARAMS))
+    waiting = [y[-1]["content"] for y in yields if y[-1].get("metadata", {}).get("id") == "waiting"]
+    assert waiting[:3] == [f"Waiting for a free worker, {n} in line." for n in ("3rd", "2nd", "1st")]
+    assert yields[-1][-1] == {"role": "assistant", "content": "Here it is."}  # the answer replaced the place
+    assert all(y[:-1] == history for y in yields if y[-1].get("metadata"))  # never kept in the history
+    assert set(source.asked_places) == {source.request_ids[0]}  # asked by the id the request was sent with
+    assert not any("could not" in str(y).lower() for y in yields)  # a wait that ends in an answer is no error
 
 
 async def test_logging_switched_off_writes_nothing(tmp_path):
@@ -276,11 +307,13 @@ async def test_grounding_answer_shows_the_image_again_with_boxes(tmp_path):
 
 def test_model_panel_names_workers_and_flags_random_weights():
     cards = [{"id": "internvl-demo", "random_weights": True, "family": "internvl", "engine": "transformers",
-              "context_length": 4096, "workers": [{"id": "w1", "healthy": True, "in_flight": 2}]},
+              "context_length": 4096, "workers": [{"id": "w1", "healthy": True, "in_flight": 2},
+                                                  {"id": "w2", "healthy": True, "in_flight": 0, "benched_for_s": 12.4}]},
              {"id": "real", "random_weights": False, "family": None, "engine": None, "context_length": None,
               "workers": []}]
     info, status = describe_model(cards, "internvl-demo", None)
     assert "random weights" in status and "`w1` up, 2 busy" in info and "context 4096 tokens" in info
+    assert "`w2` benched (failing; retried in 12 s), 0 busy" in info
     assert describe_model(cards, "real", None)[1] == ""
     assert "Start a worker" in describe_model([], None, None)[0]
     assert "演示模型" in describe_model(cards, "internvl-demo", None, "zh-Hans")[1]
@@ -353,3 +386,59 @@ def test_preflight_names_the_file_and_message_in_the_readers_words(tmp_path):
     advertised = served_limits({"context_length": 8192, "limits": {"max_images_per_request": 4}})
     assert advertised.context_length == 8192 and advertised.max_images_per_request == 4
     assert served_limits(None) == Limits()
+
+
+# -- the UI's disk (issue 22, item 3) -------------------------------------------------------------------------------
+
+async def test_a_refused_message_is_logged_as_what_was_refused_not_in_full(tmp_path):
+    """A 1 MB paste refused as too long is logged as its size, the reason and its first characters."""
+    h = make(tmp_path, ScriptedStream([], error=ServingError(ErrorCode.CONTEXT_TOO_LONG, "needs 300000 tokens")))
+    pasted = "START " + "lorem ipsum " * 90_000
+    history, _ = h.add_user_message([], {"text": pasted, "files": [image_file(tmp_path)]})
+    await run(h.stream_reply(history, *PARAMS))
+    [line] = log_lines(tmp_path)
+    assert line["outcome"] == "context_length_exceeded" and "messages" not in line
+    refused = line["refused"]
+    assert refused["message"] == "needs 300000 tokens" and refused["files"] == 1
+    assert refused["text_chars"] >= len(pasted) and refused["excerpt"].startswith("START lorem")
+    assert sum(f.stat().st_size for f in (tmp_path / "logs").rglob("*") if f.is_file()) < 4096  # no media either
+
+
+def _uploaded(folder: Path, name: str, nbytes: int) -> str:
+    """A file as Gradio keeps an upload: in a folder of its own under the upload folder."""
+    path = folder / name.split(".")[0] / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * nbytes)
+    return str(path)
+
+
+async def test_a_session_over_its_upload_quota_is_told_and_its_new_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    settings = UISettings(log_dir=tmp_path / "logs", logging=False, session_upload_mb=1)
+    h = ChatHandlers(settings, ScriptedStream(["ok"]), ConversationLog(settings.log_dir, False), tmp_path / "work")
+    session = gr.Request(session_hash="s1")
+    first = _uploaded(tmp_path / "uploads", "a.png", 600_000)
+    assert h.add_user_message([], {"text": "one", "files": [first]}, session) is not None
+    second = _uploaded(tmp_path / "uploads", "b.png", 600_000)
+    warnings = []
+    monkeypatch.setattr(gr, "Warning", lambda text, duration=None: warnings.append(text))
+    assert h.add_user_message([], {"text": "two", "files": [second]}, session) is None
+    assert "1 MB one session may keep" in warnings[0] and "Start a new chat" in warnings[0]
+    assert Path(first).exists() and not Path(second).exists() and not Path(second).parent.exists()
+    other = gr.Request(session_hash="s2")  # another session has its own share
+    third = _uploaded(tmp_path / "uploads", "c.png", 600_000)
+    assert h.add_user_message([], {"text": "three", "files": [third]}, other) is not None
+
+
+async def test_a_closed_sessions_uploads_are_removed_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    h = make(tmp_path, ScriptedStream(["ok"]))
+    mine, shared = _uploaded(tmp_path / "uploads", "mine.png", 10), _uploaded(tmp_path / "uploads", "both.png", 10)
+    example = str(Path(__file__).resolve().parents[2] / "static" / "examples" / "landscape.jpg")
+    h.add_user_message([], {"text": "a", "files": [mine, shared, example]}, gr.Request(session_hash="s1"))
+    h.add_user_message([], {"text": "b", "files": [shared]}, gr.Request(session_hash="s2"))
+    h.end_session(gr.Request(session_hash="s1"))
+    assert not Path(mine).exists() and not Path(mine).parent.exists()
+    assert Path(shared).exists() and Path(example).exists()  # still another session's; the UI's own example
+    h.end_session(gr.Request(session_hash="s2"))
+    assert not Path(shared).exists()

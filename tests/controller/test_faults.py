@@ -28,7 +28,10 @@ WORKER_KEY = "worker-direct-key"
 
 @pytest.fixture(scope="module")
 def stack(demo_checkpoint, log_dir):
-    ctl = start_controller(log_dir, heartbeat_expiry_s=EXPIRY_S, first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S)
+    # Shortest queue: the tests steer a request to the failing worker by holding a stream on the other one (a
+    # conversation's turns would follow it there under the default affinity policy).
+    ctl = start_controller(log_dir, heartbeat_expiry_s=EXPIRY_S, first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
+                           dispatch_policy="shortest_queue")
     state = {"controller": ctl, "workers": {}, "log_dir": log_dir}
     try:
         for worker_id in ("a", "b"):  # answers of up to 400 tokens at 40/s: long enough to act in the middle

@@ -118,7 +118,8 @@ def hosts(demo_checkpoint, log_dir):
     try:
         ctl = h.spawn("ctl", "controller", "controller", {
             "host": "0.0.0.0", "port": PORT, "heartbeat_expiry_s": EXPIRY_S, "token_timeout_s": TOKEN_TIMEOUT_S,
-            "first_token_timeout_s": 5.0, "connect_timeout_s": 1.0, "registration_secret": SECRET},
+            "first_token_timeout_s": 5.0, "connect_timeout_s": 1.0, "registration_secret": SECRET,
+            "dispatch_policy": "shortest_queue"},  # what these tests measure (identical requests are one conversation)
             log_dir, url=f"http://{h.ctl_ip}:{PORT}")
         procs.append(ctl)
         wait_healthy(ctl)

@@ -4,6 +4,8 @@ short excerpt."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -81,3 +83,46 @@ def test_echoed_values_are_cut_to_an_excerpt(request, target):
     assert len(error["message"]) < 300 and "1000000 characters" in error["message"]
     r = httpx.post(url + "/v1/chat/completions", json=chat() | {huge: 1}, timeout=30)
     assert r.status_code == 400 and len(r.text) < 1000
+
+
+# -- numbers JSON has no room for, and bodies not in UTF-8 (issue 22, item 6) ------------------------------------------
+
+NOT_FINITE = {"temperature-NaN": ("temperature", "NaN"), "temperature-Infinity": ("temperature", "Infinity"),
+              "top_p--Infinity": ("top_p", "-Infinity"), "temperature-1e309": ("temperature", "1e309"),
+              "max_tokens-NaN": ("max_tokens", "NaN")}
+
+
+@pytest.mark.parametrize("case", NOT_FINITE, ids=list(NOT_FINITE))
+def test_not_finite_numbers_are_named_as_such(stack, case):
+    controller, _ = stack
+    field, literal = NOT_FINITE[case]
+    body = json.dumps(chat()).encode()[:-1] + f', "{field}": {literal}}}'.encode()  # json.dumps will not write it
+    r = httpx.post(controller.url + "/v1/chat/completions", content=body,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert f"{field}: must be a finite number" in message and "<=" not in message, message
+
+
+def test_a_utf8_byte_order_mark_is_accepted(stack, standalone_worker):
+    for url in (stack[0].url, standalone_worker.url):
+        r = httpx.post(url + "/v1/chat/completions", content=b"\xef\xbb\xbf" + json.dumps(chat()).encode(),
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+
+
+ENCODED = {"utf-16": (json.dumps(chat()).encode("utf-16"), "UTF-16"),
+           "utf-16-no-mark": (json.dumps(chat()).encode("utf-16-le"), "UTF-16"),
+           "utf-32": (json.dumps(chat()).encode("utf-32"), "UTF-32"),
+           "latin-1": (json.dumps(chat("café"), ensure_ascii=False).encode("latin-1"), "not valid UTF-8")}
+
+
+@pytest.mark.parametrize("case", ENCODED, ids=list(ENCODED))
+def test_bodies_not_in_utf8_are_named(stack, standalone_worker, case):
+    body, named = ENCODED[case]
+    for url in (stack[0].url, standalone_worker.url):
+        r = httpx.post(url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_json" and named in error["message"], error

@@ -148,7 +148,7 @@ async def test_unknown_model_and_no_workers_are_told_apart(make):
 
 
 async def test_full_workers_answer_busy_not_hang(make):
-    dispatcher, registry, _ = await make({"a": ok()})
+    dispatcher, registry, _ = await make({"a": ok()}, queue_size=0)  # no waiting line (tests/controller/test_queue.py)
     registry.acquire(registry.get("a"))
     registry.acquire(registry.get("a"))
     with pytest.raises(ServingError) as err:

@@ -44,3 +44,38 @@ async def test_what_routing_needs_is_refused_clearly(body, code, words):
         await peek_request(body)
     assert err.value.code == code and err.value.status == 400
     assert words in err.value.message.lower(), err.value.message
+
+
+def _chat(*messages: dict, **extra) -> bytes:
+    return json.dumps({"model": "m", "messages": list(messages), **extra}).encode()
+
+
+SYSTEM = {"role": "system", "content": "Answer the questions."}
+PHOTO = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," +
+                                                                         "QUJD" * 500_000}},
+                                     {"type": "text", "text": "what is this?"}]}
+ANSWER = {"role": "assistant", "content": "a cat"}
+AGAIN = {"role": "user", "content": "what colour is it? {\"role\": \"user\"}"}
+
+
+async def test_conversation_key_is_the_same_for_every_turn_and_differs_between_chats():
+    turn1 = await peek_request(_chat(SYSTEM, PHOTO))
+    turn2 = await peek_request(_chat(SYSTEM, PHOTO, ANSWER, AGAIN))
+    assert turn1.conversation and turn1.conversation == turn2.conversation
+    assert turn1.first_turn and not turn2.first_turn
+    other_photo = {**PHOTO, "content": [PHOTO["content"][0], {"type": "text", "text": "and this?"}]}
+    other_system = {**SYSTEM, "content": "Be brief."}
+    keys = {(await peek_request(_chat(*ms))).conversation for ms in
+            [(SYSTEM, PHOTO), (SYSTEM, AGAIN), (other_system, PHOTO), (SYSTEM, other_photo), (PHOTO,)]}
+    assert len(keys) == 5  # the system prompt alone, or the photo alone, does not make two chats one
+
+
+@pytest.mark.parametrize("body", [_chat(SYSTEM), _chat(), b'{"model": "m", "messages": "x"}',
+                                  b'{"model": "m", "messages": [{"content": [{"role": "user"}]}]}'])
+async def test_no_conversation_key_without_a_user_message(body):
+    assert (await peek_request(body)).conversation is None
+
+
+async def test_user_field_is_read_when_it_is_a_string():
+    assert (await peek_request(_chat(AGAIN, user="alice"))).user == "alice"
+    assert (await peek_request(_chat(AGAIN, user=7))).user is None

@@ -9,7 +9,7 @@ import sys
 
 from launcher.cli import env_of, flag_of, parse
 from launcher.settings import LaunchSettings
-from tests.support.stack import ROOT
+from tests.support.stack import ROOT, free_port
 
 
 def launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -59,3 +59,21 @@ def test_engines_given_as_module_class_and_worker_args_pass_through():
     assert command.worker_args == ["--max-concurrency", "4", "--tp", "9"]  # after --: the worker's, not ours
     assert parse(["workers"]).mode == "worker"
     assert parse(["test", "-x", "--bogus"]).test_args == ["-x", "--bogus"]
+
+
+def test_ray_flags_and_scale_are_checked_before_anything_starts(tmp_path):
+    for args, message in [(["--ray", "head-without-port"], "--ray takes auto or the head's HOST:PORT"),
+                          (["scale"], "scale takes the number of workers: ./launch.sh scale N --ray ADDRESS"),
+                          (["scale", "0", "--ray", "auto"], "--workers takes a positive number"),
+                          (["scale", "2", "--log-dir", str(tmp_path)], "add --ray ADDRESS"),
+                          (["worker", "--ray", "auto", "--controller-url", "http://10.0.0.1:21001",
+                            "--log-dir", str(tmp_path)], "--ray runs the whole stack")]:
+        r = launch(*args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    nobody = f"127.0.0.1:{free_port()}"
+    for args in (["--ray", nobody, "--cpu"], ["scale", "2", "--ray", nobody]):
+        r = launch(*args, "--log-dir", str(tmp_path))
+        assert r.returncode == 1 and f"no Ray cluster answers at {nobody}" in r.stderr, r.stderr
+    command = parse(["scale", "3", "--ray", "10.0.0.1:6379"])
+    assert command.mode == "scale" and command.settings.workers_number() == 3
+    assert command.settings.ray == "10.0.0.1:6379"

@@ -90,8 +90,9 @@ class Launched:
 
 
 def start_launcher(args: list[str], log_dir: Path, env: dict | None = None, script: bool = False,
-                   cwd: Path = ROOT) -> Launched:
-    """`python -m launcher ARGS --log-dir LOG_DIR` (or `./launch.sh` in `cwd`), output captured line by line."""
+                   cwd: Path = ROOT, wrap: list[str] | None = None) -> Launched:
+    """`python -m launcher ARGS --log-dir LOG_DIR` (or `./launch.sh` in `cwd`), output captured line by line;
+    `wrap` goes before it (e.g. `ip netns exec NS`)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     if script:
         full_env["INTERNVL_VENV"] = sys.prefix
@@ -102,6 +103,6 @@ def start_launcher(args: list[str], log_dir: Path, env: dict | None = None, scri
     if "--" in args:  # the log dir belongs before the worker arguments
         cut = cmd.index("--")
         cmd = cmd[:cut] + ["--log-dir", str(log_dir)] + cmd[cut:-2]
-    popen = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    popen = subprocess.Popen([*(wrap or []), *cmd], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     return Launched(popen, log_dir)

@@ -1,11 +1,11 @@
-"""A client that can leave at any moment: the request goes out on a plain socket, and `close()` drops the
-connection whatever the server is doing (before its response headers too, which an HTTP client library only allows
-once the headers are in)."""
+"""Clients on plain sockets, for what an HTTP client library will not do: leave at any moment (before the response
+headers too), send headers that never end, or a body shorter than it declared."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.parse
 
 
@@ -23,3 +23,55 @@ class LeavingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def connect(url: str, timeout: float = 10.0) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+
+
+def send_until_refused(sock: socket.socket, head: bytes, filler: bytes, limit: int) -> int:
+    """Send `head`, then `filler` over and over (at most `limit` bytes in all) until the server stops taking it;
+    returns how many bytes went out."""
+    sent = 0
+    try:
+        sock.sendall(head)
+        sent = len(head)
+        while sent < limit:
+            sock.sendall(filler)
+            sent += len(filler)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether it closed the connection within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    out = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return out, True
+        if not chunk:
+            return out, True
+        out += chunk
+    return out, False
+
+
+def status_of(response: bytes) -> int | None:
+    """The status of the last response in `response` (an interim 100 Continue may come first)."""
+    lines = [ln for ln in response.split(b"\r\n") if ln.startswith(b"HTTP/1.")]
+    return int(lines[-1].split()[1]) if lines else None
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")

@@ -15,6 +15,8 @@ every fault scenario (a failover test needs the same request to fail on one work
   scripted:fail=WORKER_ID   that worker raises an engine error (HTTP 500) before the first token ('*': every worker)
   scripted:hang=WORKER_ID   that worker sleeps 30 s before the first token
   scripted:ground           the answer is a grounding answer (two labelled boxes on InternVL's 0-1000 scale)
+  scripted:think            the answer thinks first, as InternVL3.5 does: `<think>...</think>` then the answer, its
+                            tags split across tokens (THINKING_ANSWER)
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from workers.settings import WorkerSettings
 
 GROUNDING_ANSWER = ("The <ref>sun</ref><box>[[760, 80, 900, 290]]</box> is top right; the "
                     "<ref>house</ref><box>[[150, 220, 480, 750]]</box> is on the left.").split(" ")
+# Tokens as a tokenizer might cut them: both tags split, the reasoning over several tokens.
+THINKING_REASONING = ["\n", "The", " picture", " shows", " a", " sun", " <", "b>", "and", " a", " house", ".", "\n"]
+THINKING_ANSWER = ["<th", "ink>", *THINKING_REASONING, "</", "think", ">", "\n\n", "A", " sun", " over", " a",
+                   " house", "."]
 
 
 class ScriptedEngine(Engine):
@@ -83,9 +89,13 @@ class ScriptedEngine(Engine):
             images = request.prompt.count(self.spec.image_start)
             first = f"I see {images} image{'s' if images != 1 else ''}."
             script = GROUNDING_ANSWER if "scripted:ground" in request.prompt else None
+            script = THINKING_ANSWER if "scripted:think" in request.prompt else script
             limit = min(len(script) if script else self.tokens, request.sampling.max_new_tokens)
             for i in range(limit):  # words made one at a time: answers may be a million tokens long (benchmarks)
-                word = (" " if i else "") + script[i] if script else first if i == 0 else f" word{i}"
+                if script is THINKING_ANSWER:
+                    word = script[i]
+                else:
+                    word = (" " if i else "") + script[i] if script else first if i == 0 else f" word{i}"
                 if i == self.crash_after:
                     os._exit(17)
                 if self.rate:

@@ -31,12 +31,13 @@ class UIProcess:
 
 
 def start_ui(controller_url: str, log_dir: Path, conversation_dir: Path, *extra: str,
-             root: Path = ROOT) -> UIProcess:
-    """`root`: the checkout whose app/ runs (benchmarks compare two)."""
+             root: Path = ROOT, env: dict[str, str | None] | None = None) -> UIProcess:
+    """`root`: the checkout whose app/ runs (benchmarks compare two). `env`: variables to set (None: to unset)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ui-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1", **(env or {})}.items()
+           if v is not None}
     with open(log_path, "ab") as out:
         popen = subprocess.Popen([sys.executable, "-m", "app", "--controller-url", controller_url, "--port", str(port),
                                   "--log-dir", str(conversation_dir), *extra], cwd=root, env=env, stdout=out,

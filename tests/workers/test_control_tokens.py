@@ -129,6 +129,18 @@ def test_image_markers_in_text_are_refused_with_a_400():
         assert err.value.status == 400 and marker in err.value.message
 
 
+@pytest.mark.parametrize("template_name", sorted(TEMPLATES))
+def test_image_markers_in_a_system_message_are_plain_text(template_name):
+    """What docs/security.md says: in a system message the image markers are not refused; they are tokenized as
+    plain text, so they never become the tokens that image features replace."""
+    tokenizer = _tokenizer("bytelevel", TEMPLATES[template_name])
+    markers = ("<img>", "</img>", "<IMG_CONTEXT>")
+    ids, prompt = _ids(tokenizer, template_name, _conversation("obey " + "".join(markers), "hi", "a"))
+    assert "<IMG_CONTEXT>" in prompt
+    assert not {tokenizer.convert_tokens_to_ids(m) for m in markers} & set(ids)
+    assert tokenizer.decode(ids) == tokenizer.decode(tokenizer(prompt).input_ids)  # nothing dropped
+
+
 # -- the engines ----------------------------------------------------------------------------------------------------
 
 

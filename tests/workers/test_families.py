@@ -114,3 +114,40 @@ def test_missing_config(tmp_path):
     with pytest.raises(UnsupportedCheckpoint, match="config.json not found"):
         detect_model_spec(tmp_path)
     assert issubclass(UnsupportedCheckpoint, ValueError)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_only_internvl3_5_has_a_thinking_mode(tmp_path, name):
+    spec = detect_model_spec(_write(tmp_path, CASES[name][0]))
+    assert spec.thinking == (name == "InternVL3.5-8B")
+
+
+def test_demo_checkpoint_builds_as_internvl3_5_and_is_read_from_its_config(tmp_path):
+    from workers.demo_checkpoint import build_demo_checkpoint, is_demo_checkpoint
+
+    folder = build_demo_checkpoint(tmp_path / "internvl3-demo", seed=0, family="internvl3.5")  # name says 3
+    spec = detect_model_spec(folder)
+    assert (spec.family, spec.thinking, spec.llm_arch) == ("internvl3.5", True, "Qwen3ForCausalLM")
+    assert is_demo_checkpoint(folder, 0, "internvl3.5") and not is_demo_checkpoint(folder, 0, "internvl3")
+
+
+FLASH = _remote("internvl2_5", "Qwen3ForCausalLM", VIT_300M, ps_version="v2", flash_mode=True, **DYN)
+
+
+def test_internvl3_5_flash_is_refused_naming_what_can_serve_it(tmp_path):
+    with pytest.raises(UnsupportedCheckpoint) as err:
+        detect_model_spec(_write(tmp_path, FLASH))
+    message = str(err.value)
+    assert "InternVL3.5-Flash" in message and "flash_mode" in message
+    assert "lmdeploy's PyTorch engine" in message and "remote code" in message and "TurboMind" in message
+
+
+def test_worker_start_refuses_a_flash_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    _write(tmp_path, FLASH)
+    proc = subprocess.run([sys.executable, "-m", "workers", "--model-path", str(tmp_path), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "InternVL3.5-Flash" in proc.stderr and "lmdeploy's PyTorch engine" in proc.stderr

@@ -97,3 +97,61 @@ def test_garbage_refused(data, code, match):
     with pytest.raises(ServingError, match=match) as info:
         decode_image(data, MediaLimits())
     assert info.value.code == code
+
+
+# -- colour management (issue 22, item 4): what the file's ICC profile says, as sRGB ---------------------------------
+
+def _managed_reference(img: Image.Image) -> np.ndarray:
+    """What a colour-managed viewer shows: LittleCMS from the embedded profile to sRGB, perceptual intent."""
+    from PIL import ImageCms
+
+    source = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+    return np.asarray(ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB"),
+                      dtype=np.int16)
+
+
+def _photo_like(mode: str) -> Image.Image:
+    rng = np.random.default_rng(0)
+    channels = 4 if mode == "CMYK" else 3
+    ramp = np.linspace(0, 255, 64)
+    arr = np.stack([np.roll(np.add.outer(ramp, ramp) / 2, 7 * c, axis=c % 2) for c in range(channels)], axis=-1)
+    arr = np.clip(arr + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+    if mode == "CMYK":
+        arr[..., 3] //= 3  # little black, as in photos
+    return Image.fromarray(arr, mode)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "RGB"])
+def test_images_with_an_icc_profile_are_converted_through_it(mode):
+    from tests.support.icc_profiles import adobe_rgb, press_cmyk
+
+    profile = press_cmyk() if mode == "CMYK" else adobe_rgb()
+    data = _encode(_photo_like(mode), "JPEG", quality=95, icc_profile=profile)
+    stored = Image.open(io.BytesIO(data))
+    reference = _managed_reference(stored)
+    out = np.asarray(decode_image(data, MediaLimits()), dtype=np.int16)
+    naive = np.asarray(stored.convert("RGB"), dtype=np.int16)  # the profile ignored: what the audit saw
+    assert np.abs(naive - reference).mean() > 5  # the profile matters for this image, so the test can fail
+    assert np.abs(out - reference).mean() < 1.0 and np.abs(out - reference).max() <= 3
+
+
+def test_a_broken_icc_profile_falls_back_to_the_plain_conversion():
+    data = _encode(_photo_like("RGB"), "JPEG", quality=95, icc_profile=b"not a profile" * 20)
+    out = decode_image(data, MediaLimits())
+    assert out.mode == "RGB" and out.size == (64, 64)
+
+
+def test_every_image_type_the_ui_accepts_is_decoded():
+    """One list (common/media_types.py) for both sides: each type the UI lets a user attach decodes here."""
+    from PIL import Image as PILImage
+
+    from app.messages import media_kind
+    from common.media_types import IMAGE_EXTENSIONS
+
+    PILImage.init()
+    img = _photo_like("RGB")
+    for ext in sorted(IMAGE_EXTENSIONS):
+        assert media_kind(f"photo{ext}") == "image"
+        data = _encode(img, PILImage.registered_extensions()[ext])
+        out = np.asarray(decode_image(data, MediaLimits(), label=ext), dtype=np.int16)
+        assert out.shape == (64, 64, 3) and np.abs(out - np.asarray(img, dtype=np.int16)).mean() < 12, ext

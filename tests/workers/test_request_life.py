@@ -18,7 +18,9 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ import pytest
 from PIL import Image
 
 from tests.support.raw_http import LeavingClient
-from tests.support.stack import SCRIPTED, start_worker
+from tests.support.stack import ROOT, SCRIPTED, start_worker
 
 CHAT = "/v1/chat/completions"
 STOP_WITHIN_S = 1.0  # the issue's bound for "the work has stopped"
@@ -257,24 +259,57 @@ def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker)
 
 
 def test_a_killed_worker_leaves_no_helper_processes(demo_checkpoint, log_dir):
-    """The body parser's helper processes go with their worker, even when it is killed with SIGKILL."""
+    """The body parser's helper processes go with their worker, even when the worker alone is killed with SIGKILL
+    (the out-of-memory killer, a supervisor without a process-group kill): not its process group, as the launcher
+    would, which would take the helpers with it whatever they do."""
     proc = start_worker(log_dir, demo_checkpoint, None, model_name="demo")
-    helpers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True,
-                                                  text=True).stdout.split()]
-    assert helpers
-    proc.kill()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
-        time.sleep(0.2)
-    assert not [pid for pid in helpers if _alive(pid)]
+    try:
+        helpers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.popen.pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+        assert len(helpers) >= 2  # the two parsers (and multiprocessing's resource tracker)
+        os.kill(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_alive(pid) for pid in helpers):
+            time.sleep(0.05)
+        assert not [pid for pid in helpers if _alive(pid)]
+    finally:
+        proc.kill()
+
+
+def test_helpers_started_as_their_worker_dies_exit_too(tmp_path):
+    """A worker killed while its helpers are still starting (a crash loop, a chaos test): the helpers that come up
+    after it died must not take init (or a subreaper) for their worker and stay for ever."""
+    script = ("import asyncio, time\nfrom workers.body_parser import BodyParser\n"
+              "asyncio.run(BodyParser(2).start())\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(children) < 2:  # spawned, still importing: their initializer has not run yet
+            assert time.monotonic() < deadline and parent.poll() is None
+            children = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
+                                                       text=True).stdout.split()]
+            time.sleep(0.01)
+        parent.kill()
+        parent.wait(5)
+        deadline = time.monotonic() + 10  # they finish importing first (a few seconds on a loaded machine)
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.05)
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
+    """Running: a zombie (dead, not yet reaped by whoever adopted it) is not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 # -- request ids ----------------------------------------------------------------------------------------------------

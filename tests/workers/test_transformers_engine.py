@@ -83,6 +83,14 @@ async def test_stream_matches_transformers_generate(engine):
     assert (engine.queued, engine.running) == (0, 0)
 
 
+async def test_each_event_says_how_many_tokens_its_text_completes(engine):
+    events = [e async for e in engine.generate(make_request("count", max_new_tokens=24))]
+    finish = events[-1]
+    # the reasoning-token count (workers/reasoning.py) adds these up: none lost, none counted twice
+    assert sum(e.tokens for e in events[:-1]) == finish.completion_tokens
+    assert all(e.tokens >= 1 for e in events[:-2])
+
+
 async def test_greedy_is_deterministic_and_seeded_sampling_repeats(engine):
     first, _, _ = await collect(engine.generate(make_request("a", max_new_tokens=20)))
     second, _, _ = await collect(engine.generate(make_request("b", max_new_tokens=20)))

@@ -80,6 +80,7 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
     assert isinstance(events[-1], FinishEvent) and events[-1].reason == "length"
     assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.encode(req.prompt))
     assert "".join(e.text for e in events[:-1]) == eng.tokenizer.decode(eng.tm.tokens[:6])
+    assert sum(e.tokens for e in events[:-1]) == 6  # each event says how many tokens its text completes
     call = eng.tm.calls[-1]
     assert call.multimodal is None and call.input_ids == eng.encode(req.prompt)
     ctx = eng.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")

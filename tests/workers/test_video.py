@@ -16,11 +16,12 @@ from workers.settings import MediaLimits
 from workers.vision.video import decode_video, sample_indices, split_at_key_frames
 
 
-def make_video(fmt: str = "mp4", frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48)) -> bytes:
+def make_video(fmt: str = "mp4", frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48),
+               codec: str | None = None) -> bytes:
     """Encoded video whose frame k is filled with gray level (k * 8) % 256, so decoded frames identify themselves."""
     import av
 
-    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
+    codec = codec or {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
@@ -72,9 +73,11 @@ def test_indices_with_bounds_equal_model_card(bound):
         assert ours == model_card_get_index(bound, 29.97, 299, num_segments=n).tolist()
 
 
-@pytest.mark.parametrize("fmt", ["mp4", "webm"])
-def test_decodes_exactly_the_sampled_frames(fmt):
-    data = make_video(fmt, frames=30, fps=10)
+@pytest.mark.parametrize(("fmt", "codec"), [("mp4", None), ("webm", None), ("webm", "libsvtav1"),
+                                            ("mp4", "libsvtav1"), ("mp4", "libx265")],
+                         ids=["h264", "vp9", "av1-webm", "av1-mp4", "hevc"])
+def test_decodes_exactly_the_sampled_frames(fmt, codec):
+    data = make_video(fmt, frames=30, fps=10, codec=codec)
     frames = decode_video(data, MediaLimits(), num_frames=4)
     assert frames.shape == (4, 48, 64, 3) and frames.dtype == np.uint8
     expected = [(k * 8) % 256 for k in sample_indices(30, 10.0, 4)]
@@ -96,6 +99,15 @@ def test_unreadable_and_empty_videos_are_refused(data, code, match):
     with pytest.raises(ServingError, match=match) as info:
         decode_video(data if data is not None else make_empty_video(), MediaLimits(), num_frames=4, label="video 1")
     assert info.value.code == code and "video 1" in info.value.message
+
+
+def test_a_codec_this_server_cannot_decode_is_named():
+    """FFmpeg knows MPEG-5 EVC but has no decoder for it here: the error says which codec, not 'no video stream'."""
+    data = make_video("mp4", frames=10, fps=10).replace(b"avc1", b"evc1")  # the same stream, labelled EVC
+    with pytest.raises(ServingError, match="evc") as info:
+        decode_video(data, MediaLimits(), num_frames=4, label="video 1")
+    assert info.value.code == ErrorCode.INVALID_VIDEO and "video 1" in info.value.message
+    assert "cannot decode" in info.value.message, info.value.message
 
 
 def test_too_long_and_reversed_segments_are_refused():

@@ -66,6 +66,7 @@ class TokenLogprob:
 @dataclass(frozen=True)
 class TokenEvent:
     text: str
+    tokens: int = 1  # generated tokens this text completes (text held back, e.g. a split character, comes later)
     # With SamplingParams.logprobs: the tokens this text came from (a token whose text is held back, a split UTF-8
     # character, comes with the next event).
     logprobs: tuple[TokenLogprob, ...] | None = None

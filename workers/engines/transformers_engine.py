@@ -126,7 +126,7 @@ class TransformersEngine(Engine):
             # skip_special_tokens false: special tokens are text too, but the end token that stops the answer is not
             decoder = IncrementalDecoder(loaded.tokenizer, sampling.skip_special_tokens)
             stops = StopStrings(sampling.stop)
-            completion, last_token, hit_stop = 0, None, False
+            completion, last_token, hit_stop, sent = 0, None, False, 0
             pending: list = []  # logprobs of tokens whose text is not out yet
             ending = set() if sampling.ignore_eos else {*self._eos_ids, *sampling.stop_token_ids}
             while not hit_stop:
@@ -144,8 +144,8 @@ class TransformersEngine(Engine):
                     text = stops.feed(piece)
                     hit_stop = stops.hit
                     if text:
-                        yield TokenEvent(text, tuple(pending) if tap else None)
-                        pending = []
+                        yield TokenEvent(text, completion - sent, tuple(pending) if tap else None)
+                        sent, pending = completion, []
                     if hit_stop:
                         state.cancel.set()  # the thread stops after its current token
                         break
@@ -154,7 +154,7 @@ class TransformersEngine(Engine):
                 hit_stop = stops.hit
                 tail = tail if hit_stop else tail + stops.flush()
                 if tail:
-                    yield TokenEvent(tail, tuple(pending) if tap else None)
+                    yield TokenEvent(tail, completion - sent, tuple(pending) if tap else None)
             reason = self._finish_reason(state, hit_stop, last_token, completion, sampling)
             await asyncio.shield(future)  # one token at most after a stop string (shield: see finally)
             holding = False

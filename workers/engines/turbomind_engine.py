@@ -315,7 +315,7 @@ class TurbomindEngine(Engine):
             raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind is not loaded yet")
         live = self._live.setdefault(request.request_id, _Live())  # first: an abort may come at any await
         self.running += 1
-        completion, reason = 0, "length"
+        completion, reason, sent = 0, "length", 0  # sent: tokens whose text went out
         try:
             # Tokenized and checked against session_len once, by the serving layer (workers/context_check.py);
             # lmdeploy's preprocess refuses a prompt that does not fit as well.
@@ -356,8 +356,8 @@ class TurbomindEngine(Engine):
                                                      sampling.top_logprobs)
                     text = stops.feed(out.response)
                     if text:
-                        yield TokenEvent(text, tuple(pending) if sampling.logprobs else None)
-                        pending = []
+                        yield TokenEvent(text, completion - sent, tuple(pending) if sampling.logprobs else None)
+                        sent, pending = completion, []
                     if stops.hit:
                         reason = "stop"
                         break
@@ -367,7 +367,7 @@ class TurbomindEngine(Engine):
                     raise ServingError(ErrorCode.ENGINE_ERROR, "TurboMind failed while generating")
                 tail = stops.flush() if reason != "abort" else ""
                 if tail:
-                    yield TokenEvent(tail, tuple(pending) if sampling.logprobs else None)
+                    yield TokenEvent(tail, completion - sent, tuple(pending) if sampling.logprobs else None)
             yield FinishEvent(reason=reason, prompt_tokens=len(input_ids), completion_tokens=completion)
         finally:
             # No await here: a client that left may be cancelling this task at every await (sse-starlette).

@@ -1,19 +1,23 @@
 """Decode one uploaded image into a clean RGB PIL image, or refuse it with a ServingError that says why.
 
-Sanitising: EXIF orientation applied; palette, alpha, CMYK, 16-bit and float modes converted to 8-bit RGB
-(transparency composited over white, what a viewer shows); decompression bombs and truncated files refused.
+Sanitising: EXIF orientation applied; colours converted to sRGB through the file's ICC profile when it has one
+(CMYK from a print workflow, Adobe RGB or Display P3 photos: what a colour-managed viewer shows); palette, alpha,
+CMYK, 16-bit and float modes converted to 8-bit RGB (transparency composited over white, what a viewer shows);
+decompression bombs and truncated files refused.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from common.errors import ErrorCode, ServingError
+from common.media_types import image_names
 from workers.limits import MediaLimits
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -72,14 +76,38 @@ def decode_image(data: bytes, limits: MediaLimits, label: str = "image",
         raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ServingError(ErrorCode.INVALID_IMAGE,
-                           f"{label} is not an image format we can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from exc
+                           f"{label} is not an image format we can read ({image_names()})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ServingError(ErrorCode.INVALID_IMAGE, f"{label} is truncated or corrupt: {exc}") from exc
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not cost the user the image; orientation then stays as stored
         pass
-    return to_rgb(img)
+    return to_rgb(to_srgb(img))
+
+
+_MANAGED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB", "LA": "RGBA"}
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """The image's colours as sRGB, through its embedded ICC profile (LittleCMS, perceptual intent); unchanged
+    when it has none, when the profile is sRGB already, or when the profile cannot be used (then the plain
+    conversion applies, as for an untagged file)."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in _MANAGED_MODES:
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(source).strip().lower().startswith("srgb"):
+            return img  # the common case: nothing to convert
+        return ImageCms.profileToProfile(img, source, _srgb(), outputMode=_MANAGED_MODES[img.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

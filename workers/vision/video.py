@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -92,13 +93,21 @@ def split_at_key_frames(indices: list[int], key_frames: list[int], parts: int, m
 
 
 # Decoders that are bit-exact by their specification, and 8-bit formats whose RGB conversion by PyAV's FFmpeg equals
-# decord's (checked in tests/test_video_exact.py; 10-bit differs). Anything else is decoded with decord.
-EXACT_CODECS = frozenset({"h264", "hevc", "vp8", "vp9"})
+# decord's (checked in tests/test_video_exact.py; 10-bit differs). Anything else is decoded with decord. AV1 is
+# bit-exact too; its decoders go by their own names (libdav1d here), and decord's FFmpeg 4.1 has none.
+EXACT_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "libaom-av1"})
+# Decoders that apply `skip_frame` to the packet just sent. libdav1d applies it when a frame comes out, frames later
+# with its delay, so it would drop sampled frames: it decodes every frame.
+SKIPS_PER_PACKET = frozenset({"h264", "hevc", "vp8", "vp9"})
 EXACT_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv444p"})
 
 
 class _NotExact(Exception):
     """PyAV cannot promise decord's frames for this file: decode it with decord."""
+
+
+class _DecordCannotOpen(Exception):
+    """decord finds no video stream it can decode in the file."""
 
 
 def _never() -> None:
@@ -136,28 +145,39 @@ def decode_video(data: bytes, limits: MediaLimits, num_frames: int, start: float
         frames = _decode_gif(data, limits, num_frames, start, end, label, check)
     else:
         parts = default_parts() if max_parts is None else max_parts
+        args = (data, limits, num_frames, start, end, label, parts)
         try:
-            return _decode_skipping(data, limits, num_frames, start, end, label, parts, tile_size, check)
+            return _decode_skipping(*args, tile_size, check)
         except _NotExact:
-            frames = _decode_decord(data, limits, num_frames, start, end, label, parts, check)
+            pass
+        try:
+            frames = _decode_decord(*args, check)
+        except _DecordCannotOpen:  # a codec decord's FFmpeg 4.1 lacks: PyAV's FFmpeg may have it
+            try:
+                return _decode_skipping(*args, tile_size, check, exact=False)
+            except _NotExact as exc:
+                raise ServingError(ErrorCode.INVALID_VIDEO, _why_unreadable(data, label)) from exc
     return frames if tile_size is None else square_tiles_of_frames(frames, tile_size)
 
 
 def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: float | None, end: float | None,
-                     label: str, parts: int, tile_size: int | None, check: Callable[[], None]) -> np.ndarray:
-    """PyAV: decode only reference frames and sampled frames, each GOP up to its last sampled frame."""
+                     label: str, parts: int, tile_size: int | None, check: Callable[[], None],
+                     exact: bool = True) -> np.ndarray:
+    """PyAV: decode only reference frames and sampled frames, each GOP up to its last sampled frame. `exact`: only
+    where the frames equal decord's (else: any codec and pixel format, for files decord cannot read at all)."""
     import av  # imported here, like decord: a text-only worker never loads FFmpeg
 
     try:
         with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
             stream = container.streams.best("video")
-            if stream is None or getattr(stream.codec_context, "name", None) not in EXACT_CODECS or \
-                    not stream.average_rate:
+            name = getattr(stream.codec_context, "name", None) if stream is not None else None
+            if name is None or (exact and name not in EXACT_CODECS) or not stream.average_rate:
                 raise _NotExact
             # Index pass (demuxing only, ~10 ms a minute of 1080p): decord's frame i is the i-th packet by pts.
             index = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
             fps, width, height = float(stream.average_rate), stream.codec_context.width, stream.codec_context.height
             stream_index = stream.index  # (read while open: a closed container's streams are gone)
+            skip_unneeded = name in SKIPS_PER_PACKET
     except av.FFmpegError as exc:
         raise _NotExact from exc
     pts = [p for p, _ in index]
@@ -183,7 +203,7 @@ def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: f
     def store(frame) -> None:
         # The first frame fixes the shape (a 90/270-degree display rotation swaps it); all must agree.
         rotation = frame.rotation
-        if frame.format.name not in EXACT_FORMATS or (frame.width, frame.height) != (width, height) or \
+        if (exact and frame.format.name not in EXACT_FORMATS) or (frame.width, frame.height) != (width, height) or \
                 shared.setdefault("rotation", rotation) != rotation:
             raise _NotExact
         pixels = frame.to_ndarray(format="rgb24")
@@ -215,7 +235,8 @@ def _decode_skipping(data: bytes, limits: MediaLimits, num_frames: int, start: f
                 if k < first:
                     continue  # demuxed, not decoded: reading a packet costs microseconds
                 # Frames nobody asked for and nothing references are dropped undecoded.
-                context.skip_frame = "DEFAULT" if packet.pts in slots else "NONREF"
+                if skip_unneeded:
+                    context.skip_frame = "DEFAULT" if packet.pts in slots else "NONREF"
                 frames = context.decode(packet)
                 if k == last:  # drained: this GOP's sampled frames are all out; the decoder restarts at a key
                     frames += context.decode(None)
@@ -252,8 +273,7 @@ def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: flo
         # top only add overhead), else FFmpeg's own threading (0 = as many as cores).
         reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1 if parts > 1 else 0)
     except (decord.DECORDError, RuntimeError, AssertionError) as exc:
-        raise ServingError(ErrorCode.INVALID_VIDEO, f"{label} could not be read as a video (no decodable video "
-                           "stream, or no frames)") from exc
+        raise _DecordCannotOpen from exc
     count = len(reader)
     fps = float(reader.get_avg_fps())
     if count < 1 or not fps > 0:
@@ -292,6 +312,31 @@ def _decode_decord(data: bytes, limits: MediaLimits, num_frames: int, start: flo
 
 
 _DECORD_STEP = 4  # frames per decord call between two cancellation checks
+
+
+def _why_unreadable(data: bytes, label: str) -> str:
+    """What neither decoder could read: no video at all, or a codec this server's FFmpeg has no decoder for (named
+    as FFmpeg describes the stream, e.g. 'evc')."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+            stream = container.streams.best("video")
+            if stream is not None and stream.codec_context is None:
+                level = av.logging.get_level()
+                av.logging.set_level(av.logging.INFO)  # FFmpeg describes the streams through its log
+                try:
+                    described = re.search(r"Video: ([\w-]+)", container.dumps_format())
+                finally:
+                    av.logging.set_level(level)
+                codec = described.group(1) if described and described.group(1) != "none" else "an unknown codec"
+                return (f"{label} is video in {codec}, which this server cannot decode: convert it to H.264, "
+                        "HEVC, VP9 or AV1")
+            if stream is not None:
+                return f"{label}: its {stream.codec_context.name} video has no frames that could be decoded"
+    except av.FFmpegError:
+        pass
+    return f"{label} could not be read as a video (no video stream, or no frames)"
 
 
 def _frame_shape(reader) -> tuple[int, int]:

@@ -1,0 +1,153 @@
+"""uvicorn's httptools protocol with the bounds a public server needs below the application: the request line and
+headers (the head) limited in size (431) and in the time they take to arrive (408), and a body declared larger than
+the server takes refused before `100 Continue` (413). Each refusal is answered and the connection closed; nothing more
+of it is read.
+
+uvicorn sets no such limits with httptools (its h11 limit does not apply): a client could hold megabytes of header
+per connection, before any API key is checked, or keep a connection open forever one byte at a time. The controller
+and the workers pass the protocol to uvicorn (`http=`); the web UI runs inside Gradio's own uvicorn, which asks for
+the "auto" protocol, so `make_default` puts it there (one process-wide setting, made before the server starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import httptools
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from common.errors import ErrorCode, error_body
+
+log = logging.getLogger("internvl.access")
+
+MAX_HEAD_BYTES = 64 * 1024  # nginx's default large_client_header_buffers is 4 x 8 KiB: 64 KiB leaves room
+HEAD_TIMEOUT_S = 20.0  # nginx: client_header_timeout 60 s; a head is one packet in practice
+
+
+class _Refused(Exception):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    max_head_bytes = MAX_HEAD_BYTES
+    head_timeout_s = HEAD_TIMEOUT_S
+    max_body_bytes: int | None = None  # None: the application checks the declared length itself
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._in_head = True  # between the end of a request (or the connection's start) and its next head's end
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()  # a connection that sends nothing at all is bounded too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # As uvicorn's, plus the head's size, and the refusals raised from the parser's callbacks.
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._arm_head_timer()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Refused):
+                raise
+            self._refuse(431 if exc.__context__.code is ErrorCode.HEADERS_TOO_LARGE else 413, exc.__context__)
+            return
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        # The head is still incomplete after this read: beyond the limit nothing more of it is read. (At most one
+        # read, 256 KiB, is held beyond it.)
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse(431, _Refused(ErrorCode.HEADERS_TOO_LARGE, self._too_large_head()))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        head = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        if head > self.max_head_bytes:  # a head that ended within the read that took it over the limit
+            raise _Refused(ErrorCode.HEADERS_TOO_LARGE, self._too_large_head())
+        if self.max_body_bytes is not None:
+            declared = next((v for k, v in self.headers if k == b"content-length"), b"")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise _Refused(ErrorCode.REQUEST_TOO_LARGE,
+                               f"the request body is {int(declared) / 2**20:.1f} MB, over the "
+                               f"{self.max_body_bytes / 2**20:.1f} MB this server takes per request")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # the timer starts with the next request's first byte
+
+    def _too_large_head(self) -> str:
+        return f"the request line and headers are over the {self.max_head_bytes // 1024} KiB this server takes"
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined head waits behind a response being sent: not the client's delay
+        elif self._head_bytes:
+            self._refuse(408, _Refused(ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not arrive "
+                                       f"within {self.head_timeout_s:g} s"))
+        else:
+            self.transport.close()  # an idle connection (a browser's spare one): nothing to answer
+
+    def _refuse(self, status: int, refusal: _Refused) -> None:
+        self._cancel_head_timer()
+        client = "%s:%d" % self.client if self.client else "-"
+        log.info("refused %d from %s: %s", status, client, refusal.message, extra={"status": status})
+        body = json.dumps(error_body(refusal.code, refusal.message)).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
+                 b"\r\nconnection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def bounded_http(max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S,
+                 max_body_bytes: int | None = None) -> type[BoundedHttpTools]:
+    """The protocol class with these bounds, for uvicorn's `http=`."""
+    return type("BoundedHttpTools", (BoundedHttpTools,), {"max_head_bytes": max_head_bytes,
+                                                          "head_timeout_s": head_timeout_s,
+                                                          "max_body_bytes": max_body_bytes})
+
+
+def make_default(protocol: type[BoundedHttpTools]) -> None:
+    """Make `protocol` what uvicorn servers started with `http="auto"` use in this process (Gradio's)."""
+    global _default
+    _default = protocol
+    HTTP_PROTOCOLS["auto"] = f"{__name__}:_default"
+
+
+_default: type[BoundedHttpTools] = BoundedHttpTools
