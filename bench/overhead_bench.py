@@ -335,7 +335,9 @@ def main() -> None:
             for hop in hops:
                 before = sampler.snapshot()
                 t0 = time.perf_counter()
-                res = asyncio.run(load_phase(hop.paced_url, args.big_streams, args.big_ramp_s, args.stream_tokens))
+                with profile("big") if hop.name == "controller" else contextlib.nullcontext():
+                    res = asyncio.run(load_phase(hop.paced_url, args.big_streams, args.big_ramp_s,
+                                                 args.stream_tokens))
                 usage = sampler.usage_since(before, time.perf_counter() - t0)
                 figures["big"][hop.name] = report_load(hop.name, res, shown_usage(usage, hop), hop.paced_procs)
             print(f"  target: 0 errors through the controller ({figures['big']['controller']['errors']})")
