@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.stack import (SCRIPTED, Proc, add_proxy_node, free_port, spawn_worker,  # noqa: E402
-                                 start_controller, start_lmdeploy_proxy, wait_worker)
+                                 start_controller, start_lmdeploy_proxy, start_rust_router, wait_worker)
 
 BENCH_KEY = "bench-key"  # workers' own key: the benchmarks also call them directly, not only through the controller
 QUIET = "warning"  # every server logs at the same level (no access log lines), so no path pays for logging alone
@@ -84,6 +84,10 @@ class Stack(contextlib.ExitStack):
         for w in workers:
             add_proxy_node(proxy.url, w.url)
         return proxy
+
+    def rust_router(self, kind: str, name: str, workers: list[Proc], flags: list[str] | None = None) -> Proc:
+        """`kind`: "sglang-router" or "vllm-router" (tests/support/stack.py says with which flags)."""
+        return self._keep(name, start_rust_router(kind, self.logs, [w.url for w in workers], flags=flags))
 
 
 def chat_body(max_tokens: int, text: str = "Describe the weather in one sentence.", model: str = "scripted",

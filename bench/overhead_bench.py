@@ -1,35 +1,60 @@
-"""What the controller costs: added time to first token, relay throughput, and behaviour under 500 concurrent streams,
-each side by side with calling the worker directly and with lmdeploy's own `lmdeploy serve proxy`, in one run.
+"""What the controller costs: added time to first token, relay throughput, and behaviour under 500 and 2,000
+concurrent streams, each side by side with calling the worker directly, with lmdeploy's own `lmdeploy serve proxy`
+and with the field's Rust routers (SGLang's `sglang-router`, vLLM's `vllm-router`), in one run.
 
-    .venv/bin/python bench/overhead_bench.py            # all phases, ~2-3 minutes on 2 cores
-    .venv/bin/python bench/overhead_bench.py --requests 200 --streams 200 --json out.json
+    .venv/bin/pip install -r bench/requirements-routers.txt   # the routers, py-spy and uvloop (pinned)
+    .venv/bin/python bench/overhead_bench.py            # all phases, ~5 minutes on 2 cores
+    .venv/bin/python bench/overhead_bench.py --requests 100 --streams 200 --big-streams 500 --json out.json
 
 Everything runs on loopback with real processes: one controller, scripted workers (tests/support/scripted_engine.py,
-tokens at a set rate, no model), and lmdeploy's proxy pointed at the same workers through its /nodes/add API (it
-reads the worker's /v1/models and, every 90 s, its /health; our workers answer both). Requests are interleaved
-across the paths so drift in machine load hits all of them alike. Added TTFT = percentile of a path minus the same
-percentile of the direct path.
+tokens at a set rate, no model), lmdeploy's proxy pointed at the same workers through its /nodes/add API (it reads
+the worker's /v1/models and, every 90 s, its /health; our workers answer both), and each Rust router started in
+front of the same workers (one router process per served model: they keep one pool of workers, not one per model;
+flags in tests/support/stack.py ROUTER_FLAGS, printed at the start). Requests are interleaved across the paths so
+drift in machine load hits all of them alike. Added TTFT = percentile of a path minus the same percentile of the
+direct path. At the end, the controller against the best Rust router of the same run, row by row, with the targets
+of issue 26 (bench/versus_routers.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (ProcSampler, Stack, Usage, build_checkpoint, chat_body, client, fmt_ms,  # noqa: E402
                            machine, scripted_env, stream_chat, summary)
+from bench import pyspy  # noqa: E402
+from bench.versus_routers import print_versus, versions  # noqa: E402
+from tests.support.stack import ROUTER_FLAGS  # noqa: E402
 
 TTFT_TOKENS = 4
 BIG_CONTEXT = 1_000_000  # lets one scripted stream be as long as the relay phase asks
+RUST_ROUTERS = ("sglang-router", "vllm-router")
+NO_UVLOOP = Path(__file__).resolve().parent / "no_uvloop"  # on a process's path: `import uvloop` fails there
+
+
+@dataclass
+class Hop:
+    """One way to reach the workers: its URLs for the fast and the paced model, and the processes whose CPU and
+    memory are the hop's in the phases that use each (stack.procs names)."""
+
+    name: str
+    fast_url: str
+    paced_url: str
+    fast_procs: tuple[str, ...] = ()
+    paced_procs: tuple[str, ...] = ()
 
 
 async def ttft_phase(paths: dict[str, str], n: int, warmup: int) -> dict[str, list[float]]:
@@ -53,26 +78,27 @@ async def ttft_phase(paths: dict[str, str], n: int, warmup: int) -> dict[str, li
     return samples
 
 
-async def relay_phase(paths: dict[str, str], tokens: int, repeats: int, sampler: ProcSampler) -> dict[str, dict]:
+async def relay_phase(hops: list[Hop], tokens: int, repeats: int, sampler: ProcSampler) -> dict[str, dict]:
     """One stream at a time; tokens/s counted from the first to the last token event."""
     out = {}
     async with client(max_connections=2) as http:
-        for name, url in paths.items():
-            rates, cpu = [], []
+        for hop in hops:
+            rates, cpu, relayed = [], 0.0, 0
             for _ in range(repeats):
                 before = sampler.snapshot()
                 t0 = time.perf_counter()
-                r = await stream_chat(http, url, chat_body(tokens, model="fast"))
+                r = await stream_chat(http, hop.fast_url, chat_body(tokens, model="fast"))
                 usage = sampler.usage_since(before, time.perf_counter() - t0)
                 if r.error or r.tokens < tokens:
-                    print(f"  relay {name}: {r.error or f'only {r.tokens} tokens'}", file=sys.stderr)
+                    print(f"  relay {hop.name}: {r.error or f'only {r.tokens} tokens'}", file=sys.stderr)
                     continue
                 rates.append(r.tokens / (r.total - r.ttft))
-                hop = {"controller": "controller", "lmdeploy proxy": "lmdeploy-proxy"}.get(name)
-                if hop:
-                    cpu.append(usage[hop].cpu_seconds / r.tokens)
-            out[name] = {"tokens_per_s": statistics.median(rates) if rates else 0.0,
-                         "hop_cpu_us_per_token": statistics.median(cpu) * 1e6 if cpu else None}
+                cpu += sum(usage[p].cpu_seconds for p in hop.fast_procs)
+                relayed += r.tokens
+            # All repeats' CPU over all their tokens: the kernel counts CPU time in 10 ms ticks, and a Rust router
+            # relays 20,000 tokens in less than one.
+            out[hop.name] = {"tokens_per_s": statistics.median(rates) if rates else 0.0,
+                             "hop_cpu_us_per_token": cpu / relayed * 1e6 if hop.fast_procs and relayed else None}
     return out
 
 
@@ -138,7 +164,7 @@ def report_ttft(samples: dict[str, list[float]]) -> dict:
     return {"paths": stats, "added": added}
 
 
-def report_load(name: str, res: dict, usage: dict) -> dict:
+def report_load(name: str, res: dict, usage: dict, hop_procs: tuple[str, ...]) -> dict:
     s = summary(res["ttft"])
     print(f"  {name:16s} errors {res['errors']:3d}   peak open {res['peak_open']:4d}   TTFT {fmt_ms(s)}")
     for proc, u in usage.items():
@@ -146,8 +172,41 @@ def report_load(name: str, res: dict, usage: dict) -> dict:
               f"{u.rss_end_mb:6.1f} MB (peak {u.rss_peak_mb:6.1f})")
     if res["error_samples"]:
         print(f"  {'':16s} first errors: {res['error_samples']}")
+    hop = [usage[p] for p in hop_procs if p in usage]
     return {"ttft_ms": s, "errors": res["errors"], "peak_open": res["peak_open"], "wall_s": res["wall_s"],
-            "usage": {k: vars(v) for k, v in usage.items()}}
+            "usage": {k: vars(v) for k, v in usage.items()},
+            "hop_cpu_percent": sum(u.cpu_percent for u in hop) if hop else None,
+            "hop_rss_end_mb": sum(u.rss_end_mb for u in hop) if hop else None}
+
+
+def shown_usage(usage: dict[str, Usage], hop: Hop) -> dict[str, Usage]:
+    return {k: usage[k] for k in [*hop.paced_procs, "worker-paced", "client (this script)"] if k in usage}
+
+
+def load_rounds(hops: list[Hop], streams: int, rounds: int, ramp_s: float, tokens: int,
+                sampler: ProcSampler) -> dict[str, dict]:
+    """`rounds` rounds, each running every path once in a shuffled order; a path's rounds pooled."""
+    runs: dict[str, list[tuple[dict, dict]]] = {h.name: [] for h in hops}
+    rng = random.Random(1)
+    for _ in range(rounds):
+        order = list(hops)
+        rng.shuffle(order)
+        for hop in order:
+            before = sampler.snapshot()
+            t0 = time.perf_counter()
+            res = asyncio.run(load_phase(hop.paced_url, streams, ramp_s, tokens))
+            runs[hop.name].append((res, sampler.usage_since(before, time.perf_counter() - t0)))
+    out = {}
+    for hop in hops:
+        res, usage = merge_rounds(runs[hop.name])
+        out[hop.name] = report_load(hop.name, res, shown_usage(usage, hop), hop.paced_procs)
+    base = out["direct"]["ttft_ms"]
+    for hop in hops[1:]:
+        s = out[hop.name]["ttft_ms"]
+        if s.get("n"):
+            print(f"  added by {hop.name:16s} p50 {s['p50'] - base['p50']:+7.2f} ms   "
+                  f"p99 {s['p99'] - base['p99']:+7.2f} ms")
+    return out
 
 
 def raise_fd_limit(streams: int) -> None:
@@ -160,11 +219,41 @@ def raise_fd_limit(streams: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def start_hops(stack: Stack, args: argparse.Namespace) -> list[Hop]:
+    checkpoint = build_checkpoint(stack.work)
+    env = None
+    if args.controller_loop == "asyncio":  # uvicorn's "auto" loop then falls back to asyncio's own
+        env = {"PYTHONPATH": os.pathsep.join([str(NO_UVLOOP), str(Path(__file__).resolve().parents[1]),
+                                              os.environ.get("PYTHONPATH", "")])}
+    ctl = stack.controller(env=env)
+    # Two worker kinds, started together: "fast" answers at once (TTFT, relay), "paced" streams at a set rate.
+    fast_env = scripted_env(BIG_CONTEXT, 0, context_length=BIG_CONTEXT)
+    paced_env = scripted_env(args.stream_tokens, args.stream_rate)
+    fast, paced = stack.workers(checkpoint, ctl, {"fast": fast_env, "paced": paced_env},
+                                max_concurrency=max(1024, args.streams * 2, args.big_streams * 2))
+    hops = [Hop("direct", fast.url, paced.url),
+            Hop("controller", ctl.url, ctl.url, ("controller",), ("controller",))]
+    if not args.no_proxy:
+        proxy = stack.lmdeploy_proxy([fast, paced])
+        hops.append(Hop("lmdeploy proxy", proxy.url, proxy.url, ("lmdeploy-proxy",), ("lmdeploy-proxy",)))
+    flags = args.router_flags.split() if args.router_flags is not None else ROUTER_FLAGS
+    for kind in filter(None, args.routers.split(",")):
+        if not shutil.which(kind, path=str(Path(sys.executable).parent)):
+            print(f"  {kind} is not installed: pip install -r bench/requirements-routers.txt", file=sys.stderr)
+            continue
+        # One router per served model: a router keeps one pool, and would send "fast" requests to the paced worker.
+        rf = stack.rust_router(kind, f"{kind}-fast", [fast], flags)
+        rp = stack.rust_router(kind, f"{kind}-paced", [paced], flags)
+        print(f"{kind} {versions().get(kind, '?')}: {' '.join(rf.extra['cmd'][1:])}")
+        hops.append(Hop(kind, rf.url, rp.url, (f"{kind}-fast",), (f"{kind}-paced",)))
+    return hops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=300, help="measured TTFT requests per path")
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--relay-tokens", type=int, default=20000, help="tokens in each relay-throughput stream")
+    ap.add_argument("--relay-tokens", type=int, default=60000, help="tokens in each relay-throughput stream")
     ap.add_argument("--relay-repeats", type=int, default=3)
     ap.add_argument("--streams", type=int, default=500, help="concurrent streams in the load phase")
     ap.add_argument("--load-rounds", type=int, default=3, help="load-phase rounds (each runs every path once)")
@@ -174,6 +263,14 @@ def main() -> None:
     ap.add_argument("--big-streams", type=int, default=2000, help="concurrent streams in the last phase (one round)")
     ap.add_argument("--big-ramp-s", type=float, default=8.0, help="the last phase opens its streams over this time")
     ap.add_argument("--no-proxy", action="store_true", help="skip lmdeploy's proxy")
+    ap.add_argument("--routers", default=",".join(RUST_ROUTERS), help="Rust routers to measure ('' for none)")
+    ap.add_argument("--router-flags", help=f"the routers' routing flags instead of {' '.join(ROUTER_FLAGS)!r} "
+                    "(e.g. '--policy cache_aware')")
+    ap.add_argument("--controller-loop", choices=["auto", "asyncio"], default="auto",
+                    help="asyncio: the controller runs without uvloop even when it is installed")
+    ap.add_argument("--profile", type=Path, help="py-spy the controller in each phase; raw stacks into this folder")
+    ap.add_argument("--profile-native", action="store_true", help="--profile with C frames (uvloop, aiohttp's "
+                    "parser, the kernel calls); pauses the controller at each sample, so its figures suffer")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: ttft,relay,load,big")
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
@@ -181,96 +278,77 @@ def main() -> None:
 
     raise_fd_limit(max(args.streams, args.big_streams))
     print(f"machine: {machine()}")
-    figures: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + f"; controller loop: "
+          f"{args.controller_loop}")
+    figures: dict = {"machine": machine(), "loadavg_start": os.getloadavg(), "versions": versions(),
+                     "args": {k: str(v) for k, v in vars(args).items()}}
     with Stack() as stack:
-        checkpoint = build_checkpoint(stack.work)
-        ctl = stack.controller()
-        # Two worker kinds, started together: "fast" answers at once (TTFT, relay), "paced" streams at a set rate.
-        fast_env = scripted_env(BIG_CONTEXT, 0, context_length=BIG_CONTEXT)
-        paced_env = scripted_env(args.stream_tokens, args.stream_rate)
-        fast, paced = stack.workers(checkpoint, ctl, {"fast": fast_env, "paced": paced_env},
-                                    max_concurrency=max(1024, args.streams * 2, args.big_streams * 2))
-        proxy = None if args.no_proxy else stack.lmdeploy_proxy([fast, paced])
-        paths = {"direct": fast.url, "controller": ctl.url}
-        if proxy:
-            paths["lmdeploy proxy"] = proxy.url
+        hops = start_hops(stack, args)
+        by_name = {h.name: h for h in hops}
         pids = {name: p.popen.pid for name, p in stack.procs.items()} | {"client (this script)": os.getpid()}
         sampler = ProcSampler(pids)
+
+        def profile(phase: str):
+            if not args.profile:
+                return contextlib.nullcontext()
+            args.profile.mkdir(parents=True, exist_ok=True)
+            return pyspy.profiled(stack.procs["controller"].popen.pid, args.profile / f"controller-{phase}.txt",
+                                   native=args.profile_native)
 
         if "ttft" not in skip:
             before = sampler.snapshot()
             t0 = time.perf_counter()
-            figures["ttft"] = report_ttft(asyncio.run(ttft_phase(paths, args.requests, args.warmup)))
+            with profile("ttft"):
+                samples = asyncio.run(ttft_phase({h.name: h.fast_url for h in hops}, args.requests, args.warmup))
+            figures["ttft"] = report_ttft(samples)
             usage = sampler.usage_since(before, time.perf_counter() - t0)
-            per_request = {name: 1000 * u.cpu_seconds / (args.requests + args.warmup) for name, u in usage.items()
-                           if name in ("controller", "lmdeploy-proxy")}
+            per_request = {h.name: 1000 * sum(usage[p].cpu_seconds for p in h.fast_procs)
+                           / (args.requests + args.warmup) for h in hops if h.fast_procs}
             print("  CPU per request in the hop: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per_request.items()))
             figures["ttft"]["hop_cpu_ms_per_request"] = per_request
 
         if "relay" not in skip:
             print(f"\nRelay throughput, one stream of {args.relay_tokens} tokens (median of {args.relay_repeats}):")
-            relay = asyncio.run(relay_phase(paths, args.relay_tokens, args.relay_repeats, sampler))
+            with profile("relay"):
+                relay = asyncio.run(relay_phase(hops, args.relay_tokens, args.relay_repeats, sampler))
             for name, r in relay.items():
-                extra = (f"   hop CPU {r['hop_cpu_us_per_token']:.1f} us/token -> one core relays "
-                         f"{1e6 / r['hop_cpu_us_per_token']:,.0f} tokens/s" if r["hop_cpu_us_per_token"] else "")
+                cost = r["hop_cpu_us_per_token"]
+                extra = "" if cost is None else f"   hop CPU {cost:.2f} us/token ({cost:.2f} ms per 1,000 tokens)"
                 print(f"  {name:16s} {r['tokens_per_s']:10,.0f} tokens/s{extra}")
             print("  target: >= 20,000 tokens/s through the controller")
             figures["relay"] = relay
 
         if "load" not in skip:
-            load_paths = {"direct": paced.url, "controller": ctl.url}
-            if proxy:
-                load_paths["lmdeploy proxy"] = proxy.url
             print(f"\n{args.streams} concurrent streams (opened over {args.ramp_s:g} s, {args.stream_tokens} tokens "
                   f"at {args.stream_rate:g} tokens/s each), {args.load_rounds} rounds, paths in a shuffled order "
                   "each round:")
-            runs: dict[str, list[tuple[dict, dict]]] = {name: [] for name in load_paths}
-            rng = random.Random(1)
-            for _ in range(args.load_rounds):
-                order = list(load_paths.items())
-                rng.shuffle(order)
-                for name, url in order:
-                    before = sampler.snapshot()
-                    t0 = time.perf_counter()
-                    res = asyncio.run(load_phase(url, args.streams, args.ramp_s, args.stream_tokens))
-                    runs[name].append((res, sampler.usage_since(before, time.perf_counter() - t0)))
-            figures["load"] = {}
-            for name, rounds in runs.items():
-                hop = {"controller": ["controller"], "lmdeploy proxy": ["lmdeploy-proxy"]}.get(name, [])
-                res, usage = merge_rounds(rounds)
-                shown = {k: usage[k] for k in [*hop, "worker-paced", "client (this script)"] if k in usage}
-                figures["load"][name] = report_load(name, res, shown)
-            base = figures["load"]["direct"]["ttft_ms"]
-            for name in load_paths:
-                if name != "direct":
-                    s = figures["load"][name]["ttft_ms"]
-                    print(f"  added by {name:16s} p50 {s['p50'] - base['p50']:+7.2f} ms   "
-                          f"p99 {s['p99'] - base['p99']:+7.2f} ms")
+            with profile("load"):
+                figures["load"] = load_rounds(hops, args.streams, args.load_rounds, args.ramp_s, args.stream_tokens,
+                                              sampler)
             print("  target: 0 errors, controller adds <= 100 ms p99")
-            if "lmdeploy proxy" in load_paths:
-                ours = figures["load"]["controller"]["ttft_ms"]["p99"] - base["p99"]
-                theirs = figures["load"]["lmdeploy proxy"]["ttft_ms"]["p99"] - base["p99"]
-                ratio = ours / theirs if theirs > 0 else float("nan")
-                print(f"  controller / lmdeploy proxy added p99: {ratio:.2f}  (target <= 0.3)")
-                figures["load"]["added_p99_ratio"] = ratio
 
         if "big" not in skip and args.big_streams:
-            big_paths = {"direct": paced.url, "controller": ctl.url}
-            if proxy:
-                big_paths["lmdeploy proxy"] = proxy.url
             print(f"\n{args.big_streams} concurrent streams (opened over {args.big_ramp_s:g} s, {args.stream_tokens} "
                   f"tokens at {args.stream_rate:g} tokens/s each), one round per path:")
             figures["big"] = {}
-            for name, url in big_paths.items():
+            for hop in hops:
                 before = sampler.snapshot()
                 t0 = time.perf_counter()
-                res = asyncio.run(load_phase(url, args.big_streams, args.big_ramp_s, args.stream_tokens))
+                with profile("big") if hop.name == "controller" else contextlib.nullcontext():
+                    res = asyncio.run(load_phase(hop.paced_url, args.big_streams, args.big_ramp_s,
+                                                 args.stream_tokens))
                 usage = sampler.usage_since(before, time.perf_counter() - t0)
-                hop = {"controller": ["controller"], "lmdeploy proxy": ["lmdeploy-proxy"]}.get(name, [])
-                shown = {k: usage[k] for k in [*hop, "worker-paced", "client (this script)"] if k in usage}
-                figures["big"][name] = report_load(name, res, shown)
+                figures["big"][hop.name] = report_load(hop.name, res, shown_usage(usage, hop), hop.paced_procs)
             print(f"  target: 0 errors through the controller ({figures['big']['controller']['errors']})")
         sampler.close()
+    figures["loadavg_end"] = os.getloadavg()
+    figures["versus"] = print_versus(figures, [n for n in RUST_ROUTERS if n in by_name])
+    if args.profile:
+        print(f"\nController profiles (py-spy, busy samples; every path's share of the phase is in them, the "
+              f"controller only works in its own):")
+        for raw in sorted(args.profile.glob("controller-*.txt")):
+            pyspy.print_top(raw, 15)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=float))
         print(f"\nfigures written to {args.json}")

@@ -135,17 +135,32 @@ def start_lmdeploy_proxy(log_dir: Path, port: int | None = None) -> Proc:
     return proc
 
 
-def start_vllm_router(log_dir: Path, worker_urls: list[str], port: int | None = None) -> Proc:
-    """vLLM's router (`vllm-router`, PyPI; Rust) in front of our workers, as the field deploys it. It forwards every
-    request with its own fields added (logprobs, no_stop_trim, ignore_eos, ...)."""
+# The Rust routers' flags for a fair comparison with the controller: the same job (one pool per model, no
+# cache-aware prefix tree, which the controller does not build either), retries before the first token and the
+# circuit breaker left at their defaults (on), no rate limit, metrics on a free loopback port (both default to 29000
+# on every interface). bench/overhead_bench.py prints them; BENCHMARKS.md says why each.
+ROUTER_FLAGS = ["--policy", "round_robin"]
+
+
+def start_rust_router(kind: str, log_dir: Path, worker_urls: list[str], port: int | None = None,
+                      flags: list[str] | None = None) -> Proc:
+    """The field's Rust routers in front of our workers: `kind` "vllm-router" (vLLM's router, PyPI `vllm-router`) or
+    "sglang-router" (SGLang's model gateway, PyPI `sglang-router`). Both forward every request with their own fields
+    added (logprobs, no_stop_trim, ignore_eos, ...)."""
     port = port or free_port()
-    router = str(Path(sys.executable).with_name("vllm-router"))
-    cmd = [router, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin", "--log-level", "warning",
-           "--worker-urls", *worker_urls]
-    spec = ServiceSpec(f"vllm-router-{port}", cmd, log_dir / f"vllm-router-{port}.log", {}, cwd=ROOT)
-    proc = Proc("vllm-router", spawn(spec), f"http://127.0.0.1:{port}", spec.log_path)
+    binary = str(Path(sys.executable).with_name(kind))
+    cmd = [binary, *(["launch"] if kind == "sglang-router" else []), "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning" if kind == "vllm-router" else "warn",
+           "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+           *(ROUTER_FLAGS if flags is None else flags), "--worker-urls", *worker_urls]
+    spec = ServiceSpec(f"{kind}-{port}", cmd, log_dir / f"{kind}-{port}.log", {}, cwd=ROOT)
+    proc = Proc(kind, spawn(spec), f"http://127.0.0.1:{port}", spec.log_path, extra={"cmd": cmd})
     wait_healthy(proc, path="/health")
     return proc
+
+
+def start_vllm_router(log_dir: Path, worker_urls: list[str], port: int | None = None) -> Proc:
+    return start_rust_router("vllm-router", log_dir, worker_urls, port)
 
 
 def add_proxy_node(proxy_url: str, worker_url: str) -> None:
