@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.browser import assert_usable, open_page, pick_model, send, wait_idle
+from tests.support.browser import assert_usable, open_page, pick_model, send, wait_answered, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -28,7 +28,7 @@ def test_export_import_and_search(browser, think_ui_stack, tmp_path):
     image = tmp_path / "red.png"
     Image.new("RGB", (64, 48), (220, 20, 20)).save(image)
     send(page, "scripted:think Exported question about giraffes", [image])
-    wait_idle(page)
+    wait_answered(page, 1)
 
     page.locator("#export-btn").click()
     links = page.locator("#exported a[download]")
@@ -52,6 +52,7 @@ def test_export_import_and_search(browser, think_ui_stack, tmp_path):
     assert page.locator("#chat .thought-group").count() == 1 and page.locator("#chat img").count() >= 1
     # the imported chat goes on: its image counts as this session's upload, its reasoning goes back apart
     send(page, "scripted:think And the colour?")
+    page.wait_for_function("() => document.querySelectorAll('#chat .thought-group').length >= 2", timeout=30_000)
     wait_idle(page)
     assert_usable(page)
     assert "not uploaded" not in page.locator("#chat").inner_text()
@@ -59,7 +60,7 @@ def test_export_import_and_search(browser, think_ui_stack, tmp_path):
 
     page.locator("#new-chat-btn").click()
     send(page, "A chat about zebras")
-    wait_idle(page)
+    wait_answered(page, 1)
     search = page.locator("#chat-search textarea, #chat-search input").first
 
     def listed(n, word=""):

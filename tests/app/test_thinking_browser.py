@@ -34,6 +34,7 @@ def wait_turns(conversations, n: int, timeout: float = 15) -> list[dict]:
 
 
 def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(browser, think_ui_stack):
+    logged = len(turns(think_ui_stack["conversations"]))  # the stack is shared: other modules' turns are logged too
     page = open_page(browser, think_ui_stack["url"])
     toggle = page.locator("#think-toggle")
     pick_model(page, "internvl-plain")
@@ -73,13 +74,14 @@ def test_think_toggle_reasoning_folds_above_the_answer_and_is_logged_apart(brows
     expected = f"Thinking:\n{REASONING.strip()}\n\nA sun over a house."
     page.wait_for_function("async (e) => (await navigator.clipboard.readText()) === e", arg=expected, timeout=5_000)
 
-    record = wait_turns(think_ui_stack["conversations"], 1)[-1]
+    record = wait_turns(think_ui_stack["conversations"], logged + 1)[-1]
     assert (record["reasoning"], record["answer"]) == (REASONING, "A sun over a house.")
     assert record["params"]["thinking"] is True and record["outcome"] == "ok"
 
     send(page, "scripted:think And now?")  # the earlier reasoning goes back apart from the earlier answer
+    page.wait_for_function("() => document.querySelectorAll('#chat .thought-group').length >= 2", timeout=30_000)
     wait_idle(page)
-    earlier = wait_turns(think_ui_stack["conversations"], 2)[-1]["messages"][1]
+    earlier = wait_turns(think_ui_stack["conversations"], logged + 2)[-1]["messages"][1]
     # (the Chatbot gives messages back with their surrounding whitespace stripped; the worker normalises it)
     assert earlier["role"] == "assistant" and earlier["reasoning"] == REASONING.strip()
     assert earlier["content"] == [{"type": "text", "text": "A sun over a house."}]

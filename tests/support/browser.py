@@ -45,6 +45,14 @@ def open_page(browser, url: str, viewport=DESKTOP, locale: str = "en-US"):
     return page
 
 
+def wait_answered(page, answers: int, timeout_s: float = 60) -> None:
+    """The chat shows `answers` bot messages and is idle again. Right after Enter the page may not be locked yet, so
+    idleness alone could be the moment before the turn began."""
+    page.wait_for_function(f"n => document.querySelectorAll('{BOTS}').length >= n", arg=answers,
+                           timeout=timeout_s * 1000)
+    wait_idle(page, timeout_s)
+
+
 def wait_idle(page, timeout_s: float = 60) -> None:
     """The answer is over when the input box is editable again and Stop is off."""
     page.locator("#input textarea:not([disabled])").wait_for(timeout=timeout_s * 1000)
