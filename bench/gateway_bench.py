@@ -65,9 +65,10 @@ async def cache_counts(http, workers) -> dict[str, tuple[float, float]]:
 
 
 async def affinity_run(policy: str, checkpoint: Path, photos: list[str], turns: int, n_workers: int,
-                       max_concurrency: int) -> dict:
+                       max_concurrency: int, max_excess: int | None = None) -> dict:
     with Stack() as stack:
-        ctl = stack.controller(dispatch_policy=policy)
+        extra = {} if max_excess is None else {"affinity_max_excess": max_excess}
+        ctl = stack.controller(dispatch_policy=policy, **extra)
         workers = stack.workers(checkpoint, ctl, {MODEL: scripted_env(16, 200)}, each=n_workers,
                                 max_concurrency=max_concurrency)
         sampler = ProcSampler({f"w{i}": w.popen.pid for i, w in enumerate(workers)})
@@ -114,7 +115,8 @@ async def affinity(args: argparse.Namespace, checkpoint: Path) -> None:
           "photo 2000x1500 JPEG "
           f"({len(photos[0]) * 3 / 4 / 2**20:.1f} MB)")
     for policy in args.policies.split(","):
-        res = await affinity_run(policy, checkpoint, photos, args.turns, args.workers, args.max_concurrency)
+        res = await affinity_run(policy, checkpoint, photos, args.turns, args.workers, args.max_concurrency,
+                                 args.affinity_max_excess)
         counts = sorted(res["served"].values(), reverse=True)
         mean = sum(counts) / args.workers if counts else 0
         print(f"\n{policy}: cache hit rate on turns 2-{args.turns}: {res['hit_rate'] * 100:.1f}% "
@@ -174,6 +176,7 @@ async def main() -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--max-concurrency", type=int, default=8, help="each worker's (8: the worker's default)")
     parser.add_argument("--policies", default="shortest_queue,affinity")
+    parser.add_argument("--affinity-max-excess", type=int, default=None, help="the controller's (default: its own)")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--small-queue", type=int, default=100)
     args = parser.parse_args()
