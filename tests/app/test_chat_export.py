@@ -13,7 +13,7 @@ from app import past_chats
 from app.chat_export import from_json, to_json, to_markdown
 from app.messages import NOTE_THINKING, to_openai_messages
 from common.errors import ServingError
-from tests.app.test_ui_handlers import make
+from tests.support.ui_handlers import make
 
 
 class Stream:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from app.messages import NOTE_THINKING, conversation_turns, to_openai_messages
 from app.thinking import mark_stopped
 from common.errors import ErrorCode, ServingError
-from tests.app.test_ui_handlers import SETTINGS, log_lines, make, run
+from tests.support.ui_handlers import SETTINGS, log_lines, make, run
 
 
 class ThinkingStream:

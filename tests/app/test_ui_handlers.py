@@ -14,72 +14,11 @@ import pytest
 from PIL import Image
 
 from app.client import ControllerClient
-from app.conversation_log import ConversationLog
-from app.generation import GenerationSettings
 from app.grounding import SCALE, draw_boxes, parse_boxes
-from app.handlers import ChatHandlers
 from app.messages import from_display, to_display, to_openai_messages
 from app.models_panel import describe_model
-from app.settings import UISettings
 from common.errors import ErrorCode, ServingError
-
-PARAMS = ("internvl-demo", "Be brief.", 0.5, 0.9, 64, 1.1, 4, 6)  # as the page passes them (chat, regenerate_chat)
-SETTINGS = GenerationSettings(*PARAMS)
-
-
-class ScriptedStream:
-    """Stands in for ControllerClient.stream_chat: yields the scripted deltas, then raises `error` if set."""
-
-    def __init__(self, deltas=(), error: ServingError | None = None, block_after: int | None = None):
-        self.deltas, self.error, self.block_after = list(deltas), error, block_after
-        self.payloads: list[dict] = []
-        self.session_ids: list[str | None] = []
-        self.request_ids: list[str | None] = []
-        self.wait_s, self.places, self.asked_places = 0.0, [], []
-        self.closed = asyncio.Event()
-
-    async def models(self):  # no limits advertised: the UI's own upload ceiling applies
-        return []
-
-    async def queue_place(self, request_id):
-        self.asked_places.append(request_id)
-        return self.places.pop(0) if self.places else None
-
-    async def stream_chat(self, payload, stats, session_id=None, request_id=None):
-        self.payloads.append(payload)
-        self.session_ids.append(session_id)
-        self.request_ids.append(request_id)
-        if self.wait_s:
-            await asyncio.sleep(self.wait_s)  # waiting in the controller's line
-        stats.worker = "worker-test"
-        try:
-            for i, d in enumerate(self.deltas):
-                if i == self.block_after:
-                    await asyncio.sleep(3600)
-                yield d
-            if self.error:
-                raise self.error
-        finally:
-            self.closed.set()
-
-
-def make(tmp_path: Path, source, logging=True) -> ChatHandlers:
-    settings = UISettings(log_dir=tmp_path / "logs", logging=logging, max_upload_mb=1)
-    return ChatHandlers(settings, source, ConversationLog(settings.log_dir, logging), work_dir=tmp_path / "work")
-
-
-def image_file(tmp_path: Path, name="cat.png", color=(200, 30, 30), size=(100, 50)) -> str:
-    path = tmp_path / name
-    Image.new("RGB", size, color).save(path)
-    return str(path)
-
-
-async def run(gen):
-    return [h async for h in gen]
-
-
-def log_lines(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((tmp_path / "logs").glob("*.jsonl")) for line in f.read_text().splitlines()]
+from tests.support.ui_handlers import PARAMS, SETTINGS, ScriptedStream, image_file, log_lines, make, run
 
 
 # ------------------------------------------------------------------------------------------------ messages
@@ -421,43 +360,3 @@ async def test_a_refused_message_is_logged_as_what_was_refused_not_in_full(tmp_p
     assert refused["message"] == "needs 300000 tokens" and refused["files"] == 1
     assert refused["text_chars"] >= len(pasted) and refused["excerpt"].startswith("START lorem")
     assert sum(f.stat().st_size for f in (tmp_path / "logs").rglob("*") if f.is_file()) < 4096  # no media either
-
-
-def _uploaded(folder: Path, name: str, nbytes: int) -> str:
-    """A file as Gradio keeps an upload: in a folder of its own under the upload folder."""
-    path = folder / name.split(".")[0] / name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\0" * nbytes)
-    return str(path)
-
-
-async def test_a_session_over_its_upload_quota_is_told_and_its_new_files_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
-    settings = UISettings(log_dir=tmp_path / "logs", logging=False, session_upload_mb=1)
-    h = ChatHandlers(settings, ScriptedStream(["ok"]), ConversationLog(settings.log_dir, False), tmp_path / "work")
-    session = gr.Request(session_hash="s1")
-    first = _uploaded(tmp_path / "uploads", "a.png", 600_000)
-    assert h.add_user_message([], {"text": "one", "files": [first]}, session) is not None
-    second = _uploaded(tmp_path / "uploads", "b.png", 600_000)
-    warnings = []
-    monkeypatch.setattr(gr, "Warning", lambda text, duration=None: warnings.append(text))
-    assert h.add_user_message([], {"text": "two", "files": [second]}, session) is None
-    assert "1 MB one session may keep" in warnings[0] and "Start a new chat" in warnings[0]
-    assert Path(first).exists() and not Path(second).exists() and not Path(second).parent.exists()
-    other = gr.Request(session_hash="s2")  # another session has its own share
-    third = _uploaded(tmp_path / "uploads", "c.png", 600_000)
-    assert h.add_user_message([], {"text": "three", "files": [third]}, other) is not None
-
-
-async def test_a_closed_sessions_uploads_are_removed_at_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
-    h = make(tmp_path, ScriptedStream(["ok"]))
-    mine, shared = _uploaded(tmp_path / "uploads", "mine.png", 10), _uploaded(tmp_path / "uploads", "both.png", 10)
-    example = str(Path(__file__).resolve().parents[2] / "static" / "examples" / "landscape.jpg")
-    h.add_user_message([], {"text": "a", "files": [mine, shared, example]}, gr.Request(session_hash="s1"))
-    h.add_user_message([], {"text": "b", "files": [shared]}, gr.Request(session_hash="s2"))
-    h.end_session(gr.Request(session_hash="s1"))
-    assert not Path(mine).exists() and not Path(mine).parent.exists()
-    assert Path(shared).exists() and Path(example).exists()  # still another session's; the UI's own example
-    h.end_session(gr.Request(session_hash="s2"))
-    assert not Path(shared).exists()
