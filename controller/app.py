@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
 from common.errors import ErrorCode, ServingError
@@ -22,6 +22,7 @@ from common.metrics import Metrics, ModelLoad, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect, payloads
+from controller.chat_route import ControllerApp
 from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
 from controller.request_peek import Peeked, peek_request
@@ -81,7 +82,7 @@ def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Poli
     return POLICIES[settings.dispatch_policy](rng)
 
 
-def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> FastAPI:
+def create_app(settings: ControllerSettings, rng: random.Random | None = None) -> ControllerApp:
     registry = Registry(settings.heartbeat_expiry_s, breaker_failures=settings.breaker_failures,
                         breaker_cooldown_s=settings.breaker_cooldown_s)
     metrics = Metrics()
@@ -115,7 +116,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
                 for loop in loops:
                     loop.cancel()
 
-    app = FastAPI(title="InternVL controller", lifespan=lifespan)
+    app = ControllerApp(title="InternVL controller", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     metrics.track_models(model_loads)
@@ -172,8 +173,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         check_api_key(request, settings.api_keys)
         return ModelList(data=registry.model_cards(settings.max_body_bytes))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def chat_completions(request: Request) -> Response:
         refuse_relayed(request)
         check_api_key(request, settings.api_keys)
         body = await read_body(request, settings.max_body_bytes)
@@ -197,4 +197,5 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             await blocks.aclose()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
+    app.chat_endpoint = chat_completions  # served ahead of FastAPI's layers (controller/chat_route.py)
     return app
