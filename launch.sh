@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Start the InternVL chat stack (./launch.sh --help), or run the tests (./launch.sh test [PYTEST ARGS]).
-# This script only finds Python 3.10+, makes or reuses the virtualenv, then hands over to `python -m launcher`,
-# which composes, starts, supervises and stops everything.
+# This script only finds Python 3.10+, makes or reuses the virtualenv (for `test`, also Chromium), then hands over
+# to `python -m launcher`, which composes, starts, supervises and stops everything.
 #
 # The virtualenv (.venv, or INTERNVL_VENV_DIR) remembers each installed requirement set with its own marker,
 # .installed-<file>-<hash>, so `./launch.sh test` (base + test extras) never makes a later `./launch.sh` reinstall,
 # and a changed pin reinstalls only its set. INTERNVL_VENV=PATH uses an existing virtualenv as it is.
+# `./launch.sh test` also installs Chromium for the browser tests (CHROMIUM, default `chromium`) when it is missing and
+# this runs as root with apt-get; otherwise it says that the browser tests will be skipped.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -65,6 +67,23 @@ install_sets() {  # FILE...: make sure each requirement set is installed; instal
   say "Installed ${missing[*]} (log: $INSTALL_LOG)"
 }
 
+ensure_chromium() {  # the browser tests' Chromium: apt-get installs it as root; otherwise they are skipped
+  local chromium="${CHROMIUM:-chromium}"
+  command -v "$chromium" >/dev/null && return 0
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+    say "Chromium ($chromium) is missing, so the browser tests will be skipped: sudo apt-get install -y chromium"
+    return 0
+  fi
+  say "Installing Chromium for the browser tests (apt-get; log: $INSTALL_LOG)"
+  mkdir -p "$(dirname "$INSTALL_LOG")"
+  {  # a failed update may still leave an index that has chromium: install anyway
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core || true
+  } >>"$INSTALL_LOG" 2>&1
+  command -v "$chromium" >/dev/null ||
+    say "Chromium ($chromium) could not be installed (see $INSTALL_LOG), so the browser tests will be skipped"
+}
+
 if [[ -n ${INTERNVL_VENV:-} ]]; then
   [[ -x $PY ]] || die "INTERNVL_VENV=$VENV has no bin/python"
 elif [[ ${1:-} == test ]]; then
@@ -75,6 +94,10 @@ else
       [[ -x $PY ]] || say "--help needs the virtualenv (the flags live in the launcher): setting it up first" ;;
   esac
   install_sets requirements.txt
+fi
+
+if [[ ${1:-} == test ]]; then
+  ensure_chromium
 fi
 
 if [[ -n ${INTERNVL_LAUNCH_DRY_RUN:-} ]]; then  # for tests of this script: stop before the launcher

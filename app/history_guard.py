@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from cachetools import Cache, LRUCache
 from gradio.components.chatbot import ComponentMessage
 
 from app.messages import conversation_turns, message_files
@@ -47,7 +47,8 @@ class SessionMedia:
         self.examples = examples.resolve()
         self.generated = generated
         self.max_age_s = max_age_s
-        self._sessions: OrderedDict[str, set[str]] = OrderedDict()
+        # session -> its uploads; the least recently active session is forgotten first (cachetools evicts)
+        self._sessions: LRUCache[str, set[str]] = LRUCache(_MAX_SESSIONS)
         self._lock = threading.Lock()
         self._pruned_at = 0.0
 
@@ -55,10 +56,7 @@ class SessionMedia:
         """Remember the files of a submitted message box: Gradio accepted them as this session's uploads."""
         with self._lock:
             known = self._sessions.setdefault(_session(request), set())
-            self._sessions.move_to_end(_session(request))
             known.update(str(Path(p).resolve()) for p in paths if p)
-            while len(self._sessions) > _MAX_SESSIONS:
-                self._sessions.popitem(last=False)
 
     def held_bytes(self, request: gr.Request | None, adding: list[str] = ()) -> int:
         """Bytes of this session's uploads, with `adding` counted once."""
@@ -71,14 +69,19 @@ class SessionMedia:
         is one file in Gradio's cache)."""
         with self._lock:
             mine = self._sessions.pop(_session(request), set())
-            others = set().union(*self._sessions.values()) if self._sessions else set()
+            others = self._held()
         return [Path(p) for p in mine - others]
 
     def unclaimed(self, paths: list[str]) -> list[Path]:
         """Those of `paths` that no session holds."""
         with self._lock:
-            held = set().union(*self._sessions.values()) if self._sessions else set()
+            held = self._held()
         return [Path(p) for p in paths if p and str(Path(p).resolve()) not in held]
+
+    def _held(self) -> set[str]:
+        """Every session's uploads. Read through the base class: LRUCache's own read marks an entry as used, and a
+        look at all sessions must not change which is forgotten first. Call with the lock held."""
+        return set().union(*(Cache.__getitem__(self._sessions, s) for s in self._sessions))
 
     def check(self, history: list[dict[str, Any]], request: gr.Request | None) -> None:
         """Refuse a history naming a file this session did not upload (notes, which are never opened, aside)."""

@@ -12,10 +12,10 @@ controller paid before the first token.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+from cachetools import TTLCache
 from PIL import Image
 
 from app.messages import conversation_turns, from_display, media_kind, message_files, message_text
@@ -48,19 +48,18 @@ class ServedLimits:
 
     def __init__(self, client: Any, ttl_s: float = CARDS_TTL_S):
         self.client = client
-        self.ttl_s = ttl_s
-        self._cards: list[ModelCard] = []
-        self._at = float("-inf")
+        # One entry, the whole card list: one fetch answers for every model. No lock: only the event loop uses it.
+        self._cards: TTLCache[str, list[ModelCard]] = TTLCache(maxsize=1, ttl=ttl_s)
 
     async def get(self, model: str) -> ModelLimits:
         """Never raises: when the controller cannot say, the defaults apply and the send itself says why."""
-        if time.monotonic() - self._at > self.ttl_s:
+        cards = self._cards.get("cards")
+        if cards is None:
             try:
-                self._cards = await self.client.models()
-                self._at = time.monotonic()
+                cards = self._cards["cards"] = await self.client.models()
             except ServingError:
                 return ModelLimits()
-        return served_limits(next((c for c in self._cards if c.id == model), None))
+        return served_limits(next((c for c in cards if c.id == model), None))
 
 
 def max_new_tokens_bound(limits: ModelLimits, fallback: int = 4096) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from cachetools import LRUCache
 
 from controller.registry import WorkerRecord
 
@@ -69,7 +70,8 @@ class Affinity(ShortestQueue):
         super().__init__(rng)
         self.max_excess = max_excess
         self.remember = remember
-        self._last: OrderedDict[str, str] = OrderedDict()  # conversation key -> worker id of its last turn
+        # conversation key -> worker id of its last turn; cachetools evicts the least recently seen
+        self._last: LRUCache[str, str] = LRUCache(remember)
 
     def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None
                ) -> WorkerRecord | None:
@@ -101,9 +103,6 @@ class Affinity(ShortestQueue):
         fits = affine is not None and _requests(affine) - least <= self.max_excess
         chosen = affine if fits else super()._pick(usable)
         self._last[key] = chosen.worker_id
-        self._last.move_to_end(key)
-        if len(self._last) > self.remember:
-            self._last.popitem(last=False)
         return chosen
 
 

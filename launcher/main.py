@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -247,16 +245,7 @@ MODES = {"all": run_all, "controller": run_controller, "worker": run_worker, "ui
 
 
 def run_tests(args: list[str]) -> int:
-    """Chromium for the browser tests when it can be installed, then pytest in this process's place."""
-    if not shutil.which(os.environ.get("CHROMIUM", "chromium")):
-        if os.geteuid() == 0 and shutil.which("apt-get"):
-            say("Installing Chromium for the browser tests (apt-get)")
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
-                            "fonts-dejavu-core"], env=env, check=False, stdout=subprocess.DEVNULL)
-        else:
-            say("Chromium is missing, so the browser tests will be skipped: sudo apt-get install -y chromium")
+    """pytest in this process's place (launch.sh has set up the test extras and Chromium)."""
     say(f"Running the tests: pytest {' '.join(args)}")
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])

@@ -177,3 +177,25 @@ def test_conversation_log_and_media_are_private(ui, secret_image):
     for path in [logs, *logs.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+
+
+def test_the_least_recently_active_session_is_forgotten_first(tmp_path, monkeypatch):
+    # SessionMedia's memory is bounded (cachetools LRUCache); a look at every session (forget, unclaimed) does not
+    # count as activity.
+    from types import SimpleNamespace
+
+    import app.history_guard as guard
+
+    monkeypatch.setattr(guard, "_MAX_SESSIONS", 2)
+    media = guard.SessionMedia(tmp_path, max_age_s=60)
+    files = {s: tmp_path / f"{s}.png" for s in "abc"}
+    session = {s: SimpleNamespace(session_hash=s) for s in "abc"}
+    media.received(session["a"], [str(files["a"])])
+    media.received(session["b"], [str(files["b"])])
+    media.received(session["a"], [])  # a active again: b is now the least recently active
+    assert media.unclaimed([str(f) for f in files.values()]) == [files["c"]]
+    media.received(session["c"], [str(files["c"])])  # over the bound: b is forgotten
+    assert media.unclaimed([str(f) for f in files.values()]) == [files["b"]]
+    history = [{"role": "user", "content": [{"type": "file", "file": {"path": str(files["b"])}}]}]
+    with pytest.raises(guard.gr.Error, match="not uploaded in this session"):
+        media.check(history, session["b"])

@@ -127,3 +127,28 @@ async def test_the_limits_are_the_cards_and_a_turn_does_not_fetch_them_again(con
         await client.aclose()
     gone = ServedLimits(ControllerClient("http://127.0.0.1:9"))  # nothing listens: the defaults, no raise
     assert await gone.get(MODEL) == Limits()
+
+
+async def test_the_cards_are_fetched_again_once_the_ttl_has_passed(controller_url):
+    # The cache is cachetools' TTLCache: one entry (the whole card list, for every model), gone after `ttl_s`.
+    import time
+
+    from app.limits import ServedLimits
+
+    client = ControllerClient(controller_url)
+    try:
+        served = ServedLimits(client, ttl_s=0.5)
+        before = _models_requests(controller_url)
+        fetched_at = time.monotonic()
+        await served.get(MODEL)
+        await served.get("not-served")
+        assert _models_requests(controller_url) - before == 1
+        deadline = time.monotonic() + 10
+        while _models_requests(controller_url) - before == 1 and time.monotonic() < deadline:
+            await served.get(MODEL)
+        assert _models_requests(controller_url) - before == 2
+        assert time.monotonic() - fetched_at >= 0.5  # not before the TTL passed
+        assert len(served._cards) == 1  # bounded: one card list, whatever the models asked for
+        assert (await served.get(MODEL)).max_media_bytes == 300 * KB
+    finally:
+        await client.aclose()

@@ -114,3 +114,13 @@ def test_memory_is_bounded():
     for i in range(500):
         policy.choose(pool, later(f"k{i}"))
     assert len(policy._last) == 50
+
+
+def test_the_least_recently_seen_conversation_is_forgotten_first():
+    registry = Registry(expiry_s=10)
+    pool = workers(registry, "ab")
+    policy = Affinity(remember=2)
+    for key in ("k0", "k1", "k0", "k2"):  # k0 seen again after k1: k1 is the one forgotten
+        policy.choose(pool, later(key))
+    assert policy.preferred(later("k1")) is None
+    assert policy.preferred(later("k0")) is not None and policy.preferred(later("k2")) is not None
