@@ -1,7 +1,8 @@
 """Async client of the controller's OpenAI-compatible API: one shared httpx client, explicit timeouts.
 
 Errors arrive as the one JSON body (`{"error": {...}}`, see common/errors.py), either as an HTTP error status or as
-a single mid-stream SSE event followed by `[DONE]`; both become a ServingError carrying the server's message.
+a single mid-stream SSE event followed by the end marker (read with common/sse.py, as the controller reads its
+workers); both become a ServingError carrying the server's message.
 Closing the stream (the `async with` exits, also on cancellation by the Stop button) is what aborts generation on
 the worker: the controller relays the disconnect.
 """
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ModelCard, WorkerStatus
+from common.sse import DONE, error_in_event, payloads
 
 CONTROLLER = "controller"  # `param` of an error raised because the controller itself could not be reached
 
@@ -90,12 +91,13 @@ class ControllerClient:
                 stats.worker = response.headers.get("x-worker-id")
                 if response.status_code >= 400:
                     raise _error_from_response(response.status_code, await response.aread())
-                async for sse in EventSource(response).aiter_sse():
-                    if sse.data.strip() == "[DONE]":
+                async for data in payloads(response.aiter_bytes()):
+                    if data == DONE:
                         break
-                    chunk = json.loads(sse.data)
-                    if "error" in chunk:
-                        raise ServingError.from_body(chunk)
+                    err = error_in_event(data)
+                    if err is not None:
+                        raise err
+                    chunk = json.loads(data)
                     if chunk.get("usage"):
                         stats.usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:

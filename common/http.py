@@ -1,64 +1,30 @@
-"""HTTP glue shared by the controller and workers: error rendering, SSE framing, API-key checks."""
+"""HTTP glue shared by the controller and workers: body reading, error rendering, API-key checks. (Server-sent
+events: common/sse.py; clients that leave: common/disconnect.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from common.auth import bearer_token, one_of
-from common.coalesce import coalesce
+from common.disconnect import ClientGone
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 
 log = logging.getLogger(__name__)
 
-DONE = "[DONE]"
-DONE_EVENT = b"data: [DONE]\r\n\r\n"  # the end marker as the workers frame it
 # The controller forwards a client's request body to the worker unchanged; what it needs on top travels in headers.
 RELAY_STREAM = "X-Relay-Stream"  # "1": answer as an SSE stream whatever the body's `stream` says
 RELAY_INCLUDE_USAGE = "X-Relay-Include-Usage"  # "1": end the stream with the usage event
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready: there is no one to answer."""
-
-
-async def until_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """Await `work` (in this task) unless the client disconnects first: then `work` is cancelled, so whatever it
-    holds open (a worker's connection, a place in a queue) is let go at once, and ClientGone is raised. Call it
-    once the request body has been read (from then on the server's next message is the disconnect)."""
-    task = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-        raise ClientGone from None
-    finally:
-        watcher.cancel()
 
 
 def error_response(err: ServingError) -> JSONResponse:
@@ -230,80 +196,6 @@ def routing_error(method: str, path: str, status: int, detail: Any) -> ServingEr
     if status == 405:
         return ServingError(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed on {shown[1:-1]}")
     return ServingError(ErrorCode.INVALID_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL, str(detail))
-
-
-def sse_data(payload: BaseModel) -> str:
-    return payload.model_dump_json(exclude_none=True)
-
-
-def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None,
-                 interval_s: float = 0.0) -> EventSourceResponse:
-    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the keep-alive pings and
-    client-disconnect detection (it cancels the iterator, which is how generation gets aborted). Events that follow
-    the last write closer than `interval_s` go out together in the next write (common/coalesce.py)."""
-    framed = _framed(events)
-    if interval_s > 0:
-        framed = coalesce(framed, lambda _: interval_s)
-    return EventSourceResponse(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
-
-
-async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    # Framed here, not by sse-starlette (it sends bytes as they are): no event object built and encoded per token,
-    # and framed events can be joined into one write.
-    async for e in events:
-        if "\n" in e or "\r" in e:
-            yield "".join(f"data: {line}\r\n" for line in e.splitlines()).encode() + b"\r\n"
-        else:
-            yield b"data: " + e.encode() + b"\r\n\r\n"
-
-
-class SSEBytesResponse(StreamingResponse):
-    """Streams ready blocks of SSE events (the controller's relay) with no per-event work: no framing, no ping task
-    (the worker's own keep-alive comments pass through). Per request it costs one watcher task, not a task group.
-
-    The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
-    always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
-    A client disconnect cancels the stream, which closes the iterator and so the worker's stream."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
-        super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
-        self._blocks = blocks
-
-    async def __call__(self, scope, receive, send) -> None:
-        task = asyncio.current_task()
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self._stream(send)
-            watcher.cancel()  # the response is complete (which the server reports as a disconnect from now on)
-            async for _ in self._blocks:  # lets the relay finish reading upstream after the end marker
-                pass
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()  # the client left: nothing more to send, and not an error
-        finally:
-            watcher.cancel()
-            await self._blocks.aclose()  # type: ignore[attr-defined]
-
-    async def _stream(self, send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for block in self._blocks:
-            last = block.endswith(DONE_EVENT)
-            await send({"type": "http.response.body", "body": block, "more_body": not last})
-            if last:
-                return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def check_api_key(request: Request, keys: list[str]) -> None:

@@ -7,21 +7,13 @@ import json
 from collections.abc import AsyncIterator
 
 from common.errors import ErrorCode, ServingError
-from common.http import DONE
 from common.openai_fields import ChoiceLogprobs
 from common.protocol import ChatCompletion, Choice, ResponseMessage, Usage
-from controller.relay import error_in_event, sse_payloads
-
-
-async def payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """The data of each event in the relay's blocks of complete events."""
-    async for block in blocks:
-        for data in sse_payloads(block):
-            yield data
+from common.sse import DONE, error_in_event
 
 
 async def collect(events: AsyncIterator[str], model: str) -> ChatCompletion:
-    """`events`: event data, as `payloads` gives it. One choice per index the chunks name (OpenAI's `n`)."""
+    """`events`: event data (common/sse.py `payloads`). One choice per index the chunks name (OpenAI's `n`)."""
     completion_id, usage = None, Usage()
     parts: dict[int, list[str]] = {}
     reasoning: dict[int, list[str]] = {}  # a choice's reasoning_content deltas (none: the message has no reasoning)

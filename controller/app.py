@@ -15,13 +15,15 @@ from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
 from common.errors import ErrorCode, ServingError
-from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, SSEBytesResponse, check_api_key, install_error_handlers,
-                         parse_json_body, read_body, until_client_leaves)
+from common.disconnect import until_client_leaves
+from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
+                         read_body)
 from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, ModelLoad, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
+from common.sse import SSEBytesResponse, payloads
 from controller.admission import announce, check_registrant, check_worker_identity
-from controller.aggregate import collect, payloads
+from controller.aggregate import collect
 from controller.chat_route import ControllerApp
 from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
@@ -186,13 +188,13 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
                                  conversation_of(request, asked), client[:_MAX_KEY])
-        upstream = await until_client_leaves(request, opened)
+        upstream = await until_client_leaves(request.receive, opened)
         blocks = dispatcher.relay(upstream)
         served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
         if asked.stream:
             return SSEBytesResponse(blocks, served_by)  # watches for the client leaving from here on
         try:
-            completion = await until_client_leaves(request, collect(payloads(blocks), asked.model))
+            completion = await until_client_leaves(request.receive, collect(payloads(blocks), asked.model))
         finally:
             await blocks.aclose()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)

@@ -18,15 +18,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import aiohttp
 
 from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, error_body, excerpt
-from common.http import DONE, DONE_EVENT
 from common.metrics import Metrics
+from common.sse import DONE, DONE_EVENT, complete_events, error_in_event, sse_event, sse_payloads
+from common.sse import DONE_LINE as _DONE_LINE
 from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
@@ -34,7 +35,6 @@ from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
-_DONE_LINE = b"data: [DONE]"
 _DONE_LATER_LINE = b"\n" + _DONE_LINE  # at a line start: token text inside JSON could hold the rest
 _ERROR_LINE = b'data: {"error"'  # JSON text cannot hold these quotes unescaped, so this only matches error events
 
@@ -363,36 +363,3 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
                 pass
     except (TimeoutError, aiohttp.ClientError):
         pass
-
-
-def complete_events(buffer: bytes) -> int:
-    """Length of the run of complete events at the start of `buffer` (an event ends with a blank line)."""
-    if buffer.endswith(b"\n\n"):  # the usual case: a worker's write ends with an event
-        return len(buffer)
-    # An absent needle costs a search of the whole buffer: a CRLF stream has no LF end at all, so the LF end is
-    # only looked for past the last CRLF one.
-    crlf = buffer.rfind(b"\n\r\n")
-    lf = buffer.rfind(b"\n\n", max(crlf, 0))
-    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
-
-
-def sse_payloads(block: bytes) -> Iterator[str]:
-    """The data of each event in a block of complete events (comment-only events, like pings, have none)."""
-    for event in block.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-        if lines:
-            yield b"\n".join(lines).decode()
-
-
-def sse_event(data: str) -> bytes:
-    return b"data: " + data.encode() + b"\r\n\r\n"
-
-
-def error_in_event(data: str) -> ServingError | None:
-    if '"error"' not in data[:20]:
-        return None
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return None
-    return ServingError.from_body(payload) if isinstance(payload, dict) and "error" in payload else None

@@ -12,10 +12,11 @@ import logging
 
 from fastapi.responses import JSONResponse, Response
 
-from common.http import sse_response
+from common.disconnect import ClientGone, until_client_leaves
 from common.protocol import ChatCompletionRequest
+from common.sse import sse_response
 from workers.serving import ChatService
-from workers.slots import ClientGone, RequestSlot, until_client_leaves
+from workers.slots import RequestSlot
 
 log = logging.getLogger(__name__)
 

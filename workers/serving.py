@@ -17,10 +17,10 @@ import time
 from collections.abc import AsyncIterator
 
 from common.errors import ErrorCode, ServingError, error_body, excerpt
-from common.http import DONE, sse_data
 from common.metrics import Metrics
 from common.protocol import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
                              CompletionTokensDetails, Delta, ResponseMessage, Usage, new_completion_id)
+from common.sse import DONE, sse_data
 from workers.choices import IndexedEvent, choice_requests, merged, wire_logprobs
 from workers.context_check import fit_context, tokenize_within_context
 from workers.engines.base import Engine, FinishEvent, TokenEvent

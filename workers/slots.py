@@ -6,10 +6,11 @@ One owner: `RequestSlots.hold` is the only way to take a slot, and leaving its `
 the chat response (workers/chat_response.py) holds it for as long as it lives, as TGI holds its permit for the life
 of the stream. So a slot is released exactly once, whatever ends the request.
 
-Stopping: the response runs the request's work as a task and cancels that task when the client leaves
-(`until_client_leaves`). Cancelling reaches every stage: a wait for the preprocessing budget or for the model is an
-await and ends at once; work running in a thread (media decoding, tiling, tokenizing) sees `cancelled` set and stops
-at its next check, and the task waits for the thread to be out before the slot goes, so the pixels it holds are
+Stopping: the response awaits the request's work through the one disconnect helper (common/disconnect.py
+`until_client_leaves`), which cancels it when the client leaves. Cancelling reaches every stage: a wait for the
+preprocessing budget or for the model is an await and ends at once; work running in a thread (media decoding,
+tiling, tokenizing) sees `cancelled` set and stops at its next check, and the work waits for the thread to be out
+before the cancellation goes on (so before ClientGone is raised and the slot goes), so the pixels it holds are
 really free; the engine's stream is closed when the slot goes, which is how an engine stops a generation
 (workers/engines/base.py).
 """
@@ -33,10 +34,6 @@ T = TypeVar("T")
 
 class RequestCancelled(Exception):
     """Raised inside a worker thread that noticed its request was cancelled (the client left)."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request's answer started; its work has been stopped."""
 
 
 class RequestSlot:
@@ -168,27 +165,3 @@ class PixelPool:
                 self.in_use += pixels
                 future.set_result(None)
 
-
-async def until_client_leaves(receive: Callable[[], Awaitable[dict]], work: Awaitable[T]) -> T:
-    """Run `work` while watching the client's connection. When the client disconnects first, the work is cancelled
-    (and has unwound: its threads are out) before ClientGone is raised."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientGone
-
-
-async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from common.errors import ErrorCode, error_body
 from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration
-from controller.aggregate import payloads
+from common.sse import payloads
 from controller.app import worker_client
 from controller.breaker import Breaker
 from controller.policies import ShortestQueue

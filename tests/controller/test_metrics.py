@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from common import sse
 from common.errors import ErrorCode, error_body
 from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFilter, install_request_ids,
                                   request_id_var)
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
-from controller import aggregate
 from controller.app import worker_client
 from controller.policies import ShortestQueue
 from controller.registry import Registry
@@ -130,7 +130,7 @@ async def dispatcher(payloads: list[str]):
 
 async def relay_all(d: Dispatcher) -> list[str]:
     up = await d.open(b'{"model": "m"}', "m", "rid")
-    return [e async for e in aggregate.payloads(d.relay(up))]
+    return [e async for e in sse.payloads(d.relay(up))]
 
 
 async def test_controller_times_first_token_and_speed_from_the_usage_chunk():

@@ -15,10 +15,11 @@ import pytest
 from common.errors import ErrorCode, error_body
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
+from common.sse import complete_events
 from controller.app import worker_client
 from controller.policies import ShortestQueue
 from controller.registry import Registry
-from controller.relay import Dispatcher, complete_events
+from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from tests.controller.test_metrics import CHUNK, USAGE, samples
 from tests.support.loopback_workers import LoopbackWorkers, sse, stream

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from common.errors import ErrorCode
 from common.protocol import ModelCard, WorkerRegistration
-from controller.aggregate import payloads
+from common.sse import payloads
 from controller.app import worker_client
 from controller.policies import ShortestQueue
 from controller.registry import Registry

@@ -1,0 +1,148 @@
+"""Server-sent events, the one module: the end marker, framing, parsing, and the two streaming responses.
+
+Who uses what: a worker frames its chunks (`sse_data`, `sse_response`); the controller relays the worker's bytes
+unparsed (`SSEBytesResponse`) and reads only the few events it must (`complete_events`, `sse_payloads`,
+`error_in_event`: controller/relay.py), or collects a whole answer (`payloads`: controller/aggregate.py); the UI's
+client reads the controller's stream (`payloads`: app/client.py). Every stream ends with exactly one end marker
+event, after at most one error event (the one error body, common/errors.py).
+
+Lines end with CRLF (what we send) or LF; a lone CR, which the SSE spec also allows, is sent by no server here and
+is not read as a line end. Parsing works on bytes and finds event ends with byte searches: the relay calls it on
+hot paths (see the costs noted in controller/relay.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+from starlette.responses import StreamingResponse
+
+from common.coalesce import coalesce
+from common.disconnect import ClientGone, until_client_leaves
+from common.errors import ServingError
+
+DONE = "[DONE]"  # the end marker (OpenAI's): the data of a stream's last event
+DONE_LINE = b"data: " + DONE.encode()
+DONE_EVENT = DONE_LINE + b"\r\n\r\n"  # the end marker as it is framed here
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+# --- framing -------------------------------------------------------------------------------------------------------
+
+def sse_data(payload: BaseModel) -> str:
+    """A wire model as an event's data (JSON text, without the fields that are None)."""
+    return payload.model_dump_json(exclude_none=True)
+
+
+def sse_event(data: str) -> bytes:
+    """One framed event. Data with line ends goes as one `data:` line per line (readers join them with LF)."""
+    if "\n" in data or "\r" in data:
+        return "".join(f"data: {line}\r\n" for line in _LINE_END.split(data)).encode() + b"\r\n"
+    return b"data: " + data.encode() + b"\r\n\r\n"
+
+
+# --- parsing -------------------------------------------------------------------------------------------------------
+
+def complete_events(buffer: bytes) -> int:
+    """Length of the run of complete events at the start of `buffer` (an event ends with a blank line)."""
+    if buffer.endswith(b"\n\n"):  # the usual case: a worker's write ends with an event
+        return len(buffer)
+    # An absent needle costs a search of the whole buffer: a CRLF stream has no LF end at all, so the LF end is
+    # only looked for past the last CRLF one.
+    crlf = buffer.rfind(b"\n\r\n")
+    lf = buffer.rfind(b"\n\n", max(crlf, 0))
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+
+
+def sse_payloads(block: bytes) -> Iterator[str]:
+    """The data of each event in a block of complete events (comment-only events, like pings, have none)."""
+    for event in block.replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            yield b"\n".join(lines).decode()
+
+
+async def payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The data of each event of a byte stream, as each event completes, however the bytes are cut (a network read,
+    or the relay's blocks of complete events). An unfinished event at the end of the stream is dropped."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        end = complete_events(pending)
+        if end:
+            for data in sse_payloads(pending[:end]):
+                yield data
+            pending = pending[end:]
+
+
+def error_in_event(data: str) -> ServingError | None:
+    """The error an event's data carries (the one error body, common/errors.py), or None for any other event."""
+    if '"error"' not in data[:20]:
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    return ServingError.from_body(payload) if isinstance(payload, dict) and "error" in payload else None
+
+
+# --- responses -----------------------------------------------------------------------------------------------------
+
+def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None,
+                 interval_s: float = 0.0) -> EventSourceResponse:
+    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the keep-alive pings and
+    client-disconnect detection (it cancels the iterator, which is how generation gets aborted). Events that follow
+    the last write closer than `interval_s` go out together in the next write (common/coalesce.py)."""
+    framed = _framed(events)
+    if interval_s > 0:
+        framed = coalesce(framed, lambda _: interval_s)
+    return EventSourceResponse(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
+
+
+async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    # Framed here, not by sse-starlette (it sends bytes as they are): no event object built and encoded per token,
+    # and framed events can be joined into one write.
+    async for e in events:
+        yield sse_event(e)
+
+
+class SSEBytesResponse(StreamingResponse):
+    """Streams ready blocks of SSE events (the controller's relay) with no per-event work: no framing, no ping task
+    (the worker's own keep-alive comments pass through). Per request it costs one watcher task, not a task group.
+
+    The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
+    always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
+    A client disconnect cancels the stream (`until_client_leaves`), which closes the iterator and so the worker's
+    stream."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+        super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
+        self._blocks = blocks
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await until_client_leaves(receive, self._stream(send))
+            # The response is complete (which the server reports as a disconnect from now on, so this is not
+            # watched): let the relay finish reading upstream after the end marker.
+            async for _ in self._blocks:
+                pass
+        except ClientGone:
+            pass  # the client left: nothing more to send, and not an error
+        finally:
+            await self._blocks.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for block in self._blocks:
+            last = block.endswith(DONE_EVENT)
+            await send({"type": "http.response.body", "body": block, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

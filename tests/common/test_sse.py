@@ -1,0 +1,112 @@
+"""common/sse.py, the one SSE module: events framed here are read back unchanged by the parser the controller and the
+UI use, whatever the line ends, however the bytes are cut; comments (pings) carry no data; the end marker has one
+definition; and both streaming responses, served by a real server on loopback, read back event for event."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from common.errors import ErrorCode, error_body
+from common.sse import (DONE, DONE_EVENT, DONE_LINE, SSEBytesResponse, complete_events, error_in_event, payloads,
+                        sse_event, sse_payloads, sse_response)
+from tests.support.served_app import served
+
+TOKEN = json.dumps({"choices": [{"index": 0, "delta": {"content": "héllo \"error\" data: [DONE]"}}]})
+DATA = [TOKEN, "plain", "", "a\nb", "a\r\nb\rc", "ends with a line end\n", "\n", "données ✓"]
+
+
+async def chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+async def read_all(*parts: bytes) -> list[str]:
+    return [data async for data in payloads(chunks(*parts))]
+
+
+def test_the_end_marker_is_one_event_framed_from_its_one_definition():
+    assert sse_event(DONE) == DONE_EVENT == DONE_LINE + b"\r\n\r\n" == b"data: [DONE]\r\n\r\n"
+    assert list(sse_payloads(DONE_EVENT)) == [DONE]
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_framed_data_reads_back_unchanged_but_for_line_ends(data):
+    framed = sse_event(data)
+    assert framed.endswith(b"\r\n\r\n") and complete_events(framed) == len(framed)
+    # SSE readers join an event's data lines with LF, whichever line end each had
+    assert list(sse_payloads(framed)) == [data.replace("\r\n", "\n").replace("\r", "\n")]
+
+
+def test_multi_line_data_goes_as_one_data_line_per_line():
+    assert sse_event("a\nb\r\nc") == b"data: a\r\ndata: b\r\ndata: c\r\n\r\n"
+    assert sse_event("a\n") == b"data: a\r\ndata: \r\n\r\n"  # the last (empty) line is kept
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+def test_comments_fields_and_line_ends_as_other_servers_send_them(line_end):
+    def event(*lines: bytes) -> bytes:
+        return b"".join(line + line_end for line in lines) + line_end
+
+    block = (event(b": ping - 2026-12-03 21:00:00") + event(b"data:no space", b"data:  two spaces")
+             + event(b"event: message", b"id: 7", b"retry: 100", b"data: {}") + event(b":only a comment")
+             + event(b"data: [DONE]"))
+    assert complete_events(block) == len(block)
+    assert list(sse_payloads(block)) == ["no space\n two spaces", "{}", DONE]
+
+
+@pytest.mark.parametrize(("buffer", "end"), [
+    (b"", 0), (b"data: a", 0), (b"data: a\r\n", 0), (b"data: a\r\n\r", 0), (b"data: a\r\n\r\n", 11),
+    (b"data: a\r\n\r\ndata: b", 11), (b"data: a\n\ndata: b\n", 9), (b"data: a\r\n\r\ndata: b\n\n", 20),
+])
+def test_complete_events_ends_at_the_last_blank_line(buffer, end):
+    assert complete_events(buffer) == end
+
+
+async def test_a_stream_cut_anywhere_reads_as_the_same_events():
+    stream = b"".join(sse_event(d) for d in DATA) + b": ping\r\n\r\n" + DONE_EVENT
+    expected = [d.replace("\r\n", "\n").replace("\r", "\n") for d in DATA] + [DONE]
+    assert await read_all(stream) == expected
+    assert await read_all(*(stream[i:i + 1] for i in range(len(stream)))) == expected  # a byte at a time
+    for cut in range(1, len(stream)):
+        assert await read_all(stream[:cut], stream[cut:]) == expected, cut
+
+
+async def test_an_unfinished_event_at_the_end_is_dropped():
+    assert await read_all(sse_event("whole"), b"data: half") == ["whole"]
+    assert await read_all(b"data: half\r\n") == []
+
+
+def test_error_events_are_told_from_answers_by_their_shape_not_their_text():
+    err = error_in_event(json.dumps(error_body(ErrorCode.WORKER_LOST, "worker w1 failed")))
+    assert err is not None and err.code == ErrorCode.WORKER_LOST and err.message == "worker w1 failed"
+    assert error_in_event(TOKEN) is None  # an answer that talks about "error"
+    assert error_in_event(json.dumps({"error": "x"})[:-1]) is None  # not JSON: relayed, never raised
+    assert error_in_event(DONE) is None
+
+
+async def test_both_responses_read_back_over_a_real_socket():
+    events = [TOKEN, "a\nb", json.dumps(error_body(ErrorCode.ENGINE_ERROR, "boom")), DONE]
+
+    async def worker_events():
+        for e in events:
+            yield e
+
+    async def relay_blocks():  # what the relay yields: blocks of complete events, the end marker last
+        yield sse_event(events[0]) + sse_event(events[1])
+        yield sse_event(events[2]) + DONE_EVENT
+
+    app = FastAPI()
+    app.get("/framed")(lambda: sse_response(worker_events(), interval_s=0.01))
+    app.get("/relayed")(lambda: SSEBytesResponse(relay_blocks(), {"X-Worker-ID": "w1"}))
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        for path in ("/framed", "/relayed"):
+            async with client.stream("GET", path) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                assert response.headers["x-accel-buffering"] == "no"
+                got = [data async for data in payloads(response.aiter_bytes())]
+            assert got == events, path
+            assert error_in_event(got[2]).code == ErrorCode.ENGINE_ERROR

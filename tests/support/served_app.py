@@ -1,0 +1,36 @@
+"""An ASGI app served by a real uvicorn server on a free loopback port, in the test's own event loop (so the test can
+look at what the app holds while a client talks to it over a real socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import uvicorn
+
+from launcher.compose import free_port
+
+
+@contextlib.asynccontextmanager
+async def served(app) -> AsyncIterator[str]:
+    """-> the app's base URL while the `async with` lasts; the server is stopped on the way out."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None,
+                                           access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started or task.done(), 10, "the server listens")
+        assert server.started, "the server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
