@@ -205,7 +205,7 @@ class ProcSampler:
         for name, p in self._ps.items():
             with contextlib.suppress(psutil.Error):
                 t, rss = p.cpu_times(), p.memory_info().rss
-                out[name] = (t.user + t.system, rss)
+                out[name] = (_on_cpu_s(p.pid) or t.user + t.system, rss)
                 self._peak[name] = max(self._peak.get(name, 0), rss)
         return out
 
@@ -223,6 +223,21 @@ class ProcSampler:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
+
+
+def _on_cpu_s(pid: int) -> float | None:
+    """CPU time of a process's live threads in ns resolution (the scheduler's own count, /proc/PID/task/*/schedstat).
+    The usual CPU times are counted in 10 ms ticks: a Rust router relays 20,000 tokens within one tick, so its figure
+    per token was 0 or 10 ms by chance. Threads that ended are not counted: every process measured here keeps its
+    threads for its life. None where schedstat is missing (psutil's ticks then)."""
+    total = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"{task.path}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        return None
+    return total / 1e9 if total else None
 
 
 def machine() -> str:
