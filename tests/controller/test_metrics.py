@@ -1,22 +1,18 @@
-"""Prometheus metrics and request-id logging: a real worker app (in-process, scripted engine, the real pipeline
-on the demo checkpoint's spec), the real dispatcher with scripted worker answers, and the log formatters."""
+"""Prometheus metrics and request ids: a real worker app (in-process, scripted engine, the real pipeline on the demo
+checkpoint's spec) and the real dispatcher with scripted worker answers. The log formatters on their own:
+tests/common/test_logging_setup.py."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import random
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.errors import ErrorCode, error_body
-from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFilter, install_request_ids,
-                                  request_id_var)
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
 from controller import aggregate
@@ -150,51 +146,3 @@ async def test_controller_counts_mid_stream_errors_by_code(payloads, code):
         events = await relay_all(d)
     assert events[-1] == "[DONE]"
     assert samples(metrics.render().decode())[("internvl_errors_total", (("code", code),))] == 1
-
-
-# ------------------------------------------------------------------------------------------------- log lines
-
-
-def record(msg: str, **extra) -> logging.LogRecord:
-    rec = logging.LogRecord("controller.relay", logging.WARNING, __file__, 1, msg, None, None)
-    rec.__dict__.update(extra)
-    _RequestIdFilter().filter(rec)
-    return rec
-
-
-def test_log_lines_carry_the_request_id_as_key_value_and_json():
-    token = request_id_var.set("rid-7")
-    try:
-        rec = record('worker w1 failed: "timeout"', status=504)
-    finally:
-        request_id_var.reset(token)
-    kv = KeyValueFormatter().format(rec)
-    assert "level=warning logger=controller.relay request_id=rid-7 " in kv
-    assert 'msg="worker w1 failed: \\"timeout\\""' in kv and kv.endswith("status=504")
-    parsed = json.loads(JsonFormatter().format(rec))
-    assert parsed["request_id"] == "rid-7" and parsed["msg"] == 'worker w1 failed: "timeout"'
-    assert parsed["status"] == 504
-    assert record("outside a request").request_id == "-"
-
-
-def test_request_id_reaches_the_log_records_of_the_route():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(KeyValueFormatter())
-    log = logging.getLogger("test.route")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    app = FastAPI()
-    install_request_ids(app)
-
-    @app.get("/x")
-    async def x() -> dict:
-        log.info("inside the route")
-        return {}
-
-    try:
-        TestClient(app).get("/x", headers={"X-Request-ID": "carried-1"})
-    finally:
-        log.removeHandler(handler)
-    assert "request_id=carried-1 msg=\"inside the route\"" in stream.getvalue()
