@@ -13,13 +13,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.browser import (BOTS, PHONE, assert_usable, last_bot_text, open_page, pick_model, send,
+from tests.support.browser import (ARTIFACTS, BOTS, PHONE, assert_usable, last_bot_text, open_page, pick_model, send,
                                    toast_texts, wait_idle)
-from tests.support.stack import ROOT, SCRIPTED, start_worker
+from tests.support.stack import EXAMPLES, SCRIPTED, start_worker
 
 pytestmark = pytest.mark.browser
-EXAMPLES = ROOT / "static" / "examples"
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def shot(page, name: str) -> None:

@@ -10,7 +10,6 @@ import random
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from common.errors import ErrorCode, error_body
 from common.metrics import Metrics
@@ -22,16 +21,9 @@ from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from tests.support.loopback_workers import LoopbackWorkers, stream
+from tests.support.metrics_text import samples
 from tests.support.scripted_engine import ScriptedEngine
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} from the Prometheus text format, parsed by prometheus_client itself."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.support.stream_chunks import CHUNK, USAGE
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +97,6 @@ def test_request_id_is_taken_from_the_header_or_made_and_echoed(worker):
 
 
 # ------------------------------------------------------------------------------------------- controller side
-
-CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
-USAGE = json.dumps({"id": "c", "model": "m", "choices": [],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
-
 
 @contextlib.asynccontextmanager
 async def dispatcher(payloads: list[str]):

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.controller.helpers import chat, open_stream, worker_status
+from tests.support.chat_http import chat, open_stream, worker_status
 from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
 
 MODEL = "scripted"

@@ -32,7 +32,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.controller.helpers import body, data_lines, worker_status
+from tests.support.chat_http import body, data_lines, worker_status
 from tests.support.launched import Launched, start_launcher
 from tests.support.netns import create_or_skip
 from tests.support.ray_nodes import OURS, RayHosts

@@ -14,7 +14,6 @@ demo checkpoint; the scripted engine where the stage under test sits above the e
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -30,8 +29,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.media_samples import data_url
 from tests.support.raw_http import LeavingClient
 from tests.support.stack import ROOT, SCRIPTED, start_worker
+from tests.support.video_samples import slow_video
 
 CHAT = "/v1/chat/completions"
 STOP_WITHIN_S = 1.0  # the issue's bound for "the work has stopped"
@@ -80,33 +81,9 @@ def chat(content, max_tokens: int = 8, stream: bool = True) -> dict:
             "stream": stream, "temperature": 0}
 
 
-def data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
 def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def slow_video() -> bytes:
-    """A 720p H.264 clip with one key frame: reaching its sampled frames means decoding nearly all 400 frames."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=25, options={"g": "1000", "keyint_min": "1000", "preset": "ultrafast",
-                                                             "crf": "35", "sc_threshold": "0"})
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
-        rng = np.random.default_rng(0)
-        base = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-        for i in range(400):
-            frame = np.roll(base, 7 * i, axis=1)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
     return buf.getvalue()
 
 

@@ -1,4 +1,5 @@
-"""Small HTTP helpers the controller tests share: chat bodies, held streams, the controller's worker table."""
+"""Small HTTP helpers for tests that chat through a controller or a worker: chat bodies, held streams, the controller's
+worker table."""
 
 from __future__ import annotations
 

@@ -1,0 +1,83 @@
+"""Timing in tests: poll a condition until it holds or a deadline passes, never a fixed sleep and then an assert.
+
+`wait_until` for "this becomes true"; `holds_for` for "this stays true" (a stream that must not grow after Stop):
+the window is the claim itself, and the first change fails at once. `detail` adds what a failure should show
+(a log tail, the last answer seen); it is called only on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _message(what: str, timeout: float, detail: Callable[[], str] | None) -> str:
+    return f"{what}: not within {timeout} s" + (f"\n{detail()}" if detail else "")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
+               detail: Callable[[], str] | None = None) -> T:
+    """Poll `condition()` until it returns something true; -> that value. Raises AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if value := condition():
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_message(what, timeout, detail))
+        time.sleep(interval)
+
+
+async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout: float, what: str,
+                           interval: float = 0.01, detail: Callable[[], str] | None = None) -> T:
+    """`wait_until` inside an event loop; `condition` may be a plain or an async function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_message(what, timeout, detail))
+        await asyncio.sleep(interval)
+
+
+def settled(read: Callable[[], T], quiet_s: float, timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `read()` until its value has not changed for `quiet_s`; -> that value (an update already on its way
+    when a stream was stopped may still land)."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: still changing after {timeout} s (last: {value!r:.300})")
+        time.sleep(interval)
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+def holds_for(condition: Callable[[], bool], seconds: float, what: str, interval: float = 0.05,
+              detail: Callable[[], str] | None = None) -> None:
+    """`condition()` stays true for `seconds`; fails at the first poll where it does not."""
+    end = time.monotonic() + seconds
+    while True:
+        if not condition():
+            raise AssertionError(f"{what}: stopped holding" + (f"\n{detail()}" if detail else ""))
+        if time.monotonic() >= end:
+            return
+        time.sleep(interval)
+
+
+async def holds_for_async(condition: Callable[[], bool], seconds: float, what: str, interval: float = 0.01) -> None:
+    """`holds_for` inside an event loop."""
+    end = time.monotonic() + seconds
+    while True:
+        if not condition():
+            raise AssertionError(f"{what}: stopped holding")
+        if time.monotonic() >= end:
+            return
+        await asyncio.sleep(interval)
