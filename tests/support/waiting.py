@@ -19,28 +19,30 @@ def _message(what: str, timeout: float, detail: Callable[[], str] | None) -> str
     return f"{what}: not within {timeout} s" + (f"\n{detail()}" if detail else "")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
-               detail: Callable[[], str] | None = None) -> T:
-    """Poll `condition()` until it returns something true; -> that value. Raises AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
+               detail: Callable[[], str] | None = None) -> float:
+    """Poll `condition()` until it is true; -> the seconds it took. Raises AssertionError naming `what`."""
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
-        if value := condition():
-            return value
+        if condition():
+            return time.monotonic() - started
         if time.monotonic() >= deadline:
             raise AssertionError(_message(what, timeout, detail))
         time.sleep(interval)
 
 
-async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout: float, what: str,
-                           interval: float = 0.01, detail: Callable[[], str] | None = None) -> T:
+async def wait_until_async(condition: Callable[[], object | Awaitable[object]], timeout: float, what: str,
+                           interval: float = 0.01, detail: Callable[[], str] | None = None) -> float:
     """`wait_until` inside an event loop; `condition` may be a plain or an async function."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         value = condition()
         if asyncio.iscoroutine(value):
             value = await value
         if value:
-            return value
+            return time.monotonic() - started
         if time.monotonic() >= deadline:
             raise AssertionError(_message(what, timeout, detail))
         await asyncio.sleep(interval)
