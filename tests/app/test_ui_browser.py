@@ -39,7 +39,7 @@ def test_image_and_video_chat_streams_stop_regenerate_and_screenshots(browser, d
     answers_before = page.locator(BOTS).count()
     send(page, "Tell me a long story")
     page.wait_for_function(f"n => {{ const b = document.querySelectorAll('{BOTS}');"
-                           " return b.length > n && b[b.length - 1].innerText.split(' ').length > 8; }}",
+                           " return b.length > n && b[b.length - 1].innerText.split(' ').length > 8; }",
                            arg=answers_before, timeout=60_000)
     page.locator("#stop-btn").click()
     wait_idle(page, timeout_s=15)
@@ -54,7 +54,7 @@ def test_image_and_video_chat_streams_stop_regenerate_and_screenshots(browser, d
     page.locator("#regen-btn").click()
     page.locator("#stop-btn:not([disabled])").wait_for(timeout=15_000)
     page.wait_for_function(f"() => {{ const b = document.querySelectorAll('{BOTS}');"
-                           " return b[b.length - 1].innerText.includes('word5'); }}", timeout=60_000)
+                           " return b[b.length - 1].innerText.includes('word5'); }", timeout=60_000)
     page.locator("#stop-btn").click()
     wait_idle(page, timeout_s=15)
     page.screenshot(path=str(ARTIFACTS / "web-ui-after-stop.png"))

@@ -20,6 +20,7 @@ from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
+from tests.support.chat_http import body
 from tests.support.loopback_workers import LoopbackWorkers, stream
 from tests.support.metrics_text import samples
 from tests.support.scripted_engine import ScriptedEngine
@@ -47,19 +48,15 @@ def monkeypatch_module():
     mp.undo()
 
 
-def chat(model: str, stream: bool) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
-
-
 def test_worker_metrics_count_requests_errors_and_time_generations(worker):
     client, model = worker
     before = samples(client.get("/metrics").text)
-    with client.stream("POST", "/v1/chat/completions", json=chat(model, True)) as r:
+    with client.stream("POST", "/v1/chat/completions", json=body(model, max_tokens=None, stream=True)) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
-    assert client.post("/v1/chat/completions", json=chat(model, False)).status_code == 200
-    assert client.post("/v1/chat/completions", json=chat("no-such-model", False)).status_code == 404
+    assert client.post("/v1/chat/completions", json=body(model, max_tokens=None)).status_code == 200
+    assert client.post("/v1/chat/completions", json=body("no-such-model", max_tokens=None)).status_code == 404
     assert client.get("/no/such/path").status_code == 404
     after = samples(client.get("/metrics").text)
 
@@ -88,7 +85,7 @@ def test_metrics_need_the_api_key_when_keys_are_set(worker):
 
 def test_request_id_is_taken_from_the_header_or_made_and_echoed(worker):
     client, model = worker
-    r = client.post("/v1/chat/completions", json=chat(model, False), headers={"X-Request-ID": "abc-123"})
+    r = client.post("/v1/chat/completions", json=body(model, max_tokens=None), headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     made = client.get("/health").headers["x-request-id"]
     assert len(made) == 32 and made != client.get("/health").headers["x-request-id"]

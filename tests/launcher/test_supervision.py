@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.chat_http import body
 from tests.support.launched import start_launcher
 from tests.support.stack import SCRIPTED, free_port, start_controller
 from tests.support.waiting import wait_until
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def chat(controller_url: str, model: str) -> httpx.Response:
     return httpx.post(controller_url + "/v1/chat/completions", timeout=30,
-                      json={"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+                      json=body(model, "hi"))
 
 
 def registered(controller_url: str) -> list[dict]:

@@ -52,13 +52,14 @@ def settled(read: Callable[[], T], quiet_s: float, timeout: float, what: str, in
     """Poll `read()` until its value has not changed for `quiet_s`; -> that value (an update already on its way
     when a stream was stopped may still land)."""
     deadline = time.monotonic() + timeout
-    value, since = read(), time.monotonic()
+    value, since, before = read(), time.monotonic(), None
     while time.monotonic() - since < quiet_s:
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: still changing after {timeout} s (last: {value!r:.300})")
+            raise AssertionError(f"{what}: still changing after {timeout} s; the last two values end in "
+                                 f"{str(before)[-200:]!r} and {str(value)[-200:]!r}")
         time.sleep(interval)
         if (now := read()) != value:
-            value, since = now, time.monotonic()
+            before, value, since = value, now, time.monotonic()
     return value
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.support.chat_http import body
 from tests.support.media_samples import (animated_gif, encode, gradient, jpeg_exif_rotated, noise_png, png_16bit,
                                          png_alpha, png_bomb, png_palette_transparent)
 from tests.support.stack import ROOT, free_port, start_controller, start_worker
@@ -82,8 +83,7 @@ def video_part(data: bytes, mime: str = "video/mp4") -> dict:
 
 
 def chat(content: list[dict] | str, **fields) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 3,
-            "temperature": 0.0, **fields}
+    return body(MODEL, content, max_tokens=3, temperature=0.0, **fields)
 
 
 def with_image(data: bytes, mime: str = "image/png") -> dict:

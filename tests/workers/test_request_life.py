@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.chat_http import body
 from tests.support.media_samples import data_url
 from tests.support.raw_http import LeavingClient
 from tests.support.stack import ROOT, SCRIPTED, start_worker
@@ -77,8 +78,7 @@ def idle(h: dict) -> bool:
 
 
 def chat(content, max_tokens: int = 8, stream: bool = True) -> dict:
-    return {"model": "demo", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "stream": stream, "temperature": 0}
+    return body("demo", content, max_tokens, stream, temperature=0)
 
 
 def png(img: Image.Image) -> bytes:
@@ -218,9 +218,9 @@ def test_decoded_pixel_budget_refuses_sixteen_8000px_pngs_without_growing(worker
 
 
 def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker):
-    body = chat(photo_35mp(seed=2), stream=False)
+    payload = chat(photo_35mp(seed=2), stream=False)
     answers: list[int] = []
-    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=body,
+    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=payload,
                                                                           timeout=120).status_code))
                for _ in range(2)]
     for t in senders:
