@@ -37,7 +37,7 @@ def stack(demo_checkpoint, log_dir):
 
 
 def chat(content="hi", **fields) -> dict:
-    return body(MODEL, content, max_tokens=2, **fields)
+    return body(**{"model": MODEL, "max_tokens": 2, **fields}, content=content)
 
 
 def image(url: str) -> list[dict]:

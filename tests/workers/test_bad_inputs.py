@@ -83,7 +83,7 @@ def video_part(data: bytes, mime: str = "video/mp4") -> dict:
 
 
 def chat(content: list[dict] | str, **fields) -> dict:
-    return body(MODEL, content, max_tokens=3, temperature=0.0, **fields)
+    return body(**{"model": MODEL, "max_tokens": 3, "temperature": 0.0, **fields}, content=content)
 
 
 def with_image(data: bytes, mime: str = "image/png") -> dict:
