@@ -9,6 +9,7 @@ import time
 import pytest
 
 from common.coalesce import coalesce
+from tests.support.waiting import wait_until_async
 
 _END = object()
 
@@ -142,7 +143,7 @@ async def test_cancelling_the_reader_closes_the_source():
 
     task = asyncio.create_task(read_all())
     src.put("a")
-    await asyncio.sleep(0.1)  # the reader is now waiting on a silent source
+    await wait_until_async(src.queue.empty, 2, "the reader taking the item")  # then waiting on a silent source
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
