@@ -1,12 +1,12 @@
-"""The web UI's test stack: a real controller, two scripted workers (the layer under test is the UI), the UI
-process, and one Chromium for the session."""
+"""The web UI's test stacks: a real controller, scripted workers (the layer under test is the UI) or the demo model,
+the UI process, and one Chromium per module."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support.browser import launch_browser
-from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
+from tests.support.stack import SCRIPTED, spawn_worker, start_controller, start_worker, wait_worker
 from tests.support.ui_process import start_ui
 
 
@@ -27,6 +27,22 @@ def ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
            "log_dir": log_dir, "checkpoint": demo_checkpoint}
     ui.stop()
     for proc in (slow, fast, controller):
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
+    """-> dict(url, controller (its URL), conversations): 'internvl-demo' (the transformers engine on the demo
+    checkpoint: real answers from the real model code) and 'internvl-scripted' (40 words/s, 2000 words: for Stop)."""
+    controller = start_controller(log_dir)
+    demo = start_worker(log_dir, demo_checkpoint, controller.url)
+    slow = start_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-scripted",
+                        env={"SCRIPTED_TOKENS": "2000", "SCRIPTED_RATE": "40"})
+    conversations = tmp_path_factory.mktemp("demo-conversations")
+    ui = start_ui(controller.url, log_dir, conversations)
+    yield {"url": ui.url, "controller": controller.url, "conversations": conversations}
+    ui.stop()
+    for proc in (slow, demo, controller):
         proc.stop()
 
 

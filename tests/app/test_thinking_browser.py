@@ -11,12 +11,10 @@ import time
 
 import pytest
 
-from tests.support.browser import open_page, pick_model, send, wait_idle
+from tests.support.browser import ARTIFACTS, open_page, pick_model, send, wait_idle
 from tests.support.scripted_engine import THINKING_REASONING
-from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = ROOT / "test-artifacts"
 REASONING = "".join(THINKING_REASONING)
 
 

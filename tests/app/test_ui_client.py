@@ -4,58 +4,21 @@ a transformers worker on the demo checkpoint and a slow scripted worker (for Sto
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from app.messages import from_display
-from tests.support.stack import ROOT, SCRIPTED, free_port, start_controller, start_worker
-
-EXAMPLES = ROOT / "static" / "examples"
+from tests.support.stack import EXAMPLES
+from tests.support.waiting import wait_until
 SETTINGS = ("", 0.7, 0.9, 48, 1.05, 2, 4)  # system prompt, temperature, top_p, max tokens, rep. penalty, tiles, frames
 
 
-@pytest.fixture(scope="session")
-def ui_stack(demo_checkpoint, log_dir, tmp_path_factory):
-    """controller + two workers + the UI process; yields (ui_url, controller_url, conversation_log_dir)."""
-    controller = start_controller(log_dir)
-    demo = start_worker(log_dir, demo_checkpoint, controller.url)
-    slow = start_worker(log_dir, demo_checkpoint, controller.url, engine=SCRIPTED, model_name="internvl-scripted",
-                        env={"SCRIPTED_TOKENS": "2000", "SCRIPTED_RATE": "40"})
-    conv_logs = tmp_path_factory.mktemp("conversations")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTERNVL_UI_LOG_DIR": str(conv_logs)}
-    with open(log_dir / "ui.log", "ab") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "app", "--controller-url", controller.url, "--port", str(port)],
-                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert ui.poll() is None, (log_dir / "ui.log").read_text()[-3000:]
-        try:
-            if httpx.get(url + "/gradio_api/info", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        pytest.fail("UI did not start:\n" + (log_dir / "ui.log").read_text()[-3000:])
-    yield url, controller.url, conv_logs
-    ui.terminate()
-    ui.wait(15)
-    for proc in (slow, demo, controller):
-        proc.stop()
-
-
 @pytest.fixture()
-def client(ui_stack):
+def client(demo_ui_stack):
     from gradio_client import Client
 
-    return Client(ui_stack[0] + "/", verbose=False)
+    return Client(demo_ui_stack["url"] + "/", verbose=False)
 
 
 def text_of(message: dict) -> str:
@@ -71,7 +34,7 @@ def test_models_endpoint_lists_served_models_and_flags_random_weights(client):
     assert think["visible"] is False  # the InternVL3 demo model has no thinking mode
 
 
-def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(client, ui_stack):
+def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(client, demo_ui_stack):
     from gradio_client import handle_file
 
     message = {"text": "What is in <b>these</b>?",
@@ -82,14 +45,15 @@ def test_chat_streams_an_answer_about_an_image_and_a_video_and_logs_the_turn(cli
     assert [m["role"] for m in history] == ["user", "assistant"] and text_of(history[1]).strip()
     assert history[1]["metadata"] is None  # an answer, not an error note
     assert text_of(history[0]) == "What is in &lt;b&gt;these&lt;/b&gt;?"  # shown as text
-    turns = [json.loads(line) for f in ui_stack[2].glob("*.jsonl") for line in f.read_text().splitlines()]
+    logs = demo_ui_stack["conversations"]
+    turns = [json.loads(line) for f in logs.glob("*.jsonl") for line in f.read_text().splitlines()]
     turn = [t for t in turns if t["type"] == "turn"][-1]
     # the log keeps the answer as generated; Gradio's Chatbot shows each text without its surrounding whitespace
     # (the demo model's random answer sometimes ends in a newline)
     assert turn["model"] == "internvl-demo" and turn["outcome"] == "ok" and \
         turn["answer"].strip() == from_display(text_of(history[1]))
     assert [p["type"] for p in turn["messages"][0]["content"]] == ["image", "video", "text"]
-    assert {p.name for p in (ui_stack[2] / "media").iterdir()} == \
+    assert {p.name for p in (logs / "media").iterdir()} == \
         {p["media"] for p in turn["messages"][0]["content"][:2]}
 
 
@@ -125,19 +89,19 @@ def test_unknown_model_gets_a_readable_error_and_the_chat_stays_usable(client):
     assert history[-1]["metadata"] is None and text_of(history[-1]).strip()
 
 
-def test_cancelling_a_long_answer_aborts_it_on_the_worker(client, ui_stack):
+def test_cancelling_a_long_answer_aborts_it_on_the_worker(client, demo_ui_stack):
+    def in_flight() -> int:
+        return sum(w["in_flight"] for w in httpx.get(demo_ui_stack["controller"] + "/workers").json()["workers"])
+
+    def answer() -> str:
+        outputs = job.outputs()
+        return text_of(outputs[-1][0][-1]) if outputs else ""
+
     job = client.submit({"text": "Tell me a long story", "files": []}, [], "internvl-scripted", "", 0.7, 0.9, 1024,
                         1.0, 2, 4, api_name="/chat")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(text_of((job.outputs() or [[[{"content": []}]]])[-1][0][-1])) < 60:
-        time.sleep(0.1)
-    workers = httpx.get(ui_stack[1] + "/workers").json()["workers"]
-    assert sum(w["in_flight"] for w in workers) == 1
+    wait_until(lambda: len(answer()) >= 60, 30, "the long answer streaming", interval=0.1)
+    assert in_flight() == 1
     job.cancel()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        workers = httpx.get(ui_stack[1] + "/workers").json()["workers"]
-        if sum(w["in_flight"] for w in workers) == 0:
-            break
-        time.sleep(0.1)
-    assert sum(w["in_flight"] for w in workers) == 0, workers  # 1024 tokens at 40/s would take 25 s
+    # 1024 tokens at 40/s would take 25 s: within 10 s means the worker aborted it
+    wait_until(lambda: in_flight() == 0, 10, "the worker ending the cancelled answer", interval=0.1,
+               detail=lambda: str(httpx.get(demo_ui_stack["controller"] + "/workers").json()))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.stack import ROOT
+from tests.support.stack import EXAMPLES
 
-EXAMPLES = ROOT / "static" / "examples"
 SETTINGS = ("", 0.7, 0.9, 32, 1.05, 2, 4)  # system prompt, temperature, top_p, max tokens, rep. penalty, tiles, frames
 
 
@@ -80,7 +79,7 @@ def test_a_queued_turn_shows_its_place_then_answers(client, ui_stack):
 
     import httpx
 
-    from tests.controller.helpers import HeldStream, body
+    from tests.support.chat_http import HeldStream, body
 
     ctl = ui_stack["controller"].url
     with httpx.Client(timeout=30) as http:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from tests.support.browser import (BOTS, assert_usable, last_bot_text, open_page
                                    wait_idle)
 from tests.support.stack import SCRIPTED, start_controller, start_worker
 from tests.support.ui_process import start_ui
+from tests.support.waiting import holds_for, settled, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +46,7 @@ def test_regenerate_and_undo_on_an_empty_chat_leave_the_page_usable(page):
     assert any("no message to answer again" in t for t in toast_texts(page))
     assert_usable(page)
     page.locator("#undo-btn").click()
-    page.wait_for_timeout(500)
+    holds_for(lambda: page.locator(BOTS).count() == 0, 0.5, "no message appears after Undo on an empty chat")
     assert_usable(page)
     assert page.locator(BOTS).count() == 0
 
@@ -60,7 +60,7 @@ def test_stop_before_the_first_token_and_while_streaming_unlocks_every_time(page
     pick_model(page, "internvl-slow")
     send(page, "scripted:hang=* wait for it")  # the worker sleeps 30 s before its first token
     page.locator("#stop-btn:enabled").wait_for(timeout=10_000)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(500)  # the stimulus: Stop half a second into the worker's 30 s wait for its first token
     page.locator("#stop-btn").click()
     assert_usable(page)
     page.locator("#clear-btn").click()  # the unanswered message would be sent again with the next one
@@ -70,13 +70,12 @@ def test_stop_before_the_first_token_and_while_streaming_unlocks_every_time(page
                                " return b.length && b[b.length - 1].innerText.includes('word5'); }", timeout=30_000)
         page.locator("#stop-btn").click()
         assert_usable(page)
-        stopped = last_bot_text(page)
-        page.wait_for_timeout(700)  # 40 words/s: a stream still running would add ~28 words
-        assert last_bot_text(page) == stopped
+        stopped = settled(lambda: last_bot_text(page), 0.3, 10, "the stopped answer")  # one already on the wire
+        # 40 words/s: a stream still running would add ~28 words in this window
+        holds_for(lambda: last_bot_text(page) == stopped, 0.7, "the answer kept growing after Stop")
 
-    deadline = time.monotonic() + 10  # a turn is logged once its stream has closed
-    while len(slow_turns()) < earlier + 5 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # a turn is logged once its stream has closed
+    wait_until(lambda: len(slow_turns()) >= earlier + 5, 10, "the five stopped turns logged", interval=0.2)
     assert [t["outcome"] for t in slow_turns()[earlier:]] == ["stopped"] * 5  # item 11: logged as stopped
 
 
@@ -104,9 +103,8 @@ def test_worker_gone_and_controller_gone_are_notes_and_the_page_stays_usable(bro
         wait_idle(page)
 
         worker.stop(signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while httpx.get(controller.url + "/v1/models").json()["data"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: not httpx.get(controller.url + "/v1/models").json()["data"], 15,
+                   "the controller dropping the killed worker", interval=0.2)
         # the status line above the chat says so, without reloading (the panel refreshes itself)
         page.locator("#status-line").filter(has_text="No model is served").wait_for(timeout=15_000)
         send(page, "are you there?")

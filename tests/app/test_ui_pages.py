@@ -13,13 +13,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.browser import (BOTS, PHONE, assert_usable, last_bot_text, open_page, pick_model, send,
+from tests.support.browser import (ARTIFACTS, BOTS, PHONE, assert_usable, last_bot_text, open_page, pick_model, send,
                                    toast_texts, wait_idle)
-from tests.support.stack import ROOT, SCRIPTED, start_worker
+from tests.support.stack import EXAMPLES, SCRIPTED, start_worker
+from tests.support.waiting import holds_for, settled
 
 pytestmark = pytest.mark.browser
-EXAMPLES = ROOT / "static" / "examples"
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def shot(page, name: str) -> None:
@@ -68,8 +67,8 @@ def test_one_bubble_per_message_with_thumbnails_a_playable_video_and_the_text(pa
 
 def test_phone_keeps_the_buttons_in_view_while_streaming_and_the_banner_small(pages):
     page = pages(PHONE)
-    page.wait_for_timeout(1000)  # the sidebars close themselves on a phone
-    banner = page.locator("#status-line").bounding_box()
+    # the sidebars close themselves on a phone: measure once the layout stops moving
+    banner = settled(lambda: page.locator("#status-line").bounding_box(), 0.5, 10, "the phone layout")
     assert banner is not None and banner["height"] <= 60, banner  # compact: under ~7% of the screen
     pick_model(page, "internvl-slow")
     for i in range(2):  # a second question: the chat is longer than the screen by then
@@ -180,11 +179,18 @@ def test_the_browser_keeps_one_encrypted_copy_of_a_chat(pages):
     page.locator(BOTS).first.wait_for(timeout=30_000)
     wait_idle(page)
     page.locator("#chat-list label").filter(has_text="a private matter").wait_for(timeout=10_000)
-    page.wait_for_timeout(700)  # past the run history's 500 ms write interval
-    stored = dict(page.evaluate("() => Object.entries(localStorage)"))
-    assert "internvl-chats" in stored
-    assert [key for key, value in stored.items() if "a private matter" in value] == []
-    assert [key for key in stored if key.startswith("gradio:run-history")] == []
+
+    def local_storage() -> dict:
+        return dict(page.evaluate("() => Object.entries(localStorage)"))
+
+    def plain_copies() -> list[str]:
+        return [key for key, value in local_storage().items()
+                if "a private matter" in value or key.startswith("gradio:run-history")]
+
+    # past the run history's 500 ms write interval, nothing writes a readable copy
+    holds_for(lambda: not plain_copies(), 0.7, "a readable copy of the chat in localStorage",
+              detail=lambda: str(plain_copies()))
+    assert "internvl-chats" in local_storage()  # the one copy, encrypted
 
 
 def test_paste_an_image_into_the_input(pages):

@@ -8,7 +8,7 @@ from collections import Counter
 
 from controller.policies import Affinity, Conversation
 from controller.registry import Registry
-from tests.controller.test_registry_and_policies import reg, take
+from tests.support.registry_records import reg, take
 
 
 def later(key: str) -> Conversation:

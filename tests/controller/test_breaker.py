@@ -21,11 +21,11 @@ from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
-from tests.controller.test_registry_and_policies import Clock
-from tests.controller.test_relay_failover import CHUNK
 from tests.support.loopback_workers import LoopbackWorkers, status, stream
+from tests.support.registry_records import Clock
 from tests.support.stack import start_controller
 from tests.support.standin_workers import Seen, standins, tokens
+from tests.support.stream_chunks import CHUNK
 
 
 def test_breaker_opens_after_failures_in_a_row_then_allows_one_trial():

@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.controller.helpers import worker_status
+from tests.support.chat_http import worker_status
 from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
 
 pytestmark = pytest.mark.slow

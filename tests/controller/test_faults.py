@@ -17,7 +17,9 @@ import time
 import httpx
 import pytest
 
+from tests.support.chat_http import body, data_lines, open_stream, worker_status
 from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
+from tests.support.waiting import wait_until
 
 HEARTBEAT_S = 1.0
 EXPIRY_S = 3.0
@@ -47,54 +49,25 @@ def stack(demo_checkpoint, log_dir):
             proc.kill()
 
 
-def status(ctl_url: str) -> dict[str, dict]:
-    return {w["worker_id"]: w for w in httpx.get(ctl_url + "/workers", timeout=5).json()["workers"]}
-
-
-def body(text: str = "hello", max_tokens: int = 4, stream: bool = False) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-            "stream": stream}
-
-
-def data_lines(response: httpx.Response):
-    for line in response.iter_lines():
-        if line.startswith("data:"):
-            yield line[5:].strip()
-
-
 def ask(http: httpx.Client, url: str, text: str = "hello") -> httpx.Response:
     # The key lets the test call a worker directly (the controller ignores it: it has no keys of its own).
-    return http.post(url + "/v1/chat/completions", json=body(text), headers={"Authorization": f"Bearer {WORKER_KEY}"})
-
-
-class HeldStream:
-    """A long stream opened and read up to its first token, kept open until `close()`. (The line iterator is kept
-    too: dropping a half-read iterator closes the connection underneath it.)"""
-
-    def __init__(self, http: httpx.Client, ctl_url: str, text: str):
-        request = http.build_request("POST", ctl_url + "/v1/chat/completions", json=body(text, 400, stream=True))
-        self.response = http.send(request, stream=True)
-        assert self.response.status_code == 200
-        self.events = data_lines(self.response)
-        assert "error" not in json.loads(next(self.events))
-
-    def close(self) -> None:
-        self.response.close()
+    return http.post(url + "/v1/chat/completions", json=body(MODEL, text),
+                     headers={"Authorization": f"Bearer {WORKER_KEY}"})
 
 
 def failover_with_held_stream(http: httpx.Client, ctl_url: str, text: str) -> tuple[httpx.Response, float, int]:
     """Hold a stream on "b" (the request fails on "a", so wherever it starts it ends on "b"), then send the same
     request again: it goes to the idle "a" first and must fail over to "b". -> (answer, seconds, a's new failures)"""
-    held = HeldStream(http, ctl_url, text)
+    held = open_stream(http, ctl_url, MODEL, text)
     try:
-        before = status(ctl_url)
+        before = worker_status(ctl_url)
         assert before["b"]["in_flight"] == 1 and before["a"]["in_flight"] == 0
         started = time.monotonic()
         answer = ask(http, ctl_url, text)
         took = time.monotonic() - started
     finally:
         held.close()
-    return answer, took, status(ctl_url)["a"]["failures"] - before["a"]["failures"]
+    return answer, took, worker_status(ctl_url)["a"]["failures"] - before["a"]["failures"]
 
 
 def test_worker_hanging_before_first_token_times_out_and_fails_over(stack):
@@ -105,7 +78,7 @@ def test_worker_hanging_before_first_token_times_out_and_fails_over(stack):
     assert answer.json()["choices"][0]["message"]["content"]
     assert new_failures == 1
     assert FIRST_TOKEN_TIMEOUT_S <= took < FIRST_TOKEN_TIMEOUT_S + 3.0, f"answer took {took:.2f} s"
-    assert status(ctl.url)["a"]["healthy"], "a slow worker is not a dead one: it stays in rotation"
+    assert worker_status(ctl.url)["a"]["healthy"], "a slow worker is not a dead one: it stays in rotation"
 
 
 def test_worker_answering_500_fails_over_then_clear_error_when_none_left(stack):
@@ -129,15 +102,12 @@ def test_controller_restart_workers_reregister_within_one_heartbeat(stack):
     ctl = stack["controller"]
     port = int(ctl.url.rsplit(":", 1)[1])
     ctl.stop()
-    time.sleep(HEARTBEAT_S)  # the workers notice: their heartbeats fail
+    time.sleep(HEARTBEAT_S)  # the stimulus: the controller stays away a heartbeat, so the workers' heartbeats fail
     new = start_controller(stack["log_dir"], port=port, heartbeat_expiry_s=EXPIRY_S,
                            first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S)
     stack["controller"] = new
-    up_at = time.monotonic()
-    while set(status(new.url)) != {"a", "b"} and time.monotonic() < up_at + 3 * HEARTBEAT_S:
-        time.sleep(0.02)
-    took = time.monotonic() - up_at
-    assert set(status(new.url)) == {"a", "b"}
+    took = wait_until(lambda: set(worker_status(new.url)) == {"a", "b"}, 3 * HEARTBEAT_S,
+                      "both workers registered with the new controller", interval=0.02)
     assert took <= HEARTBEAT_S + 0.3, f"workers took {took:.2f} s to re-register (heartbeat {HEARTBEAT_S} s)"
     with httpx.Client(timeout=30) as http:
         answer = ask(http, new.url)
@@ -148,15 +118,16 @@ def test_controller_restart_workers_reregister_within_one_heartbeat(stack):
 def test_worker_killed_mid_stream(stack):
     ctl, workers = stack["controller"], stack["workers"]
     with httpx.Client(timeout=30) as http:
-        with http.stream("POST", ctl.url + "/v1/chat/completions", json=body(max_tokens=400, stream=True)) as r:
+        with http.stream("POST", ctl.url + "/v1/chat/completions",
+                         json=body(MODEL, max_tokens=400, stream=True)) as r:
             assert r.status_code == 200
             events = data_lines(r)
             assert json.loads(next(events))["choices"][0]["delta"]["content"]
-            serving = [w for w, s in status(ctl.url).items() if s["in_flight"] == 1]
+            serving = [w for w, s in worker_status(ctl.url).items() if s["in_flight"] == 1]
             assert len(serving) == 1
             victim = serving[0]
             survivor = "b" if victim == "a" else "a"
-            served_before = status(ctl.url)[survivor]["served"]
+            served_before = worker_status(ctl.url)[survivor]["served"]
             killed_at = time.monotonic()
             workers[victim].popen.send_signal(signal.SIGKILL)
             rest = list(events)
@@ -170,13 +141,13 @@ def test_worker_killed_mid_stream(stack):
         answer = ask(http, ctl.url)
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["finish_reason"] == "length"
-        assert status(ctl.url)[survivor]["served"] == served_before + 1
+        assert worker_status(ctl.url)[survivor]["served"] == served_before + 1
 
     # Removed within the expiry of its last heartbeat (sent at most one interval before the kill), plus one sweep.
     deadline = killed_at + HEARTBEAT_S + EXPIRY_S + EXPIRY_S / 4 + 0.5
-    while victim in status(ctl.url) and time.monotonic() < deadline:
+    while victim in worker_status(ctl.url) and time.monotonic() < deadline:
         time.sleep(0.05)
     gone_after = time.monotonic() - killed_at
-    assert victim not in status(ctl.url), f"dead worker still registered {gone_after:.1f} s after the kill"
-    assert survivor in status(ctl.url)
+    assert victim not in worker_status(ctl.url), f"dead worker still registered {gone_after:.1f} s after the kill"
+    assert survivor in worker_status(ctl.url)
     workers[victim].popen.wait(5)

@@ -3,22 +3,10 @@ from the worker's own heartbeat count when the two disagree for longer than the 
 
 from __future__ import annotations
 
-from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration
+from common.protocol import WorkerHeartbeat
 from controller.policies import ShortestQueue
 from controller.registry import Registry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def reg(worker_id: str, cap: int = 4, url: str | None = None) -> WorkerRegistration:
-    return WorkerRegistration(worker_id=worker_id, url=url or f"http://127.0.0.1:1/{worker_id}",
-                              models=[ModelCard(id="m")], max_concurrency=cap)
+from tests.support.registry_records import Clock, reg
 
 
 def beat(registry: Registry, clock: Clock, worker_id: str, in_flight: int, after_s: float = 1.0) -> None:

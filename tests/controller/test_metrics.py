@@ -1,23 +1,18 @@
-"""Prometheus metrics and request-id logging: a real worker app (in-process, scripted engine, the real pipeline
-on the demo checkpoint's spec), the real dispatcher with scripted worker answers, and the log formatters."""
+"""Prometheus metrics and request ids: a real worker app (in-process, scripted engine, the real pipeline on the demo
+checkpoint's spec) and the real dispatcher with scripted worker answers. The log formatters on their own:
+tests/common/test_logging_setup.py."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import random
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from common import sse
 from common.errors import ErrorCode, error_body
-from common.logging_setup import (JsonFormatter, KeyValueFormatter, _RequestIdFilter, install_request_ids,
-                                  request_id_var)
 from common.metrics import Metrics
 from common.protocol import ModelCard, WorkerRegistration
 from controller.app import worker_client
@@ -25,17 +20,11 @@ from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
+from tests.support.chat_http import body
 from tests.support.loopback_workers import LoopbackWorkers, stream
+from tests.support.metrics_text import samples
 from tests.support.scripted_engine import ScriptedEngine
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} from the Prometheus text format, parsed by prometheus_client itself."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.support.stream_chunks import CHUNK, USAGE
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +48,15 @@ def monkeypatch_module():
     mp.undo()
 
 
-def chat(model: str, stream: bool) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
-
-
 def test_worker_metrics_count_requests_errors_and_time_generations(worker):
     client, model = worker
     before = samples(client.get("/metrics").text)
-    with client.stream("POST", "/v1/chat/completions", json=chat(model, True)) as r:
+    with client.stream("POST", "/v1/chat/completions", json=body(model, max_tokens=None, stream=True)) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
-    assert client.post("/v1/chat/completions", json=chat(model, False)).status_code == 200
-    assert client.post("/v1/chat/completions", json=chat("no-such-model", False)).status_code == 404
+    assert client.post("/v1/chat/completions", json=body(model, max_tokens=None)).status_code == 200
+    assert client.post("/v1/chat/completions", json=body("no-such-model", max_tokens=None)).status_code == 404
     assert client.get("/no/such/path").status_code == 404
     after = samples(client.get("/metrics").text)
 
@@ -100,7 +85,7 @@ def test_metrics_need_the_api_key_when_keys_are_set(worker):
 
 def test_request_id_is_taken_from_the_header_or_made_and_echoed(worker):
     client, model = worker
-    r = client.post("/v1/chat/completions", json=chat(model, False), headers={"X-Request-ID": "abc-123"})
+    r = client.post("/v1/chat/completions", json=body(model, max_tokens=None), headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     made = client.get("/health").headers["x-request-id"]
     assert len(made) == 32 and made != client.get("/health").headers["x-request-id"]
@@ -109,11 +94,6 @@ def test_request_id_is_taken_from_the_header_or_made_and_echoed(worker):
 
 
 # ------------------------------------------------------------------------------------------- controller side
-
-CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
-USAGE = json.dumps({"id": "c", "model": "m", "choices": [],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
-
 
 @contextlib.asynccontextmanager
 async def dispatcher(payloads: list[str]):
@@ -150,51 +130,3 @@ async def test_controller_counts_mid_stream_errors_by_code(payloads, code):
         events = await relay_all(d)
     assert events[-1] == "[DONE]"
     assert samples(metrics.render().decode())[("internvl_errors_total", (("code", code),))] == 1
-
-
-# ------------------------------------------------------------------------------------------------- log lines
-
-
-def record(msg: str, **extra) -> logging.LogRecord:
-    rec = logging.LogRecord("controller.relay", logging.WARNING, __file__, 1, msg, None, None)
-    rec.__dict__.update(extra)
-    _RequestIdFilter().filter(rec)
-    return rec
-
-
-def test_log_lines_carry_the_request_id_as_key_value_and_json():
-    token = request_id_var.set("rid-7")
-    try:
-        rec = record('worker w1 failed: "timeout"', status=504)
-    finally:
-        request_id_var.reset(token)
-    kv = KeyValueFormatter().format(rec)
-    assert "level=warning logger=controller.relay request_id=rid-7 " in kv
-    assert 'msg="worker w1 failed: \\"timeout\\""' in kv and kv.endswith("status=504")
-    parsed = json.loads(JsonFormatter().format(rec))
-    assert parsed["request_id"] == "rid-7" and parsed["msg"] == 'worker w1 failed: "timeout"'
-    assert parsed["status"] == 504
-    assert record("outside a request").request_id == "-"
-
-
-def test_request_id_reaches_the_log_records_of_the_route():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(KeyValueFormatter())
-    log = logging.getLogger("test.route")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    app = FastAPI()
-    install_request_ids(app)
-
-    @app.get("/x")
-    async def x() -> dict:
-        log.info("inside the route")
-        return {}
-
-    try:
-        TestClient(app).get("/x", headers={"X-Request-ID": "carried-1"})
-    finally:
-        log.removeHandler(handler)
-    assert "request_id=carried-1 msg=\"inside the route\"" in stream.getvalue()

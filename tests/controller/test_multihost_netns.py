@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controller.helpers import body, data_lines, worker_status
+from tests.support.chat_http import body, data_lines, worker_status
 from tests.support.netns import create_or_skip
 from tests.support.stack import ROOT, SCRIPTED, Proc, _flags, wait_healthy
 

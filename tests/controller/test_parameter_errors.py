@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from tests.support.chat_http import body
 from tests.support.stack import SCRIPTED, start_controller, start_worker
 
 MODEL = "scripted"
@@ -36,7 +37,7 @@ def stack(demo_checkpoint, log_dir):
 
 
 def chat(content="hi", **fields) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 2, **fields}
+    return body(**{"model": MODEL, "max_tokens": 2, **fields}, content=content)
 
 
 def image(url: str) -> list[dict]:
@@ -96,8 +97,8 @@ NOT_FINITE = {"temperature-NaN": ("temperature", "NaN"), "temperature-Infinity":
 def test_not_finite_numbers_are_named_as_such(stack, case):
     controller, _ = stack
     field, literal = NOT_FINITE[case]
-    body = json.dumps(chat()).encode()[:-1] + f', "{field}": {literal}}}'.encode()  # json.dumps will not write it
-    r = httpx.post(controller.url + "/v1/chat/completions", content=body,
+    sent = json.dumps(chat()).encode()[:-1] + f', "{field}": {literal}}}'.encode()  # json.dumps will not write it
+    r = httpx.post(controller.url + "/v1/chat/completions", content=sent,
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]

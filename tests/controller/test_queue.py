@@ -16,9 +16,12 @@ import pytest
 from aiohttp import web
 
 from common.errors import ErrorCode, error_body
-from tests.controller.test_cancellation import RawClient, chat_body, wait_for
+from tests.support.chat_http import body
+from tests.support.raw_http import RawClient
 from tests.support.stack import start_controller
-from tests.support.standin_workers import CHUNK, FINISH, Seen, StandinWorker
+from tests.support.standin_workers import Seen, StandinWorker
+from tests.support.stream_chunks import CHUNK, FINISH
+from tests.support.waiting import holds_for_async, wait_until_async
 
 QUEUE_SIZE, QUEUE_TIMEOUT_S = 3, 2.0
 
@@ -87,7 +90,7 @@ LENGTH = 'internvl_queue_length{model="m"}'
 async def fill(http: httpx.AsyncClient, url: str, worker: StandinWorker, prefix: str) -> list[asyncio.Task]:
     """One request on the worker's slot, then QUEUE_SIZE in line, each sent once the one before is in place."""
     tasks = [ask(http, url, f"{prefix} 0", f"{prefix}-0")]
-    await wait_for(lambda: worker.seen, what="the first request at the worker")
+    await wait_until_async(lambda: worker.seen, 10, "the first request at the worker")
     for i in range(1, 1 + QUEUE_SIZE):
         tasks.append(ask(http, url, f"{prefix} {i}", f"{prefix}-{i}"))
         await until_metric(url, LENGTH, i)
@@ -140,8 +143,8 @@ async def test_a_full_line_and_an_expired_wait_answer_429_with_retry_after(contr
 async def test_a_client_leaving_the_line_leaves_at_once_and_a_waiting_stream_gets_no_byte(controller, stream):
     async with OneSlot(controller.url) as worker, httpx.AsyncClient(timeout=30) as http:
         first = ask(http, controller.url, "holds the slot", "hold")
-        await wait_for(lambda: worker.seen, what="the first request at the worker")
-        client = await RawClient().send(controller.url, chat_body(stream, "waits"))
+        await wait_until_async(lambda: worker.seen, 10, "the first request at the worker")
+        client = await RawClient().send(controller.url, body("m", "waits", stream=stream))
         await until_metric(controller.url, LENGTH, 1)
         with pytest.raises(TimeoutError):  # nothing at all while it waits: no status line, no keep-alive
             await asyncio.wait_for(client.reader.read(1), 0.5)
@@ -149,15 +152,15 @@ async def test_a_client_leaving_the_line_leaves_at_once_and_a_waiting_stream_get
         await until_metric(controller.url, LENGTH, 0, timeout=1.0)  # at once, not after the queue timeout
         worker.behaviour.opened.set()
         assert (await first).status_code == 200
-        await asyncio.sleep(0.2)
-        assert len(worker.seen) == 1  # the request that left never reached the worker
+        # the request that left never reaches the worker (it left the line: nothing can take it from there)
+        await holds_for_async(lambda: len(worker.seen) == 1, 0.2, "only the first request at the worker")
 
 
 async def test_a_waiting_stream_starts_when_a_worker_takes_it(controller):
     async with OneSlot(controller.url) as worker, httpx.AsyncClient(timeout=30) as http:
         first = ask(http, controller.url, "holds the slot", "hold2")
-        await wait_for(lambda: worker.seen, what="the first request at the worker")
-        client = await RawClient().send(controller.url, chat_body(True, "waits"))
+        await wait_until_async(lambda: worker.seen, 10, "the first request at the worker")
+        client = await RawClient().send(controller.url, body("m", "waits", stream=True))
         await until_metric(controller.url, LENGTH, 1)
         worker.behaviour.opened.set()
         data = await client.read_until(b"data: [DONE]")

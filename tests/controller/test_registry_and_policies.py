@@ -8,22 +8,10 @@ from collections import Counter
 import pytest
 
 from common.errors import ErrorCode, ServingError
-from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration
+from common.protocol import WorkerHeartbeat
 from controller.policies import Lottery, ShortestQueue
 from controller.registry import Registry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def reg(worker_id: str, model: str = "m", cap: int = 4) -> WorkerRegistration:
-    return WorkerRegistration(worker_id=worker_id, url=f"http://127.0.0.1:1/{worker_id}",
-                              models=[ModelCard(id=model)], max_concurrency=cap)
+from tests.support.registry_records import Clock, reg, take
 
 
 def test_heartbeat_from_unknown_worker_asks_it_to_register():
@@ -43,10 +31,6 @@ def test_silent_workers_expire_and_heartbeats_keep_them():
     clock.now += 5
     assert registry.expire() == ["b"]
     assert [w.worker_id for w in registry.all()] == ["a"]
-
-
-def take(registry: Registry, rec, n: int) -> list:
-    return [registry.acquire(rec) for _ in range(n)]
 
 
 def test_in_flight_is_exact_and_survives_re_registration():

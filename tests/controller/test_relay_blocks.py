@@ -9,7 +9,6 @@ import contextlib
 import json
 import random
 
-import aiohttp
 import pytest
 
 from common.errors import ErrorCode, error_body
@@ -21,8 +20,9 @@ from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
-from tests.controller.test_metrics import CHUNK, USAGE, samples
 from tests.support.loopback_workers import LoopbackWorkers, sse, stream
+from tests.support.metrics_text import samples
+from tests.support.stream_chunks import CHUNK, USAGE
 
 MANY = [CHUNK] * 3000  # ~300 kB: more than one network read
 

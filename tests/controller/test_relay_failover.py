@@ -20,8 +20,8 @@ from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from tests.support.loopback_workers import REFUSED, LoopbackWorkers, status, stream
+from tests.support.stream_chunks import CHUNK
 
-CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
 BODY = b'{"model": "m"}'
 
 

@@ -17,9 +17,7 @@ from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from tests.support.loopback_workers import LoopbackWorkers, status, stream
-
-CHUNK = '{"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}'
-
+from tests.support.stream_chunks import CHUNK
 
 async def test_each_worker_gets_its_own_token_and_a_refused_token_fails_over():
     seen: dict[str, str] = {}

@@ -11,7 +11,7 @@ from common.errors import ErrorCode, ServingError
 from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.request_queue import RequestQueue
-from tests.controller.test_registry_and_policies import reg
+from tests.support.registry_records import reg
 
 
 async def settle() -> None:

@@ -10,13 +10,13 @@ released the record that registration had replaced, and every later request got 
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import pytest
 
-from tests.controller.helpers import chat, open_stream, worker_status
+from tests.support.chat_http import chat, open_stream, worker_status
 from tests.support.stack import SCRIPTED, spawn_worker, start_controller, wait_worker
+from tests.support.waiting import wait_until
 
 MODEL = "scripted"
 
@@ -45,14 +45,13 @@ def test_reregistration_mid_stream_leaves_no_phantom_in_flight(one_worker):
     with httpx.Client(timeout=60) as http:
         streams = [open_stream(http, ctl.url, MODEL, max_tokens=400) for _ in range(2)]
         assert worker_status(ctl.url)["w1"]["in_flight"] == 2
-        before = registrations(worker)
+        before, mark = registrations(worker), len(worker.log())
         ctl.popen.send_signal(signal.SIGSTOP)  # the worker's heartbeat (5 s timeout) fails: it registers again
-        time.sleep(7.0)
+        wait_until(lambda: "unreachable" in worker.log()[mark:], 20, "the worker's heartbeat failing", interval=0.1,
+                   detail=lambda: worker.log()[-2000:])
         ctl.popen.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while registrations(worker) == before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert registrations(worker) > before, "the worker did not register again"
+        wait_until(lambda: registrations(worker) > before, 10, "the worker registering again", interval=0.1,
+                   detail=lambda: worker.log()[-2000:])
         assert worker_status(ctl.url)["w1"]["in_flight"] == 2  # both streams still run through the controller
         for s in streams:
             events = s.rest()

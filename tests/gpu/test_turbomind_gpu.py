@@ -8,8 +8,6 @@ no pytest-asyncio. Outputs equal to transformers': test_turbomind_outputs.py.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 
 import httpx
@@ -18,7 +16,9 @@ import pytest
 from PIL import Image
 
 from tests.gpu.random_checkpoint import build_native_v2, build_remote_v1
+from tests.support.media_samples import data_url, encode
 from tests.support.stack import start_worker
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.gpu
 
@@ -36,9 +36,7 @@ def worker(request, tmp_path_factory):
 
 def image_url(seed: int, size=(640, 480)) -> str:
     pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_url(encode(Image.fromarray(pixels)), "image/png")
 
 
 def chat(seed: int, max_tokens: int) -> dict:
@@ -82,9 +80,14 @@ async def concurrent_streams_with_one_abort(worker):
                 assert res["chunks"] == 3 and res["finish"] is None
             else:
                 assert res["finish"] == "length" and res["chunks"] > 0, (i, res)
-        await asyncio.sleep(1.0)  # the aborted request's KV must be back: the worker idles, then serves again
-        health = (await client.get(f"{worker.url}/health")).json()
-        assert health["status"] == "ok" and health["in_flight"] == 0, health
+        # the aborted request's KV must be back: the worker goes idle, then serves again
+        async def idle() -> dict | None:
+            health = (await client.get(f"{worker.url}/health")).json()
+            return health if health["status"] == "ok" and health["in_flight"] == 0 and \
+                not health.get("engine_running") else None
+
+        await wait_until_async(idle, 30, "the worker idle after the abort", interval=0.1,
+                               detail=lambda: worker.log()[-2000:])
         again = await stream(client, worker.url, chat(42, 8))
         assert again["finish"] == "length"
 

@@ -12,8 +12,9 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.integration.test_stack_integration import DIRECT_KEY, MODEL, data_url
-from tests.support.stack import start_controller, start_worker
+from tests.support.media_samples import png_data_url
+from tests.support.stack import DEMO_MODEL as MODEL
+from tests.support.stack import DIRECT_KEY, start_controller, start_worker
 
 HI = [{"role": "user", "content": "Describe the picture."}]
 
@@ -91,7 +92,7 @@ def test_the_routers_added_fields_are_accepted(client):
 
 def test_keys_clients_put_on_parts_and_messages_are_accepted(client):
     messages = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url((200, 30, 30)), "detail": "original"},
+        {"type": "image_url", "image_url": {"url": png_data_url((200, 30, 30)), "detail": "original"},
          "modalities": "multi-images", "uuid": "img-1"},
         {"type": "text", "text": "What is this?", "prompt_cache_breakpoint": {"mode": "explicit"}}]}]
     assert chat(client, messages=messages).choices[0].finish_reason

@@ -4,23 +4,14 @@ driven through the official `openai` client. Fault cases (kill -9, controller re
 from __future__ import annotations
 
 import base64
-import io
 
 import httpx
 import openai
 import pytest
-from PIL import Image
 
-from tests.support.stack import start_controller, start_worker
-
-MODEL = "internvl-demo"
-DIRECT_KEY = "direct-use-key"  # a registered worker takes the controller's relay token, or one of its own keys
-
-
-def data_url(color: tuple[int, int, int], size=(120, 80)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+from tests.support.media_samples import png_data_url
+from tests.support.stack import DEMO_MODEL as MODEL
+from tests.support.stack import DIRECT_KEY, start_controller, start_worker
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +41,8 @@ def test_models_lists_the_demo_model_with_both_workers_and_random_weights(client
 def test_multi_turn_two_image_conversation_streams(client, stack):
     messages = [{"role": "user", "content": [
         {"type": "text", "text": "Compare these two pictures."},
-        {"type": "image_url", "image_url": {"url": data_url((255, 0, 0))}},
-        {"type": "image_url", "image_url": {"url": data_url((0, 0, 255), (60, 200))}}]}]
+        {"type": "image_url", "image_url": {"url": png_data_url((255, 0, 0))}},
+        {"type": "image_url", "image_url": {"url": png_data_url((0, 0, 255), (60, 200))}}]}]
     stream = client.chat.completions.create(model=MODEL, messages=messages, stream=True, max_tokens=24,
                                             temperature=0, stream_options={"include_usage": True})
     chunks = list(stream)

@@ -13,7 +13,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.integration.test_stack_integration import MODEL, data_url
+from tests.support.media_samples import png_data_url
+from tests.support.stack import DEMO_MODEL as MODEL
 from tests.support.stack import start_vllm_router, start_worker
 
 ROUTER = Path(sys.executable).with_name("vllm-router")
@@ -46,7 +47,7 @@ def routed(demo_checkpoint, log_dir):
         worker.stop()
 
 
-IMAGE_TURN = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url((20, 160, 40))}},
+IMAGE_TURN = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url((20, 160, 40))}},
                                             {"type": "text", "text": "What colour is this?"}]}]
 
 

@@ -50,14 +50,6 @@ class Launched(launched_process.Launched):
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(line.startswith("==> Ready") for line in self.lines):
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"launch.sh not ready (exit {self.popen.poll()}):\n{self.output}{self.logs()}")
-            time.sleep(0.2)
-        time.sleep(0.3)  # the rest of the ready block
-
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, demo_checkpoint):

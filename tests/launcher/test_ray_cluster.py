@@ -32,11 +32,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.controller.helpers import body, data_lines, worker_status
+from tests.support.chat_http import body, data_lines, worker_status
 from tests.support.launched import Launched, start_launcher
 from tests.support.netns import create_or_skip
 from tests.support.ray_nodes import OURS, RayHosts
 from tests.support.stack import ROOT, SCRIPTED
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +78,6 @@ def healthy_urls(url: str) -> set[str]:
         return {w["url"] for w in worker_status(url).values() if w["healthy"]}
     except (httpx.HTTPError, ValueError):
         return set()
-
-
-def wait_until(check, timeout: float, what: str, launched: Launched) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"{what} not within {timeout} s:\n{launched.output}"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 def stop_and_check_clean(cluster: RayHosts, launched: Launched) -> None:
@@ -164,10 +157,10 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         assert "worker-1" in scale(cluster, 2)
         other = cluster.ip["b"] if worker_node == cluster.ip["a"] else cluster.ip["a"]
         wait_until(lambda: f"http://{other}:{WORKER_PORT + 1}" in healthy_urls(url), 90, "worker-1 registered",
-                   launched)
+                   detail=lambda: launched.output, interval=0.2)
         scale(cluster, 1)
         wait_until(lambda: healthy_urls(url) == {f"http://{worker_node}:{WORKER_PORT}"}, 30,
-                   "worker-1 gone from the controller", launched)
+                   "worker-1 gone from the controller", detail=lambda: launched.output, interval=0.2)
         assert secret_shown(cluster, tmp_path) == []
         running = " ".join(cluster.ours_left())
         assert all(mark in running for mark in OURS), running  # what the kill at the end must end
@@ -176,7 +169,8 @@ def test_cpu_workers_are_placed_on_the_cluster_answer_and_scale(cluster, demo_ch
         first = worker_pid(cluster, node)
         os.kill(first, signal.SIGKILL)
         launched.wait_for(r"restarting worker-0 in", 20)
-        wait_until(lambda: worker_pid(cluster, node) not in (None, first), 20, "worker-0 restarted", launched)
+        wait_until(lambda: worker_pid(cluster, node) not in (None, first), 20, "worker-0 restarted",
+                   detail=lambda: launched.output, interval=0.2)
         os.kill(worker_pid(cluster, node), signal.SIGKILL)
         launched.wait_for(r"error: worker-0 on node .* is left stopped: worker-0 was given up after 2 quick crashes",
                           30)
@@ -247,15 +241,15 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         chats: list[Chat] = []
         lanes = chat_load(url, demo_checkpoint.name, stop, chats)
         wait_until(lambda: any(c.worker == on_b["worker_id"] and not c.ended for c in chats), 20,
-                   "a stream on node b", launched)
+                   "a stream on node b", detail=lambda: launched.output, interval=0.2)
         killed_at = time.monotonic()
         assert cluster.kill_node("b") > 0
         back_after = wait_until(lambda: f"http://{a}:{port_b}" in healthy_urls(url), BACK_WITHIN_S,
-                                "node b's worker serving again on node a", launched)
+                                "node b's worker serving again on node a", detail=lambda: launched.output, interval=0.2)
         # Served by it: a chat with both workers busy (three lanes) reaches it soon.
         wait_until(lambda: any(c.started > killed_at + back_after and c.ended and not c.error
                                and c.worker == on_b["worker_id"] for c in chats), 20,
-                   "a chat served by the re-placed worker", launched)
+                   "a chat served by the re-placed worker", detail=lambda: launched.output, interval=0.2)
         stop.set()
         for lane in lanes:
             lane.result(timeout=60)
@@ -272,7 +266,7 @@ def test_node_death_worker_comes_back_on_the_other_gpu_node(cluster, demo_checkp
         assert "node (none yet): worker-2 (waiting for free resources)" in scale(cluster, 3)
         cluster.start_node("b", cluster.address, "--num-cpus", "2", "--num-gpus", "2", env=cluster.node_env)
         wait_until(lambda: f"http://{b}:{WORKER_PORT + 2}" in healthy_urls(url), 60, "worker-2 on the new node b",
-                   launched)
+                   detail=lambda: launched.output, interval=0.2)
         stop_and_check_clean(cluster, launched)
     finally:
         stop.set()

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controller.helpers import body, worker_status
+from tests.support.chat_http import body, worker_status
 from tests.support.launched import Launched
 from tests.support.netns import create_or_skip
 from tests.support.ray_nodes import RayHosts

@@ -14,15 +14,17 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.chat_http import body
 from tests.support.launched import start_launcher
 from tests.support.stack import SCRIPTED, free_port, start_controller
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 
 def chat(controller_url: str, model: str) -> httpx.Response:
     return httpx.post(controller_url + "/v1/chat/completions", timeout=30,
-                      json={"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+                      json=body(model, "hi"))
 
 
 def registered(controller_url: str) -> list[dict]:
@@ -37,14 +39,6 @@ def answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def wait_until(check, timeout: float, what: str, launched) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"{what} not within {timeout} s:\n{launched.output}"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,8 @@ def test_a_killed_worker_is_restarted_and_serves_again(stack):
     mark = len(stack.lines)
     worker.kill()  # SIGKILL: no unregistration, no goodbye
     took = wait_until(lambda: stack.restarted("workers", worker) and registered(stack.controller)
-                      and chat(stack.controller, stack.model).status_code == 200, 30, "a new worker serving", stack)
+                      and chat(stack.controller, stack.model).status_code == 200, 30, "a new worker serving",
+                      detail=lambda: stack.output, interval=0.2)
     assert stack.popen.poll() is None
     reason = stack.wait_for(r"worker-0 stopped unexpectedly \((.*?),", 5, mark).group(1)
     assert reason == "killed by SIGKILL"
@@ -82,7 +77,7 @@ def test_a_killed_controller_comes_back_and_workers_register_again(stack):
     mark = len(stack.lines)
     controller.kill()
     wait_until(lambda: stack.restarted("controller", controller) and registered(stack.controller), 30,
-               "the controller back with its worker registered", stack)
+               "the controller back with its worker registered", detail=lambda: stack.output, interval=0.2)
     assert chat(stack.controller, stack.model).status_code == 200
     stack.wait_for(r"controller stopped unexpectedly \(killed by SIGKILL", 5, mark)
     assert stack.popen.poll() is None
@@ -95,8 +90,9 @@ def test_the_ui_keeps_its_page_while_the_controller_restarts_and_comes_back_itse
     old = stack.child("app")
     old.kill()
     wait_until(lambda: stack.restarted("app", old) and answers(ui), 60,
-               "the UI back", stack)
-    wait_until(lambda: registered(stack.controller), 30, "the controller back", stack)
+               "the UI back", detail=lambda: stack.output, interval=0.2)
+    wait_until(lambda: registered(stack.controller), 30, "the controller back",
+               detail=lambda: stack.output, interval=0.2)
 
 
 def test_sigterm_stops_everything_within_10_s(stack):

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.stack import ROOT
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 BOTS = "#chat .bot-row"
+THUMBNAILS = '#input [aria-label="File thumbnail"]'
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots
 
 
 def launch_browser():
@@ -74,8 +78,9 @@ def assert_usable(page) -> None:
 def send(page, text: str, files=()) -> None:
     if files:
         page.locator("#input input[type=file]").first.set_input_files([str(f) for f in files])
-        page.locator("#input .thumbnail-item, #input .thumbnail-image").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(300)
+        # a file's thumbnail appears once its upload is done: wait for all of them, not only the first
+        page.wait_for_function(f"n => document.querySelectorAll('{THUMBNAILS}').length >= n", arg=len(files),
+                               timeout=30_000)
     page.locator("#input textarea").fill(text)
     page.locator("#input textarea").press("Enter")
 

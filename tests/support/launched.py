@@ -49,8 +49,9 @@ class Launched:
             time.sleep(0.1)
 
     def wait_ready(self, timeout: float = 240) -> None:
+        """Until the whole ready block is printed (launcher/main.py `ready_block`: its last line says restarts)."""
         self.wait_for(r"^==> Ready", timeout)
-        time.sleep(0.3)  # the rest of the ready block
+        self.wait_for(r"^\s+\(crashed processes are restarted", 10)
 
     def children(self) -> list[psutil.Process]:
         try:

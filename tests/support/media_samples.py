@@ -1,8 +1,9 @@
-"""Media files for the bad-input tests, made on the spot with PIL and PyAV: unusual but valid images and videos, and
-broken ones (truncated, empty, decompression bomb, zero frames)."""
+"""Images for the bad-input tests, made on the spot with PIL: unusual but valid ones and broken ones (truncated,
+decompression bomb), and data: URLs. Videos: tests/support/video_samples.py."""
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -10,6 +11,15 @@ import zlib
 import numpy as np
 from PIL import Image
 
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png_data_url(colour: tuple[int, int, int], size: tuple[int, int] = (120, 80)) -> str:
+    """A solid-colour PNG as a data: URL (what a model may be asked the colour of)."""
+    return data_url(encode(Image.new("RGB", size, colour)), "image/png")
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **save) -> bytes:
@@ -71,19 +81,3 @@ def noise_png(nbytes: int) -> bytes:
     return encode(Image.fromarray(arr, "RGB"), compress_level=0)
 
 
-def video(fmt: str, codec: str, frames: int) -> bytes:
-    import av
-
-    buf = io.BytesIO()
-    out = av.open(buf, "w", format=fmt)
-    stream = out.add_stream(codec, rate=8)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    out.start_encoding()
-    for i in range(frames):
-        frame = av.VideoFrame.from_ndarray(np.asarray(gradient((64, 48)).rotate(i * 40)), format="rgb24")
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
-    out.close()
-    return buf.getvalue()

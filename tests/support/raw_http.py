@@ -3,6 +3,7 @@ headers too), send headers that never end, or a body shorter than it declared.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -23,6 +24,32 @@ class LeavingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RawClient:
+    """One HTTP/1.1 chat request on its own socket, in asyncio; `leave()` closes the socket."""
+
+    async def send(self, base_url: str, payload: dict) -> RawClient:
+        url, body = urllib.parse.urlsplit(base_url), json.dumps(payload).encode()
+        self.reader, self.writer = await asyncio.open_connection(url.hostname, url.port)
+        self.writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await self.writer.drain()
+        return self
+
+    async def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
+        data = b""
+        async with asyncio.timeout(timeout):
+            while marker not in data:
+                chunk = await self.reader.read(65536)
+                assert chunk, f"connection ended before {marker!r}: {data!r}"
+                data += chunk
+        return data
+
+    async def leave(self) -> float:
+        self.writer.close()
+        await self.writer.wait_closed()
+        return time.monotonic()
 
 
 def connect(url: str, timeout: float = 10.0) -> socket.socket:

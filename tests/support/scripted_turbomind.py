@@ -176,3 +176,45 @@ def install(monkeypatch, tokens: list[int]) -> dict[str, ScriptedTurboMind]:
     monkeypatch.setattr(AsyncEngine, "_build_turbomind", build)
     monkeypatch.setattr(RequestHandlePool, "put", put)
     return built
+
+
+# -- our engine on it -------------------------------------------------------------------------------------------------
+
+def pretend_gpu():
+    """The GPU `TurbomindEngine.resolve` plans for on CPU: one 80 GiB card."""
+    from workers.engines import turbomind_config as tc
+
+    return tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
+
+
+async def load_engine(path, monkeypatch, script: str = " the cat sat on the mat STOP and", **settings):
+    """Our TurbomindEngine (WorkerSettings `settings`) on the real lmdeploy AsyncEngine, over a ScriptedTurboMind
+    that streams the tokens of `script`; `eng.tm` is that ScriptedTurboMind. The caller stops the engine."""
+    from workers.engines.turbomind_engine import TurbomindEngine
+    from workers.model_spec import detect_model_spec
+    from workers.settings import WorkerSettings
+
+    eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
+    scripted = install(monkeypatch, eng.tokenize(script))
+    await eng.load(eng.resolve(pretend_gpu()), vision_device="cpu")
+    eng.tm = scripted["tm"]
+    return eng
+
+
+def image_request(eng, images: int = 2, max_new: int = 6, stop=(), rid: str = "r1"):
+    """A GenerationRequest in the engine's own prompt format with `images` one-tile images (seeded pixels)."""
+    import torch
+
+    from workers.engines.base import GenerationRequest, SamplingParams
+    from workers.prompts.templates import TEMPLATES
+
+    ph = "<img>" + "<IMG_CONTEXT>" * eng.spec.tokens_per_tile + "</img>"
+    text = "".join(f"Image-{i + 1}: {ph}\n" for i in range(images)) + "Describe."
+    prompt = TEMPLATES[eng.spec.template].render(eng.spec.system_message, [("user", text)])
+    px = torch.randn(images, 3, 448, 448, generator=torch.Generator().manual_seed(5)) if images else None
+    return GenerationRequest(request_id=rid, prompt=prompt, pixel_values=px, num_tiles=[1] * images,
+                             sampling=SamplingParams(max_new_tokens=max_new, temperature=0, stop=stop))
+
+
+async def collect(events) -> list:
+    return [event async for event in events]

@@ -21,6 +21,10 @@ from launcher.health import Probe
 from launcher.supervisor import ServiceSpec, signal_group, spawn
 
 SCRIPTED = "tests.support.scripted_engine:ScriptedEngine"
+DEMO_MODEL = "internvl-demo"  # the name a worker serves the demo checkpoint under (its folder's name)
+# a worker API key for tests that call a registered worker directly (it takes the controller's relay token, or its keys)
+DIRECT_KEY = "direct-use-key"
+EXAMPLES = ROOT / "static" / "examples"  # the example files the UI offers: a photo, a chart, a video
 
 
 @dataclass

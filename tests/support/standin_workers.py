@@ -16,8 +16,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-CHUNK = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
-FINISH = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+from tests.support.stream_chunks import CHUNK, FINISH
+
 
 
 @dataclass

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.support.chat_http import body
 from tests.support.media_samples import (animated_gif, encode, gradient, jpeg_exif_rotated, noise_png, png_16bit,
-                                         png_alpha, png_bomb, png_palette_transparent, video)
+                                         png_alpha, png_bomb, png_palette_transparent)
 from tests.support.stack import ROOT, free_port, start_controller, start_worker
+from tests.support.video_samples import gradient_video
 
 MAX_MEDIA_BYTES = 1024 * 1024  # small limits, so "too large" cases stay cheap
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -81,8 +83,7 @@ def video_part(data: bytes, mime: str = "video/mp4") -> dict:
 
 
 def chat(content: list[dict] | str, **fields) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 3,
-            "temperature": 0.0, **fields}
+    return body(**{"model": MODEL, "max_tokens": 3, "temperature": 0.0, **fields}, content=content)
 
 
 def with_image(data: bytes, mime: str = "image/png") -> dict:
@@ -113,7 +114,7 @@ CASES = [
     Case("animated-gif", lambda: with_image(animated_gif(), "image/gif"), media=True),
     Case("animated-gif-as-video", lambda: chat([video_part(animated_gif(), "image/gif"), text("?")]), media=True),
     Case("greyscale-webp", lambda: with_image(encode(gradient(mode="L"), "WEBP"), "image/webp"), media=True),
-    Case("vp9-webm", lambda: chat([video_part(video("webm", "libvpx-vp9", 6), "video/webm"), text("What happens?")]),
+    Case("vp9-webm", lambda: chat([video_part(gradient_video("webm", "libvpx-vp9", 6), "video/webm"), text("What happens?")]),
          media=True),
     Case("html-script-text", lambda: chat("<script>alert('x')</script><img src=x onerror=alert(1)> &amp; hi")),
     # broken images
@@ -136,7 +137,7 @@ CASES = [
     # broken videos
     Case("text-renamed-mp4", lambda: chat([video_part(b"just some text, not a video\n" * 20), text("?")]), 400,
          "invalid_video", ("video",)),
-    Case("zero-frame-mp4", lambda: chat([video_part(video("mp4", "mpeg4", 0)), text("?")]), 400, "invalid_video",
+    Case("zero-frame-mp4", lambda: chat([video_part(gradient_video("mp4", "mpeg4", 0)), text("?")]), 400, "invalid_video",
          ("video",)),
     # request shape
     Case("invalid-json", lambda: b'{"model": "demo", "messages": [', 400, "invalid_json", ("json",)),
@@ -218,13 +219,13 @@ UI_CASES = [
     UICase("alpha-png", {"alpha.png": png_alpha}),
     UICase("exif-rotated-jpeg", {"rotated.jpg": jpeg_exif_rotated}),
     UICase("animated-gif", {"anim.gif": animated_gif}),
-    UICase("vp9-webm", {"clip.webm": lambda: video("webm", "libvpx-vp9", 6)}),
+    UICase("vp9-webm", {"clip.webm": lambda: gradient_video("webm", "libvpx-vp9", 6)}),
     UICase("html-script-text", {}, text="<script>alert('x')</script><img src=x onerror=alert(1)>"),
     UICase("truncated-png", {"cut.png": lambda: encode(gradient())[:200]}, ("truncated",)),
     UICase("zero-byte-image", {"empty.png": lambda: b""}, ("empty",)),
     UICase("decompression-bomb", {"bomb.png": png_bomb}, ("bomb",)),
     UICase("text-renamed-mp4", {"notes.mp4": lambda: b"just some text, not a video\n" * 20}, ("video",)),
-    UICase("zero-frame-mp4", {"nothing.mp4": lambda: video("mp4", "mpeg4", 0)}, ("video",)),
+    UICase("zero-frame-mp4", {"nothing.mp4": lambda: gradient_video("mp4", "mpeg4", 0)}, ("video",)),
     UICase("oversized-upload", {"big.png": lambda: noise_png(int(1.5 * MAX_MEDIA_BYTES))}, ("maximum",),
            refused="upload"),
     UICase("text-file", {"notes.txt": lambda: b"hello"}, ("invalid file type",), refused="app"),

@@ -15,8 +15,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.protocol import ChatCompletionRequest
-from tests.support.media_samples import video
+from tests.support.media_samples import data_url
 from tests.support.stack import start_worker
+from tests.support.video_samples import gradient_video
 from workers.limits import MediaLimits
 from workers.media_cache import MediaCache
 from workers.model_spec import detect_model_spec
@@ -38,7 +39,7 @@ def png_url(w: int, h: int, seed: int = 0) -> str:
 
 
 def video_url(frames: int = 16) -> str:
-    return "data:video/mp4;base64," + base64.b64encode(video("mp4", "mpeg4", frames)).decode()
+    return data_url(gradient_video("mp4", "mpeg4", frames), "video/mp4")
 
 
 def image(url: str) -> dict:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest
-from tests.workers.test_video import make_video
+from tests.support.video_samples import gray_video
 from workers.media import fetch_media
 from workers.pipeline import prepare_generation
 from workers.model_spec import detect_model_spec
@@ -77,7 +77,7 @@ async def test_budget_split_labels_and_earlier_turns(spec):
 
 
 async def test_video_frames_labels(spec):
-    url = "data:video/mp4;base64," + base64.b64encode(make_video("mp4", frames=30, fps=10)).decode()
+    url = "data:video/mp4;base64," + base64.b64encode(gray_video("mp4", frames=30, fps=10)).decode()
     req = _req([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url, "num_frames": 3}},
                                              {"type": "text", "text": "What happens?"}]}])
     gen = await prepare_generation(req, spec, MediaLimits(), "r")
@@ -87,7 +87,7 @@ async def test_video_frames_labels(spec):
 
 
 async def test_num_frames_defaults(spec):
-    url = "data:video/webm;base64," + base64.b64encode(make_video("webm", frames=20, fps=10)).decode()
+    url = "data:video/webm;base64," + base64.b64encode(gray_video("webm", frames=20, fps=10)).decode()
     content = [{"type": "video_url", "video_url": {"url": url}}]
     gen = await prepare_generation(_req([{"role": "user", "content": content}], num_frames=5), spec,
                                    MediaLimits(), "r")

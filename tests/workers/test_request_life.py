@@ -14,7 +14,6 @@ demo checkpoint; the scripted engine where the stage under test sits above the e
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -30,8 +29,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.chat_http import body
+from tests.support.media_samples import data_url
 from tests.support.raw_http import LeavingClient
 from tests.support.stack import ROOT, SCRIPTED, start_worker
+from tests.support.video_samples import slow_video
 
 CHAT = "/v1/chat/completions"
 STOP_WITHIN_S = 1.0  # the issue's bound for "the work has stopped"
@@ -76,37 +78,12 @@ def idle(h: dict) -> bool:
 
 
 def chat(content, max_tokens: int = 8, stream: bool = True) -> dict:
-    return {"model": "demo", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "stream": stream, "temperature": 0}
-
-
-def data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    return body("demo", content, max_tokens, stream, temperature=0)
 
 
 def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def slow_video() -> bytes:
-    """A 720p H.264 clip with one key frame: reaching its sampled frames means decoding nearly all 400 frames."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=25, options={"g": "1000", "keyint_min": "1000", "preset": "ultrafast",
-                                                             "crf": "35", "sc_threshold": "0"})
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
-        rng = np.random.default_rng(0)
-        base = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-        for i in range(400):
-            frame = np.roll(base, 7 * i, axis=1)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
     return buf.getvalue()
 
 
@@ -241,9 +218,9 @@ def test_decoded_pixel_budget_refuses_sixteen_8000px_pngs_without_growing(worker
 
 
 def test_requests_wait_for_the_worker_decoding_budget_instead_of_growing(worker):
-    body = chat(photo_35mp(seed=2), stream=False)
+    payload = chat(photo_35mp(seed=2), stream=False)
     answers: list[int] = []
-    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=body,
+    senders = [threading.Thread(target=lambda: answers.append(httpx.post(worker.url + CHAT, json=payload,
                                                                           timeout=120).status_code))
                for _ in range(2)]
     for t in senders:

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 
 from launcher.compose import free_port
+from tests.support.chat_http import body
 from tests.support.raw_http import LeavingClient
 from tests.support.scripted_engine import ScriptedEngine
 from workers.app import create_app
@@ -62,8 +63,7 @@ async def until(condition, timeout_s: float, what: str) -> None:
 
 
 def chat(text: str, stream: bool, max_tokens: int = 5) -> dict:
-    return {"model": "demo", "messages": [{"role": "user", "content": text}], "stream": stream,
-            "max_tokens": max_tokens}
+    return body("demo", text, max_tokens, stream)
 
 
 async def released_once(service, engine, released: list[str], requests: int) -> None:

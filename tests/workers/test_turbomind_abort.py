@@ -15,13 +15,10 @@ import asyncio
 import anyio
 import pytest
 
-from tests.support import scripted_turbomind
-from workers.engines import turbomind_config as tc
+from tests.support.scripted_turbomind import collect, load_engine
+from tests.support.waiting import wait_until_async
 from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.turbomind_engine import TurbomindEngine
-from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
-from workers.settings import WorkerSettings
 
 GUARD_S = 10  # only a guard against hanging: each awaited event here happens within milliseconds when all is well
 
@@ -29,12 +26,7 @@ GUARD_S = 10  # only a guard against hanging: each awaited event here happens wi
 @pytest.fixture
 async def engine(v1_checkpoint, monkeypatch):
     """One TurboMind handle (max_batch_size 1), so a second request queues for it."""
-    eng = TurbomindEngine(WorkerSettings(model_path=str(v1_checkpoint), turbomind={"max_batch_size": 1}),
-                          detect_model_spec(v1_checkpoint))
-    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat and"))
-    gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
-    await eng.load(eng.resolve(gpus), vision_device="cpu")
-    eng.tm = scripted["tm"]
+    eng = await load_engine(v1_checkpoint, monkeypatch, " the cat sat on the mat and", turbomind={"max_batch_size": 1})
     yield eng
     eng.tm.prefill.set()
     await eng.stop()
@@ -44,15 +36,6 @@ def request(eng, rid: str, max_new: int = 400) -> GenerationRequest:
     prompt = TEMPLATES[eng.spec.template].render(eng.spec.system_message, [("user", "Say something.")])
     return GenerationRequest(request_id=rid, prompt=prompt, pixel_values=None,
                              sampling=SamplingParams(max_new_tokens=max_new, temperature=0))
-
-
-async def collect(agen) -> list:
-    return [event async for event in agen]
-
-
-async def until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
 
 
 async def stopped(task: asyncio.Task) -> None:
@@ -66,10 +49,11 @@ async def stopped(task: asyncio.Task) -> None:
 async def test_closing_a_request_queued_for_a_handle_ends_it_without_reaching_turbomind(engine):
     engine.tm.prefill.clear()  # the first request holds the only handle and stays in its prefill
     first = asyncio.create_task(collect(engine.generate(request(engine, "first"))))
-    await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
+    await wait_until_async(lambda: len(engine.tm.calls) == 1, GUARD_S, "the first request in TurboMind", 0.001)
     first_session = engine._live["first"].session.session_id
     queued = asyncio.create_task(collect(engine.generate(request(engine, "queued"))))
-    await asyncio.wait_for(until(lambda: len(engine._pipe.session_mgr.sessions) == 2), GUARD_S)  # preprocessed
+    await wait_until_async(lambda: len(engine._pipe.session_mgr.sessions) == 2, GUARD_S,  # preprocessed
+                           "both requests in a session", 0.001)
 
     await stopped(queued)
     assert len(engine.tm.calls) == 1 and not first.done()  # it never reached TurboMind; the first one runs on
@@ -88,7 +72,7 @@ async def test_closing_a_request_queued_for_a_handle_ends_it_without_reaching_tu
 async def test_closing_during_prefill_ends_the_request_before_its_first_token(engine):
     engine.tm.prefill.clear()
     task = asyncio.create_task(collect(engine.generate(request(engine, "slow"))))
-    await asyncio.wait_for(until(lambda: len(engine.tm.calls) == 1), GUARD_S)
+    await wait_until_async(lambda: len(engine.tm.calls) == 1, GUARD_S, "the first request in TurboMind", 0.001)
 
     await stopped(task)  # no waiting for TurboMind's first output
     assert engine._live == {}

@@ -13,6 +13,7 @@ import torch
 
 from common.errors import ServingError
 from tests.support import scripted_turbomind
+from tests.support.scripted_turbomind import load_engine, pretend_gpu
 from workers.engines import turbomind_config as tc
 from workers.engines.base import GenerationRequest, SamplingParams
 from workers.engines.turbomind_engine import TurbomindEngine
@@ -20,7 +21,7 @@ from workers.model_spec import detect_model_spec
 from workers.prompts.templates import TEMPLATES
 from workers.settings import TurbomindOptions, WorkerSettings
 
-GPU = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
+GPU = pretend_gpu()
 
 
 def edited(src, dst, **changes):
@@ -35,14 +36,6 @@ def edited(src, dst, **changes):
         node[leaf] = value
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
-
-
-async def served(path, monkeypatch, **settings):
-    eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" a b c"))
-    await eng.load(eng.resolve(GPU), vision_device="cpu")
-    eng.tm = scripted["tm"]
-    return eng
 
 
 def one_image_request(eng):
@@ -61,7 +54,7 @@ def one_image_request(eng):
 async def test_pixels_reach_turbomind_in_the_dtype_its_vit_runs(v2_checkpoint, tmp_path, monkeypatch, vision_dtype,
                                                                 setting, expected):
     path = edited(v2_checkpoint, tmp_path / "ckpt", **{"vision_config.dtype": vision_dtype})
-    eng = await served(path, monkeypatch, dtype=setting)
+    eng = await load_engine(path, monkeypatch, " a b c", dtype=setting)
     try:
         assert eng.resolved.dtype == expected and eng.tm.engine_config.dtype == expected
         assert eng.tm.vision_dtype == expected  # what TurboMind's ViT runs in, by lmdeploy's own rule

@@ -15,14 +15,10 @@ import pytest
 import torch
 
 from common.errors import ErrorCode, ServingError
-from tests.support import scripted_turbomind
-from workers.engines import turbomind_config as tc
-from workers.engines.base import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from workers.engines.turbomind_engine import TurbomindEngine, embedding_ranges, image_runs
+from tests.support.scripted_turbomind import collect, image_request, load_engine
+from workers.engines.base import FinishEvent, TokenEvent
+from workers.engines.turbomind_engine import embedding_ranges, image_runs
 from workers.engines.vision_v1 import InternVisionV1
-from workers.model_spec import detect_model_spec
-from workers.prompts.templates import TEMPLATES
-from workers.settings import WorkerSettings
 
 
 # -- prompt -> TurboMind inputs -------------------------------------------------------------------------------------
@@ -43,39 +39,10 @@ def test_image_runs_and_ranges_follow_the_tokenized_prompt(v1_engine):
 
 # -- the request flow through lmdeploy's AsyncEngine ----------------------------------------------------------------
 
-async def _engine(path, monkeypatch, **settings):
-    eng = TurbomindEngine(WorkerSettings(model_path=str(path), **settings), detect_model_spec(path))
-    scripted = scripted_turbomind.install(monkeypatch, eng.tokenize(" the cat sat on the mat STOP and"))
-    gpus = tc.GpuFacts(name="test", count=1, total_bytes=80 * tc.GiB, free_bytes=79 * tc.GiB)
-    await eng.load(eng.resolve(gpus), vision_device="cpu")
-    eng.tm = scripted["tm"]
-    return eng
-
-
-@pytest.fixture
-async def v1_engine(v1_checkpoint, monkeypatch):
-    eng = await _engine(v1_checkpoint, monkeypatch)
-    yield eng
-    await eng.stop()
-
-
-def request(eng, images=2, max_new=6, stop=(), rid="r1"):
-    ph = "<img>" + "<IMG_CONTEXT>" * eng.spec.tokens_per_tile + "</img>"
-    text = "".join(f"Image-{i + 1}: {ph}\n" for i in range(images)) + "Describe."
-    prompt = eng.spec and TEMPLATES[eng.spec.template].render(eng.spec.system_message, [("user", text)])
-    px = torch.randn(images, 3, 448, 448, generator=torch.Generator().manual_seed(5)) if images else None
-    return GenerationRequest(request_id=rid, prompt=prompt, pixel_values=px, num_tiles=[1] * images,
-                             sampling=SamplingParams(max_new_tokens=max_new, temperature=0, stop=stop))
-
-
-async def collect(agen):
-    return [ev async for ev in agen]
-
-
 async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, v1_checkpoint):
     eng = v1_engine
     assert eng.tm.engine_config.language_model_only and eng.tm.engine_config.session_len == 4096
-    req = request(eng)
+    req = image_request(eng)
     events = await collect(eng.generate(req))
     assert isinstance(events[-1], FinishEvent) and events[-1].reason == "length"
     assert events[-1].completion_tokens == 6 and events[-1].prompt_tokens == len(eng.tokenize(req.prompt))
@@ -94,7 +61,7 @@ async def test_v1_images_reach_turbomind_as_embeddings_at_their_runs(v1_engine, 
 async def test_closing_the_stream_cancels_and_releases(v1_engine):
     """Closing the stream is the one way to stop a generation (workers/engines/base.py)."""
     eng = v1_engine
-    gen = eng.generate(request(eng, images=1, max_new=500, rid="gone"))
+    gen = eng.generate(image_request(eng, images=1, max_new=500, rid="gone"))
     assert isinstance(await gen.__anext__(), TokenEvent)
     await gen.aclose()  # the client went away
     assert eng._live == {}
@@ -112,12 +79,12 @@ async def test_leaving_before_turbomind_has_the_request_drops_it(v1_engine, monk
 
     async def slow_features(pixels):
         entered.set()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the stimulus: a vision tower still busy when the consumer leaves (cancelled)
         return await features(pixels)
 
     monkeypatch.setattr(eng, "_features", slow_features)
     calls = len(eng.tm.calls)
-    task = asyncio.create_task(collect(eng.generate(request(eng, images=1, rid="early"))))
+    task = asyncio.create_task(collect(eng.generate(image_request(eng, images=1, rid="early"))))
     await entered.wait()
     assert eng.running == 1
     task.cancel()
@@ -131,10 +98,10 @@ async def test_concurrent_requests_and_one_closed(v1_engine):
     eng = v1_engine
 
     async def run(rid, n):
-        return await collect(eng.generate(request(eng, images=1, max_new=n, rid=rid)))
+        return await collect(eng.generate(image_request(eng, images=1, max_new=n, rid=rid)))
 
     async def leave_after_first_token(rid, n):
-        gen = eng.generate(request(eng, images=1, max_new=n, rid=rid))
+        gen = eng.generate(image_request(eng, images=1, max_new=n, rid=rid))
         first = await gen.__anext__()
         await gen.aclose()
         return [first]
@@ -151,7 +118,7 @@ async def test_concurrent_requests_and_one_closed(v1_engine):
 
 async def test_stop_string_ends_with_stop_and_is_not_emitted(v1_engine):
     eng = v1_engine
-    events = await collect(eng.generate(request(eng, images=0, max_new=50, stop=("STOP",))))
+    events = await collect(eng.generate(image_request(eng, images=0, max_new=50, stop=("STOP",))))
     text = "".join(e.text for e in events[:-1])
     assert events[-1].reason == "stop" and "STOP" not in text and text.strip().endswith("mat")
     await eng.settle()
@@ -160,7 +127,7 @@ async def test_stop_string_ends_with_stop_and_is_not_emitted(v1_engine):
 
 async def test_context_errors_are_4xx(v1_engine):
     eng = v1_engine
-    huge = request(eng, images=0)
+    huge = image_request(eng, images=0)
     huge.prompt = "word " * 5000
     with pytest.raises(ServingError) as err:
         await collect(eng.generate(huge))
@@ -169,20 +136,20 @@ async def test_context_errors_are_4xx(v1_engine):
 
     eng.tm.fail_status = ResponseType.INPUT_LENGTH_ERROR  # TurboMind itself refuses the input
     with pytest.raises(ServingError) as err:
-        await collect(eng.generate(request(eng, images=0)))
+        await collect(eng.generate(image_request(eng, images=0)))
     assert err.value.code == ErrorCode.CONTEXT_TOO_LONG
-    bad = request(eng, images=1)
+    bad = image_request(eng, images=1)
     bad.prompt += "<IMG_CONTEXT>"  # a literal image token in the user's text
     with pytest.raises(ServingError, match="2 image placeholders for 1 images"):
         await collect(eng.generate(bad))
 
 
 async def test_v2_images_go_to_turbomind_native_vision(v2_checkpoint, monkeypatch):
-    eng = await _engine(v2_checkpoint, monkeypatch)
+    eng = await load_engine(v2_checkpoint, monkeypatch)
     try:
         assert not eng.tm.engine_config.language_model_only and eng.tm.engine_config.enable_prefix_caching
         assert eng._vision is None
-        req = request(eng)
+        req = image_request(eng)
         await collect(eng.generate(req))
         call = eng.tm.calls[-1]
         assert call.embeds is None
@@ -198,7 +165,7 @@ async def test_v2_images_go_to_turbomind_native_vision(v2_checkpoint, monkeypatc
 
 
 async def test_the_advertised_context_is_turbomind_session_len(v1_checkpoint, monkeypatch):
-    eng = await _engine(v1_checkpoint, monkeypatch, turbomind={"session_len": 1024})
+    eng = await load_engine(v1_checkpoint, monkeypatch, turbomind={"session_len": 1024})
     try:
         assert eng.spec.context_length != 1024 and eng.context_length == 1024 == eng.tm.engine_config.session_len
     finally:

@@ -15,8 +15,8 @@ from PIL import Image
 
 from common.errors import ErrorCode, ServingError
 from common.protocol import ChatCompletionRequest
+from tests.support.scripted_turbomind import collect, image_request, load_engine
 from tests.support.stack import free_port
-from tests.workers.test_turbomind_flow import _engine, collect, request, v1_engine  # noqa: F401 - the fixture
 from workers.app import create_app
 from workers.engines.base import SamplingParams
 from workers.engines.turbomind_config import generation_config
@@ -53,7 +53,7 @@ def test_generation_config_carries_what_turbomind_honours():
     ({"frequency_penalty": -1.0}, "frequency_penalty"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
 ])
-async def test_what_turbomind_cannot_honour_is_refused_by_name(v1_engine, fields, param):  # noqa: F811
+async def test_what_turbomind_cannot_honour_is_refused_by_name(v1_engine, fields, param):
     with pytest.raises(ServingError) as info:
         refuse_unsupported(chat(**fields), v1_engine)
     err = info.value
@@ -62,14 +62,14 @@ async def test_what_turbomind_cannot_honour_is_refused_by_name(v1_engine, fields
     assert "turbomind engine" in err.message
 
 
-async def test_what_turbomind_honours_passes_admission(v1_engine):  # noqa: F811
+async def test_what_turbomind_honours_passes_admission(v1_engine):
     refuse_unsupported(chat(logprobs=True, top_logprobs=2, response_format={"type": "json_object"}, min_p=0.2,
                             ignore_eos=True, skip_special_tokens=False, presence_penalty=0, logit_bias={}), v1_engine)
 
 
-async def test_logprobs_come_back_per_token_through_lmdeploy(v1_engine):  # noqa: F811
+async def test_logprobs_come_back_per_token_through_lmdeploy(v1_engine):
     eng = v1_engine
-    req = request(eng, images=0, max_new=5)
+    req = image_request(eng, images=0, max_new=5)
     req.sampling = SamplingParams(max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=2,
                                   response_format={"type": "json_object"}, skip_special_tokens=False)
     events = await collect(eng.generate(req))
@@ -82,7 +82,7 @@ async def test_logprobs_come_back_per_token_through_lmdeploy(v1_engine):  # noqa
         assert t.logprob == -0.25 and len(t.top) == 2 and t.top[0] == (t.token, -0.25)
 
 
-def test_lmdeploy_logprobs_belong_to_the_last_token_ids(v1_engine):  # noqa: F811
+def test_lmdeploy_logprobs_belong_to_the_last_token_ids(v1_engine):
     """lmdeploy's GenOut keeps earlier tokens in token_ids (detokenizer context): the rows are the last ones'."""
     out = lmdeploy_logprobs([11, 12, 13], [{13: -0.5, 2: -1.0}], v1_engine.tokenizer, top=1)
     assert len(out) == 1 and out[0].logprob == -0.5
@@ -97,7 +97,7 @@ def test_lmdeploy_logprobs_belong_to_the_last_token_ids(v1_engine):  # noqa: F81
 async def turbomind_worker(v1_checkpoint, monkeypatch):
     """A real worker HTTP server (uvicorn, in this process, so the scripted TurboMind seam applies) on the TurboMind
     engine, loaded as the flow tests load it (no GPU here)."""
-    eng = await _engine(v1_checkpoint, monkeypatch, controller_url=None, body_parsers=0, model_name="tm")
+    eng = await load_engine(v1_checkpoint, monkeypatch, controller_url=None, body_parsers=0, model_name="tm")
 
     async def loaded() -> None:  # the app's lifespan starts the engine: it is already loaded on the CPU
         return None

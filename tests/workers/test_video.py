@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import io
 
-# PyAV before decord: decord bundles its own older FFmpeg, and once it is loaded first, PyAV's libvpx encoder
-# fails to open (EINVAL). The clips here are made with PyAV.
-import av  # noqa: F401
 import numpy as np
 import pytest
 from PIL import Image
 
 from common.errors import ErrorCode, ServingError
+# before anything loads decord (see the module): the clips are made with PyAV
+from tests.support.video_samples import COLOURS, colour_gif, empty_video, gop_video, gray_video, make_gif
 from workers.settings import MediaLimits
 from workers.vision.video import decode_video, sample_indices, split_at_key_frames
-
-
-def make_video(fmt: str = "mp4", frames: int = 30, fps: int = 10, size: tuple[int, int] = (64, 48),
-               codec: str | None = None) -> bytes:
-    """Encoded video whose frame k is filled with gray level (k * 8) % 256, so decoded frames identify themselves."""
-    import av
-
-    codec = codec or {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"qp": "0", "preset": "ultrafast"}
-        for k in range(frames):
-            arr = np.full((size[1], size[0], 3), (k * 8) % 256, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-def make_empty_video() -> bytes:
-    """A valid mp4 container with a video stream but no frames."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height = 64, 48
-    return buf.getvalue()
 
 
 def model_card_get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
@@ -77,7 +43,7 @@ def test_indices_with_bounds_equal_model_card(bound):
                                             ("mp4", "libsvtav1"), ("mp4", "libx265")],
                          ids=["h264", "vp9", "av1-webm", "av1-mp4", "hevc"])
 def test_decodes_exactly_the_sampled_frames(fmt, codec):
-    data = make_video(fmt, frames=30, fps=10, codec=codec)
+    data = gray_video(fmt, frames=30, fps=10, codec=codec)
     frames = decode_video(data, MediaLimits(), num_frames=4)
     assert frames.shape == (4, 48, 64, 3) and frames.dtype == np.uint8
     expected = [(k * 8) % 256 for k in sample_indices(30, 10.0, 4)]
@@ -86,7 +52,7 @@ def test_decodes_exactly_the_sampled_frames(fmt, codec):
 
 
 def test_bounds_select_the_segment():
-    frames = decode_video(make_video("mp4", frames=30, fps=10), MediaLimits(), num_frames=2, start=1.0, end=2.0)
+    frames = decode_video(gray_video("mp4", frames=30, fps=10), MediaLimits(), num_frames=2, start=1.0, end=2.0)
     expected = [(k * 8) % 256 for k in sample_indices(30, 10.0, 2, 1.0, 2.0)]
     assert [int(round(float(f.mean()))) for f in frames] == pytest.approx(expected, abs=3)
 
@@ -95,15 +61,15 @@ def test_bounds_select_the_segment():
     (b"this is a text file renamed to clip.mp4\n" * 10, ErrorCode.INVALID_VIDEO, "could not be read"),
     (None, ErrorCode.INVALID_VIDEO, "could not be read|no frames"),
 ])
-def test_unreadable_and_empty_videos_are_refused(data, code, match):
+def test_unreadable_and_empty_videos_are_refused(data, code, match):  # None: a container with no frames
     with pytest.raises(ServingError, match=match) as info:
-        decode_video(data if data is not None else make_empty_video(), MediaLimits(), num_frames=4, label="video 1")
+        decode_video(data if data is not None else empty_video(), MediaLimits(), num_frames=4, label="video 1")
     assert info.value.code == code and "video 1" in info.value.message
 
 
 def test_a_codec_this_server_cannot_decode_is_named():
     """FFmpeg knows MPEG-5 EVC but has no decoder for it here: the error says which codec, not 'no video stream'."""
-    data = make_video("mp4", frames=10, fps=10).replace(b"avc1", b"evc1")  # the same stream, labelled EVC
+    data = gray_video("mp4", frames=10, fps=10).replace(b"avc1", b"evc1")  # the same stream, labelled EVC
     with pytest.raises(ServingError, match="evc") as info:
         decode_video(data, MediaLimits(), num_frames=4, label="video 1")
     assert info.value.code == ErrorCode.INVALID_VIDEO and "video 1" in info.value.message
@@ -111,36 +77,12 @@ def test_a_codec_this_server_cannot_decode_is_named():
 
 
 def test_too_long_and_reversed_segments_are_refused():
-    data = make_video("mp4", frames=30, fps=10)
+    data = gray_video("mp4", frames=30, fps=10)
     with pytest.raises(ServingError, match="3 s long; the limit is 2 s") as info:
         decode_video(data, MediaLimits(max_video_seconds=2), num_frames=4)
     assert info.value.code == ErrorCode.INVALID_VIDEO
     with pytest.raises(ServingError, match="after start"):
         decode_video(data, MediaLimits(), num_frames=4, start=2.0, end=1.0)
-
-
-def make_gop_video(frames: int = 60, gop: int = 10, codec: str = "libx264", bframes: bool = True) -> bytes:
-    """A clip with a key frame every `gop` frames, noisy content (so a wrong reference frame shows) and, for
-    H.264, B-frames (decode order differs from display order)."""
-    import av
-
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4" if codec == "libx264" else "webm") as container:
-        stream = container.add_stream(codec, rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.gop_size = gop
-        if codec == "libx264":  # (options on libvpx fail to open once decord's bundled FFmpeg is loaded)
-            stream.options = {"keyint_min": str(gop), "sc_threshold": "0", "bf": "2" if bframes else "0",
-                              "preset": "medium"}
-        for k in range(frames):
-            frame = np.roll(base, 3 * k, axis=1) // 2 + np.uint8(k * 4 % 128)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def test_split_cuts_only_between_gops_and_balances_work():
@@ -174,7 +116,7 @@ def test_parallel_runs_give_the_same_pixels_as_one_reader(monkeypatch, codec, bf
 
     import workers.vision.video as video
 
-    data = make_gop_video(codec=codec, bframes=bframes)
+    data = gop_video(codec=codec, bframes=bframes)
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
     assert len(reader.get_key_indices()) >= 4, "the clip must have several GOPs for this test to mean anything"
     for num_frames, bounds in [(8, (None, None)), (16, (None, None)), (5, (1.2, 4.9))]:
@@ -191,7 +133,7 @@ def test_parallel_decoding_reports_undecodable_frames(monkeypatch):
     import workers.vision.video as video
 
     monkeypatch.setattr(video.sampling, "MIN_PIXELS_PER_PART", 1)
-    data = bytearray(make_gop_video(codec="libx264", bframes=False))
+    data = bytearray(gop_video(codec="libx264", bframes=False))
     data[len(data) // 2:] = bytes(len(data) - len(data) // 2)  # second half of the file zeroed
     with pytest.raises(ServingError) as info:
         decode_video(bytes(data), MediaLimits(), 16, max_parts=2)
@@ -199,21 +141,6 @@ def test_parallel_decoding_reports_undecodable_frames(monkeypatch):
 
 
 # Animated GIFs as video (the UI sends .gif as a video part; decord cannot read GIF, PIL decodes them).
-
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255),
-           (0, 0, 0), (128, 0, 0), (0, 128, 0), (0, 0, 128), (128, 128, 0)]
-
-
-def make_gif(frames: list[Image.Image], duration: int | list[int] = 100) -> bytes:
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
-    return buf.getvalue()
-
-
-def colour_gif(count: int, duration: int | list[int] = 100, size: tuple[int, int] = (40, 30)) -> bytes:
-    """Frame k is filled with COLOURS[k], so decoded frames identify themselves."""
-    return make_gif([Image.new("RGB", size, COLOURS[k]) for k in range(count)], duration)
-
 
 def frame_colours(frames: np.ndarray) -> list[tuple[int, ...]]:
     assert (frames == frames[:, :1, :1]).all(), "each frame should be one solid colour"

@@ -5,40 +5,13 @@ from __future__ import annotations
 
 import io
 
-# PyAV before decord (see tests/workers/test_video.py).
-import av  # noqa: F401
 import numpy as np
 import pytest
 
-from tests.workers.test_video import colour_gif, make_video
+# before anything loads decord (see the module): the clips are made with PyAV
+from tests.support.video_samples import colour_gif, distinct_video, gray_video
 from workers.settings import MediaLimits
 from workers.vision.video import decode_video, sample_indices
-
-
-def make_clip(codec: str = "libx264", fmt: str = "mp4", pix_fmt: str = "yuv420p", options: dict | None = None,
-              frames: int = 40, size: tuple[int, int] = (64, 48), first_pts: int = 0, rotation: int = 0) -> bytes:
-    """Every frame distinct (noise rolled sideways, brightness ramp); pts from `first_pts` at 10 fps."""
-    import fractions
-
-    import av
-
-    rng = np.random.default_rng(2)
-    base = rng.integers(0, 200, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=10)
-        stream.width, stream.height, stream.pix_fmt = *size, pix_fmt
-        stream.options = options or {}
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for k in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.roll(base, 3 * k, axis=1) + np.uint8(k), format="rgb24")
-            frame.pts, frame.time_base = first_pts + k, fractions.Fraction(1, 10)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
 
 
 X264_BFRAMES = {"bf": "3", "b-pyramid": "normal", "g": "12", "keyint_min": "12", "sc_threshold": "0"}
@@ -83,7 +56,7 @@ def pyav_only(monkeypatch):
 @pytest.mark.parametrize("fmt,first_pts", [("mp4", 0), ("mp4", 7), ("matroska", 13)])
 @pytest.mark.parametrize("parts", [1, 2, 3])
 def test_skipping_decodes_decords_frames_with_b_frames(pyav_only, fmt, first_pts, parts):
-    data = make_clip(fmt=fmt, options=X264_BFRAMES, first_pts=first_pts)
+    data = distinct_video(fmt=fmt, options=X264_BFRAMES, first_pts=first_pts)
     refs = h264_reference_flags(data)
     for num_frames, bounds in [(8, (None, None)), (13, (None, None)), (5, (1.1, 3.3)), (40, (None, None))]:
         expected, indices = decord_frames(data, num_frames, *bounds)
@@ -101,7 +74,7 @@ def test_skipping_decodes_decords_frames_with_b_frames(pyav_only, fmt, first_pts
     ("libx265", "yuv420p", {"x265-params": "log-level=error:keyint=12:bframes=3"}, (64, 48)),
 ])
 def test_skipping_matches_decords_rgb_conversion(pyav_only, codec, pix_fmt, options, size):
-    data = make_clip(codec, pix_fmt=pix_fmt, options=options, size=size)
+    data = distinct_video(codec, pix_fmt=pix_fmt, options=options, size=size)
     expected, _ = decord_frames(data, 10)
     got = decode_video(data, MediaLimits(), 10, max_parts=2)
     assert got.shape == expected.shape and np.array_equal(got, expected)
@@ -114,28 +87,28 @@ def test_unchecked_formats_are_decoded_with_decord(monkeypatch):
     decord_path = video.decode_decord
     monkeypatch.setattr(video, "decode_decord", lambda *a: calls.append(1) or decord_path(*a))
     # 10-bit: PyAV's FFmpeg converts it to RGB a few levels away from decord's.
-    data = make_clip("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
+    data = distinct_video("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
     expected, _ = decord_frames(data, 4)
     assert np.array_equal(decode_video(data, MediaLimits(), 4), expected) and calls == [1]
-    assert np.array_equal(decode_video(make_video("mp4", frames=10), MediaLimits(), 4), decord_frames(
-        make_video("mp4", frames=10), 4)[0]) and calls == [1]  # plain H.264: PyAV
+    assert np.array_equal(decode_video(gray_video("mp4", frames=10), MediaLimits(), 4), decord_frames(
+        gray_video("mp4", frames=10), 4)[0]) and calls == [1]  # plain H.264: PyAV
 
 
 def test_display_rotation(pyav_only):
-    upright, _ = decord_frames(make_clip(options=X264_BFRAMES), 6)
+    upright, _ = decord_frames(distinct_video(options=X264_BFRAMES), 6)
     # 180 degrees: as decord turns it.
-    data = make_clip(options=X264_BFRAMES, rotation=180)
+    data = distinct_video(options=X264_BFRAMES, rotation=180)
     assert np.array_equal(decode_video(data, MediaLimits(), 6), decord_frames(data, 6)[0])
     assert np.array_equal(decode_video(data, MediaLimits(), 6), upright[:, ::-1, ::-1])
     # 90 degrees counterclockwise (a phone held upright): decord returns 4-channel garbage there; we turn the frames.
-    got = decode_video(make_clip(options=X264_BFRAMES, rotation=90), MediaLimits(), 6)
+    got = decode_video(distinct_video(options=X264_BFRAMES, rotation=90), MediaLimits(), 6)
     assert got.shape == (6, 64, 48, 3) and np.array_equal(got, np.rot90(upright, 1, axes=(1, 2)))
 
 
 def test_tiles_made_while_decoding_equal_tiles_of_the_decoded_frames(pyav_only):
     from workers.vision.tiling import square_tiles_of_frames
 
-    for data in (make_clip(options=X264_BFRAMES), make_clip(options=X264_BFRAMES, rotation=90)):
+    for data in (distinct_video(options=X264_BFRAMES), distinct_video(options=X264_BFRAMES, rotation=90)):
         for parts in (1, 2):
             frames = decode_video(data, MediaLimits(), 9, max_parts=parts)
             tiles = decode_video(data, MediaLimits(), 9, max_parts=parts, tile_size=28)
@@ -145,7 +118,7 @@ def test_tiles_made_while_decoding_equal_tiles_of_the_decoded_frames(pyav_only):
 def test_tiles_of_the_decord_and_gif_paths_too():
     from workers.vision.tiling import square_tiles_of_frames
 
-    ten_bit = make_clip("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
+    ten_bit = distinct_video("libx265", pix_fmt="yuv420p10le", options={"x265-params": "log-level=error"}, frames=10)
     for data in (ten_bit, colour_gif(12)):
         tiles = decode_video(data, MediaLimits(), 4, tile_size=20)
         assert tiles.shape == (4, 20, 20, 3)

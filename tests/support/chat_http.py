@@ -1,4 +1,5 @@
-"""Small HTTP helpers the controller tests share: chat bodies, held streams, the controller's worker table."""
+"""Small HTTP helpers for tests that chat through a controller or a worker: chat bodies, held streams, the controller's
+worker table."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import httpx
 
 
-def body(model: str, text: str = "hello", max_tokens: int = 4, stream: bool = False, **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-            "stream": stream, **extra}
+def body(model: str, content: str | list[dict] = "hello", max_tokens: int | None = 4, stream: bool = False,
+         **extra) -> dict:
+    """A one-message chat request body; `content` a text or OpenAI content parts; max_tokens None: not sent."""
+    sent = {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream, **extra}
+    return sent if max_tokens is None else {**sent, "max_tokens": max_tokens}
 
 
 def chat(http: httpx.Client, url: str, model: str, text: str = "hello", **extra) -> httpx.Response:
