@@ -4,13 +4,15 @@ that say the page is usable (input editable, Stop off, the other buttons on, no 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.support.stack import ROOT
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# As `./launch.sh test` finds it: CHROMIUM (a name on PATH or a path), else `chromium` on PATH.
+CHROMIUM = shutil.which(os.environ.get("CHROMIUM", "chromium")) or os.environ.get("CHROMIUM", "chromium")
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 BOTS = "#chat .bot-row"
@@ -20,7 +22,7 @@ ARTIFACTS = ROOT / "test-artifacts"  # screenshots
 
 def launch_browser():
     """A context manager yielding a headless Chromium (skips the test when Chromium is not installed)."""
-    if not Path(CHROMIUM).exists():
+    if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
