@@ -26,8 +26,7 @@ import aiohttp
 from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.metrics import Metrics
-from common.sse import DONE, DONE_EVENT, complete_events, error_in_event, sse_event, sse_payloads
-from common.sse import DONE_LINE as _DONE_LINE
+from common.sse import DONE, DONE_EVENT, DONE_LINE, complete_events, error_in_event, sse_event, sse_payloads
 from controller.policies import Conversation, Policy
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
@@ -35,7 +34,7 @@ from controller.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
-_DONE_LATER_LINE = b"\n" + _DONE_LINE  # at a line start: token text inside JSON could hold the rest
+_DONE_LATER_LINE = b"\n" + DONE_LINE  # at a line start: token text inside JSON could hold the rest
 _ERROR_LINE = b'data: {"error"'  # JSON text cannot hold these quotes unescaped, so this only matches error events
 
 
@@ -343,7 +342,7 @@ def _tail(block: bytes, end: int) -> bytes:
 
 def _ends(block: bytes) -> bool:
     """Whether a block of complete events holds the end marker."""
-    return block.startswith(_DONE_LINE) or _DONE_LATER_LINE in block
+    return block.startswith(DONE_LINE) or _DONE_LATER_LINE in block
 
 
 def _buffered(response: aiohttp.ClientResponse) -> bytes:
