@@ -25,10 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (BENCH_KEY, ProcSampler, Stack, build_checkpoint, chat_body, client,  # noqa: E402
-                           machine, scripted_env, stream_chat)
+                           free_port, machine, scripted_env, stream_chat)
 from bench.overhead_bench import BIG_CONTEXT, TTFT_TOKENS  # noqa: E402
 from bench.versus_routers import versions  # noqa: E402
-from launcher.compose import free_port  # noqa: E402
 from tests.support.stack import Proc  # noqa: E402
 
 

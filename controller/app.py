@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
-from common.errors import ErrorCode, ServingError
 from common.disconnect import until_client_leaves
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
                          read_body)
