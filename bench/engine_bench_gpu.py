@@ -41,6 +41,12 @@ def hbm_bandwidth() -> float:
     return 2 * src.numel() * reps / (time.perf_counter() - start)
 
 
+def host_memory() -> dict:
+    """This process's resident and locked host memory in GiB (/proc/self/status): pinned buffers are both."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024**2 for key in ("VmRSS", "VmLck", "VmPin") if key in fields}
+
+
 async def run_engine(name: str, path: str, streams: list[int], tokens: int) -> dict:
     import torch
 
@@ -56,7 +62,11 @@ async def run_engine(name: str, path: str, streams: list[int], tokens: int) -> d
     engine = load_engine_class(ENGINES[name])(settings, spec)
     if hasattr(engine, "ignore_eos"):
         engine.ignore_eos = True
+    before = host_memory()
     await engine.start()
+    after = host_memory()
+    expected = getattr(getattr(engine, "resolved", None), "vit_pinned_bytes", 0) / 1024**3
+    host = {"start_gib": {k: round(after[k] - before[k], 2) for k in after}, "vit_pinned_expected_gib": round(expected, 2)}
     placeholder = spec.image_start + spec.image_token * spec.tokens_per_tile + spec.image_end
     prompt = get_template(spec.template).render(spec.system_message, [("user", f"{placeholder}\nDescribe it.")])
     pixels = torch.randn(1, 3, spec.image_size, spec.image_size)
@@ -86,7 +96,7 @@ async def run_engine(name: str, path: str, streams: list[int], tokens: int) -> d
                       ttft_max=max(r["ttft"] for r in results), tokens_min=min(r["tokens"] for r in results),
                       decode_tok_s=(results[0]["tokens"] - 1) / results[0]["decode_s"] if n == 1 else None)
     await engine.stop()
-    return out
+    return {"streams": out, "host": host}
 
 
 def child(args) -> None:
@@ -125,7 +135,7 @@ def main() -> None:
     print(f"GPU {torch.cuda.get_device_name(0)}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; language model "
           f"{facts.llm_weight_bytes / 1e9:.2f} GB -> bound {bound:.0f} tok/s single-stream", flush=True)
 
-    results = {}
+    results, host = {}, {}
     for name in args.engines.split(","):
         cmd = [sys.executable, "-m", "bench.engine_bench_gpu", "--child", name, "--path", str(path),
                "--streams", ",".join(map(str, args.streams)), "--tokens", str(args.tokens)]
@@ -138,7 +148,9 @@ def main() -> None:
         if proc.returncode or not line:
             print(f"{name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
             continue
-        results[name] = {int(k): v for k, v in json.loads(line[-1][7:]).items()}
+        parsed = json.loads(line[-1][7:])
+        results[name] = {int(k): v for k, v in parsed["streams"].items()}
+        host[name] = parsed["host"]
 
     print(f"\n{args.size} ({facts.llm_weight_bytes / 2e9:.1f}B LLM params), {args.tokens} output tokens, greedy")
     print(f"{'engine':<13}{'streams':>8}{'tok/s':>10}{'TTFT mean':>11}{'TTFT max':>10}{'min tokens':>11}"
@@ -148,6 +160,9 @@ def main() -> None:
             dec = r["decode_tok_s"]
             print(f"{name:<13}{n:>8}{r['tok_s']:>10.1f}{r['ttft_mean']:>10.3f}s{r['ttft_max']:>9.3f}s"
                   f"{r['tokens_min']:>11}{(f'{dec:.1f}' if dec else '-'):>14}{(f'{dec / bound:.0%}' if dec else '-'):>10}")
+    for name, mem in host.items():
+        print(f"{name} start-up host memory (GiB): grew by {mem['start_gib']}; the worker expects the ViT to pin "
+              f"{mem['vit_pinned_expected_gib']} per GPU")
     ratios = {}
     if {"turbomind", "transformers"} <= results.keys():
         for n in args.streams:
@@ -158,7 +173,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "gpu": torch.cuda.get_device_name(0), "size": args.size, "output_tokens": args.tokens,
             "llm_weight_bytes": facts.llm_weight_bytes, "copy_bandwidth_bytes_s": bandwidth, "bound_tok_s": bound,
-            "results": results, "turbomind_over_transformers": ratios,
+            "results": results, "host_memory": host, "turbomind_over_transformers": ratios,
             "single_stream_share_of_bound": {name: per[1]["decode_tok_s"] / bound for name, per in results.items()
                                              if per.get(1, {}).get("decode_tok_s")}}, indent=1))
 

@@ -9,9 +9,10 @@
 #   bash bench/gpu_check.sh OUTDIR [all|tests|bench]      (from the repository root, on the GPU machine)
 #
 # The bundle (../shared/gpu/turbomind-bundle-cp312.tar.xz, lmdeploy 0.18 for Python 3.12 + CUDA 12 runtime + cuBLAS
-# forwarder + the worker's pure-Python packages) must be in .tm/ (git-ignored). It is unpacked to /tmp/site unless
-# that already holds it (a second run on the same machine). Exit status: 0 all passed; 1 a phase failed;
-# 2 bad usage; 3 no CUDA GPU; 4 no bundle, or it did not unpack, or is not for this Python; 5 TurboMind did
+# forwarder + the worker's pure-Python packages) must be in .tm/ (git-ignored), and the wheels of bench/gpu_wheels.txt
+# in .tm/wheels. It is unpacked to /tmp/site unless that already holds it (a second run on the same machine); the
+# wheels are installed over it. Exit status: 0 all passed; 1 a phase failed; 2 bad usage; 3 no CUDA GPU; 4 no
+# bundle, or it did not unpack, or is not for this Python, or the worker's modules do not import; 5 TurboMind did
 # not load.
 set -uo pipefail
 
@@ -19,6 +20,7 @@ OUT=${1:-}
 PHASE=${2:-all}
 BUNDLE=${TM_BUNDLE:-.tm/turbomind-bundle-cp312.tar.xz}
 SITE=${TM_SITE:-/tmp/site}
+WHEELS=${TM_WHEELS:-.tm/wheels}
 TESTS_S=${GPU_TESTS_S:-330}  # pytest tests/gpu, all of it (outputs first: they matter most)
 BENCH_S=${GPU_BENCH_S:-320}  # building the 2B checkpoint + both engines at 1 and 16 streams
 
@@ -53,6 +55,12 @@ else
     "$BUNDLE" "$SITE" 2>>"$OUT/gpu-check.log" || die 4 "the bundle did not unpack"
   [ -d "$SITE/lmdeploy" ] || die 4 "the bundle holds no lmdeploy/"
 fi
+# What the bundle lacks and the machine's image does not hold (bench/gpu_wheels.txt says which and how to fetch them)
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  log "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl >>"$OUT/gpu-check.log" 2>&1 || die 4 "the wheels in $WHEELS did not install"
+fi
 for f in lmdeploy/turbomind/_turbomind.cpython-312-x86_64-linux-gnu.so nvidia/cuda_runtime/lib/libcudart.so.12 \
          nvidia/cublas/lib/libcublas.so.12 nvidia/cublas/lib/libcublasLt.so.12 \
          fastapi/__init__.py uvicorn/__init__.py; do
@@ -75,6 +83,11 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| transfo
       '| lmdeploy', lmdeploy.__version__, '|', torch.cuda.get_device_name(0))" 2>&1
 } >"$OUT/versions.txt"
 log "$(tail -n 1 "$OUT/versions.txt")"
+# The worker's own imports, at the versions it pins (the image's transformers is older than requirements.txt's)
+if ! timeout 120 python3 -c "import workers.app, workers.engines.turbomind_engine, workers.engines.transformers_engine
+from transformers.utils.chat_template_utils import mark_control_tokens" >>"$OUT/gpu-check.log" 2>&1; then
+  die 4 "the worker's imports fail on this machine (above in this log): are the wheels of bench/gpu_wheels.txt in $WHEELS?"
+fi
 
 if ! timeout 120 python3 -c "from lmdeploy import turbomind as t; assert t.is_available(), t._import_error" \
      >>"$OUT/gpu-check.log" 2>&1; then

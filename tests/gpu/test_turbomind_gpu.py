@@ -29,6 +29,7 @@ def worker(request, tmp_path_factory):
     path = build(tmp_path_factory.mktemp(request.param), "tiny", "cuda")
     proc = start_worker(tmp_path_factory.mktemp("logs"), path, controller_url=None, engine="turbomind",
                         wait_registered=False, max_concurrency=16)
+    proc.extra["model"] = path.name  # the worker serves its checkpoint under the folder's name and 404s any other
     yield proc
     print(proc.log()[-4000:])  # shown with -s or on failure: lmdeploy's view of the run
     proc.stop()
@@ -39,11 +40,11 @@ def image_url(seed: int, size=(640, 480)) -> str:
     return data_url(encode(Image.fromarray(pixels)), "image/png")
 
 
-def chat(seed: int, max_tokens: int) -> dict:
+def chat(model: str, seed: int, max_tokens: int) -> dict:
     content = [{"type": "image_url", "image_url": {"url": image_url(seed)}},
                {"type": "image_url", "image_url": {"url": image_url(seed + 100)}},
                {"type": "text", "text": "Compare the two images."}]
-    return {"model": "any", "stream": True, "max_tokens": max_tokens, "temperature": 0,
+    return {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": content}]}
 
 
@@ -73,7 +74,8 @@ async def concurrent_streams_with_one_abort(worker):
     async with httpx.AsyncClient(timeout=300) as client:
         health = (await client.get(f"{worker.url}/health")).json()
         assert health["engine"] == "turbomind"
-        jobs = [stream(client, worker.url, chat(i, 96), stop_after=3 if i == 2 else None) for i in range(6)]
+        model = worker.extra["model"]
+        jobs = [stream(client, worker.url, chat(model, i, 96), stop_after=3 if i == 2 else None) for i in range(6)]
         results = await asyncio.gather(*jobs)
         for i, res in enumerate(results):
             if i == 2:
@@ -88,12 +90,12 @@ async def concurrent_streams_with_one_abort(worker):
 
         await wait_until_async(idle, 30, "the worker idle after the abort", interval=0.1,
                                detail=lambda: worker.log()[-2000:])
-        again = await stream(client, worker.url, chat(42, 8))
+        again = await stream(client, worker.url, chat(model, 42, 8))
         assert again["finish"] == "length"
 
 
 def test_over_long_prompt_is_a_400(worker):
-    body = chat(1, 8) | {"stream": False}
+    body = chat(worker.extra["model"], 1, 8) | {"stream": False}
     body["messages"][0]["content"][-1]["text"] = "word " * 20000
     with httpx.Client(timeout=120) as client:
         resp = client.post(f"{worker.url}/v1/chat/completions", json=body)
