@@ -28,6 +28,7 @@ from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.metrics import Metrics
 from common.sse import DONE, DONE_EVENT, DONE_LINE, complete_events, error_in_event, sse_event, sse_payloads
 from controller.policies import Conversation, Policy
+from controller.read_deadline import ReadDeadline
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
@@ -220,23 +221,25 @@ class Dispatcher:
     async def _first_event(self, response: aiohttp.ClientResponse, worker: WorkerRecord) -> tuple[str | None, bytes]:
         """Read until the first event with data is complete; None when the stream ends first."""
         buffered = b""
-        while True:
-            chunk = await self._read(response, self.settings.first_token_timeout_s, worker)
-            if not chunk:
-                return None, buffered
-            buffered += chunk
-            for data in sse_payloads(buffered[:complete_events(buffered)]):
-                return data, buffered
+        deadline = ReadDeadline(self.settings.first_token_timeout_s)
+        try:
+            while True:
+                chunk = await self._read(response, deadline, worker)
+                if not chunk:
+                    return None, buffered
+                buffered += chunk
+                for data in sse_payloads(buffered[:complete_events(buffered)]):
+                    return data, buffered
+        finally:
+            deadline.close()
 
-    async def _read(self, response: aiohttp.ClientResponse, timeout: float, worker: WorkerRecord) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, deadline: ReadDeadline, worker: WorkerRecord) -> bytes:
         """What the network has brought since the last read (b"" at the end of the body)."""
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps every read in a new task, a cost paid once per read.
-            async with asyncio.timeout(timeout):
-                return await response.content.readany()
+            return await deadline.read(response.content.readany())
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT,
-                               f"worker {worker.worker_id} sent nothing for {timeout:.0f} s") from exc
+                               f"worker {worker.worker_id} sent nothing for {deadline.timeout_s:.0f} s") from exc
         except aiohttp.ClientError as exc:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
 
@@ -251,6 +254,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         interval = self.settings.stream_interval_ms / 1000
         last_write = float("-inf")  # the first event goes at once (time to first token)
+        deadline = ReadDeadline(self.settings.token_timeout_s)
         try:
             while True:
                 end = complete_events(pending)
@@ -273,7 +277,7 @@ class Dispatcher:
                         return
                     last_write = loop.time()
                 try:
-                    chunk = await self._read(up.response, self.settings.token_timeout_s, up.worker)
+                    chunk = await self._read(up.response, deadline, up.worker)
                 except ServingError as err:
                     log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
                     self.registry.mark_unreachable(up.worker)  # silent or cut off: no new requests until it beats
@@ -289,6 +293,7 @@ class Dispatcher:
             ok = ok or None  # the client left: not the worker's failure
             raise
         finally:
+            deadline.close()
             up.finish(ok)  # also on a client disconnect: this generator is closed then
 
     def _failed(self, code: ErrorCode, message: str) -> bytes:

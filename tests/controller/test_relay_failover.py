@@ -123,6 +123,28 @@ async def test_silence_mid_answer_becomes_a_timeout_event(make):
     assert events[-1] == "[DONE]" and registry.get("a").in_flight == 0
 
 
+async def test_a_slow_reader_does_not_make_a_steady_worker_late(make):
+    """Only the wait for the worker's bytes counts against token_timeout_s: a client that takes its time with each
+    event (the relay waiting in a write) gets the whole answer, and the worker is not marked late."""
+    async def steady(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(6):
+            await response.write(f"data: {CHUNK}\r\n\r\n".encode())
+            await asyncio.sleep(0.1)
+        await response.write(b"data: [DONE]\r\n\r\n")
+        return response
+
+    dispatcher, registry, _ = await make({"a": steady}, token_timeout_s=0.3)
+    up = await dispatcher.open(BODY, "m", "rid")
+    events = []
+    async for event in payloads(dispatcher.relay(up)):
+        events.append(event)
+        await asyncio.sleep(0.4)  # longer than the timeout, between reads
+    assert events == [CHUNK] * 6 + ["[DONE]"], events
+    assert registry.get("a").in_flight == 0 and registry.get("a").healthy
+
+
 async def test_finished_streams_reuse_one_connection(make):
     seen = set()
 
