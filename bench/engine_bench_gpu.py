@@ -66,7 +66,8 @@ async def run_engine(name: str, path: str, streams: list[int], tokens: int) -> d
     await engine.start()
     after = host_memory()
     expected = getattr(getattr(engine, "resolved", None), "vit_pinned_bytes", 0) / 1024**3
-    host = {"start_gib": {k: round(after[k] - before[k], 2) for k in after}, "vit_pinned_expected_gib": round(expected, 2)}
+    host = {"start_gib": {k: round(after[k] - before[k], 2) for k in after},
+            "vit_pinned_expected_gib": round(expected, 2)}
     placeholder = spec.image_start + spec.image_token * spec.tokens_per_tile + spec.image_end
     prompt = get_template(spec.template).render(spec.system_message, [("user", f"{placeholder}\nDescribe it.")])
     pixels = torch.randn(1, 3, spec.image_size, spec.image_size)

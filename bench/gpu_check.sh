@@ -86,7 +86,7 @@ log "$(tail -n 1 "$OUT/versions.txt")"
 # The worker's own imports, at the versions it pins (the image's transformers is older than requirements.txt's)
 if ! timeout 120 python3 -c "import workers.app, workers.engines.turbomind_engine, workers.engines.transformers_engine
 from transformers.utils.chat_template_utils import mark_control_tokens" >>"$OUT/gpu-check.log" 2>&1; then
-  die 4 "the worker's imports fail on this machine (above in this log): are the wheels of bench/gpu_wheels.txt in $WHEELS?"
+  die 4 "the worker's imports fail here (above in this log): are the wheels of bench/gpu_wheels.txt in $WHEELS?"
 fi
 
 if ! timeout 120 python3 -c "from lmdeploy import turbomind as t; assert t.is_available(), t._import_error" \

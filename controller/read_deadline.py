@@ -1,8 +1,8 @@
 """How long the relay waits for a worker's next bytes: one timer per stream, not one per read.
 
 `asyncio.timeout` around each network read of a stream costs a Timeout object, a timer scheduled and cancelled and
-the task's cancel bookkeeping, every read: 7% of the controller's CPU under 500 streams (py-spy,
-bench/overhead_bench.py --profile). A stream's reads mostly return at once (the bytes are there), so here a read only
+the task's cancel bookkeeping, every read: 7% of the controller's busy samples under 500 streams (py-spy,
+bench/overhead_bench.py --profile; 1% with this). A stream's reads mostly return at once (the bytes are there), so here a read only
 notes when it started; one timer per stream wakes up when the oldest possible deadline is due, and either re-arms for
 the read under way or, when that read has waited the whole timeout, cancels it. Only time spent waiting on the
 worker counts: a client slow to take what was sent (the task waiting in a write) never makes the worker late.
