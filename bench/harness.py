@@ -59,10 +59,10 @@ class Stack(contextlib.ExitStack):
         self.callback(proc.stop)
         return proc
 
-    def controller(self, **options) -> Proc:
+    def controller(self, name: str = "controller", **options) -> Proc:
         options.setdefault("log_level", QUIET)
         options.setdefault("heartbeat_expiry_s", 30.0)
-        return self._keep("controller", start_controller(self.logs, **options))
+        return self._keep(name, start_controller(self.logs, **options))
 
     def workers(self, checkpoint: Path, controller: Proc | None, kinds: dict[str, dict[str, str]],
                 each: int = 1, **options) -> list[Proc]:

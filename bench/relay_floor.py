@@ -1,10 +1,14 @@
 """How much of the controller's CPU per request is its own work, and how much the Python relay under it costs at
 the least: the controller, a minimal relay on the same stack (bench/minimal_relay.py: uvicorn with the controller's
 protocol, aiohttp, no routing or checks) and vLLM's Rust router, in front of the same scripted worker, sequential
-4-token streams, interleaved in rounds so drift in machine load hits all three alike (issue 26).
+4-token streams (issue 26). With --compare-root, also the controller of another checkout (before/after a change).
 
-    .venv/bin/python bench/relay_floor.py                 # ~1 minute
-    .venv/bin/python bench/relay_floor.py --requests 3000 --rounds 5
+The paths take turns request by request (one request to each, then again), so every process is measured over the
+same seconds and drift in this machine's speed hits all alike: per round, the ratios of two paths vary by ~3%, where
+paths measured one after the other varied by 10-30% (2 shared cores).
+
+    .venv/bin/python bench/relay_floor.py                 # ~2 minutes
+    .venv/bin/python bench/relay_floor.py --requests 1000 --rounds 8 --compare-root WORKTREE   # e.g. a worktree of main
 
 CPU time is the scheduler's own count (bench/harness.py ProcSampler: ns, not 10 ms ticks), user and system.
 """
@@ -43,56 +47,69 @@ def wait_listening(port: int, popen: subprocess.Popen, timeout: float = 30.0) ->
             time.sleep(0.05)
 
 
-async def requests(url: str, n: int) -> None:
+async def requests(urls: list[str], n: int) -> None:
+    """`n` sequential requests to each of `urls`, taking turns."""
     async with client(max_connections=4) as http:
         for _ in range(n):
-            r = await stream_chat(http, url, chat_body(TTFT_TOKENS, model="fast"))
-            if r.error:
-                raise SystemExit(f"{url}: {r.error}")
+            for url in urls:
+                r = await stream_chat(http, url, chat_body(TTFT_TOKENS, model="fast"))
+                if r.error:
+                    raise SystemExit(f"{url}: {r.error}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=1500, help="requests per path per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=1000, help="requests per path per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compare-root", type=Path, help="another checkout: its controller is measured too")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     with Stack() as stack:
         checkpoint = build_checkpoint(stack.work)
-        ctl = stack.controller()
-        (fast,) = stack.workers(checkpoint, ctl, {"fast": scripted_env(BIG_CONTEXT, 0, context_length=BIG_CONTEXT)},
-                                max_concurrency=64)
+        fast = scripted_env(BIG_CONTEXT, 0, context_length=BIG_CONTEXT)
+        paths = {"controller": stack.controller()}
+        if args.compare_root:
+            paths[f"controller at {args.compare_root}"] = stack.controller("compare", root=args.compare_root.resolve())
+        # One worker per controller (a worker registers with one); the minimal relay and the router use the first.
+        workers = [stack.workers(checkpoint, ctl, {"fast": fast}, max_concurrency=64)[0] for ctl in paths.values()]
         port = free_port()
         minimal = subprocess.Popen([sys.executable, str(Path(__file__).with_name("minimal_relay.py")), str(port),
-                                    fast.url], env={**os.environ, "MINIMAL_RELAY_WORKER_KEY": BENCH_KEY})
-        relay = stack._keep("minimal-relay", Proc("minimal-relay", minimal, f"http://127.0.0.1:{port}",
-                                                    stack.logs / "minimal-relay.log"))
+                                    workers[0].url], env={**os.environ, "MINIMAL_RELAY_WORKER_KEY": BENCH_KEY})
+        paths["minimal relay"] = stack._keep("minimal-relay", Proc("minimal-relay", minimal,
+                                                                     f"http://127.0.0.1:{port}",
+                                                                     stack.logs / "minimal-relay.log"))
         wait_listening(port, minimal)
-        paths = {"controller": ctl, "minimal relay": relay}
         if shutil.which("vllm-router", path=str(Path(sys.executable).parent)):
-            paths["vllm-router"] = stack.rust_router("vllm-router", "vllm-router", [fast])
+            paths["vllm-router"] = stack.rust_router("vllm-router", "vllm-router", workers[:1])
         else:
             print("  vllm-router is not installed: pip install -r requirements-test.txt", file=sys.stderr)
         sampler = ProcSampler({name: p.popen.pid for name, p in paths.items()})
-        for p in paths.values():
-            asyncio.run(requests(p.url, 200))  # warm: connections, imports, caches
+        urls = [p.url for p in paths.values()]
+        asyncio.run(requests(urls, 200))  # warm: connections, imports, caches
         per_request: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
-            for name, p in paths.items():
-                before = sampler.snapshot()
-                asyncio.run(requests(p.url, args.requests))
-                used = sampler.usage_since(before, 1.0)[name].cpu_seconds
-                per_request[name].append(used / args.requests * 1e6)
+            before = sampler.snapshot()
+            asyncio.run(requests(urls, args.requests))
+            used = sampler.usage_since(before, 1.0)
+            for name in paths:
+                per_request[name].append(used[name].cpu_seconds / args.requests * 1e6)
         sampler.close()
-    print(f"\nCPU per request, {args.requests} sequential 4-token streams per path per round, median of {args.rounds}:")
-    base = statistics.median(per_request.get("vllm-router") or per_request["minimal relay"])
+    print(f"\nCPU per request, {args.requests} sequential 4-token streams per path per round, paths taking turns, "
+          f"median of {args.rounds}:")
+    base_name = "vllm-router" if "vllm-router" in per_request else "minimal relay"
+    base = statistics.median(per_request[base_name])
     for name, values in per_request.items():
         m = statistics.median(values)
-        print(f"  {name:14s} {m:6.0f} us   ({m / base:.2f}x)   rounds: {', '.join(f'{v:.0f}' for v in values)}")
+        rounds = ", ".join(f"{v:.0f}" for v in values)
+        print(f"  {name:14s} {m:6.0f} us   ({m / base:.2f}x {base_name})   rounds: {rounds}")
     own = statistics.median(per_request["controller"]) - statistics.median(per_request["minimal relay"])
     print(f"  the controller's own work (controller - minimal relay): {own:.0f} us per request")
+    if args.compare_root:
+        ratios = [a / b for a, b in zip(per_request["controller"], per_request[f"controller at {args.compare_root}"])]
+        print(f"  controller / controller at {args.compare_root}, per round: "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ _WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\x
 def json_text(raw: bytes) -> bytes:
     """A JSON body as UTF-8 text: a UTF-8 byte-order mark is dropped (most JSON APIs accept one); UTF-16 and UTF-32
     (which JSON once allowed; RFC 8259 says UTF-8) are refused by name, not as 'not a JSON object'."""
+    if raw[:1] == b"{" and b"\x00" not in raw[:4]:
+        return raw  # the usual body: an object in UTF-8 (or ASCII), no mark
     if raw.startswith(_UTF8_BOM):
         return raw[len(_UTF8_BOM):]
     wide = next((name for bom, name in _WIDE_BOMS.items() if raw.startswith(bom)), None)

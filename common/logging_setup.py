@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -85,7 +85,9 @@ def setup_logging(level: str = "info", fmt: str = "kv") -> None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as uuid4().hex. Ids must be unique, not secret (a client may send its own): the process's
+    seeded generator, not os.urandom and a UUID object (a tenth of that cost)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:

@@ -22,7 +22,7 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import StreamingResponse
 
 from common.coalesce import coalesce
-from common.disconnect import ClientGone, until_client_leaves
+from common.disconnect import ClientGone, ClientWatch
 from common.errors import ServingError
 
 DONE = "[DONE]"  # the end marker (OpenAI's): the data of a stream's last event
@@ -113,24 +113,30 @@ async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 class SSEBytesResponse(StreamingResponse):
     """Streams ready blocks of SSE events (the controller's relay) with no per-event work: no framing, no ping task
-    (the worker's own keep-alive comments pass through). Per request it costs one watcher task, not a task group.
+    (the worker's own keep-alive comments pass through). It watches for the client leaving with the request's
+    ClientWatch when given one (the controller's, started when the body was read; it stops it), else its own.
 
     The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
     always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
-    A client disconnect cancels the stream (`until_client_leaves`), which closes the iterator and so the worker's
-    stream."""
+    A client disconnect cancels the stream, which closes the iterator and so the worker's stream."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None,
+                 watch: ClientWatch | None = None):
         super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
         self._blocks = blocks
+        self._watch = watch
 
     async def __call__(self, scope, receive, send) -> None:
+        watch = self._watch or ClientWatch(receive)
         try:
-            await until_client_leaves(receive, self._stream(send))
-            # The response is complete (which the server reports as a disconnect from now on, so this is not
-            # watched): let the relay finish reading upstream after the end marker.
+            try:
+                await watch.guard(self._stream(send))
+            finally:
+                # The response is complete (which the server reports as a disconnect from now on, so this is not
+                # watched): let the relay finish reading upstream after the end marker.
+                watch.stop()
             async for _ in self._blocks:
                 pass
         except ClientGone:

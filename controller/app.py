@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
-from common.disconnect import until_client_leaves
+from common.disconnect import ClientWatch
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
                          read_body)
 from common.logging_setup import install_request_ids, request_id_var
@@ -187,15 +187,21 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
                                  conversation_of(request, asked), client[:_MAX_KEY])
-        upstream = await until_client_leaves(request.receive, opened)
-        blocks = dispatcher.relay(upstream)
-        served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
-        if asked.stream:
-            return SSEBytesResponse(blocks, served_by)  # watches for the client leaving from here on
+        watch = ClientWatch(request.receive)  # one watcher from here to the answer's end (common/disconnect.py)
         try:
-            completion = await until_client_leaves(request.receive, collect(payloads(blocks), asked.model))
+            upstream = await watch.guard(opened)
+            blocks = dispatcher.relay(upstream)
+            served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
+            if asked.stream:
+                response, watch = SSEBytesResponse(blocks, served_by, watch), None  # it watches on, and stops it
+                return response
+            try:
+                completion = await watch.guard(collect(payloads(blocks), asked.model))
+            finally:
+                await blocks.aclose()
         finally:
-            await blocks.aclose()
+            if watch is not None:
+                watch.stop()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
     app.chat_endpoint = chat_completions  # served ahead of FastAPI's layers (controller/chat_route.py)

@@ -176,62 +176,65 @@ class Dispatcher:
 
     async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
                        headers: dict[str, str] | None) -> Upstream:
-        s = self.settings
+        # One deadline for each wait until the first token: sending the request and the worker's headers (which it
+        # sends with its first token), then each read of the first event. On a timeout, as on any cancellation,
+        # aiohttp closes the connection: the worker sees its client gone and stops the abandoned attempt.
+        deadline = ReadDeadline(self.settings.first_token_timeout_s)
         try:
-            # One timeout covers sending the request and the worker's headers, which it sends with its first token.
-            # On the timeout, as on any cancellation, aiohttp closes the connection: the worker sees its client
-            # gone and stops the abandoned attempt.
-            async with asyncio.timeout(s.first_token_timeout_s):
-                response = await self.client.post(f"{worker.url}/v1/chat/completions", data=_payload(body),
-                                                  headers={"Content-Type": "application/json",
-                                                           "Content-Length": str(len(body)),
-                                                           "X-Request-ID": request_id, **(headers or {}),
-                                                           RELAY_TOKEN_HEADER: worker.relay_token})
+            response = await self._post(worker, body, request_id, headers, deadline)
+            try:
+                if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
+                    raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
+                                       "relay token (it restarted or registered again)")
+                if response.status != 200:
+                    raw = await response.read()
+                    try:
+                        payload = json.loads(raw)
+                    except ValueError:
+                        payload = None
+                    raise ServingError.from_body(payload, response.status)
+                first, buffered = await self._first_event(response, worker, deadline)
+                if first is None or first == DONE:
+                    raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} ended the stream at once")
+                err = error_in_event(first)
+                if err is not None:
+                    raise err
+                return Upstream(worker, lease, response, buffered, time.monotonic())
+            except BaseException:
+                response.close()
+                raise
+        finally:
+            deadline.close()
+
+    async def _post(self, worker: WorkerRecord, body: bytes | bytearray, request_id: str,
+                    headers: dict[str, str] | None, deadline: ReadDeadline) -> aiohttp.ClientResponse:
+        """The worker's response to the request, once its headers have come."""
+        try:
+            return await deadline.read(self.client.post(
+                f"{worker.url}/v1/chat/completions", data=_payload(body),
+                headers={"Content-Type": "application/json", "Content-Length": str(len(body)),
+                         "X-Request-ID": request_id, **(headers or {}), RELAY_TOKEN_HEADER: worker.relay_token}))
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT, f"worker {worker.worker_id} sent nothing for "
-                               f"{s.first_token_timeout_s:.0f} s") from exc
+                               f"{deadline.timeout_s:.0f} s") from exc
         except aiohttp.ClientError as exc:  # reachable, but it dropped the connection: not marked unreachable
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
                                f"{type(exc).__name__}: {exc}") from exc
-        try:
-            if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
-                raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
-                                   "relay token (it restarted or registered again)")
-            if response.status != 200:
-                raw = await response.read()
-                try:
-                    payload = json.loads(raw)
-                except ValueError:
-                    payload = None
-                raise ServingError.from_body(payload, response.status)
-            first, buffered = await self._first_event(response, worker)
-            if first is None or first == DONE:
-                raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} ended the stream at once")
-            err = error_in_event(first)
-            if err is not None:
-                raise err
-            return Upstream(worker, lease, response, buffered, time.monotonic())
-        except BaseException:
-            response.close()
-            raise
 
-    async def _first_event(self, response: aiohttp.ClientResponse, worker: WorkerRecord) -> tuple[str | None, bytes]:
+    async def _first_event(self, response: aiohttp.ClientResponse, worker: WorkerRecord, deadline: ReadDeadline
+                           ) -> tuple[str | None, bytes]:
         """Read until the first event with data is complete; None when the stream ends first."""
         buffered = b""
-        deadline = ReadDeadline(self.settings.first_token_timeout_s)
-        try:
-            while True:
-                chunk = await self._read(response, deadline, worker)
-                if not chunk:
-                    return None, buffered
-                buffered += chunk
-                for data in sse_payloads(buffered[:complete_events(buffered)]):
-                    return data, buffered
-        finally:
-            deadline.close()
+        while True:
+            chunk = await self._read(response, deadline, worker)
+            if not chunk:
+                return None, buffered
+            buffered += chunk
+            for data in sse_payloads(buffered[:complete_events(buffered)]):
+                return data, buffered
 
     async def _read(self, response: aiohttp.ClientResponse, deadline: ReadDeadline, worker: WorkerRecord) -> bytes:
         """What the network has brought since the last read (b"" at the end of the body)."""
@@ -361,6 +364,8 @@ def _buffered(response: aiohttp.ClientResponse) -> bytes:
 async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read the rest of a finished stream (the end of its chunked body): a connection closed before its end cannot go
     back to the pool, and opening a new connection per request costs both sides more than the request."""
+    if response.content.at_eof():
+        return  # the usual case (the end came with the end marker): no timer to arm and cancel
     try:
         async with asyncio.timeout(1.0):
             while await response.content.readany():

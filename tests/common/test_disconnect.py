@@ -6,6 +6,8 @@
 - The worker's way: the work runs in a thread under a request slot; ClientGone is raised only once the thread is
   out, and the slot and its pixels are back. In the real worker app the response logs "client left" and answers 499.
 - A client that leaves a relayed stream (SSEBytesResponse) ends it at once and closes what it relays.
+- One ClientWatch guards the steps of a request (the controller's wait for a worker, then the stream): a client that
+  leaves between two steps makes the next one end at once, without running it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import asyncio
 import logging
 import threading
 import time
+import warnings
 
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from common.disconnect import ClientGone, until_client_leaves
+from common.disconnect import ClientGone, ClientWatch, until_client_leaves
 from common.http import install_error_handlers, read_body
 from common.logging_setup import install_request_ids
 from common.sse import SSEBytesResponse, sse_event
@@ -92,6 +95,43 @@ async def test_the_controllers_way_a_leaving_client_cancels_the_work_and_is_a_qu
     assert cancelled and cancelled[0] - left < LEFT_S
     assert [type(e) for e in raised] == [ClientGone]
     assert_one_quiet_499(caplog, "/chat")
+
+
+async def test_one_watch_guards_each_step_and_a_client_gone_between_steps_ends_the_next_at_once(caplog):
+    steps, raised = [], []
+    between = asyncio.Event()
+
+    async def step(name: str) -> str:
+        steps.append(name)
+        return name
+
+    app = app_with_handlers()
+
+    @app.post("/steps")
+    async def two_steps(request: Request):
+        await read_body(request, 1000)
+        watch = ClientWatch(request.receive)
+        try:
+            assert await watch.guard(step("first")) == "first"
+            between.set()
+            await until(lambda: watch.gone, 10, "the watch sees the client leave")  # outside any step
+            await watch.guard(step("second"))
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        finally:
+            watch.stop()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second step, never run, is closed: no "never awaited" warning
+        async with served(app) as url:
+            client = LeavingClient(url, "/steps", {})
+            await asyncio.wait_for(between.wait(), 10)
+            client.close()
+            await until_logged(caplog, "/steps")
+    assert steps == ["first"]
+    assert [type(e) for e in raised] == [ClientGone]
+    assert_one_quiet_499(caplog, "/steps")
 
 
 async def test_a_client_leaving_while_it_sends_the_body_is_the_same_quiet_499(caplog):

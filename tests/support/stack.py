@@ -68,11 +68,12 @@ def _flags(options: dict) -> list[str]:
     return out
 
 
-def _spawn(name: str, module: str, options: dict, log_dir: Path, env: dict | None) -> tuple[subprocess.Popen, Path]:
+def _spawn(name: str, module: str, options: dict, log_dir: Path, env: dict | None,
+           root: Path = ROOT) -> tuple[subprocess.Popen, Path]:
     log_path = log_dir / f"{name}.log"
-    pythonpath = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    pythonpath = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
     spec = ServiceSpec(name, python_module(module, *_flags(options)), log_path,
-                       {"PYTHONPATH": pythonpath, **(env or {})}, cwd=ROOT)
+                       {"PYTHONPATH": pythonpath, **(env or {})}, cwd=root)
     return spawn(spec), log_path
 
 
@@ -90,10 +91,12 @@ def wait_healthy(proc: Proc, timeout: float = 90.0, path: str = "/health") -> No
     raise RuntimeError(f"{proc.name} not healthy after {timeout} s:\n{proc.log()[-3000:]}")
 
 
-def start_controller(log_dir: Path, port: int | None = None, env: dict | None = None, **options) -> Proc:
+def start_controller(log_dir: Path, port: int | None = None, env: dict | None = None, root: Path = ROOT,
+                     **options) -> Proc:
+    """`root`: the checkout whose controller runs (benchmarks compare two)."""
     port = port or free_port()
     options.setdefault("heartbeat_expiry_s", 3.0)
-    popen, log_path = _spawn(f"controller-{port}", "controller", {"port": port, **options}, log_dir, env)
+    popen, log_path = _spawn(f"controller-{port}", "controller", {"port": port, **options}, log_dir, env, root)
     proc = Proc("controller", popen, f"http://127.0.0.1:{port}", log_path)
     wait_healthy(proc)
     return proc
