@@ -1,14 +1,15 @@
 """The controller's JSON peek (controller/request_peek.py) beside msgspec decoding a Struct of only the fields it
 needs, per call, on the bodies of the project's benches (issue 23: switch only if msgspec is no slower on every case).
+The peek itself has since taken msgspec for bodies up to 16 KiB (issue 26) and walks the larger ones, which are the
+cases here where msgspec lost; the small chat's "walk" column now times that decoder.
 
-    .venv/bin/pip install -r bench/requirements-routers.txt   # msgspec
     .venv/bin/python bench/peek_bench.py            # ~2 min on one core
     .venv/bin/python bench/peek_bench.py --json peek.json
 
 Both sides are called the way the controller calls the peek: `await peek(body)` on one event loop, a body over 64 KiB
 walked in a thread (controller/request_peek.py). Both return the same fields (model, stream, user, a conversation
-key, first turn) and are checked against each other on every case before timing. The msgspec side is a candidate
-only: it lives here, not in the product. Its conversation key hashes each message's role and content (sampled) up to
+key, first turn) and are checked against each other on every case before timing. The msgspec side (every body
+decoded whole) is a candidate only, not the product's. Its conversation key hashes each message's role and content (sampled) up to
 the first user message, since msgspec gives no byte offsets: the same role, not the same value as the walk's key.
 "msgspec floor" is the least msgspec can do: decode the three routing fields and skip everything else (no key).
 """

@@ -10,6 +10,13 @@ to the end of the first user message (they stay the same for every turn of a cha
 their start and their end, with their length, not of the media in them (a routing hint: two chats that collide only
 share a worker). Malformed JSON that the walk meets (an
 unterminated string or bracket) is refused here; anything subtler is the worker's to refuse.
+
+A small body (a text chat, up to 16 KiB) is decoded by msgspec's C decoder instead, into only those fields and the
+raw bytes of the messages: the walk's Python loop was the largest part of the controller's own CPU per request
+(issue 26; ~40 us against ~5). It finds the same fields and the same span, so a conversation keeps its key when its
+body outgrows the limit; a body msgspec refuses (not strict JSON, or not an object) is walked, so what is refused and
+how stays the walk's. On large bodies msgspec is 10-18x slower than the walk (BENCHMARKS.md, the peek beside
+msgspec): it reads every byte of the media.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from common.errors import ErrorCode, ServingError
 
@@ -29,6 +39,7 @@ _LITERAL = re.compile(rb"true|false|null|-?[0-9][0-9.eE+-]*")
 MAX_VALUES = 200_000  # brackets and strings walked at most: a real chat has far fewer
 _WALK_OFF_LOOP = 64 * 1024  # bodies larger than this are walked in a thread
 _KEY_SAMPLE = 8 * 1024  # bytes hashed from each end of the conversation's start
+_DECODE_MAX = 16 * 1024  # bodies up to this size are decoded by msgspec, not walked
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
         if len(body) > _WALK_OFF_LOOP:
             fields, start = await asyncio.to_thread(_top_level, body, _WANTED)
         else:
-            fields, start = _top_level(body, _WANTED)
+            fields, start = (len(body) <= _DECODE_MAX and _decoded(body)) or _top_level(body, _WANTED)
         span, first_turn = start or (None, False)
     except _Invalid:
         raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
@@ -70,30 +81,71 @@ async def peek_request(body: bytes | bytearray) -> Peeked:
                            param="stream")
     user = fields.get("user")
     return Peeked(model, stream, user if isinstance(user, str) else None,
-                  _conversation_key(body, span) if span else None, first_turn)
+                  _conversation_key(span) if span else None, first_turn)
 
 
 _WANTED = frozenset({b'"model"', b'"stream"', b'"user"'})
 
 
-def _conversation_key(body: bytes | bytearray, span: tuple[int, int]) -> str:
-    start, end = span
-    size = end - start
+def _conversation_key(span: bytes | memoryview) -> str:
+    size = len(span)
     h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=12)
     if size <= 2 * _KEY_SAMPLE:
-        h.update(body[start:end])
+        h.update(span)
     else:
-        h.update(body[start:start + _KEY_SAMPLE])
-        h.update(body[end - _KEY_SAMPLE:end])
+        h.update(span[:_KEY_SAMPLE])
+        h.update(span[size - _KEY_SAMPLE:])
     return h.hexdigest()
 
 
+class _Top(msgspec.Struct):
+    model: Any = msgspec.UNSET
+    stream: Any = False
+    user: Any = None
+    messages: msgspec.Raw = msgspec.UNSET  # type: ignore[assignment]
+
+
+class _Message(msgspec.Struct):
+    role: Any = None
+
+
+_TOP = msgspec.json.Decoder(_Top)
+_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_MESSAGE = msgspec.json.Decoder(_Message)
+
+
+def _decoded(body: bytes | bytearray) -> tuple[dict[str, object], tuple[bytes, bool] | None] | None:
+    """What `_top_level` finds, by msgspec; None when msgspec refuses the body (then the walk decides)."""
+    try:
+        top = _TOP.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    found: dict[str, object] = {"stream": top.stream, "user": top.user}
+    if top.model is not msgspec.UNSET:
+        found["model"] = top.model
+    raw = bytes(top.messages) if top.messages is not msgspec.UNSET else b""
+    if not raw.startswith(b"["):
+        return found, None
+    elements = _ELEMENTS.decode(raw)
+    end = 1
+    for i, element in enumerate(elements):
+        text = bytes(element)
+        end = raw.find(text, end) + len(text)  # in order, with only commas and spaces between
+        try:
+            role = _MESSAGE.decode(text).role
+        except msgspec.ValidationError:
+            continue  # not an object: no role
+        if role == "user":  # the span: from the `[` to the end of the first user message, as the walk takes it
+            return found, (raw[:end], i == len(elements) - 1)
+    return found, None
+
+
 def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]
-               ) -> tuple[dict[str, object] | None, tuple[tuple[int, int], bool] | None]:
+               ) -> tuple[dict[str, object] | None, tuple[memoryview, bool] | None]:
     """The values of the `wanted` keys (JSON-quoted) of the top-level object (the last one of a repeated key, as
     JSON parsers do), None when the body is not an object; and the span of `messages` from its `[` to the end of its
-    first message with role "user", with whether that message is the last one (None without one). A value that is an
-    object or array reads as a list."""
+    first message with role "user" (its bytes), with whether that message is the last one (None without one). A
+    value that is an object or array reads as a list."""
     start = _SPACE.match(body).end()
     if body[start:start + 1] != b"{":
         if not body[start:].strip():
@@ -142,7 +194,7 @@ def _top_level(body: bytes | bytearray, wanted: frozenset[bytes]
                 elif depth == 1:  # `messages` ended without one
                     messages_at = -1
             if depth == 0:
-                return found, (span, only) if span else None
+                return found, (memoryview(body)[span[0]:span[1]], only) if span else None
             if depth < 0:
                 raise _Invalid
 

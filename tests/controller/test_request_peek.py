@@ -7,6 +7,7 @@ import json
 import pytest
 
 from common.errors import ErrorCode, ServingError
+from controller import request_peek
 from controller.request_peek import MAX_VALUES, peek_request
 
 
@@ -79,3 +80,46 @@ async def test_no_conversation_key_without_a_user_message(body):
 async def test_user_field_is_read_when_it_is_a_string():
     assert (await peek_request(_chat(AGAIN, user="alice"))).user == "alice"
     assert (await peek_request(_chat(AGAIN, user=7))).user is None
+
+
+LAYOUTS = [
+    b'{"model": "m", "messages": []}',
+    b'  {\n"stream" :false ,"model":"a\\"b", "user": "u"}  ',
+    b'{"mod\\u0065l": "escaped key", "stream": null, "user": 7}',
+    b'{"model": "first", "model": "last", "stream": true}',
+    b'{"model": "m", "messages": [ {"role": "system", "content": "s"} ,\n {"role" : "us\\u0065r", "content": "x"} ]}',
+    b'{"model": "m", "messages": [1, "x", [{"role": "user"}], {"role": "user", "content": "after"}, {"role": "user"}]}',
+    b'{"model": "m", "messages": [{"role": "assistant"}, {"content": [{"role": "user"}]}]}',
+    b'{"model": "m", "messages": "x"}',
+    b'{"model": ["m"], "stream": {"a": 1}}',
+    b'{"model": "m"} trailing',
+    b'{"model": "m", "x": tru}',
+    b'[1, 2]',
+    _chat(SYSTEM, AGAIN), _chat(AGAIN, ANSWER), _chat(ANSWER, SYSTEM), _chat(AGAIN, user="alice", stream=True),
+]
+
+
+@pytest.mark.parametrize("body", LAYOUTS)
+async def test_a_small_body_decoded_reads_as_the_walk_reads_it(body, monkeypatch):
+    """Bodies up to 16 KiB are decoded by msgspec (a body it refuses is walked): the same answer or the same error."""
+    async def both() -> list:
+        out = []
+        for limit in (request_peek._DECODE_MAX, 0):  # decoded, then walked
+            monkeypatch.setattr(request_peek, "_DECODE_MAX", limit)
+            try:
+                out.append(await peek_request(body))
+            except ServingError as err:
+                out.append((err.code, err.message))
+        return out
+
+    decoded, walked = await both()
+    assert decoded == walked
+
+
+async def test_a_conversation_keeps_its_key_when_its_body_outgrows_the_decoder():
+    first = _chat(SYSTEM, AGAIN)  # a text chat: decoded
+    later = _chat(SYSTEM, AGAIN, ANSWER, PHOTO)  # a photo in a later turn: 2 MB, walked
+    assert len(first) <= request_peek._DECODE_MAX < len(later)
+    turn1, turn3 = await peek_request(first), await peek_request(later)
+    assert turn1.conversation and turn1.conversation == turn3.conversation
+    assert turn1.first_turn and not turn3.first_turn
