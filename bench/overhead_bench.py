@@ -79,12 +79,14 @@ async def ttft_phase(paths: dict[str, str], n: int, warmup: int) -> dict[str, li
 
 
 async def relay_phase(hops: list[Hop], tokens: int, repeats: int, sampler: ProcSampler) -> dict[str, dict]:
-    """One stream at a time; tokens/s counted from the first to the last token event."""
-    out = {}
+    """One stream at a time, the paths taking turns (drift in this machine's speed hits all alike); tokens/s counted
+    from the first to the last token event."""
+    rates: dict[str, list[float]] = {hop.name: [] for hop in hops}
+    cpu: dict[str, float] = {hop.name: 0.0 for hop in hops}
+    relayed: dict[str, int] = {hop.name: 0 for hop in hops}
     async with client(max_connections=2) as http:
-        for hop in hops:
-            rates, cpu, relayed = [], 0.0, 0
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for hop in hops:
                 before = sampler.snapshot()
                 t0 = time.perf_counter()
                 r = await stream_chat(http, hop.fast_url, chat_body(tokens, model="fast"))
@@ -92,14 +94,14 @@ async def relay_phase(hops: list[Hop], tokens: int, repeats: int, sampler: ProcS
                 if r.error or r.tokens < tokens:
                     print(f"  relay {hop.name}: {r.error or f'only {r.tokens} tokens'}", file=sys.stderr)
                     continue
-                rates.append(r.tokens / (r.total - r.ttft))
-                cpu += sum(usage[p].cpu_seconds for p in hop.fast_procs)
-                relayed += r.tokens
-            # All repeats' CPU over all their tokens: the kernel counts CPU time in 10 ms ticks, and a Rust router
-            # relays 20,000 tokens in less than one.
-            out[hop.name] = {"tokens_per_s": statistics.median(rates) if rates else 0.0,
-                             "hop_cpu_us_per_token": cpu / relayed * 1e6 if hop.fast_procs and relayed else None}
-    return out
+                rates[hop.name].append(r.tokens / (r.total - r.ttft))
+                cpu[hop.name] += sum(usage[p].cpu_seconds for p in hop.fast_procs)
+                relayed[hop.name] += r.tokens
+    # All repeats' CPU over all their tokens: the kernel counts CPU time in 10 ms ticks, and a Rust router relays
+    # 20,000 tokens in less than one.
+    return {hop.name: {"tokens_per_s": statistics.median(rates[hop.name]) if rates[hop.name] else 0.0,
+                       "hop_cpu_us_per_token": cpu[hop.name] / relayed[hop.name] * 1e6
+                       if hop.fast_procs and relayed[hop.name] else None} for hop in hops}
 
 
 async def load_phase(url: str, streams: int, ramp_s: float, tokens: int) -> dict:
@@ -254,7 +256,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="measured TTFT requests per path")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--relay-tokens", type=int, default=60000, help="tokens in each relay-throughput stream")
-    ap.add_argument("--relay-repeats", type=int, default=3)
+    ap.add_argument("--relay-repeats", type=int, default=5)
     ap.add_argument("--streams", type=int, default=500, help="concurrent streams in the load phase")
     ap.add_argument("--load-rounds", type=int, default=3, help="load-phase rounds (each runs every path once)")
     ap.add_argument("--ramp-s", type=float, default=2.0, help="the load phase opens its streams over this time")
