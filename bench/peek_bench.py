@@ -1,7 +1,7 @@
 """The controller's JSON peek (controller/request_peek.py) beside msgspec decoding a Struct of only the fields it
 needs, per call, on the bodies of the project's benches (issue 23: switch only if msgspec is no slower on every case).
 The peek itself has since taken msgspec for bodies up to 16 KiB (issue 26) and walks the larger ones, which are the
-cases here where msgspec lost; the small chat's "walk" column now times that decoder.
+cases here where msgspec lost; the small chat's "peek" column now times that decoder.
 
     .venv/bin/python bench/peek_bench.py            # ~2 min on one core
     .venv/bin/python bench/peek_bench.py --json peek.json
@@ -9,8 +9,8 @@ cases here where msgspec lost; the small chat's "walk" column now times that dec
 Both sides are called the way the controller calls the peek: `await peek(body)` on one event loop, a body over 64 KiB
 walked in a thread (controller/request_peek.py). Both return the same fields (model, stream, user, a conversation
 key, first turn) and are checked against each other on every case before timing. The msgspec side (every body
-decoded whole) is a candidate only, not the product's. Its conversation key hashes each message's role and content (sampled) up to
-the first user message, since msgspec gives no byte offsets: the same role, not the same value as the walk's key.
+decoded whole) is a candidate only, not the product's. Its conversation key hashes each message's role and content
+(sampled) up to the first user message: the same role, not the same value as the peek's key.
 "msgspec floor" is the least msgspec can do: decode the three routing fields and skip everything else (no key).
 """
 
@@ -142,7 +142,7 @@ async def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     figures = {}
-    print(f"{'case':50} {'walk':>11} {'msgspec':>11} {'msgspec/walk':>13} {'msgspec floor':>14}")
+    print(f"{'case':50} {'peek':>11} {'msgspec':>11} {'msgspec/peek':>13} {'msgspec floor':>14}")
     for name, body in cases().items():
         walk, ms = await peek_request(body), await peek_msgspec(body)
         assert (walk.model, walk.stream, walk.user, walk.first_turn) == (ms.model, ms.stream, ms.user, ms.first_turn)
