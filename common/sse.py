@@ -127,6 +127,7 @@ class SSEBytesResponse(StreamingResponse):
         super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
         self._blocks = blocks
         self._watch = watch
+        self._began = False
 
     async def __call__(self, scope, receive, send) -> None:
         watch = self._watch or ClientWatch(receive)
@@ -139,12 +140,14 @@ class SSEBytesResponse(StreamingResponse):
                 watch.stop()
             async for _ in self._blocks:
                 pass
-        except ClientGone:
-            pass  # the client left: nothing more to send, and not an error
+        except ClientGone:  # the client left: nothing more to send, and not an error
+            if not self._began:  # it left before the answer began: the access line and the counters read 499
+                await send({"type": "http.response.start", "status": 499, "headers": []})  # the server drops it
         finally:
             await self._blocks.aclose()  # type: ignore[attr-defined]
 
     async def _stream(self, send) -> None:
+        self._began = True
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for block in self._blocks:
             last = block.endswith(DONE_EVENT)

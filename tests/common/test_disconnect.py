@@ -240,3 +240,35 @@ async def test_a_client_leaving_a_relayed_stream_ends_it_and_closes_the_relay(ca
     assert closed[0] - left < LEFT_S
     assert [r.status for r in access_lines(caplog, "/stream")] == [200]  # begun as 200: the client ended it
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_a_client_gone_before_the_relayed_stream_begins_is_a_quiet_499_and_the_relay_is_closed(caplog):
+    """The controller hands its request's watch to the response; a client it saw leave before then gets nothing,
+    the relay is closed, and the access line reads 499 as for any client that left."""
+    closed, reading = [], asyncio.Event()
+
+    async def blocks():
+        try:
+            yield sse_event('{"choices": []}')
+        finally:
+            closed.append(True)
+
+    app = app_with_handlers()
+
+    @app.post("/late")
+    async def late(request: Request):
+        await read_body(request, 1000)
+        watch = ClientWatch(request.receive)
+        reading.set()
+        await until(lambda: watch.gone, 10, "the watch sees the client leave")
+        relay = blocks()
+        await relay.__anext__()  # the relay has begun (as the controller's has its first event)
+        return SSEBytesResponse(relay, watch=watch)
+
+    async with served(app) as url:
+        client = LeavingClient(url, "/late", {})
+        await asyncio.wait_for(reading.wait(), 10)
+        client.close()
+        await until_logged(caplog, "/late")
+    assert closed == [True]
+    assert_one_quiet_499(caplog, "/late")
