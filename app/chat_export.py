@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.messages import NOTE_THINKING, from_display, media_kind, message_files, message_text, note_kind, to_display
+from app.messages import (NOTE_THINKING, display_part, from_display, media_kind, message_files, message_text,
+                          note_kind)
 from common.errors import ErrorCode, ServingError
 
 FORMAT, VERSION = "internvl-chat", 1
@@ -103,10 +104,10 @@ def from_json(text: str, save_file: Callable[[str, bytes], str], max_file_bytes:
                 path = save_file(part[1], part[2])
                 content.append({"type": "file", "file": {"path": path, "mime_type": mimetypes.guess_type(path)[0]}})
             else:
-                content.append({"type": "text", "text": to_display(part[1])})
+                content.append(display_part(part[1]))
         if meta:  # notes and thoughts: one text, as the chat shows them
-            history.append({"role": role, "content": "".join(p["text"] for p in content if p["type"] == "text"),
-                            "metadata": meta})
+            text = "".join(p["text"] for p in content if p["type"] == "text")
+            history.append({"role": role, "content": {"type": "text", "text": text}, "metadata": meta})
         else:
             history.append({"role": role, "content": content})
     return history

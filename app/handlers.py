@@ -35,7 +35,7 @@ from app.errors import describe
 from app.generation import GenerationSettings
 from app.grounding import draw_boxes, parse_boxes
 from app.messages import (IMAGE_EXTS, NOTE_ERROR, NOTE_GROUNDING, NOTE_WAITING, VIDEO_EXTS, conversation_turns,
-                          from_display, is_note, last_image, media_kind, message_files, message_text, to_display,
+                          display_part, from_display, is_note, last_image, media_kind, message_files, message_text,
                           to_openai_messages)
 from app.history_guard import SessionMedia
 from app.limits import ServedLimits, check_conversation, per_file_bytes, reader_places
@@ -99,7 +99,7 @@ class ChatHandlers:
         content: list[dict[str, Any]] = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                                          for p in files]
         if text:
-            content.append({"type": "text", "text": to_display(text)})
+            content.append(display_part(text))
         history = list(history or []) + [{"role": "user", "content": content}]
         return history, {"text": "", "files": []}
 
@@ -220,7 +220,7 @@ class ChatHandlers:
         text = edit.value if isinstance(edit.value, str) else message_text({"content": edit.value})
         files = [{"type": "file", "file": {"path": p, "mime_type": mimetypes.guess_type(p)[0]}}
                  for p in message_files(history[index])]
-        content = files + ([{"type": "text", "text": to_display(from_display(text).strip())}] if text.strip() else [])
+        content = files + ([display_part(from_display(text).strip())] if text.strip() else [])
         if not content:
             gr.Warning(tr("empty_message", language(request)), duration=5)
             return history
@@ -329,7 +329,7 @@ def _answered(before: History, thought: dict[str, Any] | None, answer: str, keep
     an empty bubble until the first words, unless there is a thought to show instead)."""
     out = list(before) + ([thought] if thought else [])
     if answer or (thought is None and keep_empty):
-        out.append({"role": "assistant", "content": to_display(answer)})
+        out.append({"role": "assistant", "content": display_part(answer)})
     return out
 
 

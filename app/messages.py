@@ -53,6 +53,13 @@ def from_display(text: str) -> str:
     return _map_outside_raw(text, html.unescape)
 
 
+def display_part(text: str) -> dict[str, str]:
+    """Text for a Chatbot message's content, kept as it is: a text part. Gradio passes a bare string through
+    inspect.cleandoc, which turns tabs into spaces and strips indentation, and the next turn would send the model
+    that changed text as its own earlier answer."""
+    return {"type": "text", "text": to_display(text)}
+
+
 def media_kind(path: str | Path) -> str:
     ext = Path(path).suffix.lower()
     if ext in IMAGE_EXTS:

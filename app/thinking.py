@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.messages import NOTE_THINKING, to_display
+from app.messages import NOTE_THINKING, display_part
 from app.texts import EN, tr
 
 
@@ -51,7 +51,7 @@ class ThinkingDisplay:
 
     def _build(self, reasoning: str, key: str, status: str) -> dict[str, Any]:
         end = self.ended if self.ended is not None else time.monotonic()
-        return {"role": "assistant", "content": to_display(reasoning),
+        return {"role": "assistant", "content": display_part(reasoning),
                 "metadata": {"title": tr(key, self.lang), "id": NOTE_THINKING, "status": status,
                              "duration": round(end - (self.started or end), 1)}}
 

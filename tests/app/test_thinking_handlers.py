@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from app.messages import NOTE_THINKING, conversation_turns, to_openai_messages
+from app.messages import NOTE_THINKING, conversation_turns, message_text, to_openai_messages
 from app.thinking import mark_stopped
 from common.errors import ErrorCode, ServingError
 from tests.support.ui_handlers import SETTINGS, log_lines, make, run
@@ -58,8 +58,8 @@ async def test_reasoning_streams_into_a_folded_thinking_message_above_the_answer
     assert [m["role"] for m in final] == ["user", "assistant", "assistant"]
     thought, answer = final[1], final[2]
     assert thought["metadata"]["title"] == "Thinking" and thought["metadata"]["status"] == "done"
-    assert thought["metadata"]["duration"] >= 0 and thought["content"] == "Light &lt;scatters&gt;."
-    assert answer == {"role": "assistant", "content": "Blue sky."}
+    assert thought["metadata"]["duration"] >= 0 and message_text(thought) == "Light &lt;scatters&gt;."
+    assert answer == {"role": "assistant", "content": {"type": "text", "text": "Blue sky."}}
     # the next turn sends the reasoning back apart, once, as the worker expects it
     sent = to_openai_messages(final + user("And?"), "", 4, 2**20)
     assert sent[1] == {"role": "assistant", "content": "Blue sky.", "reasoning_content": "Light <scatters>."}
@@ -105,5 +105,5 @@ async def test_without_the_toggle_nothing_changes(tmp_path):
     source = ThinkingStream([("c", "Plain answer.")])
     final = (await run(make(tmp_path, source).stream_reply(user(), SETTINGS)))[-1]
     assert "thinking" not in source.payloads[0]
-    assert final[1:] == [{"role": "assistant", "content": "Plain answer."}]
+    assert final[1:] == [{"role": "assistant", "content": {"type": "text", "text": "Plain answer."}}]
     assert "reasoning" not in log_lines(tmp_path)[-1]

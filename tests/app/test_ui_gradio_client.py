@@ -102,3 +102,22 @@ def test_a_queued_turn_shows_its_place_then_answers(client, ui_stack):
         finally:
             for h in held:
                 h.close()
+
+
+def test_an_answer_laid_out_with_tabs_and_indents_is_shown_and_sent_back_to_the_model_as_generated(client, ui_stack):
+    import json
+
+    from app.messages import from_display
+    from tests.support.scripted_engine import CODE_ANSWER
+
+    answer = "".join(CODE_ANSWER)
+    history, _ = client.predict({"text": "Show me code scripted:code", "files": []}, [], "internvl-fast", *SETTINGS,
+                                api_name="/chat")
+    assert from_display(text_of(history[-1])) == answer  # not re-indented, its tab not turned into spaces
+    history, _ = client.predict({"text": "Thanks, and now? scripted:code", "files": []}, history, "internvl-fast",
+                                *SETTINGS, api_name="/chat")
+    logs = ui_stack["conversations"]
+    turns = [json.loads(line) for f in logs.glob("*.jsonl") for line in f.read_text().splitlines()]
+    second = [t for t in turns if t["type"] == "turn" and t["turn"] == 2 and "Thanks, and now?" in json.dumps(t)][-1]
+    sent = second["messages"][1]  # the first answer, as the model got it back in the conversation
+    assert sent["role"] == "assistant" and sent["content"] == [{"type": "text", "text": answer}]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.client import ControllerClient
 from app.grounding import SCALE, draw_boxes, parse_boxes
-from app.messages import from_display, to_display, to_openai_messages
+from app.messages import from_display, message_text, to_display, to_openai_messages
 from app.models_panel import describe_model
 from common.errors import ErrorCode, ServingError
 from tests.support.ui_handlers import PARAMS, SETTINGS, ScriptedStream, image_file, log_lines, make, run
@@ -94,7 +94,7 @@ async def test_answer_streams_token_by_token_and_the_turn_is_logged_with_media_o
     history, box = h.add_user_message([], {"text": "What is <this>?", "files": [img]})
     assert box == {"text": "", "files": []}
     yields = await run(h.stream_reply(history, SETTINGS))
-    texts = [y[-1]["content"] for y in yields]
+    texts = [message_text(y[-1]) for y in yields]
     assert texts[0] == "A red " and texts[-1] == "A red square."  # first delta at once, the rest joined
     payload = source.payloads[0]
     assert payload["model"] == "internvl-demo" and payload["max_tiles"] == 4 and payload["num_frames"] == 6
@@ -127,7 +127,7 @@ async def test_a_waiting_turn_shows_its_place_in_line_then_the_answer(tmp_path):
     yields = await run(h.stream_reply(history, SETTINGS))
     waiting = [y[-1]["content"] for y in yields if y[-1].get("metadata", {}).get("id") == "waiting"]
     assert waiting[:3] == [f"Waiting for a free worker, {n} in line." for n in ("3rd", "2nd", "1st")]
-    assert yields[-1][-1] == {"role": "assistant", "content": "Here it is."}  # the answer replaced the place
+    assert yields[-1][-1] == {"role": "assistant", "content": {"type": "text", "text": "Here it is."}}  # the answer replaced the place
     assert all(y[:-1] == history for y in yields if y[-1].get("metadata"))  # never kept in the history
     assert set(source.asked_places) == {source.request_ids[0]}  # asked by the id the request was sent with
     assert not any("could not" in str(y).lower() for y in yields)  # a wait that ends in an answer is no error
@@ -155,7 +155,7 @@ async def test_errors_say_what_to_do_and_the_chat_stays_usable(tmp_path, code, a
     source.deltas = ["fine"]
     history, _ = h.add_user_message(final, {"text": "second", "files": []})
     final = (await run(h.stream_reply(history, SETTINGS)))[-1]
-    assert final[-1]["content"] == "fine"
+    assert message_text(final[-1]) == "fine"
     sent = source.payloads[-1]["messages"]
     assert [m["content"][-1]["text"] for m in sent if m["role"] == "user"] == ["second"]
 
@@ -178,7 +178,7 @@ async def test_mid_stream_error_keeps_the_partial_answer_and_adds_a_note(tmp_pat
     h = make(tmp_path, ScriptedStream(["half an ", "answer"], error=ServingError(ErrorCode.WORKER_LOST, "worker died")))
     history, _ = h.add_user_message([], {"text": "go", "files": []})
     final = (await run(h.stream_reply(history, SETTINGS)))[-1]
-    assert final[-2]["content"] == "half an answer" and "Regenerate" in final[-1]["content"]
+    assert message_text(final[-2]) == "half an answer" and "Regenerate" in final[-1]["content"]
     assert log_lines(tmp_path)[0]["outcome"] == ErrorCode.WORKER_LOST.value
 
 
@@ -190,7 +190,7 @@ async def test_stop_cancels_the_stream_closes_it_and_logs_the_turn_as_stopped(tm
 
     async def consume():
         async for y in h.stream_reply(history, SETTINGS):
-            seen.append(y[-1]["content"])
+            seen.append(message_text(y[-1]))
 
     task = asyncio.create_task(consume())
     while not seen or seen[-1] != "one two ":  # the two quick deltas arrive joined (app/coalesce.py)
@@ -213,7 +213,7 @@ async def test_regenerate_undo_clear_and_votes(tmp_path):
     history = (await run(h.stream_reply(history, SETTINGS)))[-1]
     source.deltas = ["second answer"]
     regen = await run(h.regenerate_chat(history, *PARAMS))
-    assert regen[0] == history[:1] and regen[-1][-1]["content"] == "second answer"
+    assert regen[0] == history[:1] and message_text(regen[-1][-1]) == "second answer"
     assert source.payloads[0]["messages"] == source.payloads[1]["messages"]
 
     rest, box = h.undo(regen[-1])
@@ -254,7 +254,7 @@ async def test_grounding_answer_shows_the_image_again_with_boxes(tmp_path):
     preview = final[-1]
     assert preview["metadata"] == {"title": "Boxes: sun", "id": "grounding"}
     assert Image.open(preview["content"][0]["file"]["path"]).size == (200, 200)
-    assert final[-2]["content"] == to_display("<ref>sun</ref><box>[[700, 80, 900, 290]]</box>")
+    assert message_text(final[-2]) == to_display("<ref>sun</ref><box>[[700, 80, 900, 290]]</box>")
 
 
 # ------------------------------------------------------------------------------------------------ models, client

@@ -16,6 +16,7 @@ every fault scenario (a failover test needs the same request to fail on one work
   scripted:hang=WORKER_ID   that worker sleeps 30 s before the first token
   scripted:break=WORKER_ID  that worker raises an engine error right after its first token (a mid-stream failure)
   scripted:ground           the answer is a grounding answer (two labelled boxes on InternVL's 0-1000 scale)
+  scripted:code             the answer is text and code laid out with a tab and indented lines (CODE_ANSWER)
   scripted:think            the answer thinks first, as InternVL3.5 does: `<think>...</think>` then the answer, its
                             tags split across tokens (THINKING_ANSWER)
 """
@@ -39,6 +40,11 @@ GROUNDING_ANSWER = ("The <ref>sun</ref><box>[[760, 80, 900, 290]]</box> is top r
 THINKING_REASONING = ["\n", "The", " picture", " shows", " a", " sun", " <", "b>", "and", " a", " house", ".", "\n"]
 THINKING_ANSWER = ["<th", "ink>", *THINKING_REASONING, "</", "think", ">", "\n\n", "A", " sun", " over", " a",
                    " house", "."]
+
+
+# Layout a chat must keep to the character: a tab, lines indented alike, a leading and a trailing blank line.
+CODE_ANSWER = ["\n", "Run", " this", ":", "\n", "    def", " f", "():", "\n", "    \t", "return", " 1", "\n",
+               "    then", " call", " f", "\n\n"]
 
 
 class ScriptedEngine(Engine):
@@ -91,9 +97,10 @@ class ScriptedEngine(Engine):
             first = f"I see {images} image{'s' if images != 1 else ''}."
             script = GROUNDING_ANSWER if "scripted:ground" in request.prompt else None
             script = THINKING_ANSWER if "scripted:think" in request.prompt else script
+            script = CODE_ANSWER if "scripted:code" in request.prompt else script
             limit = min(len(script) if script else self.tokens, request.sampling.max_new_tokens)
             for i in range(limit):  # words made one at a time: answers may be a million tokens long (benchmarks)
-                if script is THINKING_ANSWER:
+                if script is THINKING_ANSWER or script is CODE_ANSWER:
                     word = script[i]
                 else:
                     word = (" " if i else "") + script[i] if script else first if i == 0 else f" word{i}"
