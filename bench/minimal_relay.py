@@ -1,7 +1,8 @@
 """The least a Python relay on the controller's own stack can do, for bench/relay_floor.py: uvicorn (with the
-controller's protocol class) takes a request, aiohttp forwards its body to one worker, and the worker's bytes go back
-as they come. No routing, counting, failover, limits or checks: what is left of the controller's CPU per request
-once everything it does is taken away. Bench-only: never part of the product.
+controller's protocol class) takes a request, the controller's client (controller/worker_http.py) forwards its body
+to one worker, and the worker's bytes go back as they come. No routing, counting, failover, limits or checks: what
+is left of the controller's CPU per request once everything it does is taken away. Bench-only: never part of the
+product. (Until 2026-12-05 it forwarded with aiohttp, the controller's client then: BENCHMARKS.md.)
 
     python bench/minimal_relay.py PORT WORKER_URL   (the worker's key in MINIMAL_RELAY_WORKER_KEY)
 """
@@ -12,24 +13,23 @@ import os
 import sys
 from pathlib import Path
 
-import aiohttp
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.bounded_http import bounded_http  # noqa: E402
+from controller.worker_http import WorkerClient  # noqa: E402
 
 
 def relay_app(worker_url: str, worker_key: str):
     target = f"{worker_url}/v1/chat/completions"
     auth = {"Content-Type": "application/json", "Authorization": f"Bearer {worker_key}"}
-    session: list[aiohttp.ClientSession] = []
+    session: list[WorkerClient] = []
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
-                session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0),
-                                                     auto_decompress=False))
+                session.append(WorkerClient(connect_timeout_s=5.0))
                 await send({"type": "lifespan.startup.complete"})
             await session[0].close()
             await send({"type": "lifespan.shutdown.complete"})
@@ -40,11 +40,12 @@ def relay_app(worker_url: str, worker_key: str):
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        async with session[0].post(target, data=body, headers=auth) as response:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": [(b"content-type", response.headers.get("content-type", "").encode())]})
-            while chunk := await response.content.readany():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        response = await session[0].request("POST", target, body, auth)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        while chunk := await response.readany():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        response.release()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return app

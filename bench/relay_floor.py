@@ -1,7 +1,8 @@
 """How much of the controller's CPU per request is its own work, and how much the Python relay under it costs at
 the least: the controller, a minimal relay on the same stack (bench/minimal_relay.py: uvicorn with the controller's
-protocol, aiohttp, no routing or checks) and vLLM's Rust router, in front of the same scripted worker, sequential
-4-token streams (issue 26). With --compare-root, also the controller of another checkout (before/after a change).
+protocol and its client to the workers, no routing or checks), a relay on raw protocols (bench/protocol_relay.py: no
+ASGI, no task per request) and vLLM's Rust router, in front of the same scripted worker, sequential 4-token streams
+(issue 26). With --compare-root, also the controller of another checkout (before/after a change).
 
 The paths take turns request by request (one request to each, then again), so every process is measured over the
 same seconds and drift in this machine's speed hits all alike: per round, the ratios of two paths vary by ~3%, where
@@ -43,8 +44,18 @@ def wait_listening(port: int, popen: subprocess.Popen, timeout: float = 30.0) ->
             return
         except OSError:
             if popen.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the minimal relay did not start") from None
+                raise SystemExit(f"nothing listens on port {port}") from None
             time.sleep(0.05)
+
+
+def start_relay(stack: Stack, script: str, worker_url: str) -> Proc:
+    """One of the bench-only relays (bench/minimal_relay.py, bench/protocol_relay.py) in front of `worker_url`."""
+    port, name = free_port(), script.removesuffix(".py").replace("_", "-")
+    popen = subprocess.Popen([sys.executable, str(Path(__file__).with_name(script)), str(port), worker_url],
+                             env={**os.environ, "MINIMAL_RELAY_WORKER_KEY": BENCH_KEY})
+    proc = stack._keep(name, Proc(name, popen, f"http://127.0.0.1:{port}", stack.logs / f"{name}.log"))
+    wait_listening(port, popen)
+    return proc
 
 
 async def requests(urls: list[str], n: int) -> None:
@@ -74,13 +85,8 @@ def main() -> None:
             paths[f"controller at {args.compare_root}"] = stack.controller("compare", root=args.compare_root.resolve())
         # One worker per controller (a worker registers with one); the minimal relay and the router use the first.
         workers = [stack.workers(checkpoint, ctl, {"fast": fast}, max_concurrency=64)[0] for ctl in paths.values()]
-        port = free_port()
-        minimal = subprocess.Popen([sys.executable, str(Path(__file__).with_name("minimal_relay.py")), str(port),
-                                    workers[0].url], env={**os.environ, "MINIMAL_RELAY_WORKER_KEY": BENCH_KEY})
-        paths["minimal relay"] = stack._keep("minimal-relay", Proc("minimal-relay", minimal,
-                                                                     f"http://127.0.0.1:{port}",
-                                                                     stack.logs / "minimal-relay.log"))
-        wait_listening(port, minimal)
+        paths["minimal relay"] = start_relay(stack, "minimal_relay.py", workers[0].url)
+        paths["protocol relay"] = start_relay(stack, "protocol_relay.py", workers[0].url)
         if shutil.which("vllm-router", path=str(Path(sys.executable).parent)):
             paths["vllm-router"] = stack.rust_router("vllm-router", "vllm-router", workers[:1])
         else:

@@ -9,18 +9,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import urllib.parse
 
-import aiohttp
 from fastapi import Request
 
 from common.auth import is_loopback_client, is_loopback_host
 from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import WorkerRegistration
 from controller.settings import ControllerSettings
+from controller.worker_http import WorkerClient, WorkerConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,19 @@ def is_own_address(url: str, settings: ControllerSettings) -> bool:
     return ours and port == settings.port
 
 
-async def check_worker_identity(client: aiohttp.ClientSession, reg: WorkerRegistration, settings: ControllerSettings,
+async def check_worker_identity(client: WorkerClient, reg: WorkerRegistration, settings: ControllerSettings,
                                 timeout_s: float) -> None:
     url = reg.url.rstrip("/")
     if is_own_address(url, settings):
         raise _refused(f"{url} is this controller's own address; {_HINT}")
     try:
-        async with client.get(f"{url}/health", allow_redirects=False,
-                              timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-            status = r.status
-            raw = await r.content.read(_HEALTH_MAX_BYTES)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        async with asyncio.timeout(timeout_s):
+            r = await client.request("GET", f"{url}/health")
+            try:
+                status, raw = r.status, await r.read(_HEALTH_MAX_BYTES)
+            finally:
+                r.close()
+    except (WorkerConnectionError, ValueError, TimeoutError) as exc:
         raise _refused(f"the controller cannot reach the worker's advertised URL {url} ({type(exc).__name__}); "
                        f"{_HINT}") from None
     if status != 200:

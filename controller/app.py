@@ -9,7 +9,6 @@ import logging
 import random
 from collections.abc import AsyncIterator
 
-import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -30,6 +29,7 @@ from controller.request_peek import Peeked, peek_request
 from controller.relay import Dispatcher
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
+from controller.worker_http import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,9 @@ async def _pump_loop(queue: RequestQueue) -> None:
         queue.pump()
 
 
-def worker_client(settings: ControllerSettings) -> aiohttp.ClientSession:
-    """The one HTTP client to the workers. aiohttp, for its C parser: the relay reads every token through it.
-    Idle connections are dropped before the workers' own keep-alive limit (uvicorn's 5 s), so a request is never
-    sent on a connection the worker is closing. No cookie jar: one client serves every user, so nothing a worker
-    sets may travel with another user's request."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s))
+def worker_client(settings: ControllerSettings) -> WorkerClient:
+    """The one HTTP client to the workers (controller/worker_http.py): the relay reads every token through it."""
+    return WorkerClient(settings.connect_timeout_s)
 
 
 SESSION_HEADER = "X-Session-Id"  # names a conversation, whose turns stay on one worker (the web UI sends one per chat)

@@ -21,8 +21,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
-import aiohttp
-
 from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 from common.metrics import Metrics
@@ -32,6 +30,7 @@ from controller.read_deadline import ReadDeadline
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
+from controller.worker_http import WorkerClient, WorkerConnectionError, WorkerResponse, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,14 @@ class Upstream:
 
     worker: WorkerRecord
     lease: Lease
-    response: aiohttp.ClientResponse
+    response: WorkerResponse
     buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
 
     def finish(self, ok: bool | None) -> None:
         """End this attempt: idempotent. A stream read to its end goes back to the pool; any other is closed, which
         is what tells the worker we are gone (it aborts the generation). `ok` None: the client left."""
-        if self.response.content.at_eof():
+        if self.response.at_eof():
             self.response.release()
         else:
             self.response.close()
@@ -81,7 +80,7 @@ class Relay:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, policy: Policy, client: aiohttp.ClientSession, settings: ControllerSettings,
+    def __init__(self, registry: Registry, policy: Policy, client: WorkerClient, settings: ControllerSettings,
                  metrics: Metrics | None = None):
         self.registry = registry
         self.policy = policy
@@ -178,7 +177,7 @@ class Dispatcher:
                        headers: dict[str, str] | None) -> Upstream:
         # One deadline for each wait until the first token: sending the request and the worker's headers (which it
         # sends with its first token), then each read of the first event. On a timeout, as on any cancellation,
-        # aiohttp closes the connection: the worker sees its client gone and stops the abandoned attempt.
+        # the client closes the connection: the worker sees its client gone and stops the abandoned attempt.
         deadline = ReadDeadline(self.settings.first_token_timeout_s)
         try:
             response = await self._post(worker, body, request_id, headers, deadline)
@@ -187,7 +186,7 @@ class Dispatcher:
                     raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
                                        "relay token (it restarted or registered again)")
                 if response.status != 200:
-                    raw = await response.read()
+                    raw = await response.read(_ERROR_BODY_MAX)
                     try:
                         payload = json.loads(raw)
                     except ValueError:
@@ -207,24 +206,23 @@ class Dispatcher:
             deadline.close()
 
     async def _post(self, worker: WorkerRecord, body: bytes | bytearray, request_id: str,
-                    headers: dict[str, str] | None, deadline: ReadDeadline) -> aiohttp.ClientResponse:
+                    headers: dict[str, str] | None, deadline: ReadDeadline) -> WorkerResponse:
         """The worker's response to the request, once its headers have come."""
         try:
-            return await deadline.read(self.client.post(
-                f"{worker.url}/v1/chat/completions", data=_payload(body),
-                headers={"Content-Type": "application/json", "Content-Length": str(len(body)),
-                         "X-Request-ID": request_id, **(headers or {}), RELAY_TOKEN_HEADER: worker.relay_token}))
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return await deadline.read(self.client.request(
+                "POST", f"{worker.url}/v1/chat/completions", body,
+                {"Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {}),
+                 RELAY_TOKEN_HEADER: worker.relay_token}))
+        except WorkerUnreachable as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT, f"worker {worker.worker_id} sent nothing for "
                                f"{deadline.timeout_s:.0f} s") from exc
-        except aiohttp.ClientError as exc:  # reachable, but it dropped the connection: not marked unreachable
-            raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        except WorkerConnectionError as exc:  # reachable, but it dropped the connection: not marked unreachable
+            raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: {exc}") from exc
 
-    async def _first_event(self, response: aiohttp.ClientResponse, worker: WorkerRecord, deadline: ReadDeadline
+    async def _first_event(self, response: WorkerResponse, worker: WorkerRecord, deadline: ReadDeadline
                            ) -> tuple[str | None, bytes]:
         """Read until the first event with data is complete; None when the stream ends first."""
         buffered = b""
@@ -236,14 +234,14 @@ class Dispatcher:
             for data in sse_payloads(buffered[:complete_events(buffered)]):
                 return data, buffered
 
-    async def _read(self, response: aiohttp.ClientResponse, deadline: ReadDeadline, worker: WorkerRecord) -> bytes:
+    async def _read(self, response: WorkerResponse, deadline: ReadDeadline, worker: WorkerRecord) -> bytes:
         """What the network has brought since the last read (b"" at the end of the body)."""
         try:
-            return await deadline.read(response.content.readany())
+            return await deadline.read(response.readany())
         except TimeoutError as exc:
             raise ServingError(ErrorCode.WORKER_TIMEOUT,
                                f"worker {worker.worker_id} sent nothing for {deadline.timeout_s:.0f} s") from exc
-        except aiohttp.ClientError as exc:
+        except WorkerConnectionError as exc:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
 
     def relay(self, up: Upstream) -> Relay:
@@ -267,7 +265,7 @@ class Dispatcher:
                         # Events faster than the interval: the ones that arrive meanwhile join this write. A write
                         # to a socket costs more than everything else the relay does per event.
                         await asyncio.sleep(hold)
-                        pending += _buffered(up.response)
+                        pending += up.response.read_nowait()
                         end = complete_events(pending)
                     block, pending = pending[:end], pending[end:]
                     tail = _tail(block, end)
@@ -318,21 +316,7 @@ class Dispatcher:
                     pass  # not ours to judge: the event is relayed as it is
 
 
-_SLICE = 256 * 1024
-
-
-def _payload(body: bytes | bytearray) -> bytes | AsyncIterator[memoryview]:
-    """A small body goes in one write with the headers; a large one in slices that the socket takes as it can, so
-    no single step copies the whole body (aiohttp joins headers and a bytes body into one buffer first)."""
-    if len(body) <= _SLICE:
-        return bytes(body)
-
-    async def slices() -> AsyncIterator[memoryview]:
-        with memoryview(body) as view:
-            for at in range(0, len(view), _SLICE):
-                yield view[at:at + _SLICE]
-
-    return slices()
+_ERROR_BODY_MAX = 64 * 1024  # of a worker's error answer: what it says fits; more is not read
 
 
 def _tail(block: bytes, end: int) -> bytes:
@@ -353,22 +337,14 @@ def _ends(block: bytes) -> bool:
     return block.startswith(DONE_LINE) or _DONE_LATER_LINE in block
 
 
-def _buffered(response: aiohttp.ClientResponse) -> bytes:
-    """What has arrived and not been read, without waiting; a broken stream shows on the next read instead."""
-    try:
-        return response.content.read_nowait()
-    except (aiohttp.ClientError, RuntimeError):
-        return b""
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: WorkerResponse) -> None:
     """Read the rest of a finished stream (the end of its chunked body): a connection closed before its end cannot go
     back to the pool, and opening a new connection per request costs both sides more than the request."""
-    if response.content.at_eof():
+    if response.at_eof():
         return  # the usual case (the end came with the end marker): no timer to arm and cancel
     try:
         async with asyncio.timeout(1.0):
-            while await response.content.readany():
+            while await response.readany():
                 pass
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, WorkerConnectionError):
         pass

@@ -1,0 +1,319 @@
+"""The controller's HTTP/1.1 client to its workers: kept-alive connections on the event loop's own transports and
+httptools' C parser (the one uvicorn uses), with no task, stream object or coroutine of its own per read.
+
+The relay reads every token of every answer through this client, so its cost per request and per read is the
+controller's. aiohttp's client, used before, was ~40% of the controller's CPU per request: a relay on uvicorn with
+aiohttp took 770 us per request where the same relay with a client on raw protocols took 445 us (bench/relay_floor.py,
+"minimal relay" and "hybrid" in BENCHMARKS.md). The relay needs little of what a general client does: one request at
+a time per connection to a known worker, no redirects, cookies, proxies or decompression. This is that, and only
+that: a request written in one go (a large body in slices the socket takes as it can), the status once the headers
+have come, the body as the network brings it, bounded both ways (headers, error bodies, unread bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_HEAD_BYTES = 64 * 1024  # a worker's status line and headers; more is not a worker of ours
+_HIGH_WATER = 1024 * 1024  # unread body bytes past which the connection stops reading until the relay catches up
+_SLICE = 256 * 1024  # a large request body goes in slices: no step copies it whole
+
+
+class WorkerConnectionError(ConnectionError):
+    """The connection to a worker broke, or what came back was not HTTP."""
+
+
+class WorkerUnreachable(WorkerConnectionError):
+    """No connection could be made to the worker (refused, no route, or not within the connect timeout)."""
+
+
+@lru_cache(maxsize=1024)  # a handful of worker URLs, each parsed once
+def _target(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
+    """((host, port, tls), request path, Host header value) of an http:// or https:// URL."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not a worker URL: {url!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.hostname, parts.port or (443 if tls else 80), tls), path.encode(), parts.netloc.encode()
+
+
+class _Connection(asyncio.Protocol):
+    """One connection and the response under way on it. Parser callbacks fill `chunks`; a reader waits on `waiter`."""
+
+    def __init__(self, client: WorkerClient, key: tuple[str, int, bool]):
+        self.client = client
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future | None = None
+        self.drained: asyncio.Future | None = None  # set while writing is paused
+        self.error: WorkerConnectionError | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.keep_alive = False
+        self.head_bytes = 0
+        self.chunks: list[bytes] = []
+        self.unread = 0
+        self.complete = False  # the response's body has ended
+        self.reading_paused = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._broken(WorkerConnectionError("the worker asked to switch protocols"))
+        except httptools.HttpParserError as exc:  # also an exception raised in a callback (a head too large)
+            self._broken(self.error or WorkerConnectionError(f"the worker's response is not valid HTTP/1.1 ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.forget(self)
+        if self.error is None and not self.complete:
+            reason = f": {exc}" if exc else ""
+            self.error = WorkerConnectionError(f"the worker closed the connection{reason}")
+        self._wake()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # -- httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # asked here: at the message's end llhttp has reset it
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.unread += len(body)
+        if self.unread > _HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake()
+
+    # -- for WorkerClient and WorkerResponse
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.error = WorkerConnectionError(f"the worker's response head is over {MAX_HEAD_BYTES // 1024} KiB")
+            raise self.error  # stops the parser
+
+    def _broken(self, error: WorkerConnectionError) -> None:
+        self.error = error
+        self.transport.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the parser has something new (headers, body, the end) or the connection broke."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def take(self) -> bytes:
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.unread = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+        return data
+
+
+class WorkerResponse:
+    """A worker's answer once its headers have come: `status`, then the body as it arrives. End it with `release()`
+    (a body read to its end puts the connection back for the next request) or `close()` (anything else; closing is
+    also how a worker learns its client left, and it stops generating)."""
+
+    __slots__ = ("_conn", "_ended", "status")
+
+    def __init__(self, conn: _Connection):
+        self._conn = conn
+        self._ended = False
+        self.status = conn.status
+
+    async def readany(self) -> bytes:
+        """What the network has brought since the last read, waiting for some; b"" once the body has ended.
+        WorkerConnectionError when the connection broke first."""
+        conn = self._conn
+        while not conn.chunks:
+            if conn.complete:
+                return b""
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait()
+        return conn.take()
+
+    def read_nowait(self) -> bytes:
+        """What has arrived and not been read, without waiting (b"" when nothing has)."""
+        return self._conn.take() if self._conn.chunks else b""
+
+    def at_eof(self) -> bool:
+        return self._conn.complete and not self._conn.chunks
+
+    async def read(self, limit: int) -> bytes:
+        """The body, up to `limit` bytes (an error answer, a health check): the rest is not read."""
+        out = bytearray()
+        while len(out) < limit and (chunk := await self.readany()):
+            out += chunk
+        return bytes(out[:limit])
+
+    @property
+    def closed(self) -> bool:
+        """Whether this response was ended (released or closed)."""
+        return self._ended
+
+    def release(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._conn.client.put_back(self._conn)
+
+    def close(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._conn.transport.abort()
+
+
+class WorkerClient:
+    """Connections kept alive per worker, dropped after `idle_s` unused: sooner than the workers drop them (uvicorn's
+    keep-alive, 5 s), so a request never goes out on a connection the worker is closing."""
+
+    def __init__(self, connect_timeout_s: float, idle_s: float = 3.0):
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_s = idle_s
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._tls: ssl.SSLContext | None = None
+
+    async def __aenter__(self) -> WorkerClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def request(self, method: str, url: str, body: bytes | bytearray = b"",
+                      headers: dict[str, str] | None = None) -> WorkerResponse:
+        """Send the request; the response once its headers have come. Cancelled or failed, the connection closes."""
+        key, path, host = _target(url)
+        conn = self._take(key) or await self._connect(key)
+        try:
+            head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, host)]
+            for name, value in (headers or {}).items():
+                if "\r" in value or "\n" in value:
+                    raise ValueError(f"header {name} holds a line break")
+                head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+            if body or method == "POST":
+                head.append(b"Content-Length: %d\r\n" % len(body))
+            head.append(b"\r\n")
+            await self._write(conn, b"".join(head), body)
+            while not conn.status:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait()
+            return WorkerResponse(conn)
+        except BaseException:
+            conn.transport.abort()
+            raise
+
+    async def close(self) -> None:
+        for conn in list(self._open):
+            conn.transport.abort()
+        self._open.clear()
+        self._idle.clear()
+        await asyncio.sleep(0)  # the transports' connection_lost callbacks run
+
+    # -- pool
+    def _take(self, key: tuple[str, int, bool]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < self.idle_s and not conn.transport.is_closing():
+                conn.reset()
+                return conn
+            conn.transport.close()
+        return None
+
+    async def _connect(self, key: tuple[str, int, bool]) -> _Connection:
+        host, port, tls = key
+        loop = asyncio.get_running_loop()
+        if tls and self._tls is None:
+            self._tls = ssl.create_default_context()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(lambda: _Connection(self, key), host, port,
+                                                       ssl=self._tls if tls else None)
+        except TimeoutError as exc:
+            raise WorkerUnreachable(f"no connection to {host}:{port} within {self.connect_timeout_s:g} s") from exc
+        except OSError as exc:
+            raise WorkerUnreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        self._open.add(conn)
+        return conn
+
+    def put_back(self, conn: _Connection) -> None:
+        if conn.complete and not conn.chunks and conn.error is None and conn.keep_alive \
+                and not conn.transport.is_closing() and conn in self._open:
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(conn.key, []).append(conn)
+        else:
+            conn.transport.abort()
+
+    def forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    @staticmethod
+    async def _write(conn: _Connection, head: bytes, body: bytes | bytearray) -> None:
+        if len(body) <= _SLICE:
+            conn.transport.write(head + body if body else head)
+            return
+        conn.transport.write(head)
+        view = memoryview(body)  # not released here: the transport may still hold slices of it
+        for at in range(0, len(view), _SLICE):
+            if conn.error is not None:
+                raise conn.error
+            conn.transport.write(view[at:at + _SLICE])
+            if conn.drained is not None:
+                await conn.drained

@@ -1,0 +1,141 @@
+"""controller/worker_http.py, the controller's client to its workers, against real servers on loopback: what a
+worker that misbehaves can and cannot do to the controller (the relay's own behaviour, on top of this client, is
+tested in test_relay_*.py, test_cancellation.py and test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from controller.worker_http import _HIGH_WATER, MAX_HEAD_BYTES, WorkerClient, WorkerConnectionError, WorkerUnreachable
+from tests.support.stack import free_port
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer):
+    """A server on loopback that reads one request head and lets `answer(reader, writer)` write what it likes;
+    -> (url, the connections it accepted)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                await answer(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions", accepted
+
+
+async def one_event(reader, writer) -> None:
+    writer.write(OK_HEAD + chunk(b"data: [DONE]\r\n\r\n") + b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def test_a_connection_idle_past_its_limit_is_not_used_again():
+    async with raw_server(one_event) as (url, accepted), WorkerClient(connect_timeout_s=2, idle_s=0.3) as client:
+        for _ in range(2):  # back to back: one connection
+            response = await client.request("POST", url, b"{}")
+            assert await response.readany() == b"data: [DONE]\r\n\r\n" and await response.readany() == b""
+            response.release()
+        assert len(accepted) == 1
+        idle_from = time.monotonic()
+        while time.monotonic() - idle_from < 0.35:  # past idle_s (the worker's own limit is later: 5 s)
+            await asyncio.sleep(0.05)
+        response = await client.request("POST", url, b"{}")
+        await response.read(1024)
+        response.release()
+        assert len(accepted) == 2
+
+
+async def test_a_response_head_past_the_limit_is_a_connection_error_not_memory():
+    async def huge_head(reader, writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(MAX_HEAD_BYTES // 1000 + 8):
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000))
+        writer.write(b"\r\n")
+        await writer.drain()
+
+    async with raw_server(huge_head) as (url, _), WorkerClient(connect_timeout_s=2) as client:
+        with pytest.raises(WorkerConnectionError, match="over 64 KiB"):
+            await client.request("POST", url, b"{}")
+
+
+async def test_an_answer_that_is_not_http_is_a_connection_error():
+    async def garbage(reader, writer) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(garbage) as (url, _), WorkerClient(connect_timeout_s=2) as client:
+        with pytest.raises(WorkerConnectionError, match="not valid HTTP"):
+            await client.request("POST", url, b"{}")
+
+
+async def test_a_worker_that_closes_mid_body_is_a_connection_error_after_what_it_sent():
+    async def cut(reader, writer) -> None:
+        writer.write(OK_HEAD + chunk(b"data: 1\r\n\r\n"))
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(cut) as (url, _), WorkerClient(connect_timeout_s=2) as client:
+        response = await client.request("POST", url, b"{}")
+        assert await response.readany() == b"data: 1\r\n\r\n"
+        with pytest.raises(WorkerConnectionError, match="closed the connection"):
+            await response.readany()
+        response.close()
+
+
+async def test_nothing_listening_is_unreachable():
+    async with WorkerClient(connect_timeout_s=2) as client:
+        with pytest.raises(WorkerUnreachable, match="cannot connect"):
+            await client.request("POST", f"http://127.0.0.1:{free_port()}/v1/chat/completions", b"{}")
+
+
+async def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent():
+    async with raw_server(one_event) as (url, accepted), WorkerClient(connect_timeout_s=2) as client:
+        with pytest.raises(ValueError, match="line break"):
+            await client.request("POST", url, b"{}", {"X-Request-ID": "a\r\nX-Injected: 1"})
+
+
+async def test_a_worker_faster_than_its_reader_is_held_back_and_nothing_is_lost():
+    total = 24 * 1024 * 1024
+    blocked = asyncio.Event()
+
+    async def flood(reader, writer) -> None:
+        writer.write(OK_HEAD)
+        piece = b"x" * 65536
+        for _ in range(total // len(piece)):
+            writer.write(chunk(piece))
+            if writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
+                blocked.set()  # the client stopped taking bytes: they wait on the worker's side
+                await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(flood) as (url, _), WorkerClient(connect_timeout_s=2) as client:
+        response = await client.request("POST", url, b"{}")
+        await asyncio.wait_for(blocked.wait(), timeout=30)  # nobody reads: the worker is held back...
+        held = response.read_nowait()
+        assert 0 < len(held) <= _HIGH_WATER + 256 * 1024  # ...and the controller holds about one megabyte
+        got = len(held)
+        while data := await response.readany():
+            got += len(data)
+        assert got == total and response.at_eof()
+        response.release()
