@@ -4,33 +4,24 @@ most of it: its mmap threshold rises after the first large free (up to 32 MB), s
 the heap, and a heap does not shrink past anything still in use above them. Measured (docs/web-ui.md): ten refused
 10 MB messages took the UI from 150 to 496 MiB, still 496 after a minute idle.
 
-Two glibc settings, through ctypes (no-ops elsewhere): a fixed mmap threshold of 1 MiB, so every large buffer is
+Two glibc settings (common/glibc_malloc.py): a fixed mmap threshold of 1 MiB, so every large buffer is
 its own mapping and goes back to the system when freed; and, a few seconds after a large message, a garbage
 collection and malloc_trim for what the heap can still return."""
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import logging
 import threading
 
-log = logging.getLogger(__name__)
+from common.glibc_malloc import M_MMAP_THRESHOLD, malloc_trim, set_malloc
 
 LARGE_BYTES = 1024 * 1024  # a message this large schedules a release
-_M_MMAP_THRESHOLD = -3  # glibc malloc.h
 _RELEASE_AFTER_S = 5.0
-
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
-except OSError:  # not glibc
-    _libc = None
 
 
 def map_large_buffers() -> None:
     """Call once at start-up, before large buffers are made."""
-    if _libc is not None and not _libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BYTES):
-        log.warning("mallopt(M_MMAP_THRESHOLD) failed: memory may stay high after large messages")
+    set_malloc({M_MMAP_THRESHOLD: LARGE_BYTES}, "memory may stay high after large messages")
 
 
 class MemoryReleaser:
@@ -53,5 +44,4 @@ class MemoryReleaser:
         with self._lock:
             self._pending = None
         gc.collect()
-        if _libc is not None:
-            _libc.malloc_trim(0)
+        malloc_trim()

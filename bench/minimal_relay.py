@@ -18,6 +18,8 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.bounded_http import bounded_http  # noqa: E402
+from common.glibc_malloc import set_malloc  # noqa: E402
+from controller.__main__ import RELAY_MALLOC  # noqa: E402
 from controller.worker_http import WorkerClient  # noqa: E402
 
 
@@ -52,5 +54,6 @@ def relay_app(worker_url: str, worker_key: str):
 
 
 if __name__ == "__main__":
+    set_malloc(RELAY_MALLOC, "as the controller")
     uvicorn.run(relay_app(sys.argv[2], os.environ.get("MINIMAL_RELAY_WORKER_KEY", "")), host="127.0.0.1",
                 port=int(sys.argv[1]), http=bounded_http(), log_level="warning", access_log=False)

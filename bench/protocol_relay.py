@@ -1,8 +1,9 @@
 """The least a Python relay can do below ASGI and aiohttp, for bench/relay_floor.py: uvloop's transports, httptools'
 parsers in both directions, callbacks only (no task or coroutine per request). A request's body goes to one worker
 on a kept-alive connection, and the worker's bytes go back as they come, re-chunked. No routing, counting, failover,
-limits, checks or error handling: it measures the floor of a data path written on raw protocols (issue 26's next
-step), beside bench/minimal_relay.py, the floor on the controller's own stack. Bench-only: never part of the product.
+limits, checks or error handling: it measures the floor of a data path written on raw protocols, beside
+bench/minimal_relay.py, the floor on the controller's own stack. It runs with the controller's malloc settings, as
+the minimal relay does. Bench-only: never part of the product.
 
     python bench/protocol_relay.py PORT WORKER_URL   (the worker's key in MINIMAL_RELAY_WORKER_KEY)
 """
@@ -12,10 +13,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httptools
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.glibc_malloc import set_malloc  # noqa: E402
+from controller.__main__ import RELAY_MALLOC  # noqa: E402
 
 
 class Upstream(asyncio.Protocol):
@@ -109,4 +116,5 @@ async def serve(port: int, worker_url: str, key: str) -> None:
 
 
 if __name__ == "__main__":
+    set_malloc(RELAY_MALLOC, "as the controller")
     uvloop.run(serve(int(sys.argv[1]), sys.argv[2], os.environ.get("MINIMAL_RELAY_WORKER_KEY", "")))

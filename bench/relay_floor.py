@@ -58,12 +58,12 @@ def start_relay(stack: Stack, script: str, worker_url: str) -> Proc:
     return proc
 
 
-async def requests(urls: list[str], n: int) -> None:
+async def requests(urls: list[str], n: int, tokens: int = TTFT_TOKENS) -> None:
     """`n` sequential requests to each of `urls`, taking turns."""
     async with client(max_connections=4) as http:
         for _ in range(n):
             for url in urls:
-                r = await stream_chat(http, url, chat_body(TTFT_TOKENS, model="fast"))
+                r = await stream_chat(http, url, chat_body(tokens, model="fast"))
                 if r.error:
                     raise SystemExit(f"{url}: {r.error}")
 
@@ -72,6 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000, help="requests per path per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=TTFT_TOKENS, help="tokens per stream (e.g. 60000: the cost of "
+                    "relaying tokens rather than of a request)")
     ap.add_argument("--compare-root", type=Path, help="another checkout: its controller is measured too")
     args = ap.parse_args()
     print(f"machine: {machine()}")
@@ -97,12 +99,12 @@ def main() -> None:
         per_request: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             before = sampler.snapshot()
-            asyncio.run(requests(urls, args.requests))
+            asyncio.run(requests(urls, args.requests, args.tokens))
             used = sampler.usage_since(before, 1.0)
             for name in paths:
                 per_request[name].append(used[name].cpu_seconds / args.requests * 1e6)
         sampler.close()
-    print(f"\nCPU per request, {args.requests} sequential 4-token streams per path per round, paths taking turns, "
+    print(f"\nCPU per request, {args.requests} sequential {args.tokens}-token streams per path per round, paths taking turns, "
           f"median of {args.rounds}:")
     base_name = "vllm-router" if "vllm-router" in per_request else "minimal relay"
     base = statistics.median(per_request[base_name])
