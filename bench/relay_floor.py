@@ -104,8 +104,8 @@ def main() -> None:
             for name in paths:
                 per_request[name].append(used[name].cpu_seconds / args.requests * 1e6)
         sampler.close()
-    print(f"\nCPU per request, {args.requests} sequential {args.tokens}-token streams per path per round, paths taking turns, "
-          f"median of {args.rounds}:")
+    print(f"\nCPU per request, {args.requests} sequential {args.tokens}-token streams per path per round, paths taking "
+          f"turns, median of {args.rounds}:")
     base_name = "vllm-router" if "vllm-router" in per_request else "minimal relay"
     base = statistics.median(per_request[base_name])
     for name, values in per_request.items():
