@@ -1,6 +1,6 @@
-"""What the controller costs: added time to first token, relay throughput, and behaviour under 500 and 2,000
-concurrent streams, each side by side with calling the worker directly, with lmdeploy's own `lmdeploy serve proxy`
-and with the field's Rust routers (SGLang's `sglang-router`, vLLM's `vllm-router`), in one run.
+"""What the controller costs: CPU while idle, added time to first token, relay throughput, and behaviour under 500
+and 2,000 concurrent streams, each side by side with calling the worker directly, with lmdeploy's own `lmdeploy serve
+proxy` and with the field's Rust routers (SGLang's `sglang-router`, vLLM's `vllm-router`), in one run.
 
     .venv/bin/pip install -r bench/requirements-routers.txt   # the routers, py-spy and uvloop (pinned)
     .venv/bin/python bench/overhead_bench.py            # all phases, ~5 minutes on 2 cores
@@ -38,6 +38,7 @@ from bench.harness import (ProcSampler, Stack, Usage, build_checkpoint, chat_bod
 from bench import pyspy  # noqa: E402
 from bench.versus_routers import print_versus, versions  # noqa: E402
 from tests.support.stack import ROUTER_FLAGS  # noqa: E402
+from workers.settings import WorkerSettings  # noqa: E402
 
 TTFT_TOKENS = 4
 BIG_CONTEXT = 1_000_000  # lets one scripted stream be as long as the relay phase asks
@@ -55,6 +56,23 @@ class Hop:
     paced_url: str
     fast_procs: tuple[str, ...] = ()
     paced_procs: tuple[str, ...] = ()
+
+
+def idle_phase(hops: list[Hop], seconds: float, sampler: ProcSampler) -> dict[str, float]:
+    """Each hop's CPU, in ms per second and process, while no request comes (its workers registered and beating, or
+    health-checked): what a server costs just by running (timers, housekeeping). Each Rust router runs as two
+    processes here (one per model), so its figure is per process."""
+    before = sampler.snapshot()
+    t0 = time.perf_counter()
+    time.sleep(seconds)  # the measuring window: nothing is asked of anyone
+    usage = sampler.usage_since(before, time.perf_counter() - t0)
+    out = {}
+    for hop in hops:
+        procs = sorted(set(hop.fast_procs + hop.paced_procs))
+        if procs:
+            out[hop.name] = sum(10 * usage[p].cpu_percent for p in procs) / len(procs)  # % of a core -> ms/s
+    print(f"\nIdle for {seconds:g} s, CPU per process: " + ", ".join(f"{k} {v:.2f} ms/s" for k, v in out.items()))
+    return out
 
 
 async def ttft_phase(paths: dict[str, str], n: int, warmup: int) -> dict[str, list[float]]:
@@ -231,8 +249,11 @@ def start_hops(stack: Stack, args: argparse.Namespace) -> list[Hop]:
     # Two worker kinds, started together: "fast" answers at once (TTFT, relay), "paced" streams at a set rate.
     fast_env = scripted_env(BIG_CONTEXT, 0, context_length=BIG_CONTEXT)
     paced_env = scripted_env(args.stream_tokens, args.stream_rate)
+    # Heartbeats at the workers' default interval, as the routers run with their own defaults for health checks:
+    # the controller's CPU in every phase includes the heartbeats it answers (the harness's 2 s doubled them).
     fast, paced = stack.workers(checkpoint, ctl, {"fast": fast_env, "paced": paced_env},
-                                max_concurrency=max(1024, args.streams * 2, args.big_streams * 2))
+                                max_concurrency=max(1024, args.streams * 2, args.big_streams * 2),
+                                heartbeat_interval_s=WorkerSettings.model_fields["heartbeat_interval_s"].default)
     hops = [Hop("direct", fast.url, paced.url),
             Hop("controller", ctl.url, ctl.url, ("controller",), ("controller",))]
     if not args.no_proxy:
@@ -273,7 +294,8 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="py-spy the controller in each phase; raw stacks into this folder")
     ap.add_argument("--profile-native", action="store_true", help="--profile with C frames (uvloop, aiohttp's "
                     "parser, the kernel calls); pauses the controller at each sample, so its figures suffer")
-    ap.add_argument("--skip", default="", help="comma list of phases to skip: ttft,relay,load,big")
+    ap.add_argument("--idle-s", type=float, default=10.0, help="the idle phase's length (before the others)")
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: idle,ttft,relay,load,big")
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -297,6 +319,9 @@ def main() -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             return pyspy.profiled(stack.procs["controller"].popen.pid, args.profile / f"controller-{phase}.txt",
                                    native=args.profile_native)
+
+        if "idle" not in skip:
+            figures["idle_cpu_ms_per_s"] = idle_phase(hops, args.idle_s, sampler)
 
         if "ttft" not in skip:
             before = sampler.snapshot()

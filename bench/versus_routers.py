@@ -54,6 +54,7 @@ def rows(figures: dict, routers: list[str]) -> list[dict]:
         ("big phase: TTFT p50", "ms", 1.1, lambda p: _get(figures, "big", p, "ttft_ms", "p50"),
          lambda p: _get(figures, "big", p, "errors")),
         ("RSS after the big phase", "MB", None, lambda p: _get(figures, "big", p, "hop_rss_end_mb"), None),
+        ("idle: CPU per process", "ms per s", None, lambda p: _get(figures, "idle_cpu_ms_per_s", p), None),
     ]
     out = []
     for label, unit, target, value, errors in spec:

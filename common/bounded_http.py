@@ -7,6 +7,8 @@ uvicorn sets no such limits with httptools (its h11 limit does not apply): a cli
 per connection, before any API key is checked, or keep a connection open forever one byte at a time. The controller
 and the workers pass the protocol to uvicorn (`http=`); the web UI runs inside Gradio's own uvicorn, which asks for
 the "auto" protocol, so `make_default` puts it there (one process-wide setting, made before the server starts).
+It also offers the relay a way to write a streamed body below ASGI (common/direct_body.py), and a request's watch for
+its client leaving the connection's own word for it (`ClientLeft`, common/disconnect.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import httptools
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from common.direct_body import EXTENSION as DIRECT_BODY
+from common.disconnect import LEFT
 from common.errors import ErrorCode, error_body
 
 log = logging.getLogger("internvl.access")
@@ -33,6 +38,34 @@ class _Refused(Exception):
         self.code, self.message = code, message
 
 
+class ClientLeft:
+    """One request's word that its client left (`ClientWatch`): the connection was lost before the response was
+    complete. It tells one watch at a time, from `watch` to `unwatch`, and at once of a client that had already
+    left."""
+
+    __slots__ = ("cycle", "callback")
+
+    def __init__(self, cycle):
+        self.cycle = cycle
+        self.callback: Callable[[], None] | None = None
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        if self.cycle.disconnected:
+            callback()
+            return
+        self.callback = callback
+        self.cycle.flow.resume_reading()  # as uvicorn's `receive` does: a connection not read would not tell its end
+
+    def unwatch(self) -> None:
+        self.callback = None
+
+    def lost(self) -> None:
+        """The server's side: the connection is gone."""
+        callback, self.callback = self.callback, None
+        if callback is not None and not self.cycle.response_complete:
+            callback()
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_s = HEAD_TIMEOUT_S
@@ -44,10 +77,14 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = True  # between the end of a request (or the connection's start) and its next head's end
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()  # a connection that sends nothing at all is bounded too
+        self._left: list[ClientLeft] = []  # of the requests not answered yet (more than one when pipelined)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        left, self._left = self._left, []
+        for hook in left:
+            hook.lost()
 
     def data_received(self, data: bytes) -> None:
         # As uvicorn's, plus the head's size, and the refusals raised from the parser's callbacks.
@@ -92,6 +129,12 @@ class BoundedHttpTools(HttpToolsProtocol):
                                f"the request body is {int(declared) / 2**20:.1f} MB, over the "
                                f"{self.max_body_bytes / 2**20:.1f} MB this server takes per request")
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:  # (not an upgrade)
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[DIRECT_BODY] = self.cycle  # the relay's writer (common/direct_body.py)
+            self._left = [hook for hook in self._left if not hook.cycle.response_complete]
+            self._left.append(ClientLeft(self.cycle))
+            extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -22,6 +22,7 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import StreamingResponse
 
 from common.coalesce import coalesce
+from common.direct_body import DirectBody
 from common.disconnect import ClientGone, ClientWatch
 from common.errors import ServingError
 
@@ -118,7 +119,9 @@ class SSEBytesResponse(StreamingResponse):
 
     The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
     always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
-    A client disconnect cancels the stream, which closes the iterator and so the worker's stream."""
+    A client disconnect cancels the stream, which closes the iterator and so the worker's stream. An iterator that
+    can write itself to the client's connection (`write_to`: the relay's, controller/stream_pump.py) does so where
+    the server offers one (common/direct_body.py); only its last block comes back here."""
 
     media_type = "text/event-stream"
 
@@ -130,10 +133,10 @@ class SSEBytesResponse(StreamingResponse):
         self._began = False
 
     async def __call__(self, scope, receive, send) -> None:
-        watch = self._watch or ClientWatch(receive)
+        watch = self._watch or ClientWatch(receive, scope)
         try:
             try:
-                await watch.guard(self._stream(send))
+                await watch.guard(self._stream(scope, send))
             finally:
                 # The response is complete (which the server reports as a disconnect from now on, so this is not
                 # watched): let the relay finish reading upstream after the end marker.
@@ -146,9 +149,14 @@ class SSEBytesResponse(StreamingResponse):
         finally:
             await self._blocks.aclose()  # type: ignore[attr-defined]
 
-    async def _stream(self, send) -> None:
+    async def _stream(self, scope, send) -> None:
         self._began = True
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        write_to = getattr(self._blocks, "write_to", None)
+        direct = DirectBody.of(scope) if write_to is not None else None
+        if direct is not None:
+            await send({"type": "http.response.body", "body": await write_to(direct), "more_body": False})
+            return
         async for block in self._blocks:
             last = block.endswith(DONE_EVENT)
             await send({"type": "http.response.body", "body": block, "more_body": not last})

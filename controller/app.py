@@ -27,7 +27,6 @@ from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
 from controller.request_peek import Peeked, peek_request
 from controller.relay import Dispatcher
-from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 from controller.worker_http import WorkerClient
 
@@ -39,13 +38,6 @@ async def _expire_loop(registry: Registry) -> None:
         await asyncio.sleep(max(registry.expiry_s / 4, 0.05))
         for worker_id in registry.expire():
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
-
-
-async def _pump_loop(queue: RequestQueue) -> None:
-    """Capacity that comes back without an event (a benched worker's cool-down ends) reaches the line here."""
-    while True:
-        await asyncio.sleep(0.25)
-        queue.pump()
 
 
 def worker_client(settings: ControllerSettings) -> WorkerClient:
@@ -104,7 +96,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         async with worker_client(settings) as client:
             app.state.dispatcher = Dispatcher(registry, make_policy(settings, rng), client, settings, metrics)
             loops = [asyncio.create_task(_expire_loop(registry)),
-                     asyncio.create_task(_pump_loop(app.state.dispatcher.queue))]
+                     asyncio.create_task(app.state.dispatcher.queue.pump_while_waiting(0.25))]
             announce(settings)
             try:
                 yield
@@ -182,7 +174,8 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
                                  conversation_of(request, asked), client[:_MAX_KEY])
-        watch = ClientWatch(request.receive)  # one watcher from here to the answer's end (common/disconnect.py)
+        # One watch from here to the answer's end (common/disconnect.py)
+        watch = ClientWatch(request.receive, request.scope)
         try:
             upstream = await watch.guard(opened)
             blocks = dispatcher.relay(upstream)

@@ -1,41 +1,31 @@
-"""Dispatch one chat request to a worker and relay its stream.
+"""Dispatch one chat request to a worker, up to its first event.
 
 Workers answer with HTTP headers only once their first token exists (or with an error status), so everything that
 can go wrong before the first token is seen here as a failed attempt, and the request moves to another worker.
 After the first token the stream belongs to that worker: a failure becomes one error event, then the end marker.
-
-Past the first event the worker's bytes are relayed as they arrive, a network read at a time, cut at the last
-complete event (so a worker dying mid-event never leaves half an event in front of our error event); events that
-follow the last write closer than `stream_interval_ms` wait out that interval and go in one write. The controller
-parses nothing per token: cheap byte searches find the few events it must read (the end marker, error events for
-the metrics, the usage event for tokens/s), and only those are parsed; they are looked for at the end of each block
-only, where a worker puts them.
+The stream past its first event is relayed by controller/stream_pump.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from common.auth import RELAY_TOKEN_HEADER
-from common.errors import ErrorCode, ServingError, error_body, excerpt
+from common.errors import ErrorCode, ServingError, excerpt
 from common.metrics import Metrics
-from common.sse import DONE, DONE_EVENT, DONE_LINE, complete_events, error_in_event, sse_event, sse_payloads
+from common.sse import DONE, complete_events, error_in_event, sse_payloads
 from controller.policies import Conversation, Policy
 from controller.read_deadline import ReadDeadline
 from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
+from controller.stream_pump import Relay, StreamPump
 from controller.worker_http import WorkerClient, WorkerConnectionError, WorkerResponse, WorkerUnreachable
 
 log = logging.getLogger(__name__)
-
-_DONE_LATER_LINE = b"\n" + DONE_LINE  # at a line start: token text inside JSON could hold the rest
-_ERROR_LINE = b'data: {"error"'  # JSON text cannot hold these quotes unescaped, so this only matches error events
 
 
 @dataclass
@@ -56,27 +46,6 @@ class Upstream:
         else:
             self.response.close()
         self.lease.release(ok=ok)
-
-
-class Relay:
-    """The relayed blocks of one stream. `aclose()` always ends the attempt, even when iteration never started
-    (an async generator closed before its first step skips its own cleanup)."""
-
-    def __init__(self, blocks: AsyncIterator[bytes], upstream: Upstream):
-        self._blocks = blocks
-        self.upstream = upstream
-
-    def __aiter__(self) -> Relay:
-        return self
-
-    def __anext__(self) -> Awaitable[bytes]:
-        return self._blocks.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._blocks.aclose()  # type: ignore[attr-defined]
-        finally:
-            self.upstream.finish(ok=None)
 
 
 class Dispatcher:
@@ -245,106 +214,12 @@ class Dispatcher:
             raise ServingError(ErrorCode.WORKER_LOST, f"lost worker {worker.worker_id}: {exc}") from exc
 
     def relay(self, up: Upstream) -> Relay:
-        """Blocks of complete SSE events, the first event first, and always exactly one end marker. The request's
-        lease is released when the stream ends, however it ends."""
-        return Relay(self._blocks(up), up)
-
-    async def _blocks(self, up: Upstream) -> AsyncIterator[bytes]:
-        ok: bool | None = False
-        pending = up.buffered
-        loop = asyncio.get_running_loop()
-        interval = self.settings.stream_interval_ms / 1000
-        last_write = float("-inf")  # the first event goes at once (time to first token)
-        deadline = ReadDeadline(self.settings.token_timeout_s)
-        try:
-            while True:
-                end = complete_events(pending)
-                if end:
-                    hold = last_write + interval - loop.time()
-                    if hold > 0 and not _ends(_tail(pending, end)):
-                        # Events faster than the interval: the ones that arrive meanwhile join this write. A write
-                        # to a socket costs more than everything else the relay does per event.
-                        await asyncio.sleep(hold)
-                        pending += up.response.read_nowait()
-                        end = complete_events(pending)
-                    block, pending = pending[:end], pending[end:]
-                    tail = _tail(block, end)
-                    if _ERROR_LINE in tail or b'"usage"' in tail:
-                        self._observe(tail, up.first_at)
-                    ok = _ends(tail)  # set before the yield:
-                    yield block  # a reader that stops at the end marker closes this generator right here
-                    if ok:
-                        await _drain(up.response)
-                        return
-                    last_write = loop.time()
-                try:
-                    chunk = await self._read(up.response, deadline, up.worker)
-                except ServingError as err:
-                    log.warning("stream from %s broke: %s", up.worker.worker_id, err.message)
-                    self.registry.mark_unreachable(up.worker)  # silent or cut off: no new requests until it beats
-                    yield self._failed(err.code, err.message)
-                    return
-                if not chunk:
-                    self.registry.mark_unreachable(up.worker)
-                    yield self._failed(ErrorCode.WORKER_LOST, f"worker {up.worker.worker_id} stopped in the middle "
-                                       "of the answer; please retry")
-                    return
-                pending = pending + chunk if pending else chunk
-        except (GeneratorExit, asyncio.CancelledError):
-            ok = ok or None  # the client left: not the worker's failure
-            raise
-        finally:
-            deadline.close()
-            up.finish(ok)  # also on a client disconnect: this generator is closed then
-
-    def _failed(self, code: ErrorCode, message: str) -> bytes:
-        self.metrics.count_error(code)
-        return sse_event(json.dumps(error_body(code, message))) + DONE_EVENT
-
-    def _observe(self, block: bytes, first_at: float) -> None:
-        """Count relayed mid-stream errors; time the answer from its usage event (sent when the client asked for
-        usage, and always for non-streaming requests)."""
-        for data in sse_payloads(block):
-            err = error_in_event(data)
-            if err is not None:
-                self.metrics.count_error(err.code)
-            elif '"usage"' in data:
-                try:
-                    usage = json.loads(data).get("usage") or {}
-                    self.metrics.observe_speed(int(usage.get("completion_tokens") or 0), first_at)
-                except (ValueError, AttributeError, TypeError):
-                    pass  # not ours to judge: the event is relayed as it is
+        """The stream past its first event (controller/stream_pump.py): blocks of complete SSE events, the first
+        event first, and always exactly one end marker. The request's lease is released when the stream ends, however
+        it ends."""
+        pump = StreamPump(up, self.registry, self.metrics, self.settings.stream_interval_ms / 1000,
+                          self.settings.token_timeout_s)
+        return Relay(pump)
 
 
 _ERROR_BODY_MAX = 64 * 1024  # of a worker's error answer: what it says fits; more is not read
-
-
-def _tail(block: bytes, end: int) -> bytes:
-    """The end of `block[:end]` (complete events) from its third-last data line on: where the only events the relay
-    reads can be. A worker ends its stream with them (an error event or the usage event, then the end marker) and
-    sends nothing after, so the relay need not search every byte it forwards: searching whole blocks of a fast
-    stream (a network read is up to hundreds of kB) was a third of the controller's CPU per relayed token."""
-    at = end
-    for _ in range(3):
-        at = block.rfind(b"\ndata:", 0, at)
-        if at < 0:
-            return block[:end]
-    return block[at:end]
-
-
-def _ends(block: bytes) -> bool:
-    """Whether a block of complete events holds the end marker."""
-    return block.startswith(DONE_LINE) or _DONE_LATER_LINE in block
-
-
-async def _drain(response: WorkerResponse) -> None:
-    """Read the rest of a finished stream (the end of its chunked body): a connection closed before its end cannot go
-    back to the pool, and opening a new connection per request costs both sides more than the request."""
-    if response.at_eof():
-        return  # the usual case (the end came with the end marker): no timer to arm and cancel
-    try:
-        async with asyncio.timeout(1.0):
-            while await response.readany():
-                pass
-    except (TimeoutError, WorkerConnectionError):
-        pass

@@ -48,6 +48,7 @@ class RequestQueue:
         self._waiting: dict[str, int] = {}  # model -> waiters
         self._by_id: dict[str, Waiter] = {}  # request id -> its waiter (the UI asks for its place every second)
         self._recent_wait_s = 1.0  # moving average of the waits that ended with a worker (for Retry-After)
+        self._someone_waits = asyncio.Event()
         registry.listeners.append(self.pump)
 
     def waiting(self, model: str) -> int:
@@ -74,6 +75,7 @@ class RequestQueue:
         self._lines.setdefault(model, OrderedDict()).setdefault(client, deque()).append(waiter)
         self._by_id[request_id] = waiter
         self._waiting[model] = self.waiting(model) + 1
+        self._someone_waits.set()
         self.pump()  # a worker may be free that the waiters ahead leave for others (waiting for their own)
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -110,12 +112,20 @@ class RequestQueue:
                 ahead += min(len(waiters), k + before_own)
         return waiter.model, ahead + 1, self.waiting(waiter.model)
 
+    async def pump_while_waiting(self, every_s: float) -> None:
+        """Forever: `pump` every `every_s` while anyone waits, for capacity that comes back without an event (a
+        benched worker's cool-down ends). An empty line wakes nothing: an idle controller's timers cost it CPU."""
+        while True:
+            await self._someone_waits.wait()
+            await asyncio.sleep(every_s)
+            self.pump()
+
     def pump(self) -> None:
         """Give free workers to waiters, clients in turn. Called by the registry when capacity may have been freed
-        (a request ended, a worker registered or beat), when a request joins the line, and periodically (a
-        cool-down ended). The policy may keep a waiter for its own busy worker (affinity: its caches are there, and
-        that worker is not too much busier than the others); then the free worker goes to the next waiter in turn
-        that can take it, looking at most `_LOOK_AHEAD` waiters ahead."""
+        (a request ended, a worker registered or beat), when a request joins the line, and periodically while anyone
+        waits (a cool-down ended). The policy may keep a waiter for its own busy worker (affinity: its caches are
+        there, and that worker is not too much busier than the others); then the free worker goes to the next waiter
+        in turn that can take it, looking at most `_LOOK_AHEAD` waiters ahead."""
         for model, line in list(self._lines.items()):
             while line:
                 serving = self.registry.serving(model)
@@ -168,6 +178,8 @@ class RequestQueue:
         if not self._waiting[waiter.model]:
             del self._waiting[waiter.model]
             self._lines.pop(waiter.model, None)
+            if not self._waiting:
+                self._someone_waits.clear()
 
     def _refused(self, code: ErrorCode, message: str) -> ServingError:
         retry = max(1, math.ceil(self._recent_wait_s))

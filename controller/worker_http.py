@@ -16,6 +16,7 @@ import asyncio
 import ssl
 import time
 from functools import lru_cache
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -44,8 +45,19 @@ def _target(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
     return (parts.hostname, parts.port or (443 if tls else 80), tls), path.encode(), parts.netloc.encode()
 
 
+class BodyConsumer(Protocol):
+    """Takes a response's body from the connection's callbacks, as the network brings it (`WorkerResponse.deliver_to`):
+    no reader task is woken per read (the relay's stream phase, controller/stream_pump.py)."""
+
+    def body_received(self, data: bytes) -> None: ...
+
+    def body_ended(self, error: WorkerConnectionError | None) -> None:
+        """The body is complete (None), or the connection broke first."""
+
+
 class _Connection(asyncio.Protocol):
-    """One connection and the response under way on it. Parser callbacks fill `chunks`; a reader waits on `waiter`."""
+    """One connection and the response under way on it. Parser callbacks fill `chunks`, where a reader waiting on
+    `waiter` takes them, or hand them to `consumer`."""
 
     def __init__(self, client: WorkerClient, key: tuple[str, int, bool]):
         self.client = client
@@ -66,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False  # the response's body has ended
         self.reading_paused = False
         self.idle_since = 0.0
+        self.consumer: BodyConsumer | None = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -87,6 +100,9 @@ class _Connection(asyncio.Protocol):
         if self.error is None and not self.complete:
             reason = f": {exc}" if exc else ""
             self.error = WorkerConnectionError(f"the worker closed the connection{reason}")
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None and not self.complete:
+            consumer.body_ended(self.error)
         self._wake()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
@@ -112,6 +128,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.consumer is not None:
+            self.consumer.body_received(body)
+            return
         self.chunks.append(body)
         self.unread += len(body)
         if self.unread > _HIGH_WATER and not self.reading_paused:
@@ -121,6 +140,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.body_ended(None)
         self._wake()
 
     # -- for WorkerClient and WorkerResponse
@@ -191,6 +213,35 @@ class WorkerResponse:
     def at_eof(self) -> bool:
         return self._conn.complete and not self._conn.chunks
 
+    def deliver_to(self, consumer: BodyConsumer) -> None:
+        """From now on the body goes to `consumer` as it arrives, what was read before first. The consumer may end
+        this response from its callbacks; it gets nothing more then."""
+        conn = self._conn
+        if conn.chunks:
+            consumer.body_received(conn.take())
+        if self._ended:
+            return
+        if conn.complete:
+            consumer.body_ended(None)
+        elif conn.error is not None:
+            consumer.body_ended(conn.error)
+        else:
+            conn.consumer = consumer
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the worker until `resume_reading` (its consumer's reader is behind)."""
+        conn = self._conn
+        if not conn.reading_paused and not conn.transport.is_closing():
+            conn.reading_paused = True
+            conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        conn = self._conn
+        if conn.reading_paused:
+            conn.reading_paused = False
+            if not conn.transport.is_closing():
+                conn.transport.resume_reading()
+
     async def read(self, limit: int) -> bytes:
         """The body, up to `limit` bytes (an error answer, a health check): the rest is not read."""
         out = bytearray()
@@ -206,11 +257,13 @@ class WorkerResponse:
     def release(self) -> None:
         if not self._ended:
             self._ended = True
+            self._conn.consumer = None
             self._conn.client.put_back(self._conn)
 
     def close(self) -> None:
         if not self._ended:
             self._ended = True
+            self._conn.consumer = None
             self._conn.transport.abort()
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
 from pydantic_settings import CliApp
 
 from common.auth import is_loopback_host
-from common.bounded_http import bounded_http
 from common.logging_setup import setup_logging
+from common.serve import serve
 from workers.settings import WorkerSettings
 
 
@@ -32,9 +31,8 @@ def main() -> None:
     except (UnsupportedCheckpoint, FileNotFoundError) as exc:
         sys.exit(f"error: cannot serve {settings.model_path}: {exc}")
     engine = create_engine(settings, spec)
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port,
-                log_level=settings.log_level, log_config=None, access_log=False, timeout_graceful_shutdown=5,
-                http=bounded_http(head_timeout_s=settings.header_timeout_s))
+    serve(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level,
+          head_timeout_s=settings.header_timeout_s)
 
 
 if __name__ == "__main__":

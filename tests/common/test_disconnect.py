@@ -7,7 +7,8 @@
   out, and the slot and its pixels are back. In the real worker app the response logs "client left" and answers 499.
 - A client that leaves a relayed stream (SSEBytesResponse) ends it at once and closes what it relays.
 - One ClientWatch guards the steps of a request (the controller's wait for a worker, then the stream): a client that
-  leaves between two steps makes the next one end at once, without running it.
+  leaves between two steps makes the next one end at once, without running it. Under uvicorn's own protocol the watch
+  waits for the ASGI disconnect; under the controller's (common/bounded_http.py) it takes the connection's word.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import warnings
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from common.disconnect import ClientGone, ClientWatch, until_client_leaves
+from common.bounded_http import bounded_http
+from common.disconnect import LEFT, ClientGone, ClientWatch, until_client_leaves
 from common.http import install_error_handlers, read_body
 from common.logging_setup import install_request_ids
 from common.sse import SSEBytesResponse, sse_event
@@ -35,6 +37,7 @@ from workers.settings import WorkerSettings
 from workers.slots import PixelPool, RequestSlots
 
 LEFT_S = 2.0  # how soon after the client left its work must be stopped
+SERVERS = {"uvicorn": "auto", "ours": bounded_http()}  # a watch waits for the ASGI disconnect / takes the server's word
 
 
 def app_with_handlers() -> FastAPI:
@@ -97,7 +100,8 @@ async def test_the_controllers_way_a_leaving_client_cancels_the_work_and_is_a_qu
     assert_one_quiet_499(caplog, "/chat")
 
 
-async def test_one_watch_guards_each_step_and_a_client_gone_between_steps_ends_the_next_at_once(caplog):
+@pytest.mark.parametrize("server", SERVERS)
+async def test_one_watch_guards_each_step_and_a_client_gone_between_steps_ends_the_next_at_once(caplog, server):
     steps, raised = [], []
     between = asyncio.Event()
 
@@ -110,7 +114,8 @@ async def test_one_watch_guards_each_step_and_a_client_gone_between_steps_ends_t
     @app.post("/steps")
     async def two_steps(request: Request):
         await read_body(request, 1000)
-        watch = ClientWatch(request.receive)
+        assert (LEFT in request.scope.get("extensions", {})) == (server == "ours")
+        watch = ClientWatch(request.receive, request.scope)
         try:
             assert await watch.guard(step("first")) == "first"
             between.set()
@@ -124,7 +129,7 @@ async def test_one_watch_guards_each_step_and_a_client_gone_between_steps_ends_t
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second step, never run, is closed: no "never awaited" warning
-        async with served(app) as url:
+        async with served(app, SERVERS[server]) as url:
             client = LeavingClient(url, "/steps", {})
             await asyncio.wait_for(between.wait(), 10)
             client.close()
@@ -216,7 +221,8 @@ async def test_the_real_worker_logs_the_leaving_client_and_answers_499(demo_chec
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-async def test_a_client_leaving_a_relayed_stream_ends_it_and_closes_the_relay(caplog):
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_client_leaving_a_relayed_stream_ends_it_and_closes_the_relay(caplog, server):
     sent, closed = asyncio.Event(), []
 
     async def blocks():  # stands for the controller's relay of a worker's stream
@@ -229,7 +235,7 @@ async def test_a_client_leaving_a_relayed_stream_ends_it_and_closes_the_relay(ca
 
     app = app_with_handlers()
     app.post("/stream")(lambda: SSEBytesResponse(blocks()))
-    async with served(app) as url:
+    async with served(app, SERVERS[server]) as url:
         client = LeavingClient(url, "/stream", {})
         assert b"200 OK" in await asyncio.to_thread(client.read_some)
         await asyncio.wait_for(sent.wait(), 10)
@@ -242,7 +248,8 @@ async def test_a_client_leaving_a_relayed_stream_ends_it_and_closes_the_relay(ca
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
-async def test_a_client_gone_before_the_relayed_stream_begins_is_a_quiet_499_and_the_relay_is_closed(caplog):
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_client_gone_before_the_relayed_stream_begins_is_a_quiet_499_and_the_relay_is_closed(caplog, server):
     """The controller hands its request's watch to the response; a client it saw leave before then gets nothing,
     the relay is closed, and the access line reads 499 as for any client that left."""
     closed, reading = [], asyncio.Event()
@@ -258,14 +265,14 @@ async def test_a_client_gone_before_the_relayed_stream_begins_is_a_quiet_499_and
     @app.post("/late")
     async def late(request: Request):
         await read_body(request, 1000)
-        watch = ClientWatch(request.receive)
+        watch = ClientWatch(request.receive, request.scope)
         reading.set()
         await until(lambda: watch.gone, 10, "the watch sees the client leave")
         relay = blocks()
         await relay.__anext__()  # the relay has begun (as the controller's has its first event)
         return SSEBytesResponse(relay, watch=watch)
 
-    async with served(app) as url:
+    async with served(app, SERVERS[server]) as url:
         client = LeavingClient(url, "/late", {})
         await asyncio.wait_for(reading.wait(), 10)
         client.close()

@@ -11,7 +11,7 @@ from common.errors import ErrorCode, ServingError
 from controller.policies import ShortestQueue
 from controller.registry import Registry
 from controller.request_queue import RequestQueue
-from tests.support.registry_records import reg
+from tests.support.registry_records import Clock, reg
 
 
 async def settle() -> None:
@@ -122,3 +122,26 @@ async def test_a_waiter_waits_for_its_own_worker_while_others_can_use_the_free_o
     held = registry.acquire(a, "m")
     moves = await queue.take("m", x, "client-1", "rx3")
     assert moves[0] is b and policy.preferred(x) == "b"
+
+
+async def test_a_cool_down_ending_reaches_the_line_with_no_event():
+    """The one way capacity comes back with no event: a benched worker's cool-down ends. The line is pumped on a
+    timer while anyone waits."""
+    clock = Clock()
+    registry = Registry(expiry_s=600, clock=clock, breaker_failures=1, breaker_cooldown_s=30)
+    busy, benched = registry.register(reg("busy", cap=1)), registry.register(reg("benched", cap=1))
+    queue = RequestQueue(registry, ShortestQueue(), size=10, timeout_s=30)
+    assert benched.breaker.failed()  # one failure before a first token benches it (the dispatcher counts it)
+    held = registry.acquire(busy, "m")
+    pumping = asyncio.create_task(queue.pump_while_waiting(0.01))
+    try:
+        waiting = asyncio.create_task(queue.take("m", None, "A", "r1"))
+        await settle()
+        assert queue.waiting("m") == 1 and not waiting.done()
+        clock.now += 30  # the cool-down ends: no request ended, no worker beat
+        worker, lease = await asyncio.wait_for(waiting, timeout=10)
+        assert worker is benched and queue.waiting("m") == 0
+        lease.release(ok=True)
+        held.release(ok=True)
+    finally:
+        pumping.cancel()

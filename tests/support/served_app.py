@@ -13,11 +13,12 @@ from launcher.compose import free_port
 
 
 @contextlib.asynccontextmanager
-async def served(app) -> AsyncIterator[str]:
-    """-> the app's base URL while the `async with` lasts; the server is stopped on the way out."""
+async def served(app, http: str | type = "auto") -> AsyncIterator[str]:
+    """-> the app's base URL while the `async with` lasts; the server is stopped on the way out. `http`: uvicorn's
+    protocol ("auto": its own; `common.bounded_http.bounded_http()`: the controller's and the workers')."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None,
-                                           access_log=False))
+                                           access_log=False, http=http))
     task = asyncio.create_task(server.serve())
     try:
         await until(lambda: server.started or task.done(), 10, "the server listens")

@@ -1,0 +1,55 @@
+"""How the controller and the workers run under uvicorn: one place for the settings they share.
+
+uvicorn's server wakes ten times a second for its housekeeping (the Date header, a look at whether it should stop),
+busy or idle. On these machines each timer wakeup of an idle process costs it about 0.25 ms of CPU time (2.6 ms per
+second for a bare event loop that sleeps 0.1 s at a time), and the controller's CPU per relayed token counted it:
+an idle controller took 3.3 ms of CPU per second, a Rust router none (issue 26, BENCHMARKS.md). `QuietServer` does
+the same housekeeping once a second, and a signal still stops it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable
+
+import uvicorn
+from uvicorn.main import STARTUP_FAILURE
+
+from common.bounded_http import bounded_http
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's Server, with its housekeeping tick once a second instead of every 0.1 s."""
+
+    _stop: Callable[[], None] | None = None
+
+    async def main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        self._stop = lambda: loop.call_soon_threadsafe(stop.set)  # (from a signal handler: wakes the loop)
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        if self._stop is not None:
+            self._stop()
+
+
+def serve(app, *, host: str, port: int, log_level: str, head_timeout_s: float) -> None:
+    """Serve `app` until SIGINT or SIGTERM (then up to 5 s for requests under way); exit 3 if it cannot start
+    (as `uvicorn.run`: the port is taken, ...). Request heads and bodies are bounded (common/bounded_http.py);
+    uvicorn's loggers go through our handler (log_config=None: request ids, one format)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=5, http=bounded_http(head_timeout_s=head_timeout_s))
+    server = QuietServer(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
