@@ -133,9 +133,8 @@ class _Connection(asyncio.Protocol):
             return
         self.chunks.append(body)
         self.unread += len(body)
-        if self.unread > _HIGH_WATER and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        if self.unread > _HIGH_WATER:
+            self.pause()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -175,11 +174,20 @@ class _Connection(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
         self.unread = 0
+        self.resume()
+        return data
+
+    def pause(self) -> None:
+        """Read nothing more from the worker until `resume` (its reader is behind)."""
+        if not self.reading_paused and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
-        return data
 
 
 class WorkerResponse:
@@ -230,17 +238,10 @@ class WorkerResponse:
 
     def pause_reading(self) -> None:
         """Read nothing more from the worker until `resume_reading` (its consumer's reader is behind)."""
-        conn = self._conn
-        if not conn.reading_paused and not conn.transport.is_closing():
-            conn.reading_paused = True
-            conn.transport.pause_reading()
+        self._conn.pause()
 
     def resume_reading(self) -> None:
-        conn = self._conn
-        if conn.reading_paused:
-            conn.reading_paused = False
-            if not conn.transport.is_closing():
-                conn.transport.resume_reading()
+        self._conn.resume()
 
     async def read(self, limit: int) -> bytes:
         """The body, up to `limit` bytes (an error answer, a health check): the rest is not read."""
