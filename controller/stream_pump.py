@@ -293,7 +293,6 @@ class Relay(Output):
 
     def __init__(self, pump: StreamPump):
         self.pump = pump
-        self.upstream = pump.up
         self.parts: list[bytes | memoryview] = []
         self.size = 0
         self.done = False  # the last block was handed out
@@ -334,7 +333,7 @@ class Relay(Output):
         if self.pump.out is not None:
             self.pump.close()
         else:  # never started: the attempt is ended here
-            self.upstream.finish(ok=None)
+            self.pump.up.finish(ok=None)
 
     async def write_to(self, body: DirectBody) -> bytes:
         """Send the stream to `body` until its end; the last write, for the owner to send with the body's end."""
