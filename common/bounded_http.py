@@ -91,8 +91,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
-            if self._head_timer is None:
-                self._arm_head_timer()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -115,6 +113,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         # read, 256 KiB, is held beyond it.)
         if self._in_head and self._head_bytes > self.max_head_bytes:
             self._refuse(431, _Refused(ErrorCode.HEADERS_TOO_LARGE, self._too_large_head()))
+        elif self._in_head and self._head_bytes and self._head_timer is None:
+            # A head that did not come whole in one read has its time counted from here. (One that does, the usual
+            # case, costs no timer: arming and cancelling one per request was on every request's way, issue 26.)
+            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

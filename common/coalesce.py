@@ -7,7 +7,8 @@ feels most); after that, items that arrive within `interval_for(shown)` of the l
 when that interval is over. An item is never held longer than the interval, even when the source pauses, and a
 source slower than the interval sees every item go out by itself, undelayed.
 
-The source is read by its own task (a timed wait on it directly would cancel it, which closes an HTTP stream);
+After its first item, the source is read by its own task (a timed wait on it directly would cancel it, which closes
+an HTTP stream);
 closing or cancelling the coalescer cancels that task, which closes the source: a reader that leaves still stops
 the generation behind it.
 """
@@ -26,6 +27,12 @@ _END = object()
 
 async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]) -> AsyncIterator[T]:
     """`interval_for(shown)`: seconds between outputs once `shown` characters (or bytes) went out."""
+    # The first item is read here, in the reader's own task: handed over through the queue it waited two turns of
+    # the event loop, on every answer's time to first token (issue 26). No timed wait is needed for it.
+    try:
+        first = await anext(items)
+    except StopAsyncIteration:
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump() -> None:
@@ -38,8 +45,9 @@ async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]
 
     reader = asyncio.create_task(pump())
     pending: list = []
-    shown, last = 0, None
+    shown, last = len(first), time.monotonic()
     try:
+        yield first
         while True:
             if pending:
                 try:
@@ -59,7 +67,7 @@ async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]
             if item is not None:
                 pending.append(item)
             now = time.monotonic()
-            if pending and (last is None or now - last >= interval_for(shown)):
+            if pending and now - last >= interval_for(shown):
                 out = pending[0][:0].join(pending)
                 pending.clear()
                 shown += len(out)

@@ -4,9 +4,15 @@ An ASGI `send` of a body chunk passes through every middleware's send wrapper an
 the chunk and its HTTP/1.1 framing into a new bytes object: for a fast stream, whose network reads are up to
 hundreds of kB, that was more of the controller's CPU than moving the bytes. The relay's stream phase
 (controller/stream_pump.py) writes here instead, from the worker connection's own callbacks: each write is one chunk
-of the chunked body, its framing and parts handed to the transport as a list (one writev, no copy). The response's
-head and its last write still go through `send`, so the middlewares see its status and its end, and uvicorn knows
-when it is complete (keep-alive, the next pipelined request).
+of the chunked body, its framing and parts handed to the transport as a list (one writev, no copy). The last write
+still goes through `send`, so uvicorn knows when the response is complete (keep-alive, the next pipelined request).
+
+The head goes through `send` too, or, for a streamed answer, its owner writes it here (`unstarted`, then `begin`,
+telling the request's record itself, common/logging_setup.py): it then goes out with the body's first chunk, in one
+write, from wherever that chunk is written (the relay starts the stream from the worker connection's callback, the
+moment the first event has passed its checks). Sent apart, through `send`, the head woke the client once for
+nothing it could use yet, and waited for the request's task to unwind the dispatch and build its response
+(issue 26).
 
 The server protocol with our bounds (common/bounded_http.py) offers this as an ASGI scope extension; under any other
 server (Gradio's, a test's in-process transport) it is absent, and the relay sends its blocks through `send`.
@@ -16,17 +22,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
+
 EXTENSION = "internvl.direct_body"  # scope["extensions"][EXTENSION]: uvicorn's RequestResponseCycle of the request
 
 
 class DirectBody:
-    """The body of one response under way, once its head has gone through `send` (chunked: it has no length)."""
+    """The body of one response under way (chunked: it has no length), once its head has gone through `send` or
+    `begin`."""
 
-    __slots__ = ("_cycle", "_transport")
+    __slots__ = ("_cycle", "_transport", "_head", "begun")
 
     def __init__(self, cycle: Any):
         self._cycle = cycle
         self._transport = cycle.transport
+        self._head: bytes | None = None  # `begin`'s head, until it goes with the first chunk
+        self.begun = False  # `begin` was called: the head is this object's to write, not `send`'s
 
     @classmethod
     def of(cls, scope: dict) -> DirectBody | None:
@@ -36,8 +47,47 @@ class DirectBody:
             return None
         return cls(cycle)
 
+    @classmethod
+    def unstarted(cls, scope: dict) -> DirectBody | None:
+        """The request's direct body, where the server offers one and no head was sent yet: `begin` writes it."""
+        cycle = scope.get("extensions", {}).get(EXTENSION)
+        if cycle is None or cycle.response_started:
+            return None
+        return cls(cycle)
+
+    def begin(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The response's head, as the server's `send` would write it (its default headers first; chunked), to go
+        with the first chunk; from now on the server's `send` takes only the body's end. ValueError, and nothing
+        begun, for a header the server would refuse."""
+        cycle = self._cycle
+        head = [STATUS_LINE[status]]
+        for name, value in [*cycle.default_headers, *headers]:
+            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                raise ValueError(f"not a valid HTTP header: {name!r}: {value!r}")
+            head += [name, b": ", value, b"\r\n"]
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"transfer-encoding: chunked\r\n\r\n")
+        self._head = b"".join(head)
+        self.begun = True
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        cycle.chunked_encoding = True
+
+    def release(self) -> None:
+        """Write a head that is still held: before the body's end goes through `send` (an answer that ended before
+        its first chunk)."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self.gone:
+                self._transport.write(head)
+
     def write(self, parts: list[bytes | memoryview], size: int) -> None:
         """One chunk of the body: `parts`, `size` bytes in all (not 0: a zero-length chunk ends a body)."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.writelines([head, b"%x\r\n" % size, *parts, b"\r\n"])
+            return
         self._transport.writelines([b"%x\r\n" % size, *parts, b"\r\n"])
 
     @property

@@ -105,14 +105,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes, int(declared))
     chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise _too_large(max_bytes)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone from None  # the client left while sending: a 499, not a server error
+    while True:  # the ASGI messages themselves (Starlette's `stream()` adds an async generator per request)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone  # the client left while sending: a 499, not a server error
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     raw = await asyncio.to_thread(b"".join, chunks) if size > _JOIN_OFF_LOOP else b"".join(chunks)
     return json_text(raw)
 

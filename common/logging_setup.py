@@ -90,6 +90,47 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+class RequestRecord:
+    """One request's id, bound for its logs and echoed in its response's head, and its access line at its end:
+    what `RequestIdMiddleware` does for each request, in one place for it and for the route served ahead of the
+    middlewares (controller/chat_route.py)."""
+
+    __slots__ = ("_token", "rid", "scope", "started", "status")
+
+    KEY = "internvl.request_record"  # scope[KEY]: the request's record, for a head sent outside `send`
+
+    def __init__(self, scope: Scope):
+        headers = scope["headers"]
+        given = None
+        for k, v in headers:
+            if k == b"x-request-id":
+                given = v.decode("latin-1")  # (the last one counts, as in a dict of them)
+        if given is None:
+            self.rid = new_request_id()
+        else:
+            self.rid = given if _VALID_ID.match(given) else new_request_id()
+            headers = [(k, v) for k, v in headers if k != b"x-request-id"]
+        scope["headers"] = [*headers, (b"x-request-id", self.rid.encode())]
+        self.scope = scope
+        scope[self.KEY] = self
+        self._token = request_id_var.set(self.rid)
+        self.started, self.status = time.monotonic(), 500
+
+    def sent(self, message: Message) -> None:
+        """A message of the response, before it goes: the head's status is noted and the id added to it."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", self.rid.encode())]
+
+    def end(self) -> None:
+        path = self.scope.get("path", "")
+        if path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
+            access_log.info("%s %s %d", self.scope.get("method"), path, self.status,
+                            extra={"status": self.status,
+                                   "duration_ms": round((time.monotonic() - self.started) * 1000, 1)})
+        request_id_var.reset(self._token)
+
+
 class RequestIdMiddleware:
     """Pure ASGI middleware: binds the request id for the request's logs and writes one access line per request."""
 
@@ -100,28 +141,16 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _VALID_ID.match(given) else new_request_id()
-        scope["headers"] = headers + [(b"x-request-id", rid.encode())]
-        token = request_id_var.set(rid)
-        started, status = time.monotonic(), 500
+        record = RequestRecord(scope)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            record.sent(message)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            path = scope.get("path", "")
-            if path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
-                access_log.info("%s %s %d", scope.get("method"), path, status,
-                                extra={"status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1)})
-            request_id_var.reset(token)
+            record.end()
 
 
 def install_request_ids(app) -> None:

@@ -89,6 +89,12 @@ class Metrics:
         """The worker's media cache counters, read at scrape time from the cache itself."""
         self.registry.register(_MediaCacheCollector(cache))
 
+    def count_request(self, scope: dict, status: int) -> None:
+        """One answered HTTP request, by its route's template (scope["route"]), method and status."""
+        # Route templates only: raw paths of 404s would let any client grow the label set without bound.
+        name = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.requests.labels(name, scope.get("method", ""), str(status)).inc()
+
     def count_error(self, code: ErrorCode | str) -> None:
         self.errors.labels(str(ErrorCode(code).value if isinstance(code, ErrorCode) else code)).inc()
 
@@ -149,7 +155,7 @@ class _MediaCacheCollector:
                                 value=self.cache.held_bytes)
 
 
-class _CountRequests:
+class CountRequests:
     """Pure ASGI middleware (no response buffering, so SSE streams pass through untouched)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
@@ -171,10 +177,7 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            # Route templates only: raw paths of 404s would let any client grow the label set without bound.
-            name = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(name, scope.get("method", ""), str(status)).inc()
+            self.metrics.count_request(scope, status)
 
 
 def install_metrics(app: FastAPI, metrics: Metrics, access: list[str] | Callable[[Request], None]) -> None:
@@ -184,7 +187,7 @@ def install_metrics(app: FastAPI, metrics: Metrics, access: list[str] | Callable
     Call after `install_error_handlers`: the ServingError handler is wrapped so every error answer is counted by code.
     """
     app.state.metrics = metrics
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests, metrics=metrics)
     render_error = app.exception_handlers[ServingError]
 
     async def counted(request: Request, exc: Exception):

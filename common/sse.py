@@ -102,7 +102,36 @@ def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = No
     framed = _framed(events)
     if interval_s > 0:
         framed = coalesce(framed, lambda _: interval_s)
-    return EventSourceResponse(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
+    return _EventStream(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response, its head sent together with its first event (`_HeadWithFirstBody`)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await super().__call__(scope, receive, _HeadWithFirstBody(send))
+
+
+class _HeadWithFirstBody:
+    """An ASGI `send` that holds a response's head until its first body message, then sends the two back to back.
+    A worker sends its head once the first token exists (controller/relay.py), but sse-starlette sends it before
+    taking the first event from the iterator: apart, head and first event reached the controller in two network
+    reads, each a wakeup on the way to the first token (issue 26)."""
+
+    __slots__ = ("_send", "_head")
+
+    def __init__(self, send):
+        self._send = send
+        self._head: dict | None = None
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self._head = message
+            return
+        head, self._head = self._head, None
+        if head is not None:
+            await self._send(head)
+        await self._send(message)
 
 
 async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
@@ -110,6 +139,16 @@ async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
     # and framed events can be joined into one write.
     async for e in events:
         yield sse_event(e)
+
+
+def sse_head(headers: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """The head's headers of a relayed stream (`SSEBytesResponse`'s), with `headers`."""
+    more = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
+    return [*_SSE_HEAD[:2], *more, _SSE_HEAD[2]]
+
+
+_SSE_HEAD = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"),
+             (b"content-type", b"text/event-stream; charset=utf-8"))
 
 
 class SSEBytesResponse(StreamingResponse):
@@ -121,16 +160,21 @@ class SSEBytesResponse(StreamingResponse):
     always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
     A client disconnect cancels the stream, which closes the iterator and so the worker's stream. An iterator that
     can write itself to the client's connection (`write_to`: the relay's, controller/stream_pump.py) does so where
-    the server offers one (common/direct_body.py); only its last block comes back here."""
+    the server offers one (common/direct_body.py); only its last block comes back here. Given `direct`, whose head
+    the relay began (controller/app.py), no head is sent here."""
 
     media_type = "text/event-stream"
 
     def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None,
-                 watch: ClientWatch | None = None):
-        super().__init__(blocks, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})})
-        self._blocks = blocks
+                 watch: ClientWatch | None = None, direct: DirectBody | None = None):
+        # (StreamingResponse's own __init__ is not run: its headers are `sse_head`'s, as in the relay's early head)
+        self.body_iterator = self._blocks = blocks
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = sse_head(headers)
         self._watch = watch
-        self._began = False
+        self._direct = direct if direct is not None and direct.begun else None
+        self._began = self._direct is not None
 
     async def __call__(self, scope, receive, send) -> None:
         watch = self._watch or ClientWatch(receive, scope)
@@ -150,12 +194,18 @@ class SSEBytesResponse(StreamingResponse):
             await self._blocks.aclose()  # type: ignore[attr-defined]
 
     async def _stream(self, scope, send) -> None:
-        self._began = True
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         write_to = getattr(self._blocks, "write_to", None)
-        direct = DirectBody.of(scope) if write_to is not None else None
+        direct = self._direct
+        if direct is None:
+            self._began = True
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            direct = DirectBody.of(scope) if write_to is not None else None
         if direct is not None:
-            await send({"type": "http.response.body", "body": await write_to(direct), "more_body": False})
+            try:
+                last = await write_to(direct)
+            finally:
+                direct.release()  # a head still held: the answer ended within the worker's first read
+            await send({"type": "http.response.body", "body": last, "more_body": False})
             return
         async for block in self._blocks:
             last = block.endswith(DONE_EVENT)

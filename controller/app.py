@@ -7,26 +7,27 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
+from common.direct_body import DirectBody
 from common.disconnect import ClientWatch
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
                          read_body)
-from common.logging_setup import install_request_ids, request_id_var
+from common.logging_setup import RequestRecord, install_request_ids, request_id_var
 from common.metrics import Metrics, ModelLoad, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
-from common.sse import SSEBytesResponse, payloads
+from common.sse import SSEBytesResponse, payloads, sse_head
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect
 from controller.chat_route import ControllerApp
 from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
 from controller.request_peek import Peeked, peek_request
-from controller.relay import Dispatcher
+from controller.relay import Dispatcher, Upstream
 from controller.settings import ControllerSettings
 from controller.worker_http import WorkerClient
 
@@ -62,6 +63,25 @@ def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
     else:
         return None
     return Conversation(key, asked.first_turn)
+
+
+SERVED_BY = "X-Worker-ID"
+
+
+def early_start(dispatcher: Dispatcher, direct: DirectBody, scope: dict) -> Callable[[Upstream], None]:
+    """The dispatch's `on_first` for a streamed answer under our server: the response's head is begun and the
+    relay started the moment the first event has passed its checks, so the head and the first event go out in one
+    write from there (common/direct_body.py). The request's record is told of the head (its status, the request id
+    in it), as `send` would have told it."""
+
+    def start(upstream: Upstream) -> None:
+        head = {"type": "http.response.start", "status": 200,
+                "headers": sse_head({SERVED_BY: upstream.worker.worker_id})}
+        scope[RequestRecord.KEY].sent(head)
+        direct.begin(head["status"], head["headers"])
+        dispatcher.relay(upstream).start_direct(direct)
+
+    return start
 
 
 def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Policy:
@@ -172,16 +192,19 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         dispatcher: Dispatcher = request.app.state.dispatcher
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
         client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
+        # A stream under our server starts from inside the dispatch, its head with its first event (early_start)
+        direct = DirectBody.unstarted(request.scope) if asked.stream else None
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
-                                 conversation_of(request, asked), client[:_MAX_KEY])
+                                 conversation_of(request, asked), client[:_MAX_KEY],
+                                 early_start(dispatcher, direct, request.scope) if direct is not None else None)
         # One watch from here to the answer's end (common/disconnect.py)
         watch = ClientWatch(request.receive, request.scope)
         try:
             upstream = await watch.guard(opened)
             blocks = dispatcher.relay(upstream)
-            served_by = {"X-Worker-ID": upstream.worker.worker_id}  # for logs and the UI's conversation log
+            served_by = {SERVED_BY: upstream.worker.worker_id}  # for logs and the UI's conversation log
             if asked.stream:
-                response, watch = SSEBytesResponse(blocks, served_by, watch), None  # it watches on, and stops it
+                response, watch = SSEBytesResponse(blocks, served_by, watch, direct), None  # it watches on, stops it
                 return response
             try:
                 completion = await watch.guard(collect(payloads(blocks), asked.model))

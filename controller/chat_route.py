@@ -3,10 +3,13 @@
 Every chat request is relayed through the controller, so its per-request cost is the gateway's cost. FastAPI's
 routing, dependency solving, exception-wrapping layers and response plumbing were about a third of the controller's
 CPU per request (py-spy: bench/overhead_bench.py --profile), for a route that uses none of them: it reads a raw body
-and answers with a ready response. So this one path is served by a plain ASGI endpoint, still wrapped in the app's own
-middlewares (request ids and the access line, the request counter: built from the same `user_middleware` list), and
-its errors still rendered by the app's own exception handlers (common/http.py install_error_handlers, counted by
-common/metrics.py). Every other path goes through FastAPI as before.
+and answers with a ready response. So this one path is served by a plain ASGI endpoint. It does itself what the
+app's two middlewares do for every other path, through the same code: the request id and the access line
+(common/logging_setup.py `RequestRecord`), the request counter (common/metrics.py `Metrics.count_request`). Two
+middleware layers, each wrapping `send`, were a measurable part of every first token's way (issue 26). An app with
+any other middleware refuses to serve the route, rather than skip it. Its errors are still rendered by the app's own
+exception handlers (common/http.py install_error_handlers, counted by common/metrics.py). Every other path goes
+through FastAPI as before.
 """
 
 from __future__ import annotations
@@ -17,27 +20,31 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from common.logging_setup import RequestIdMiddleware, RequestRecord
+from common.metrics import CountRequests, Metrics
 
 CHAT_PATH = "/v1/chat/completions"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+_DONE_HERE = {RequestIdMiddleware, CountRequests}  # the middlewares whose work ChatRoute does itself
 
 
 class ControllerApp(FastAPI):
     """FastAPI with the chat route served ahead of it (see the module's docstring); set `chat_endpoint`."""
 
     chat_endpoint: Endpoint | None = None
-    _chat_stack: ASGIApp | None = None
+    _chat_route: ChatRoute | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and self.chat_endpoint is not None:
-            if self._chat_stack is None:  # built on first use, like Starlette's stack: after every add_middleware
-                stack: ASGIApp = ChatRoute(self, self.chat_endpoint)
-                for cls, args, kwargs in reversed(self.user_middleware):
-                    stack = cls(stack, *args, **kwargs)
-                self._chat_stack = stack
-            await self._chat_stack(scope, receive, send)
+            if self._chat_route is None:  # made on first use, like Starlette's stack: after every add_middleware
+                others = [m.cls for m in self.user_middleware if m.cls not in _DONE_HERE]
+                if others:
+                    raise RuntimeError(f"{CHAT_PATH} does not apply {others}: add it to controller/chat_route.py")
+                self._chat_route = ChatRoute(self, self.chat_endpoint, self.state.metrics)
+            await self._chat_route(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -48,24 +55,35 @@ class ChatRoute:
 
     path = CHAT_PATH  # the request counter labels requests by their route's path
 
-    def __init__(self, app: FastAPI, endpoint: Endpoint):
+    def __init__(self, app: FastAPI, endpoint: Endpoint, metrics: Metrics):
         self.app = app
         self.endpoint = endpoint
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = RequestRecord(scope)  # (RequestIdMiddleware's work)
+
+        async def send_seen(message: Message) -> None:
+            record.sent(message)
+            await send(message)
+
         scope["app"] = self.app
         scope["route"] = self
         request = Request(scope, receive)
         try:
-            if scope["method"] != "POST":
-                raise StarletteHTTPException(405, headers={"Allow": "POST"})
-            response = await self.endpoint(request)
-        except Exception as exc:
-            handler = _handler_for(self.app, exc)
-            if handler is None:
-                raise
-            response = await handler(request, exc)
-        await response(scope, receive, send)
+            try:
+                if scope["method"] != "POST":
+                    raise StarletteHTTPException(405, headers={"Allow": "POST"})
+                response = await self.endpoint(request)
+            except Exception as exc:
+                handler = _handler_for(self.app, exc)
+                if handler is None:
+                    raise
+                response = await handler(request, exc)
+            await response(scope, receive, send_seen)
+        finally:
+            self.metrics.count_request(scope, record.status)  # (the request counter's work)
+            record.end()
 
 
 def _handler_for(app: FastAPI, exc: Exception) -> Callable | None:

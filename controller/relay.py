@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.auth import RELAY_TOKEN_HEADER
@@ -37,6 +38,7 @@ class Upstream:
     response: WorkerResponse
     buffered: bytes  # bytes read so far, the first event included: the relay sends them first, as they came
     first_at: float = 0.0  # monotonic time the first event arrived (tokens/s is measured from here)
+    relay: Relay | None = None  # the stream past its first event, once made (`Dispatcher.relay`)
 
     def finish(self, ok: bool | None) -> None:
         """End this attempt: idempotent. A stream read to its end goes back to the pool; any other is closed, which
@@ -60,9 +62,12 @@ class Dispatcher:
                                   self.metrics.observe_queue_wait)
 
     async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None,
-                   conversation: Conversation | None = None, client: str = "") -> Upstream:
+                   conversation: Conversation | None = None, client: str = "",
+                   on_first: Callable[[Upstream], None] | None = None) -> Upstream:
         """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds;
-        `conversation`: the one it belongs to (for the policy); `client`: who sent it (turns in the waiting line).
+        `conversation`: the one it belongs to (for the policy); `client`: who sent it (turns in the waiting line);
+        `on_first`: called with the stream the moment its first event has passed the checks, before this returns
+        (it may start the relay: the first token's way then leaves out the unwinding of this call).
         The first attempt may wait in line for a free worker (request_queue.py); a failover does not wait.
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
@@ -86,7 +91,7 @@ class Dispatcher:
             worker, lease = taken
             tried.add(worker.worker_id)
             try:
-                upstream = await self._connect(worker, lease, body, request_id, headers)
+                upstream = await self._connect(worker, lease, body, request_id, headers, on_first)
             except ServingError as err:
                 lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
@@ -143,14 +148,26 @@ class Dispatcher:
                             f"{names}", param="model")
 
     async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
-                       headers: dict[str, str] | None) -> Upstream:
+                       headers: dict[str, str] | None, on_first: Callable[[Upstream], None] | None) -> Upstream:
         # One deadline for each wait until the first token: sending the request and the worker's headers (which it
         # sends with its first token), then each read of the first event. On a timeout, as on any cancellation,
         # the client closes the connection: the worker sees its client gone and stops the abandoned attempt.
         deadline = ReadDeadline(self.settings.first_token_timeout_s)
+        early = _EarlyStart(worker, lease, on_first) if on_first is not None else None
         try:
-            response = await self._post(worker, body, request_id, headers, deadline)
             try:
+                response = await self._post(worker, body, request_id, headers, deadline, early)
+            except BaseException:
+                if early is not None and isinstance(early.outcome, Upstream):
+                    # Cancelled (the client left) after the stream had started: it ends as a client's leaving does,
+                    # before the connection's loss would reach the stream as the worker's failure.
+                    self.relay(early.outcome).pump.close()
+                raise
+            try:
+                if early is not None and early.outcome is not None:
+                    if isinstance(early.outcome, BaseException):
+                        raise early.outcome
+                    return early.outcome
                 if response.status == 401:  # our relay token, not the client's key: never tell the client it is wrong
                     raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} refused the controller's "
                                        "relay token (it restarted or registered again)")
@@ -167,7 +184,10 @@ class Dispatcher:
                 err = error_in_event(first)
                 if err is not None:
                     raise err
-                return Upstream(worker, lease, response, buffered, time.monotonic())
+                upstream = Upstream(worker, lease, response, buffered, time.monotonic())
+                if on_first is not None:
+                    on_first(upstream)
+                return upstream
             except BaseException:
                 response.close()
                 raise
@@ -175,13 +195,14 @@ class Dispatcher:
             deadline.close()
 
     async def _post(self, worker: WorkerRecord, body: bytes | bytearray, request_id: str,
-                    headers: dict[str, str] | None, deadline: ReadDeadline) -> WorkerResponse:
+                    headers: dict[str, str] | None, deadline: ReadDeadline,
+                    early: _EarlyStart | None = None) -> WorkerResponse:
         """The worker's response to the request, once its headers have come."""
         try:
             return await deadline.read(self.client.request(
                 "POST", f"{worker.url}/v1/chat/completions", body,
                 {"Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {}),
-                 RELAY_TOKEN_HEADER: worker.relay_token}))
+                 RELAY_TOKEN_HEADER: worker.relay_token}, early))
         except WorkerUnreachable as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
@@ -215,11 +236,41 @@ class Dispatcher:
 
     def relay(self, up: Upstream) -> Relay:
         """The stream past its first event (controller/stream_pump.py): blocks of complete SSE events, the first
-        event first, and always exactly one end marker. The request's lease is released when the stream ends, however
-        it ends."""
-        pump = StreamPump(up, self.registry, self.metrics, self.settings.stream_interval_ms / 1000,
-                          self.settings.token_timeout_s)
-        return Relay(pump)
+        event first, and always exactly one end marker; one per stream. The request's lease is released when the
+        stream ends, however it ends."""
+        if up.relay is None:
+            up.relay = Relay(StreamPump(up, self.registry, self.metrics, self.settings.stream_interval_ms / 1000,
+                                        self.settings.token_timeout_s))
+        return up.relay
+
+
+class _EarlyStart:
+    """An attempt's `on_first`, called from the worker connection's own callback when the first event comes with
+    the response's head (or before the request's task has woken for the head): the stream starts there, with no task
+    woken on the first token's way (issue 26). Only a good first event of a 200 answer starts it; anything else
+    (an error status or event, an empty stream, an event not complete yet) is left to the task, which reads the
+    first event itself as before, once it has the head (the client calls this no more then). What `on_first` raises
+    is the task's to raise."""
+
+    __slots__ = ("lease", "on_first", "outcome", "worker")
+
+    def __init__(self, worker: WorkerRecord, lease: Lease, on_first: Callable[[Upstream], None]):
+        self.worker, self.lease, self.on_first = worker, lease, on_first
+        self.outcome: Upstream | BaseException | None = None
+
+    def __call__(self, response: WorkerResponse) -> None:
+        if self.outcome is not None or response.status != 200:
+            return
+        buffered = response.peek()
+        first = next(sse_payloads(buffered[:complete_events(buffered)]), None)
+        if first is None or first == DONE or error_in_event(first) is not None:
+            return
+        try:
+            upstream = Upstream(self.worker, self.lease, response, response.read_nowait(), time.monotonic())
+            self.on_first(upstream)
+            self.outcome = upstream
+        except Exception as exc:  # noqa: BLE001 - raised in the task, not in the connection's callback
+            self.outcome = exc
 
 
 _ERROR_BODY_MAX = 64 * 1024  # of a worker's error answer: what it says fits; more is not read

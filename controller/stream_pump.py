@@ -92,7 +92,7 @@ class StreamPump:
         self.last_byte = self.loop.time()
         self.timer = self.loop.call_at(self.last_byte + self.timeout_s, self._due)
         self.body_received(self.up.buffered)  # the first event and whatever came with it
-        if self.final is None:
+        if not self.finished:  # (past the end marker too: the body's end then ends the attempt without waiting)
             self.up.response.deliver_to(self)
 
     async def changed(self) -> None:
@@ -335,15 +335,20 @@ class Relay(Output):
         else:  # never started: the attempt is ended here
             self.pump.up.finish(ok=None)
 
+    def start_direct(self, body: DirectBody) -> None:
+        """Start sending the stream to `body` now, from the caller's step (the dispatch, once the first event has
+        passed its checks: controller/relay.py); `write_to` then waits for its end."""
+        if self.pump.out is None:
+            self.pump.start(DirectOutput(body))
+
     async def write_to(self, body: DirectBody) -> bytes:
         """Send the stream to `body` until its end; the last write, for the owner to send with the body's end."""
         pump = self.pump
-        out = DirectOutput(body)
-        pump.start(out)
+        self.start_direct(body)
         while pump.final is None:
             await pump.changed()
             if pump.paused:
-                if out.gone:
+                if body.gone:
                     raise ClientGone
                 await body.drain()
                 pump.resume()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -70,6 +71,8 @@ class _Connection(asyncio.Protocol):
         self.reset()
 
     def reset(self) -> None:
+        self.answer: WorkerResponse | None = None  # the response object, once made (`WorkerResponse.of`)
+        self.early: Callable[[WorkerResponse], None] | None = None  # `WorkerClient.request`'s `early`
         self.status = 0
         self.keep_alive = False
         self.head_bytes = 0
@@ -85,12 +88,20 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if not self.status:  # the head is not complete: its size is counted here, before anything is parsed
+            # (by the read, not by a Python callback per header: those were a measurable part of every first token's
+            # way, issue 26)
+            end = data.find(b"\r\n\r\n")
+            self.head_bytes += len(data) if end < 0 else end + 4
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._broken(WorkerConnectionError(f"the worker's response head is over {MAX_HEAD_BYTES // 1024} KiB"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._broken(WorkerConnectionError("the worker asked to switch protocols"))
-        except httptools.HttpParserError as exc:  # also an exception raised in a callback (a head too large)
-            self._broken(self.error or WorkerConnectionError(f"the worker's response is not valid HTTP/1.1 ({exc})"))
+        except httptools.HttpParserError as exc:
+            self._broken(WorkerConnectionError(f"the worker's response is not valid HTTP/1.1 ({exc})"))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -116,12 +127,6 @@ class _Connection(asyncio.Protocol):
         self.drained = None
 
     # -- httptools callbacks
-    def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
-
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # asked here: at the message's end llhttp has reset it
@@ -135,6 +140,8 @@ class _Connection(asyncio.Protocol):
         self.unread += len(body)
         if self.unread > _HIGH_WATER:
             self.pause()
+        if self.early is not None:
+            self.early(WorkerResponse.of(self))
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -145,12 +152,6 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # -- for WorkerClient and WorkerResponse
-    def _count_head(self, n: int) -> None:
-        self.head_bytes += n
-        if self.head_bytes > MAX_HEAD_BYTES:
-            self.error = WorkerConnectionError(f"the worker's response head is over {MAX_HEAD_BYTES // 1024} KiB")
-            raise self.error  # stops the parser
-
     def _broken(self, error: WorkerConnectionError) -> None:
         self.error = error
         self.transport.abort()
@@ -202,6 +203,13 @@ class WorkerResponse:
         self._ended = False
         self.status = conn.status
 
+    @classmethod
+    def of(cls, conn: _Connection) -> WorkerResponse:
+        """The one response object of the connection's response under way (made once its head has come)."""
+        if conn.answer is None:
+            conn.answer = cls(conn)
+        return conn.answer
+
     async def readany(self) -> bytes:
         """What the network has brought since the last read, waiting for some; b"" once the body has ended.
         WorkerConnectionError when the connection broke first."""
@@ -213,6 +221,11 @@ class WorkerResponse:
                 raise conn.error
             await conn.wait()
         return conn.take()
+
+    def peek(self) -> bytes:
+        """What has arrived and not been read, left unread."""
+        chunks = self._conn.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def read_nowait(self) -> bytes:
         """What has arrived and not been read, without waiting (b"" when nothing has)."""
@@ -286,10 +299,15 @@ class WorkerClient:
         await self.close()
 
     async def request(self, method: str, url: str, body: bytes | bytearray = b"",
-                      headers: dict[str, str] | None = None) -> WorkerResponse:
-        """Send the request; the response once its headers have come. Cancelled or failed, the connection closes."""
+                      headers: dict[str, str] | None = None,
+                      early: Callable[[WorkerResponse], None] | None = None) -> WorkerResponse:
+        """Send the request; the response once its headers have come. Cancelled or failed, the connection closes.
+        `early` is called from the connection's own callback each time body bytes arrive before this returns: the
+        caller's chance to act on the response's first bytes with no task woken (the relay's first event, issue 26);
+        it may take them (`deliver_to`)."""
         key, path, host = _target(url)
         conn = self._take(key) or await self._connect(key)
+        conn.early = early
         try:
             head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, host)]
             for name, value in (headers or {}).items():
@@ -304,8 +322,10 @@ class WorkerClient:
                 if conn.error is not None:
                     raise conn.error
                 await conn.wait()
-            return WorkerResponse(conn)
+            conn.early = None
+            return WorkerResponse.of(conn)
         except BaseException:
+            conn.early = None
             conn.transport.abort()
             raise
 

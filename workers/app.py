@@ -40,10 +40,10 @@ def relayed(req: ChatCompletionRequest, request: Request) -> ChatCompletionReque
     stream (so failover and counting work alike), and the usage event when its client wants one answer."""
     if request.headers.get(RELAY_STREAM) != "1":
         return req
-    update: dict = {"stream": True}
+    update: dict = {} if req.stream else {"stream": True}
     if request.headers.get(RELAY_INCLUDE_USAGE) == "1":
         update["stream_options"] = StreamOptions(include_usage=True)
-    return req.model_copy(update=update)
+    return req.model_copy(update=update) if update else req  # (a copy costs ~50 us on every relayed first token)
 
 
 def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:

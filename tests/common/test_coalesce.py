@@ -148,3 +148,19 @@ async def test_cancelling_the_reader_closes_the_source():
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.wait_for(src.closed.wait(), 2.0)
+
+
+async def test_a_ready_first_item_goes_out_without_a_turn_of_the_event_loop():
+    """The first item is every answer's first token: read in the reader's own task, not handed over through a queue
+    by the source's task, it waits for no other callback (issue 26)."""
+
+    async def ready():
+        yield "first"
+        yield "second"
+
+    other_ran = []
+    asyncio.get_running_loop().call_soon(other_ran.append, True)  # runs at the loop's next turn
+    out = coalesce(ready(), lambda shown: 30.0)
+    assert await anext(out) == "first"
+    assert not other_ran, "the first item waited for a turn of the event loop"
+    await out.aclose()

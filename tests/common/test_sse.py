@@ -4,12 +4,14 @@ definition; and both streaming responses, served by a real server on loopback, r
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from common.bounded_http import bounded_http
 from common.errors import ErrorCode, error_body
 from common.sse import (DONE, DONE_EVENT, DONE_LINE, SSEBytesResponse, complete_events, error_in_event, payloads,
                         sse_event, sse_payloads, sse_response)
@@ -110,3 +112,32 @@ async def test_both_responses_read_back_over_a_real_socket():
                 got = [data async for data in payloads(response.aiter_bytes())]
             assert got == events, path
             assert error_in_event(got[2]).code == ErrorCode.ENGINE_ERROR
+
+
+async def test_a_workers_stream_sends_its_head_with_its_first_event_not_before():
+    """sse-starlette sends a response's head before it takes the first event from the iterator; held until then, the
+    head and the first event go out back to back, and a relay reads them in one read (issue 26)."""
+    first_asked, release = asyncio.Event(), asyncio.Event()
+
+    async def events():
+        first_asked.set()
+        await release.wait()  # the first token is not there yet
+        yield TOKEN
+        yield DONE
+
+    app = FastAPI()
+    app.get("/slow")(lambda: sse_response(events(), interval_s=0.01))
+    async with served(app, http=bounded_http()) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        await asyncio.wait_for(first_asked.wait(), 10)
+        with pytest.raises(TimeoutError):  # the iterator is asked for its first event: nothing has gone yet
+            await asyncio.wait_for(reader.read(65536), 0.3)
+        release.set()
+        got = b""
+        async with asyncio.timeout(10):
+            while b"data: [DONE]" not in got:
+                got += await reader.read(65536)
+        writer.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and sse_event(TOKEN) in rest  # (the body is chunked)

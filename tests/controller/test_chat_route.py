@@ -1,12 +1,16 @@
-"""The chat route served ahead of FastAPI's layers (controller/chat_route.py) keeps what FastAPI gave it: the app's
-middlewares (request ids, the request counter by route template), its exception handlers (one JSON error body,
-counted by code) and the routing answers (405 for another method). The real controller app, in-process; streaming
+"""The chat route served ahead of FastAPI's layers (controller/chat_route.py) keeps what FastAPI gave it: what the
+app's middlewares do (request ids, the access line, the request counter by route template), its exception handlers
+(one JSON error body, counted by code) and the routing answers (405 for another method); an app with a middleware it
+does not apply refuses the route. The real controller app, in-process; streaming
 through it is covered by the relay and integration tests."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from fastapi.testclient import TestClient
+from starlette.middleware.gzip import GZipMiddleware
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -67,3 +71,18 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(client):
 def test_other_paths_still_go_through_fastapi(client):
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/no/such/path").json()["error"]["code"] == "not_found"
+
+
+def test_an_app_with_a_middleware_the_route_does_not_apply_refuses_it():
+    app = create_app(ControllerSettings())
+    app.add_middleware(GZipMiddleware)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="does not apply"):
+        client.post(CHAT, content=b"{}")
+
+
+def test_each_chat_request_writes_one_access_line_with_its_status(client, caplog):
+    with caplog.at_level(logging.INFO, logger="internvl.access"):
+        r = client.post(CHAT, content=b"{not json", headers={"X-Request-ID": "trace-43"})
+    assert r.headers["x-request-id"] == "trace-43"
+    lines = [r for r in caplog.records if r.name == "internvl.access"]
+    assert len(lines) == 1 and lines[0].getMessage() == f"POST {CHAT} 400" and lines[0].status == 400

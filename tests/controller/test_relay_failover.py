@@ -20,7 +20,9 @@ from controller.registry import Registry
 from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from tests.support.loopback_workers import REFUSED, LoopbackWorkers, status, stream
+from tests.support.raw_worker import OK_HEAD, chunk, raw_server
 from tests.support.stream_chunks import CHUNK
+from tests.support.waiting import wait_until_async
 
 BODY = b'{"model": "m"}'
 
@@ -50,17 +52,31 @@ def ok():
     return stream(CHUNK, CHUNK, "[DONE]")
 
 
-async def drain(dispatcher: Dispatcher) -> tuple[str, list[str]]:
-    up = await dispatcher.open(BODY, "m", "rid")
+async def drain(dispatcher: Dispatcher, early: bool = False) -> tuple[str, list[str]]:
+    """`early`: the stream is started from the dispatch's `on_first`, as the app starts a streamed answer (from the
+    worker connection's callback when the first event comes with the head), instead of by its first read."""
+    started: list = []
+
+    def start(up) -> None:
+        started.append(up)
+        relay = dispatcher.relay(up)
+        relay.pump.start(relay)
+
+    up = await dispatcher.open(BODY, "m", "rid", on_first=start if early else None)
+    assert started == ([up] if early else [])  # once, for the attempt that answered well
     return up.worker.worker_id, [e async for e in payloads(dispatcher.relay(up))]
 
 
+EARLY = pytest.mark.parametrize("early", [False, True], ids=["first-read", "early-start"])
+
+
+@EARLY
 @pytest.mark.parametrize("failure", [status(ErrorCode.WORKER_BUSY), status(ErrorCode.ENGINE_ERROR), REFUSED])
-async def test_fails_over_before_first_token(make, failure):
+async def test_fails_over_before_first_token(make, failure, early):
     dispatcher, registry, _ = await make({"bad": failure, "good": ok()})
     served = set()
     for _ in range(4):
-        worker, events = await drain(dispatcher)
+        worker, events = await drain(dispatcher, early)
         served.add(worker)
         assert events == [CHUNK, CHUNK, "[DONE]"]
     assert served == {"good"}
@@ -86,10 +102,11 @@ async def test_all_workers_failing_gives_no_worker_with_last_reason(make):
     assert not registry.get("b").healthy and registry.get("a").healthy
 
 
-async def test_error_event_before_first_token_fails_over(make):
+@EARLY
+async def test_error_event_before_first_token_fails_over(make, early):
     dispatcher, _, _ = await make({"a": stream(json.dumps(error_body(ErrorCode.WORKER_LOST, "x")), "[DONE]"),
                                    "b": ok()})
-    worker, events = await drain(dispatcher)
+    worker, events = await drain(dispatcher, early)
     assert worker == "b" and events[-1] == "[DONE]"
 
 
@@ -102,9 +119,10 @@ async def test_worker_silent_before_first_token_times_out_then_fails_over(make):
     assert served == {"b"} and registry.get("a").failures >= 1 and registry.get("a").in_flight == 0
 
 
-async def test_stream_cut_mid_answer_becomes_one_error_event_then_done(make):
+@EARLY
+async def test_stream_cut_mid_answer_becomes_one_error_event_then_done(make, early):
     dispatcher, registry, _ = await make({"a": stream(CHUNK, CHUNK)})  # no [DONE]: the worker vanished
-    _, events = await drain(dispatcher)
+    _, events = await drain(dispatcher, early)
     assert events[:2] == [CHUNK, CHUNK] and events[-1] == "[DONE]" and len(events) == 4
     assert json.loads(events[2])["error"]["code"] == ErrorCode.WORKER_LOST
     assert registry.get("a").in_flight == 0
@@ -145,7 +163,8 @@ async def test_a_slow_reader_does_not_make_a_steady_worker_late(make):
     assert registry.get("a").in_flight == 0 and registry.get("a").healthy
 
 
-async def test_finished_streams_reuse_one_connection(make):
+@EARLY
+async def test_finished_streams_reuse_one_connection(make, early):
     seen = set()
 
     async def remember(request):
@@ -154,7 +173,7 @@ async def test_finished_streams_reuse_one_connection(make):
 
     dispatcher, _, _ = await make({"a": remember})
     for _ in range(5):
-        await drain(dispatcher)
+        await drain(dispatcher, early)
     assert len(seen) == 1  # drained to the end of the body, so each connection went back to the pool
 
 
@@ -185,3 +204,39 @@ async def test_a_relay_closed_before_its_first_block_still_releases(make):
     assert registry.get("a").in_flight == 1
     await dispatcher.relay(up).aclose()
     assert registry.get("a").in_flight == 0 and up.response.closed
+
+
+async def test_a_stream_started_early_then_left_at_once_is_the_clients_leaving_not_the_workers_failure():
+    """The stream starts from the worker connection's callback (its first event came with the head), and the client
+    leaves before the request's task has woken: the attempt ends as a client's leaving does. The worker stays healthy,
+    its lease goes back, and its connection is closed (which is how a worker learns its client left)."""
+    readers: list[asyncio.StreamReader] = []
+
+    async def first_event_then_more_later(reader, writer) -> None:
+        readers.append(reader)
+        writer.write(OK_HEAD + chunk(f"data: {CHUNK}\r\n\r\n".encode()))  # the head and the first event, one write
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with raw_server(first_event_then_more_later) as (url, _):
+        registry = Registry(expiry_s=60)
+        registry.register(WorkerRegistration(worker_id="a", url=url.removesuffix("/v1/chat/completions"),
+                                             models=[ModelCard(id="m")], max_concurrency=2))
+        settings = ControllerSettings(first_token_timeout_s=5, token_timeout_s=5)
+        async with worker_client(settings) as session:
+            dispatcher = Dispatcher(registry, ShortestQueue(random.Random(0)), session, settings)
+            started = []
+
+            def start(up) -> None:
+                started.append(up)
+                relay = dispatcher.relay(up)
+                relay.pump.start(relay)
+                opening.cancel()  # the client left, before the task has woken
+
+            opening = asyncio.create_task(dispatcher.open(BODY, "m", "rid", on_first=start))
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            assert len(started) == 1 and started[0].response.closed
+            await wait_until_async(lambda: readers and readers[0].at_eof(), 5, "the worker's connection to close")
+            worker = registry.get("a")
+            assert worker.in_flight == 0 and worker.healthy, "the client's leaving was taken for the worker's failure"
