@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -21,7 +20,7 @@ from workers.body_parser import BodyParser
 from workers.chat_response import ChatResponse
 from workers.engines.base import Engine
 from workers.limits import MediaLimits
-from workers.registration import Registrar
+from workers.registration import Registrar, controller_client
 from workers.serving import ChatService
 from workers.settings import WorkerSettings
 
@@ -59,7 +58,7 @@ def create_app(settings: WorkerSettings, engine: Engine) -> FastAPI:
         await bodies.start()
         if engine.spec.random_weights:
             log.warning("SERVING THE DEMO CHECKPOINT: its weights are random and its answers are noise")
-        async with httpx.AsyncClient() as client:
+        async with controller_client() as client:
             registrar = None
             task = None
             if settings.controller_url:

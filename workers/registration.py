@@ -15,6 +15,19 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+# How long the client to the controller keeps an idle connection: under the controller's own keep-alive (uvicorn's
+# 5 s), so a heartbeat never goes out on a connection that the controller is closing at that very moment. With both
+# at 5 s, the default heartbeat interval, a heartbeat was lost that way every few minutes under load; the worker
+# then registered again, and a request relayed to it between its old and new relay tokens failed (issue 26's
+# benchmark, 2026-12-06).
+KEEPALIVE_S = 1.0
+
+
+def controller_client() -> httpx.AsyncClient:
+    """The worker's client to its controller (registration and heartbeats)."""
+    return httpx.AsyncClient(limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
+
+
 class Registrar:
     def __init__(self, settings: WorkerSettings, client: httpx.AsyncClient, card: ModelCard,
                  load: Callable[[], tuple[int, int]]):
