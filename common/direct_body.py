@@ -20,6 +20,8 @@ server (Gradio's, a test's in-process transport) it is absent, and the relay sen
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
@@ -104,3 +106,45 @@ class DirectBody:
     def gone(self) -> bool:
         """Whether the client left (nothing written now reaches it)."""
         return self._cycle.disconnected or self._transport.is_closing()
+
+
+@contextlib.contextmanager
+def one_write(scope: dict) -> Iterator[None]:
+    """What the server writes for this request within the block goes out in one write at its end, where the server
+    offers its connection (elsewhere the writes go as they come): a worker's response head and first event, sent by
+    two ASGI messages through its middlewares, reach the controller in one network read (issue 26)."""
+    cycle = scope.get("extensions", {}).get(EXTENSION)
+    if cycle is None:
+        yield
+        return
+    transport, held = cycle.transport, _Held(cycle.transport)
+    cycle.transport = held
+    try:
+        yield
+    finally:
+        cycle.transport = transport
+        if held.kept and not transport.is_closing():
+            transport.writelines(held.kept)
+        if held.close_asked:
+            transport.close()
+
+
+class _Held:
+    """The transport as the server sees it within `one_write`: writes are kept, a close waits for them; anything
+    else is the transport's."""
+
+    __slots__ = ("_transport", "close_asked", "kept")
+
+    def __init__(self, transport: Any):
+        self._transport = transport
+        self.kept: list[bytes] = []
+        self.close_asked = False
+
+    def write(self, data: bytes) -> None:
+        self.kept.append(data)
+
+    def close(self) -> None:
+        self.close_asked = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

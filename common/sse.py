@@ -22,7 +22,7 @@ from sse_starlette import EventSourceResponse
 from starlette.responses import StreamingResponse
 
 from common.coalesce import coalesce
-from common.direct_body import DirectBody
+from common.direct_body import DirectBody, one_write
 from common.disconnect import ClientGone, ClientWatch
 from common.errors import ServingError
 
@@ -109,19 +109,20 @@ class _EventStream(EventSourceResponse):
     """sse-starlette's response, its head sent together with its first event (`_HeadWithFirstBody`)."""
 
     async def __call__(self, scope, receive, send) -> None:
-        await super().__call__(scope, receive, _HeadWithFirstBody(send))
+        await super().__call__(scope, receive, _HeadWithFirstBody(send, scope))
 
 
 class _HeadWithFirstBody:
-    """An ASGI `send` that holds a response's head until its first body message, then sends the two back to back.
-    A worker sends its head once the first token exists (controller/relay.py), but sse-starlette sends it before
-    taking the first event from the iterator: apart, head and first event reached the controller in two network
-    reads, each a wakeup on the way to the first token (issue 26)."""
+    """An ASGI `send` that holds a response's head until its first body message, then sends the two in one write
+    (common/direct_body.py `one_write`). A worker sends its head once the first token exists (controller/relay.py),
+    but sse-starlette sends it before taking the first event from the iterator: apart, head and first event reached
+    the controller in two network reads, each a wakeup on the way to the first token (issue 26)."""
 
-    __slots__ = ("_send", "_head")
+    __slots__ = ("_send", "_head", "_scope")
 
-    def __init__(self, send):
+    def __init__(self, send, scope: dict):
         self._send = send
+        self._scope = scope
         self._head: dict | None = None
 
     async def __call__(self, message: dict) -> None:
@@ -129,9 +130,12 @@ class _HeadWithFirstBody:
             self._head = message
             return
         head, self._head = self._head, None
-        if head is not None:
+        if head is None:
+            await self._send(message)
+            return
+        with one_write(self._scope):
             await self._send(head)
-        await self._send(message)
+            await self._send(message)
 
 
 async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
@@ -171,10 +175,10 @@ class SSEBytesResponse(StreamingResponse):
         self.body_iterator = self._blocks = blocks
         self.status_code = 200
         self.background = None
-        self.raw_headers = sse_head(headers)
         self._watch = watch
         self._direct = direct if direct is not None and direct.begun else None
         self._began = self._direct is not None
+        self.raw_headers = sse_head(headers) if not self._began else []  # (a begun head was written with these)
 
     async def __call__(self, scope, receive, send) -> None:
         watch = self._watch or ClientWatch(receive, scope)
