@@ -62,6 +62,8 @@ class DirectBody:
         with the first chunk; from now on the server's `send` takes only the body's end. ValueError, and nothing
         begun, for a header the server would refuse."""
         cycle = self._cycle
+        if self.begun or cycle.response_started:
+            raise RuntimeError("this response's head was begun already")
         head = [STATUS_LINE[status]]
         for name, value in [*cycle.default_headers, *headers]:
             if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):

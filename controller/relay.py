@@ -157,6 +157,13 @@ class Dispatcher:
         try:
             try:
                 response = await self._post(worker, body, request_id, headers, deadline, early)
+            except ServingError:
+                if early is not None and isinstance(early.outcome, Upstream):
+                    # The first event came as the wait for it ended (the first-token deadline, due in the same turn
+                    # of the event loop): the stream has started, and its head may be out. It is the answer: no
+                    # failover now, nor an error in place of a response begun.
+                    return early.outcome
+                raise
             except BaseException:
                 if early is not None and isinstance(early.outcome, Upstream):
                     # Cancelled (the client left) after the stream had started: it ends as a client's leaving does,

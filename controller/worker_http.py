@@ -178,6 +178,11 @@ class _Connection(asyncio.Protocol):
         self.resume()
         return data
 
+    def handed_over(self) -> bool:
+        """Whether `early` took the response (a consumer reads it, or it was already ended): from then on the
+        request's own failure (its task cancelled as the first event came) is not the response's."""
+        return self.answer is not None and (self.consumer is not None or self.answer.closed)
+
     def pause(self) -> None:
         """Read nothing more from the worker until `resume` (its reader is behind)."""
         if not self.reading_paused and not self.transport.is_closing():
@@ -326,7 +331,8 @@ class WorkerClient:
             return WorkerResponse.of(conn)
         except BaseException:
             conn.early = None
-            conn.transport.abort()
+            if not conn.handed_over():  # (else the response is its consumer's, which ends it)
+                conn.transport.abort()
             raise
 
     async def close(self) -> None:

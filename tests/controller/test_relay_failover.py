@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 
 import pytest
 from aiohttp import web
@@ -240,3 +241,42 @@ async def test_a_stream_started_early_then_left_at_once_is_the_clients_leaving_n
             await wait_until_async(lambda: readers and readers[0].at_eof(), 5, "the worker's connection to close")
             worker = registry.get("a")
             assert worker.in_flight == 0 and worker.healthy, "the client's leaving was taken for the worker's failure"
+
+
+async def test_a_first_event_that_comes_as_the_first_token_deadline_ends_is_the_answer_not_a_failover():
+    """The first event and the first-token deadline come due in the same turn of the event loop (a controller that
+    was paused, or very busy): the stream started from the connection's callback, and its head may be out, so the
+    request goes on with it. A failover then began a second response on the first (chaos test: the client read a
+    response cut short)."""
+    def late_first_event(timeout_s: float):
+        async def answer(reader, writer) -> None:
+            writer.write(OK_HEAD + chunk(f"data: {CHUNK}\r\n\r\n".encode()))
+            time.sleep(timeout_s + 0.2)  # the whole loop paused: on waking, the deadline is due and the bytes are in
+            await asyncio.sleep(0.1)
+            writer.write(chunk(f"data: {CHUNK}\r\n\r\n".encode()) + chunk(b"data: [DONE]\r\n\r\n") + b"0\r\n\r\n")
+        return answer
+
+    timeout_s = 0.3
+    async with raw_server(late_first_event(timeout_s)) as (late_url, _), LoopbackWorkers() as others:
+        registry = Registry(expiry_s=60)
+        for name, url in (("late", late_url.removesuffix("/v1/chat/completions")), ("other", await others.start(ok()))):
+            registry.register(WorkerRegistration(worker_id=name, url=url, models=[ModelCard(id="m")],
+                                                 max_concurrency=2))
+        registry.acquire(registry.get("other"))  # busier: the request goes to "late" first, "other" is the failover
+        settings = ControllerSettings(first_token_timeout_s=timeout_s, token_timeout_s=5)
+        async with worker_client(settings) as session:
+            dispatcher = Dispatcher(registry, ShortestQueue(random.Random(0)), session, settings)
+            started = []
+
+            def start(up) -> None:
+                started.append(up)
+                relay = dispatcher.relay(up)
+                relay.pump.start(relay)
+
+            up = await dispatcher.open(BODY, "m", "rid", on_first=start)
+            events = [e async for e in payloads(dispatcher.relay(up))]
+    assert up.worker.worker_id == "late" and started == [up]
+    assert sum(others.calls.values()) == 0, "the request failed over after its stream had started"
+    assert events == [CHUNK, CHUNK, "[DONE]"], events  # the stream goes on: its connection was not cut
+    assert registry.get("late").healthy
+
