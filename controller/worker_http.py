@@ -76,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.keep_alive = False
         self.head_bytes = 0
+        self.head_tail = b""  # the last bytes of the head so far (its end may span two reads)
         self.chunks: list[bytes] = []
         self.unread = 0
         self.complete = False  # the response's body has ended
@@ -91,8 +92,7 @@ class _Connection(asyncio.Protocol):
         if not self.status:  # the head is not complete: its size is counted here, before anything is parsed
             # (by the read, not by a Python callback per header: those were a measurable part of every first token's
             # way, issue 26)
-            end = data.find(b"\r\n\r\n")
-            self.head_bytes += len(data) if end < 0 else end + 4
+            self.head_bytes += self._head_part(data)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._broken(WorkerConnectionError(f"the worker's response head is over {MAX_HEAD_BYTES // 1024} KiB"))
                 return
@@ -102,6 +102,18 @@ class _Connection(asyncio.Protocol):
             self._broken(WorkerConnectionError("the worker asked to switch protocols"))
         except httptools.HttpParserError as exc:
             self._broken(WorkerConnectionError(f"the worker's response is not valid HTTP/1.1 ({exc})"))
+
+    def _head_part(self, data: bytes) -> int:
+        """How much of `data`, a read while the head is not complete, is head (its end may span two reads)."""
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            return end + 4
+        if self.head_tail:
+            spans = (self.head_tail + data[:3]).find(b"\r\n\r\n")
+            if spans >= 0:
+                return spans + 4 - len(self.head_tail)
+        self.head_tail = (self.head_tail + data)[-3:] if len(data) < 3 else data[-3:]
+        return len(data)
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -108,3 +108,21 @@ async def test_a_worker_faster_than_its_reader_is_held_back_and_nothing_is_lost(
             got += len(data)
         assert got == total and response.at_eof()
         response.release()
+
+
+async def test_a_head_whose_end_spans_two_reads_is_not_counted_with_the_body_after_it():
+    """The head's size is counted by the read: its blank line cut between two reads, with more than the head's
+    limit of body after it in the second, is a head of a few bytes."""
+    body = b"x" * (MAX_HEAD_BYTES + 1000)
+
+    async def split_end(reader, writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r" % len(body))
+        await writer.drain()
+        await asyncio.sleep(0.2)  # two reads
+        writer.write(b"\n" + body)
+        await writer.drain()
+
+    async with raw_server(split_end) as (url, _), WorkerClient(connect_timeout_s=2) as client:
+        response = await client.request("POST", url, b"{}")
+        assert response.status == 200 and await response.read(len(body) + 1) == body
+        response.release()
