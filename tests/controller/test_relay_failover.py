@@ -57,15 +57,19 @@ async def drain(dispatcher: Dispatcher, early: bool = False) -> tuple[str, list[
     """`early`: the stream is started from the dispatch's `on_first`, as the app starts a streamed answer (from the
     worker connection's callback when the first event comes with the head), instead of by its first read."""
     started: list = []
+    up = await dispatcher.open(BODY, "m", "rid", on_first=starts_early(dispatcher, started) if early else None)
+    assert started == ([up] if early else [])  # once, for the attempt that answered well
+    return up.worker.worker_id, [e async for e in payloads(dispatcher.relay(up))]
 
+
+def starts_early(dispatcher: Dispatcher, started: list):
+    """An `on_first` like the app's: the stream is started from the dispatch (here into its own Relay), and noted."""
     def start(up) -> None:
         started.append(up)
         relay = dispatcher.relay(up)
         relay.pump.start(relay)
 
-    up = await dispatcher.open(BODY, "m", "rid", on_first=start if early else None)
-    assert started == ([up] if early else [])  # once, for the attempt that answered well
-    return up.worker.worker_id, [e async for e in payloads(dispatcher.relay(up))]
+    return start
 
 
 EARLY = pytest.mark.parametrize("early", [False, True], ids=["first-read", "early-start"])
@@ -226,12 +230,11 @@ async def test_a_stream_started_early_then_left_at_once_is_the_clients_leaving_n
         settings = ControllerSettings(first_token_timeout_s=5, token_timeout_s=5)
         async with worker_client(settings) as session:
             dispatcher = Dispatcher(registry, ShortestQueue(random.Random(0)), session, settings)
-            started = []
+            started: list = []
+            start_early = starts_early(dispatcher, started)
 
             def start(up) -> None:
-                started.append(up)
-                relay = dispatcher.relay(up)
-                relay.pump.start(relay)
+                start_early(up)
                 opening.cancel()  # the client left, before the task has woken
 
             opening = asyncio.create_task(dispatcher.open(BODY, "m", "rid", on_first=start))
@@ -266,14 +269,8 @@ async def test_a_first_event_that_comes_as_the_first_token_deadline_ends_is_the_
         settings = ControllerSettings(first_token_timeout_s=timeout_s, token_timeout_s=5)
         async with worker_client(settings) as session:
             dispatcher = Dispatcher(registry, ShortestQueue(random.Random(0)), session, settings)
-            started = []
-
-            def start(up) -> None:
-                started.append(up)
-                relay = dispatcher.relay(up)
-                relay.pump.start(relay)
-
-            up = await dispatcher.open(BODY, "m", "rid", on_first=start)
+            started: list = []
+            up = await dispatcher.open(BODY, "m", "rid", on_first=starts_early(dispatcher, started))
             events = [e async for e in payloads(dispatcher.relay(up))]
     assert up.worker.worker_id == "late" and started == [up]
     assert sum(others.calls.values()) == 0, "the request failed over after its stream had started"

@@ -15,6 +15,15 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request from the connection, its body read and dropped; -> its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    await reader.readexactly(length)
+    return head
+
+
 @contextlib.asynccontextmanager
 async def raw_server(answer):
     """A server on loopback that reads one request head and lets `answer(reader, writer)` write what it likes;
@@ -25,10 +34,7 @@ async def raw_server(answer):
         accepted.append(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
+                await read_request(reader)
                 await answer(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()

@@ -14,6 +14,7 @@ import contextlib
 import json
 
 from common.protocol import ModelCard
+from tests.support.raw_worker import read_request
 from tests.support.stack import free_port
 from tests.support.waiting import wait_until_async
 from workers.registration import KEEPALIVE_S, Registrar, controller_client
@@ -30,10 +31,7 @@ async def closing_controller():
         served = 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
+                head = await read_request(reader)
                 if served:
                     break  # the keep-alive timer fired as this request came: closed, unanswered
                 path = head.split(b" ")[1].decode()
