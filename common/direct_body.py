@@ -60,7 +60,7 @@ class DirectBody:
     def begin(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The response's head, as the server's `send` would write it (its default headers first; chunked), to go
         with the first chunk; from now on the server's `send` takes only the body's end. ValueError, and nothing
-        begun, for a header the server would refuse."""
+        begun, for a header the server would refuse; RuntimeError for a response whose head was begun or sent."""
         cycle = self._cycle
         if self.begun or cycle.response_started:
             raise RuntimeError("this response's head was begun already")

@@ -122,6 +122,14 @@ class RequestRecord:
             self.status = message["status"]
             message["headers"] = [*message.get("headers", []), (b"x-request-id", self.rid.encode())]
 
+    def watching(self, send: Send) -> Send:
+        """`send`, telling this record of each message first (`sent`)."""
+        async def send_seen(message: Message) -> None:
+            self.sent(message)
+            await send(message)
+
+        return send_seen
+
     def end(self) -> None:
         path = self.scope.get("path", "")
         if path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
@@ -142,13 +150,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         record = RequestRecord(scope)
-
-        async def send_with_id(message: Message) -> None:
-            record.sent(message)
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, record.watching(send))
         finally:
             record.end()
 

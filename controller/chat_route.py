@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from common.logging_setup import RequestIdMiddleware, RequestRecord
 from common.metrics import CountRequests, Metrics
@@ -62,11 +62,6 @@ class ChatRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = RequestRecord(scope)  # (RequestIdMiddleware's work)
-
-        async def send_seen(message: Message) -> None:
-            record.sent(message)
-            await send(message)
-
         scope["app"] = self.app
         scope["route"] = self
         request = Request(scope, receive)
@@ -80,7 +75,7 @@ class ChatRoute:
                 if handler is None:
                     raise
                 response = await handler(request, exc)
-            await response(scope, receive, send_seen)
+            await response(scope, receive, record.watching(send))
         finally:
             self.metrics.count_request(scope, record.status)  # (the request counter's work)
             record.end()
