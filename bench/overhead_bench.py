@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (ProcSampler, Stack, Usage, build_checkpoint, chat_body, client, fmt_ms,  # noqa: E402
-                           machine, scripted_env, stream_chat, summary)
+                           machine, measure, scripted_env, stream_chat, summary)
 from bench import pyspy  # noqa: E402
 from bench.versus_routers import print_versus, versions  # noqa: E402
 from tests.support.stack import ROUTER_FLAGS  # noqa: E402
@@ -214,7 +214,7 @@ def load_rounds(hops: list[Hop], streams: int, rounds: int, ramp_s: float, token
         for hop in order:
             before = sampler.snapshot()
             t0 = time.perf_counter()
-            res = asyncio.run(load_phase(hop.paced_url, streams, ramp_s, tokens))
+            res = measure(load_phase(hop.paced_url, streams, ramp_s, tokens))
             runs[hop.name].append((res, sampler.usage_since(before, time.perf_counter() - t0)))
     out = {}
     for hop in hops:
@@ -328,7 +328,7 @@ def main() -> None:
             before = sampler.snapshot()
             t0 = time.perf_counter()
             with profile("ttft"):
-                samples = asyncio.run(ttft_phase({h.name: h.fast_url for h in hops}, args.requests, args.warmup))
+                samples = measure(ttft_phase({h.name: h.fast_url for h in hops}, args.requests, args.warmup))
             figures["ttft"] = report_ttft(samples)
             usage = sampler.usage_since(before, time.perf_counter() - t0)
             per_request = {h.name: 1000 * sum(usage[p].cpu_seconds for p in h.fast_procs)
@@ -339,7 +339,7 @@ def main() -> None:
         if "relay" not in skip:
             print(f"\nRelay throughput, one stream of {args.relay_tokens} tokens (median of {args.relay_repeats}):")
             with profile("relay"):
-                relay = asyncio.run(relay_phase(hops, args.relay_tokens, args.relay_repeats, sampler))
+                relay = measure(relay_phase(hops, args.relay_tokens, args.relay_repeats, sampler))
             for name, r in relay.items():
                 cost = r["hop_cpu_us_per_token"]
                 extra = "" if cost is None else f"   hop CPU {cost:.2f} us/token ({cost:.2f} ms per 1,000 tokens)"
@@ -364,7 +364,7 @@ def main() -> None:
                 before = sampler.snapshot()
                 t0 = time.perf_counter()
                 with profile("big") if hop.name == "controller" else contextlib.nullcontext():
-                    res = asyncio.run(load_phase(hop.paced_url, args.big_streams, args.big_ramp_s,
+                    res = measure(load_phase(hop.paced_url, args.big_streams, args.big_ramp_s,
                                                  args.stream_tokens))
                 usage = sampler.usage_since(before, time.perf_counter() - t0)
                 figures["big"][hop.name] = report_load(hop.name, res, shown_usage(usage, hop), hop.paced_procs)

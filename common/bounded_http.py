@@ -65,6 +65,15 @@ class ClientLeft:
         if callback is not None and not self.cycle.response_complete:
             callback()
 
+    def let_go(self) -> None:
+        """The server's side: the request was answered, or its connection is gone. Its scope lets go of the
+        extensions our protocol put there: the scope and uvicorn's cycle held each other through them, and a
+        finished request's objects waited for the cycle collector (tests/controller/test_request_garbage.py)."""
+        extensions = self.cycle.scope.get("extensions", {})
+        if extensions.get(LEFT) is self:
+            del extensions[LEFT]
+            extensions.pop(DIRECT_BODY, None)
+
 
 class BoundedHttpTools(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
@@ -85,6 +94,14 @@ class BoundedHttpTools(HttpToolsProtocol):
         left, self._left = self._left, []
         for hook in left:
             hook.lost()
+            hook.let_go()
+
+    def on_response_complete(self) -> None:
+        for hook in self._left:
+            if hook.cycle.response_complete:
+                hook.let_go()
+        self._left = [hook for hook in self._left if not hook.cycle.response_complete]
+        super().on_response_complete()
 
     def data_received(self, data: bytes) -> None:
         # As uvicorn's, plus the head's size, and the refusals raised from the parser's callbacks.
@@ -134,7 +151,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.scope is self.scope:  # (not an upgrade)
             extensions = self.scope.setdefault("extensions", {})
             extensions[DIRECT_BODY] = self.cycle  # the relay's writer (common/direct_body.py)
-            self._left = [hook for hook in self._left if not hook.cycle.response_complete]
             self._left.append(ClientLeft(self.cycle))
             extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
 

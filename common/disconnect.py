@@ -90,10 +90,10 @@ class ClientWatch:
             self._hook.unwatch()
 
 
-async def until_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
+async def until_client_leaves(receive: Receive, work: Awaitable[T], scope: dict | None = None) -> T:
     """Await `work` unless the client disconnects first: then `work` is cancelled and ClientGone raised (a
     ClientWatch for one step; see there)."""
-    watch = ClientWatch(receive)
+    watch = ClientWatch(receive, scope)
     try:
         return await watch.guard(work)
     finally:

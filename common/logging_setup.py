@@ -95,7 +95,7 @@ class RequestRecord:
     what `RequestIdMiddleware` does for each request, in one place for it and for the route served ahead of the
     middlewares (controller/chat_route.py)."""
 
-    __slots__ = ("_token", "rid", "scope", "started", "status")
+    __slots__ = ("_token", "method", "path", "rid", "started", "status")
 
     KEY = "internvl.request_record"  # scope[KEY]: the request's record, for a head sent outside `send`
 
@@ -111,7 +111,7 @@ class RequestRecord:
             self.rid = given if _VALID_ID.match(given) else new_request_id()
             headers = [(k, v) for k, v in headers if k != b"x-request-id"]
         scope["headers"] = [*headers, (b"x-request-id", self.rid.encode())]
-        self.scope = scope
+        self.method, self.path = scope.get("method"), scope.get("path", "")  # (not the scope: it holds the record)
         scope[self.KEY] = self
         self._token = request_id_var.set(self.rid)
         self.started, self.status = time.monotonic(), 500
@@ -131,9 +131,8 @@ class RequestRecord:
         return send_seen
 
     def end(self) -> None:
-        path = self.scope.get("path", "")
-        if path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
-            access_log.info("%s %s %d", self.scope.get("method"), path, self.status,
+        if self.path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
+            access_log.info("%s %s %d", self.method, self.path, self.status,
                             extra={"status": self.status,
                                    "duration_ms": round((time.monotonic() - self.started) * 1000, 1)})
         request_id_var.reset(self._token)

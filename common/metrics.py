@@ -25,6 +25,7 @@ the Space's in-process mode) without clashing registrations.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +62,9 @@ class Metrics:
                               buckets=TTFT_BUCKETS, registry=r)
         self.speed = Histogram("internvl_generation_tokens_per_second", "completion tokens per second after the "
                                "first token, per request", buckets=SPEED_BUCKETS, registry=r)
+        GCCollector(registry=r)  # python_gc_*: collections and what they found, per generation
+        Gauge("internvl_gc_frozen_objects", "objects kept out of the cycle collector's walks (frozen once the "
+              "server had started: common/serve.py)", registry=r).set_function(gc.get_freeze_count)
         self.workers: Gauge | None = None
         self.queue_wait: Histogram | None = None
 

@@ -5,12 +5,18 @@ busy or idle. On these machines each timer wakeup of an idle process costs it ab
 second for a bare event loop that sleeps 0.1 s at a time), and the controller's CPU per relayed token counted it:
 an idle controller took 3.3 ms of CPU per second, a Rust router none (issue 26, BENCHMARKS.md). `QuietServer` does
 the same housekeeping once a second, and a signal still stops it at once.
+
+Once started, everything the process has made (its modules, the app, a worker's model) lives as long as it does, and
+`QuietServer` freezes it (`gc.freeze`): out of the cycle collector's full collections, which stop the whole process
+for as long as they walk what it holds. A worker's walked its ~270,000 startup objects in each: up to 130 ms under
+500 streams, a stall of every stream it served (issue 26; frozen counts in /metrics, common/metrics.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import Callable
 
@@ -21,9 +27,15 @@ from common.bounded_http import bounded_http
 
 
 class QuietServer(uvicorn.Server):
-    """uvicorn's Server, with its housekeeping tick once a second instead of every 0.1 s."""
+    """uvicorn's Server, with its housekeeping tick once a second instead of every 0.1 s, and what it made to start
+    frozen out of the cycle collector's walks."""
 
     _stop: Callable[[], None] | None = None
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)  # (the app's lifespan first: a worker's model is loaded by now)
+        gc.collect()
+        gc.freeze()
 
     async def main_loop(self) -> None:
         loop = asyncio.get_running_loop()

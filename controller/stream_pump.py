@@ -330,10 +330,17 @@ class Relay(Output):
             await pump.changed()
 
     async def aclose(self) -> None:
-        if self.pump.out is not None:
-            self.pump.close()
+        pump = self.pump
+        if pump.out is not None:
+            pump.close()
         else:  # never started: the attempt is ended here
-            self.pump.up.finish(ok=None)
+            pump.up.finish(ok=None)
+        # The owner is done with the stream: the links back to it go (the upstream holds its relay, one per stream;
+        # the pump its output, a relay too when iterated; the relay holds the pump), or the lot and all it holds wait
+        # for the cycle collector (tests/controller/test_request_garbage.py). The pump's own callbacks, still due
+        # for an answer's last bytes, need neither.
+        pump.up.relay = None
+        pump.out = None
 
     def start_direct(self, body: DirectBody) -> None:
         """Start sending the stream to `body` now, from the caller's step (the dispatch, once the first event has

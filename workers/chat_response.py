@@ -28,19 +28,19 @@ class ChatResponse(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         async with self.service.slots.hold(self.client_id) as slot:
-            response = await self._respond(slot, receive)
+            response = await self._respond(slot, scope, receive)
             if self.req.stream:  # the stream holds the slot until its end (or the client's leaving)
                 await response(scope, receive, send)
                 return
         await response(scope, receive, send)  # a whole answer: the slot went as soon as it was ready
 
-    async def _respond(self, slot: RequestSlot, receive) -> Response:
+    async def _respond(self, slot: RequestSlot, scope, receive) -> Response:
         service, req = self.service, self.req
         try:
             if not req.stream:
-                completion = await until_client_leaves(receive, service.answer(req, slot))
+                completion = await until_client_leaves(receive, service.answer(req, slot), scope)
                 return JSONResponse(completion.model_dump(exclude_none=True))
-            first, events = await until_client_leaves(receive, service.start(req, slot))
+            first, events = await until_client_leaves(receive, service.start(req, slot), scope)
         except ClientGone:
             log.info("client left; request %s stopped", slot.id)
             return Response(status_code=499)  # nobody reads it: for the access log ("client closed request")
