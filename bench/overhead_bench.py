@@ -152,7 +152,8 @@ def merge_rounds(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     results = [r for r, _ in rounds]
     res = {"ttft": [t for r in results for t in r["ttft"]], "errors": sum(r["errors"] for r in results),
            "error_samples": [e for r in results for e in r["error_samples"]][:3],
-           "peak_open": max(r["peak_open"] for r in results), "wall_s": sum(r["wall_s"] for r in results)}
+           "peak_open": max(r["peak_open"] for r in results), "wall_s": sum(r["wall_s"] for r in results),
+           "round_p99_ms": [summary(r["ttft"]).get("p99") for r in results]}
     usage = {}
     for proc in rounds[0][1]:
         each = [u[proc] for _, u in rounds if proc in u]
@@ -187,6 +188,8 @@ def report_ttft(samples: dict[str, list[float]]) -> dict:
 def report_load(name: str, res: dict, usage: dict, hop_procs: tuple[str, ...]) -> dict:
     s = summary(res["ttft"])
     print(f"  {name:16s} errors {res['errors']:3d}   peak open {res['peak_open']:4d}   TTFT {fmt_ms(s)}")
+    if len(res.get("round_p99_ms", ())) > 1:  # the spread behind a pooled p99: one stall sets a round's
+        print(f"  {'':16s} p99 of each round: {', '.join(f'{p:.0f}' for p in res['round_p99_ms'] if p)} ms")
     for proc, u in usage.items():
         print(f"  {'':16s} {proc:20s} CPU {u.cpu_percent:5.0f}% of a core   RSS {u.rss_start_mb:6.1f} -> "
               f"{u.rss_end_mb:6.1f} MB (peak {u.rss_peak_mb:6.1f})")
@@ -194,6 +197,7 @@ def report_load(name: str, res: dict, usage: dict, hop_procs: tuple[str, ...]) -
         print(f"  {'':16s} first errors: {res['error_samples']}")
     hop = [usage[p] for p in hop_procs if p in usage]
     return {"ttft_ms": s, "errors": res["errors"], "peak_open": res["peak_open"], "wall_s": res["wall_s"],
+            "round_p99_ms": res.get("round_p99_ms"),
             "usage": {k: vars(v) for k, v in usage.items()},
             "hop_cpu_percent": sum(u.cpu_percent for u in hop) if hop else None,
             "hop_rss_end_mb": sum(u.rss_end_mb for u in hop) if hop else None}
