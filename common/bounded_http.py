@@ -97,10 +97,13 @@ class BoundedHttpTools(HttpToolsProtocol):
             hook.let_go()
 
     def on_response_complete(self) -> None:
+        keep = []
         for hook in self._left:
             if hook.cycle.response_complete:
                 hook.let_go()
-        self._left = [hook for hook in self._left if not hook.cycle.response_complete]
+            else:
+                keep.append(hook)
+        self._left = keep
         super().on_response_complete()
 
     def data_received(self, data: bytes) -> None:
