@@ -10,7 +10,8 @@ source slower than the interval sees every item go out by itself, undelayed.
 After its first item, the source is read by its own task (a timed wait on it directly would cancel it, which closes
 an HTTP stream);
 closing or cancelling the coalescer cancels that task, which closes the source: a reader that leaves still stops
-the generation behind it.
+the generation behind it. Given `keepalive`, an item goes out whenever nothing else has for that long (an SSE
+comment: proxies close streams that stay silent), from a timer, so a stream costs no task for it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from typing import TypeVar
 
 T = TypeVar("T", str, bytes)
 _END = object()
+_TICK = 0.01  # a timer may fire this much before its time (uvloop counts in whole milliseconds)
 
 
-async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]) -> AsyncIterator[T]:
-    """`interval_for(shown)`: seconds between outputs once `shown` characters (or bytes) went out."""
+async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float],
+                   keepalive: tuple[float, T] | None = None) -> AsyncIterator[T]:
+    """`interval_for(shown)`: seconds between outputs once `shown` characters (or bytes) went out. `keepalive`:
+    (seconds, item), the item to send after that long without output."""
     # The first item is read here, in the reader's own task: handed over through the queue it waited two turns of
     # the event loop, on every answer's time to first token (issue 26). No timed wait is needed for it.
     try:
@@ -46,6 +50,19 @@ async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]
     reader = asyncio.create_task(pump())
     pending: list = []
     shown, last = len(first), time.monotonic()
+    beat: asyncio.TimerHandle | None = None
+
+    def quiet() -> None:
+        nonlocal beat
+        idle_s, item = keepalive
+        wait = last + idle_s - time.monotonic()
+        if wait <= _TICK:
+            queue.put_nowait(item)  # joined with whatever else is pending, like any item
+            wait = idle_s
+        beat = asyncio.get_running_loop().call_later(wait, quiet)
+
+    if keepalive is not None:
+        beat = asyncio.get_running_loop().call_later(keepalive[0], quiet)
     try:
         yield first
         while True:
@@ -76,6 +93,8 @@ async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]
         if pending:
             yield pending[0][:0].join(pending)
     finally:
+        if beat is not None:
+            beat.cancel()
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader

@@ -18,8 +18,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from common.coalesce import coalesce
 from common.direct_body import DirectBody, one_write
@@ -94,29 +93,64 @@ def error_in_event(data: str) -> ServingError | None:
 
 # --- responses -----------------------------------------------------------------------------------------------------
 
+PING_S = 15.0  # a stream silent this long gets a comment: proxies and browsers close streams that stay quiet
+_PING = b": ping\r\n\r\n"
+
+
 def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None,
-                 interval_s: float = 0.0) -> EventSourceResponse:
-    """`events` yields ready `data:` payloads (JSON text or DONE). sse-starlette does the keep-alive pings and
-    client-disconnect detection (it cancels the iterator, which is how generation gets aborted). Events that follow
-    the last write closer than `interval_s` go out together in the next write (common/coalesce.py)."""
-    framed = _framed(events)
-    if interval_s > 0:
-        framed = coalesce(framed, lambda _: interval_s)
-    return _EventStream(framed, ping=15, headers={"X-Accel-Buffering": "no", **(headers or {})})
+                 interval_s: float = 0.0, ping_s: float = PING_S) -> EventStream:
+    """`events` yields ready `data:` payloads (JSON text or DONE). Events that follow the last write closer than
+    `interval_s` go out together in the next write (common/coalesce.py), a comment after `ping_s` seconds without
+    one; a client that leaves closes `events` (which is how a worker's generation is aborted)."""
+    return EventStream(coalesce(_framed(events), lambda _: interval_s, keepalive=(ping_s, _PING)), headers)
 
 
-class _EventStream(EventSourceResponse):
-    """sse-starlette's response, its head sent together with its first event (`_HeadWithFirstBody`)."""
+class EventStream(Response):
+    """A worker's stream of framed events, sent from the request's own task: its head with its first event
+    (`_HeadWithFirstBody`), the block that ends with the end marker with the end of the body, and the client's
+    leaving watched with the server's hook (common/disconnect.py). Open, it holds its task and the coalescer's
+    reader: sse-starlette's response, used before, ran four more tasks per stream and a cancel scope per event,
+    and under 500 streams the worker's cycle collector walked them all in each of its pauses
+    (tests/common/test_stream_footprint.py, issue 26)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+        self._blocks = blocks
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = sse_head(headers)
 
     async def __call__(self, scope, receive, send) -> None:
-        await super().__call__(scope, receive, _HeadWithFirstBody(send, scope))
+        watch = ClientWatch(receive, scope)
+        send = _HeadWithFirstBody(send, scope)
+        try:
+            try:
+                await watch.guard(self._stream(send))
+            finally:
+                watch.stop()  # (the server reports a completed response as a disconnect)
+            async for _ in self._blocks:  # past the end marker: the source ends by itself
+                pass
+        except ClientGone:  # nobody reads it: the source was stopped, and this is not an error
+            if send.held:  # it left before the first event: the access line and the counters read 499
+                await send.discard({"type": "http.response.start", "status": 499, "headers": []})
+        finally:
+            await self._blocks.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, send: _HeadWithFirstBody) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for block in self._blocks:
+            last = block.endswith(DONE_EVENT)  # (a worker's stream ends with it: its last write ends the body)
+            await send({"type": "http.response.body", "body": block, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _HeadWithFirstBody:
     """An ASGI `send` that holds a response's head until its first body message, then sends the two in one write
-    (common/direct_body.py `one_write`). A worker sends its head once the first token exists (controller/relay.py),
-    but sse-starlette sends it before taking the first event from the iterator: apart, head and first event reached
-    the controller in two network reads, each a wakeup on the way to the first token (issue 26)."""
+    (common/direct_body.py `one_write`): apart, head and first event reached the controller in two network reads,
+    each a wakeup on the way to the first token (issue 26)."""
 
     __slots__ = ("_send", "_head", "_scope")
 
@@ -124,6 +158,15 @@ class _HeadWithFirstBody:
         self._send = send
         self._scope = scope
         self._head: dict | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._head is not None
+
+    async def discard(self, message: dict) -> None:
+        """Drop the held head; send `message` instead."""
+        self._head = None
+        await self._send(message)
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
@@ -139,8 +182,7 @@ class _HeadWithFirstBody:
 
 
 async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    # Framed here, not by sse-starlette (it sends bytes as they are): no event object built and encoded per token,
-    # and framed events can be joined into one write.
+    # Framed here, as bytes: framed events can be joined into one write.
     async for e in events:
         yield sse_event(e)
 

@@ -164,3 +164,20 @@ async def test_a_ready_first_item_goes_out_without_a_turn_of_the_event_loop():
     assert await anext(out) == "first"
     assert not other_ran, "the first item waited for a turn of the event loop"
     await out.aclose()
+
+
+async def test_a_silent_source_gets_the_keepalive_item_and_a_busy_one_none():
+    src = Source()
+    out = coalesce(src.items(), lambda shown: 0.01, keepalive=(0.2, ": ping"))
+    src.put("a")
+    assert (await next_within(out, 2.0))[0] == "a"
+    item, took = await next_within(out, 2.0)  # the source says nothing
+    assert item == ": ping" and took >= 0.2 - 0.02
+    assert (await next_within(out, 2.0))[0] == ": ping"  # and goes on saying nothing
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # three keepalive intervals, an item every 50 ms
+        src.put("b")
+        assert (await next_within(out, 2.0))[0] == "b"
+        await asyncio.sleep(0.05)
+    src.put(_END)
+    assert [item async for item in out] == []

@@ -115,7 +115,7 @@ async def test_both_responses_read_back_over_a_real_socket():
 
 
 async def test_a_workers_stream_sends_its_head_with_its_first_event_not_before():
-    """sse-starlette sends a response's head before it takes the first event from the iterator; held until then, the
+    """A response's head is sent before the first event is taken from the iterator; held until then, the
     head and the first event go out in one write, and a relay reads them in one read (issue 26)."""
     first_asked, release = asyncio.Event(), asyncio.Event()
 
@@ -143,3 +143,49 @@ async def test_a_workers_stream_sends_its_head_with_its_first_event_not_before()
             while b"data: [DONE]" not in got:
                 got += await reader.read(65536)
         writer.close()
+
+
+async def test_a_silent_stream_gets_pings_and_its_events_unchanged():
+    release = asyncio.Event()
+
+    async def events():
+        yield TOKEN
+        await release.wait()
+        yield DONE
+
+    app = FastAPI()
+    app.get("/quiet")(lambda: sse_response(events(), interval_s=0.01, ping_s=0.2))
+    async with served(app, http=bounded_http()) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("GET", "/quiet") as response:
+            body = response.aiter_bytes()
+            got = b""
+            while got.count(b": ping\r\n\r\n") < 2:  # a comment each 0.2 s while the source is silent
+                got += await asyncio.wait_for(anext(body), 5)
+            release.set()
+            got += b"".join([chunk async for chunk in body])
+    assert [data async for data in payloads(chunks(got))] == [TOKEN, DONE]
+
+
+@pytest.mark.parametrize("http", ["auto", "bounded"])
+async def test_a_client_that_leaves_mid_stream_closes_the_source(http):
+    """Under our server the watch takes its protocol's word; under another, a task waits for the disconnect."""
+    streaming, closed = asyncio.Event(), asyncio.Event()
+
+    async def events():
+        try:
+            yield TOKEN
+            streaming.set()
+            await asyncio.Event().wait()  # a long generation
+            yield DONE
+        finally:
+            closed.set()  # where a worker's generation is aborted
+
+    app = FastAPI()
+    app.get("/long")(lambda: sse_response(events(), interval_s=0.01))
+    async with served(app, http=bounded_http() if http == "bounded" else "auto") as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET /long HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert b"data: " in await asyncio.wait_for(reader.read(65536), 10)
+        await asyncio.wait_for(streaming.wait(), 10)
+        writer.close()
+        await asyncio.wait_for(closed.wait(), 10)
