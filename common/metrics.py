@@ -65,6 +65,11 @@ class Metrics:
         GCCollector(registry=r)  # python_gc_*: collections and what they found, per generation
         Gauge("internvl_gc_frozen_objects", "objects kept out of the cycle collector's walks (frozen once the "
               "server had started: common/serve.py)", registry=r).set_function(gc.get_freeze_count)
+        threshold = Gauge("internvl_gc_threshold", "the cycle collector's thresholds (common/serve.py): generation 0 "
+                          "is collected after this many new objects, an older one after this many collections of "
+                          "the one below", ["generation"], registry=r)
+        for generation in range(3):
+            threshold.labels(str(generation)).set_function(lambda g=generation: gc.get_threshold()[g])
         self.workers: Gauge | None = None
         self.queue_wait: Histogram | None = None
 

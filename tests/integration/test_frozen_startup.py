@@ -1,13 +1,15 @@
 """What a server made to start (its modules, its app, a worker's model) is frozen out of the cycle collector's full
 collections once it has started (common/serve.py): each full collection walked all of it, and stopped every stream
 the process served meanwhile (a worker's, up to 130 ms under 500 streams: issue 26). Real processes; their
-/metrics tell the frozen count and the collector's own counts."""
+/metrics tell the frozen count, the collector's thresholds (full collections made ten times rarer) and its own
+counts."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from common.serve import FULL_AFTER
 from tests.support.chat_http import body
 from tests.support.metrics_text import samples
 from tests.support.stack import SCRIPTED, start_controller, start_worker
@@ -40,3 +42,5 @@ def test_what_a_server_made_to_start_is_out_of_the_collectors_walks(servers, whi
     figures = _metrics(proc.url)
     assert figures[("internvl_gc_frozen_objects", ())] >= at_least
     assert figures[("python_gc_collections_total", (("generation", "2"),))] >= 1  # (the collection before the freeze)
+    # Full collections ten times rarer than Python's default (10): each walks what the server holds while serving
+    assert figures[("internvl_gc_threshold", (("generation", "2"),))] == FULL_AFTER == 100
