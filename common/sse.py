@@ -132,8 +132,8 @@ class EventStream(Response):
             async for _ in self._blocks:  # past the end marker: the source ends by itself
                 pass
         except ClientGone:  # nobody reads it: the source was stopped, and this is not an error
-            if send.held:  # it left before the first event: the access line and the counters read 499
-                await send.discard({"type": "http.response.start", "status": 499, "headers": []})
+            if not send.began:  # it left before the first event: the access line and the counters read 499
+                await send.instead({"type": "http.response.start", "status": 499, "headers": []})
         finally:
             await self._blocks.aclose()  # type: ignore[attr-defined]
 
@@ -152,27 +152,25 @@ class _HeadWithFirstBody:
     (common/direct_body.py `one_write`): apart, head and first event reached the controller in two network reads,
     each a wakeup on the way to the first token (issue 26)."""
 
-    __slots__ = ("_send", "_head", "_scope")
+    __slots__ = ("_send", "_head", "_scope", "began")
 
     def __init__(self, send, scope: dict):
         self._send = send
         self._scope = scope
         self._head: dict | None = None
+        self.began = False  # the head went out
 
-    @property
-    def held(self) -> bool:
-        return self._head is not None
-
-    async def discard(self, message: dict) -> None:
-        """Drop the held head; send `message` instead."""
-        self._head = None
-        await self._send(message)
+    async def instead(self, start: dict) -> None:
+        """Send `start`, a head of its own, instead of the one held (none went out yet)."""
+        self._head, self.began = None, True
+        await self._send(start)
 
     async def __call__(self, message: dict) -> None:
         if message["type"] == "http.response.start":
             self._head = message
             return
         head, self._head = self._head, None
+        self.began = True
         if head is None:
             await self._send(message)
             return

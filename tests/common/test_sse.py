@@ -167,14 +167,16 @@ async def test_a_silent_stream_gets_pings_and_its_events_unchanged():
 
 
 @pytest.mark.parametrize("http", ["auto", "bounded"])
-async def test_a_client_that_leaves_mid_stream_closes_the_source(http):
+@pytest.mark.parametrize("first", [True, False], ids=["mid-stream", "before-the-first-event"])
+async def test_a_client_that_leaves_closes_the_source(http, first):
     """Under our server the watch takes its protocol's word; under another, a task waits for the disconnect."""
-    streaming, closed = asyncio.Event(), asyncio.Event()
+    waiting, closed = asyncio.Event(), asyncio.Event()
 
     async def events():
         try:
-            yield TOKEN
-            streaming.set()
+            if first:
+                yield TOKEN
+            waiting.set()
             await asyncio.Event().wait()  # a long generation
             yield DONE
         finally:
@@ -185,7 +187,8 @@ async def test_a_client_that_leaves_mid_stream_closes_the_source(http):
     async with served(app, http=bounded_http() if http == "bounded" else "auto") as url:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
         writer.write(b"GET /long HTTP/1.1\r\nHost: test\r\n\r\n")
-        assert b"data: " in await asyncio.wait_for(reader.read(65536), 10)
-        await asyncio.wait_for(streaming.wait(), 10)
+        if first:
+            assert b"data: " in await asyncio.wait_for(reader.read(65536), 10)
+        await asyncio.wait_for(waiting.wait(), 10)
         writer.close()
         await asyncio.wait_for(closed.wait(), 10)
