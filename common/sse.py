@@ -1,10 +1,10 @@
-"""Server-sent events, the one module: the end marker, framing, parsing, and the two streaming responses.
+"""Server-sent events, the one module: the end marker, framing, parsing, and the streaming response.
 
 Who uses what: a worker frames its chunks (`sse_data`, `sse_response`); the controller relays the worker's bytes
-unparsed (`SSEBytesResponse`) and reads only the few events it must (`complete_events`, `sse_payloads`,
-`error_in_event`: controller/relay.py), or collects a whole answer (`payloads`: controller/aggregate.py); the UI's
-client reads the controller's stream (`payloads`: app/client.py). Every stream ends with exactly one end marker
-event, after at most one error event (the one error body, common/errors.py).
+unparsed; both send ready blocks with `SSEBytesResponse`. The controller reads only the few events it must
+(`complete_events`, `sse_payloads`, `error_in_event`: controller/relay.py), or collects a whole answer (`payloads`:
+controller/aggregate.py); the UI's client reads the controller's stream (`payloads`: app/client.py). Every stream
+ends with exactly one end marker event, after at most one error event (the one error body, common/errors.py).
 
 Lines end with CRLF (what we send) or LF; a lone CR, which the SSE spec also allows, is sent by no server here and
 is not read as a line end. Parsing works on bytes and finds event ends with byte searches: the relay calls it on
@@ -18,7 +18,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 
 from pydantic import BaseModel
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import StreamingResponse
 
 from common.coalesce import coalesce
 from common.direct_body import DirectBody, one_write
@@ -98,85 +98,14 @@ _PING = b": ping\r\n\r\n"
 
 
 def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None,
-                 interval_s: float = 0.0, ping_s: float = PING_S) -> EventStream:
+                 interval_s: float = 0.0, ping_s: float = PING_S) -> SSEBytesResponse:
     """`events` yields ready `data:` payloads (JSON text or DONE). Events that follow the last write closer than
     `interval_s` go out together in the next write (common/coalesce.py), a comment after `ping_s` seconds without
-    one; a client that leaves closes `events` (which is how a worker's generation is aborted)."""
-    return EventStream(coalesce(_framed(events), lambda _: interval_s, keepalive=(ping_s, _PING)), headers)
-
-
-class EventStream(Response):
-    """A worker's stream of framed events, sent from the request's own task: its head with its first event
-    (`_HeadWithFirstBody`), the block that ends with the end marker with the end of the body, and the client's
-    leaving watched with the server's hook (common/disconnect.py). Open, it holds its task and the coalescer's
-    reader: sse-starlette's response, used before, ran four more tasks per stream and a cancel scope per event,
-    and under 500 streams the worker's cycle collector walked them all in each of its pauses
-    (tests/common/test_stream_footprint.py, issue 26)."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, blocks: AsyncIterator[bytes], headers: dict[str, str] | None = None):
-        self._blocks = blocks
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = sse_head(headers)
-
-    async def __call__(self, scope, receive, send) -> None:
-        watch = ClientWatch(receive, scope)
-        send = _HeadWithFirstBody(send, scope)
-        try:
-            try:
-                await watch.guard(self._stream(send))
-            finally:
-                watch.stop()  # (the server reports a completed response as a disconnect)
-            async for _ in self._blocks:  # past the end marker: the source ends by itself
-                pass
-        except ClientGone:  # nobody reads it: the source was stopped, and this is not an error
-            if not send.began:  # it left before the first event: the access line and the counters read 499
-                await send.instead({"type": "http.response.start", "status": 499, "headers": []})
-        finally:
-            await self._blocks.aclose()  # type: ignore[attr-defined]
-
-    async def _stream(self, send: _HeadWithFirstBody) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for block in self._blocks:
-            last = block.endswith(DONE_EVENT)  # (a worker's stream ends with it: its last write ends the body)
-            await send({"type": "http.response.body", "body": block, "more_body": not last})
-            if last:
-                return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _HeadWithFirstBody:
-    """An ASGI `send` that holds a response's head until its first body message, then sends the two in one write
-    (common/direct_body.py `one_write`): apart, head and first event reached the controller in two network reads,
-    each a wakeup on the way to the first token (issue 26)."""
-
-    __slots__ = ("_send", "_head", "_scope", "began")
-
-    def __init__(self, send, scope: dict):
-        self._send = send
-        self._scope = scope
-        self._head: dict | None = None
-        self.began = False  # the head went out
-
-    async def instead(self, start: dict) -> None:
-        """Send `start`, a head of its own, instead of the one held (none went out yet)."""
-        self._head, self.began = None, True
-        await self._send(start)
-
-    async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start":
-            self._head = message
-            return
-        head, self._head = self._head, None
-        self.began = True
-        if head is None:
-            await self._send(message)
-            return
-        with one_write(self._scope):
-            await self._send(head)
-            await self._send(message)
+    one; a client that leaves closes `events` (which is how a worker's generation is aborted). Open, the stream
+    holds its request's task and the coalescer's reader: sse-starlette's response, used before, ran four more tasks
+    per stream and a cancel scope per event, and under 500 streams the worker's cycle collector walked them all in
+    each of its pauses (tests/common/test_stream_footprint.py, issue 26)."""
+    return SSEBytesResponse(coalesce(_framed(events), lambda _: interval_s, keepalive=(ping_s, _PING)), headers)
 
 
 async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
@@ -186,7 +115,7 @@ async def _framed(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 
 def sse_head(headers: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
-    """The head's headers of a relayed stream (`SSEBytesResponse`'s), with `headers`."""
+    """The head's headers of a stream (`SSEBytesResponse`'s), with `headers`."""
     more = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] if headers else []
     return [*_SSE_HEAD[:2], *more, _SSE_HEAD[2]]
 
@@ -196,16 +125,19 @@ _SSE_HEAD = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"),
 
 
 class SSEBytesResponse(StreamingResponse):
-    """Streams ready blocks of SSE events (the controller's relay) with no per-event work: no framing, no ping task
-    (the worker's own keep-alive comments pass through). It watches for the client leaving with the request's
+    """Streams ready blocks of SSE events (the controller's relay; a worker's framed events, `sse_response`) with no
+    per-event work, from the request's own task: no framing, no ping task (a relay's keep-alive comments are the
+    worker's; a worker's come from its coalescer). It watches for the client leaving with the request's
     ClientWatch when given one (the controller's, started when the body was read; it stops it), else its own.
 
-    The block that ends with the end marker goes out with the end of the body, in one write. The blocks iterator is
-    always run to its end or closed here, so its cleanup (returning or closing the worker's connection) runs now.
-    A client disconnect cancels the stream, which closes the iterator and so the worker's stream. An iterator that
-    can write itself to the client's connection (`write_to`: the relay's, controller/stream_pump.py) does so where
-    the server offers one (common/direct_body.py); only its last block comes back here. Given `direct`, whose head
-    the relay began (controller/app.py), no head is sent here."""
+    The head goes out with the first block and the block that ends with the end marker with the end of the body,
+    each pair in one write (apart, a worker's head and first event reached the controller in two network reads, each
+    a wakeup on the way to the first token: issue 26). The blocks iterator is always run to its end or closed here,
+    so its cleanup (returning or closing the worker's connection) runs now. A client disconnect cancels the stream,
+    which closes the iterator and so the worker's stream. An iterator that can write itself to the client's
+    connection (`write_to`: the relay's, controller/stream_pump.py) does so where the server offers one
+    (common/direct_body.py); only its last block comes back here. Given `direct`, whose head the relay began
+    (controller/app.py), no head is sent here."""
 
     media_type = "text/event-stream"
 
@@ -240,10 +172,9 @@ class SSEBytesResponse(StreamingResponse):
     async def _stream(self, scope, send) -> None:
         write_to = getattr(self._blocks, "write_to", None)
         direct = self._direct
-        if direct is None:
-            self._began = True
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            direct = DirectBody.of(scope) if write_to is not None else None
+        if direct is None and write_to is not None:
+            await self._start(send)
+            direct = DirectBody.of(scope)
         if direct is not None:
             try:
                 last = await write_to(direct)
@@ -253,7 +184,19 @@ class SSEBytesResponse(StreamingResponse):
             return
         async for block in self._blocks:
             last = block.endswith(DONE_EVENT)
-            await send({"type": "http.response.body", "body": block, "more_body": not last})
+            body = {"type": "http.response.body", "body": block, "more_body": not last}
+            if self._began:
+                await send(body)
+            else:  # the head with the first block, in one write: a relay reads them in one read (issue 26)
+                with one_write(scope):
+                    await self._start(send)
+                    await send(body)
             if last:
                 return
+        if not self._began:
+            await self._start(send)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _start(self, send) -> None:
+        self._began = True
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
