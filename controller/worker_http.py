@@ -68,6 +68,10 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.drained: asyncio.Future | None = None  # set while writing is paused
         self.error: WorkerConnectionError | None = None
+        # Its request's task is still in `WorkerClient.request`: a release meanwhile (an answer `early` took and that
+        # ended at once) waits for it to leave, so the connection is not handed to another request under it
+        self.requesting = False
+        self.put_back_asked = False
         self.reset()
 
     def reset(self) -> None:
@@ -321,10 +325,11 @@ class WorkerClient:
         """Send the request; the response once its headers have come. Cancelled or failed, the connection closes.
         `early` is called from the connection's own callback each time body bytes arrive before this returns: the
         caller's chance to act on the response's first bytes with no task woken (the relay's first event, issue 26);
-        it may take them (`deliver_to`)."""
+        it may take them (`deliver_to`); its connection goes back to the pool no sooner than this returns."""
         key, path, host = _target(url)
         conn = self._take(key) or await self._connect(key)
         conn.early = early
+        conn.requesting = True
         try:
             head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, host)]
             for name, value in (headers or {}).items():
@@ -346,6 +351,11 @@ class WorkerClient:
             if not conn.handed_over():  # (else the response is its consumer's, which ends it)
                 conn.transport.abort()
             raise
+        finally:
+            conn.requesting = False
+            if conn.put_back_asked:
+                conn.put_back_asked = False
+                self.put_back(conn)
 
     async def close(self) -> None:
         for conn in list(self._open):
@@ -383,6 +393,9 @@ class WorkerClient:
         return conn
 
     def put_back(self, conn: _Connection) -> None:
+        if conn.requesting:
+            conn.put_back_asked = True  # (`request` puts it back as it returns)
+            return
         if conn.complete and not conn.chunks and conn.error is None and conn.keep_alive \
                 and not conn.transport.is_closing() and conn in self._open:
             conn.idle_since = time.monotonic()

@@ -5,11 +5,14 @@ tested in test_relay_*.py, test_cancellation.py and test_faults.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 
 import pytest
 
-from controller.worker_http import _HIGH_WATER, MAX_HEAD_BYTES, WorkerClient, WorkerConnectionError, WorkerUnreachable
+from controller.worker_http import (_HIGH_WATER, MAX_HEAD_BYTES, WorkerClient, WorkerConnectionError, WorkerResponse,
+                                    WorkerUnreachable)
 from tests.support.raw_worker import OK_HEAD, chunk, raw_server
 from tests.support.stack import free_port
 
@@ -126,3 +129,105 @@ async def test_a_head_whose_end_spans_two_reads_is_not_counted_with_the_body_aft
         response = await client.request("POST", url, b"{}")
         assert response.status == 200 and await response.read(len(body) + 1) == body
         response.release()
+
+
+class _ThreadedWorker:
+    """A worker in its own thread (blocking sockets), so it can answer while the client's event loop is held: the
+    first request's answer waits for `go_first`, whole in one write; every later one is answered at once."""
+
+    ANSWER = OK_HEAD + chunk(b"data: [DONE]\r\n\r\n") + b"0\r\n\r\n"
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1/chat/completions"
+        self.requests = 0
+        self.go_first, self.first_sent = threading.Event(), threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                               if h.lower().startswith(b"content-length:")), 0)
+                reader.read(length)
+                self.requests += 1
+                if self.requests == 1:
+                    self.go_first.wait(10)
+                conn.sendall(self.ANSWER)
+                if self.requests == 1:
+                    self.first_sent.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def test_an_answer_taken_early_and_over_before_its_request_wakes_leaves_the_connection_to_the_next_request():
+    """The relay takes a stream from the connection's own callback (`early`) the moment its first event is there; a
+    short answer can come whole in that read, be relayed to its end and its connection released, all before its
+    request's task has woken for the head. A request that took that connection from the pool in between (its task
+    ran first) had its wake-up taken by the first one and waited for nothing (issue 26)."""
+    worker = _ThreadedWorker()
+    loop = asyncio.get_running_loop()
+    taken: list[WorkerResponse] = []
+
+    class Relayed:  # what the relay's stream does with a response taken early: reads it to its end, releases it
+        def __init__(self, response: WorkerResponse):
+            self.response = response
+            response.deliver_to(self)
+
+        def body_received(self, data: bytes) -> None:
+            pass
+
+        def body_ended(self, error) -> None:
+            self.response.release()
+
+    def early(response: WorkerResponse) -> None:
+        if not taken:
+            taken.append(response)
+            Relayed(response)
+
+    second: list[asyncio.Future] = []
+    trigger, pull = socket.socketpair()
+    pull.setblocking(False)
+
+    def start_second() -> None:
+        loop.remove_reader(pull)
+        second.append(asyncio.ensure_future(client.request("POST", worker.url, b"{}")))
+
+    try:
+        async with WorkerClient(connect_timeout_s=2) as client:
+            first = asyncio.ensure_future(client.request("POST", worker.url, b"{}", early=early))
+            while worker.requests < 1:
+                await asyncio.sleep(0.01)
+            # Held here, the loop's next poll sees two sockets ready, in this order: the one that starts the second
+            # request (its task runs first), then the first answer, whole
+            loop.add_reader(pull, start_second)
+            trigger.send(b"x")
+            worker.go_first.set()
+            assert worker.first_sent.wait(5)
+            time.sleep(0.05)  # (the bytes are in the socket: nothing else to wait for)
+            assert await asyncio.wait_for(first, 5) is taken[0]
+            while not second:
+                await asyncio.sleep(0.01)
+            response = await asyncio.wait_for(second[0], 5)
+            assert response is not taken[0] and response.status == 200
+            assert await response.read(1024) == b"data: [DONE]\r\n\r\n"
+            response.release()
+    finally:
+        trigger.close()
+        pull.close()
+        worker.close()
