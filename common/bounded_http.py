@@ -84,6 +84,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = True  # between the end of a request (or the connection's start) and its next head's end
+        self._reads = 0  # reads so far; the one a request ended in, and whether the next head began in it:
+        self._ended_in = -1  # a head that began in that read is partly in a read `_head_bytes` did not count
+        self._head_counted = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()  # a connection that sends nothing at all is bounded too
         self._left: list[ClientLeft] = []  # of the requests not answered yet (more than one when pipelined)
@@ -109,6 +112,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         # As uvicorn's, plus the head's size, and the refusals raised from the parser's callbacks.
         self._unset_keepalive_if_required()
+        self._reads += 1
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -141,8 +145,11 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
-        head = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
-        if head > self.max_head_bytes:  # a head that ended within the read that took it over the limit
+        # A head that ended within the read that took it over the limit. Summed only when it can be over: the reads
+        # counted hold all of it unless it began behind a request that ended in the same read (pipelined); summing
+        # every request's headers was on every first token's way (issue 26).
+        if (self._head_bytes > self.max_head_bytes or not self._head_counted) and \
+                len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > self.max_head_bytes:
             raise _Refused(ErrorCode.HEADERS_TOO_LARGE, self._too_large_head())
         if self.max_body_bytes is not None:
             declared = next((v for k, v in self.headers if k == b"content-length"), b"")
@@ -157,9 +164,14 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._left.append(ClientLeft(self.cycle))
             extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_counted = self._reads != self._ended_in
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # the timer starts with the next request's first byte
+        self._ended_in = self._reads
 
     def _too_large_head(self) -> str:
         return f"the request line and headers are over the {self.max_head_bytes // 1024} KiB this server takes"

@@ -95,7 +95,7 @@ class RequestRecord:
     what `RequestIdMiddleware` does for each request, in one place for it and for the route served ahead of the
     middlewares (controller/chat_route.py)."""
 
-    __slots__ = ("_token", "method", "path", "rid", "started", "status")
+    __slots__ = ("_rid_header", "_token", "method", "path", "rid", "started", "status")
 
     KEY = "internvl.request_record"  # scope[KEY]: the request's record, for a head sent outside `send`
 
@@ -110,7 +110,8 @@ class RequestRecord:
         else:
             self.rid = given if _VALID_ID.match(given) else new_request_id()
             headers = [(k, v) for k, v in headers if k != b"x-request-id"]
-        scope["headers"] = [*headers, (b"x-request-id", self.rid.encode())]
+        self._rid_header = (b"x-request-id", self.rid.encode())
+        scope["headers"] = [*headers, self._rid_header]
         self.method, self.path = scope.get("method"), scope.get("path", "")  # (not the scope: it holds the record)
         scope[self.KEY] = self
         self._token = request_id_var.set(self.rid)
@@ -120,7 +121,7 @@ class RequestRecord:
         """A message of the response, before it goes: the head's status is noted and the id added to it."""
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            message["headers"] = [*message.get("headers", []), (b"x-request-id", self.rid.encode())]
+            message["headers"] = [*message.get("headers", []), self._rid_header]
 
     def watching(self, send: Send) -> Send:
         """`send`, telling this record of each message first (`sent`)."""

@@ -54,6 +54,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter("internvl_http_requests", "HTTP requests answered, by route template and status",
                                 ["route", "method", "status"], registry=r)
+        # (route template, method, status) -> its counter: as bounded as the label sets (the parser knows only the
+        # standard methods)
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
         self.errors = Counter("internvl_errors", "errors by ServingError code (HTTP error answers and "
                               "mid-stream error events)", ["code"], registry=r)
         self.in_flight = Gauge("internvl_requests_in_flight", "chat requests being answered", registry=r)
@@ -102,7 +105,11 @@ class Metrics:
         """One answered HTTP request, by its route's template (scope["route"]), method and status."""
         # Route templates only: raw paths of 404s would let any client grow the label set without bound.
         name = getattr(scope.get("route"), "path", None) or "unmatched"
-        self.requests.labels(name, scope.get("method", ""), str(status)).inc()
+        key = (name, scope.get("method", ""), status)
+        counter = self._request_counters.get(key)
+        if counter is None:  # (`labels` takes a lock and a dozen calls: one per label set, not per request)
+            counter = self._request_counters[key] = self.requests.labels(name, key[1], str(status))
+        counter.inc()
 
     def count_error(self, code: ErrorCode | str) -> None:
         self.errors.labels(str(ErrorCode(code).value if isinstance(code, ErrorCode) else code)).inc()

@@ -47,15 +47,17 @@ def worker_client(settings: ControllerSettings) -> WorkerClient:
 
 
 SESSION_HEADER = "X-Session-Id"  # names a conversation, whose turns stay on one worker (the web UI sends one per chat)
+_SESSION_KEY = SESSION_HEADER.lower().encode()
 _MAX_KEY = 256
 
 
 def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
     """The affinity key: the client's session id (header, else the OpenAI `user` field), else the hash of the
     conversation's start. Prefixed by kind, so a session named like a hash is not that conversation."""
-    session = request.headers.get(SESSION_HEADER)
+    # (the raw headers: Starlette's `headers.get` raised and caught a KeyError for every request without one)
+    session = next((v for k, v in request.scope["headers"] if k == _SESSION_KEY), None)
     if session:
-        key = "s:" + session[:_MAX_KEY]
+        key = "s:" + session.decode("latin-1")[:_MAX_KEY]
     elif asked.user:
         key = "u:" + asked.user[:_MAX_KEY]
     elif asked.conversation:
@@ -191,7 +193,8 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
             relay_headers[RELAY_INCLUDE_USAGE] = "1"  # the one answer carries usage
         dispatcher: Dispatcher = request.app.state.dispatcher
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
-        client = asked.user or (request.client.host if request.client else "")  # takes turns in the waiting line
+        peer = request.scope.get("client")
+        client = asked.user or (peer[0] if peer else "")  # takes turns in the waiting line
         # A stream under our server starts from inside the dispatch, its head with its first event (early_start)
         direct = DirectBody.unstarted(request.scope) if asked.stream else None
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,

@@ -10,15 +10,14 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
 from controller.registry import WorkerRecord
 
 
-@dataclass(frozen=True)
-class Conversation:
+class Conversation(NamedTuple):  # (a tuple: made per request)
     key: str
     first_turn: bool = False  # no earlier turn: no worker has anything of it cached
 
@@ -29,7 +28,7 @@ class Policy(ABC):
 
     def choose(self, candidates: Sequence[WorkerRecord],
                conversation: Conversation | None = None) -> WorkerRecord | None:
-        usable = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
+        usable = _usable(candidates)
         return self._pick(usable, conversation) if usable else None
 
     @abstractmethod
@@ -76,34 +75,45 @@ class Affinity(ShortestQueue):
     def choose(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None = None
                ) -> WorkerRecord | None:
         """None also when the conversation's worker is full but within the bound: the request waits for it."""
-        own = self._own(candidates, conversation)
+        if conversation is None:
+            return super().choose(candidates)
+        # One lookup per choice (it also marks the conversation as recently seen): it was three, each a few calls
+        # deep into cachetools, on every request's way (issue 26)
+        last = self._last.get(conversation.key)
+        own = next((w for w in candidates if w.worker_id == last), None) if last is not None else None
+        usable = _usable(candidates)
         if own is not None and own.healthy and own.breaker.admits() and own.busy >= own.max_concurrency:
-            others = [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
-            if not others or _requests(own) - min(_requests(w) for w in others) <= self.max_excess:
+            if not usable or _requests(own) - min(_requests(w) for w in usable) <= self.max_excess:
                 return None
-        return super().choose(candidates, conversation)
+        return self._pick_for(usable, conversation, last) if usable else None
 
     def preferred(self, conversation: Conversation) -> str | None:
         """The worker that served the conversation's last turn, if it is remembered."""
         return self._last.get(conversation.key)
 
-    def _own(self, candidates: Sequence[WorkerRecord], conversation: Conversation | None) -> WorkerRecord | None:
-        last = self._last.get(conversation.key) if conversation is not None else None
-        return next((w for w in candidates if w.worker_id == last), None) if last is not None else None
-
     def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
         if conversation is None:
             return super()._pick(usable)
+        return self._pick_for(usable, conversation, self._last.get(conversation.key))
+
+    def _pick_for(self, usable: Sequence[WorkerRecord], conversation: Conversation, last: str | None
+                  ) -> WorkerRecord:
+        """`last`: the worker id of the conversation's last turn, looked up by the caller."""
         key = conversation.key
-        last = self._last.get(key)
-        affine = next((w for w in usable if w.worker_id == last), None)
+        affine = next((w for w in usable if w.worker_id == last), None) if last is not None else None
         if affine is None and not (conversation.first_turn and last is None):
             affine = max(usable, key=lambda w: _score(key, w))
         least = min(_requests(w) for w in usable)
         fits = affine is not None and _requests(affine) - least <= self.max_excess
         chosen = affine if fits else super()._pick(usable)
-        self._last[key] = chosen.worker_id
+        if chosen.worker_id != last:  # (the lookup already marked it as recently seen)
+            self._last[key] = chosen.worker_id
         return chosen
+
+
+def _usable(candidates: Sequence[WorkerRecord]) -> list[WorkerRecord]:
+    """The healthy ones, not benched, with a free slot."""
+    return [w for w in candidates if w.healthy and w.busy < w.max_concurrency and w.breaker.admits()]
 
 
 def _requests(w: WorkerRecord) -> int:

@@ -11,6 +11,7 @@ so that "the client left" is exactly one close().
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -111,3 +112,51 @@ async def test_the_workers_get_the_clients_bytes_unchanged(controller):
         assert one.headers["X-Relay-Stream"] == "1" and one.headers["X-Relay-Include-Usage"] == "1"
         assert two.headers["X-Relay-Stream"] == "1" and "X-Relay-Include-Usage" not in two.headers
         assert events == [f"data: {CHUNK}"] * 2 + [f"data: {FINISH}", "data: [DONE]"]
+
+
+async def _metrics(ctl_url: str) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(ctl_url + "/metrics")).text
+    return {k: float(v) for k, _, v in (line.rpartition(" ") for line in text.splitlines())
+            if k and not k.startswith("#")}
+
+
+async def test_a_stream_longer_than_the_first_token_timeout_arrives_whole_timed_from_its_first_token(controller):
+    """The first-token deadline ends with the first event (the stream goes on under the token timeout), and the
+    first token is timed when it came, not when the stream ended."""
+    ttft = "internvl_time_to_first_token_seconds"
+    async with standins(controller.url, {"long": tokens(30, gap_s=0.05)}):  # 1.5 s, past the 1 s first-token timeout
+        before = await _metrics(controller.url)
+        async with httpx.AsyncClient(timeout=30) as http:
+            started = time.monotonic()
+            async with http.stream("POST", controller.url + "/v1/chat/completions", json=body("m", stream=True)) as s:
+                events = [line async for line in s.aiter_lines() if line.startswith("data:")]
+            took = time.monotonic() - started
+        after = await _metrics(controller.url)
+    assert events == [f"data: {CHUNK}"] * 30 + [f"data: {FINISH}", "data: [DONE]"]
+    assert took > FIRST_TOKEN_TIMEOUT_S
+    assert after[f"{ttft}_count"] - before[f"{ttft}_count"] == 1
+    assert after[f"{ttft}_sum"] - before[f"{ttft}_sum"] < took / 2, "timed at the stream's end"
+    ok = 'internvl_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
+    assert after[ok] - before.get(ok, 0) == 1
+
+
+async def test_a_client_leaving_mid_stream_is_counted_with_the_status_it_was_sent(controller):
+    """Its head said 200 before it left: the access line and the counter say so (a 499 is a client that left before
+    its answer began)."""
+    status = 'internvl_http_requests_total{{method="POST",route="/v1/chat/completions",status="{}"}}'
+    async with standins(controller.url, {"slow": tokens(400, gap_s=0.05)}) as workers:
+        before = await _metrics(controller.url)
+        client = await RawClient().send(controller.url, body("m", stream=True))
+        await client.read_until(b"data: ")
+        seen = await _first(workers["slow"])
+        await wait_until_async(lambda: seen.sent_tokens >= 5, 10, "tokens")
+        await client.leave()
+        await wait_until_async(lambda: seen.closed is not None, 5, "the worker's connection to close")
+        after, deadline = await _metrics(controller.url), time.monotonic() + 5
+        counted = [status.format(200), status.format(499)]
+        while sum(after.get(k, 0) - before.get(k, 0) for k in counted) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            after = await _metrics(controller.url)
+    assert after[status.format(200)] - before.get(status.format(200), 0) == 1
+    assert after.get(status.format(499), 0) == before.get(status.format(499), 0)
