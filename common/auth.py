@@ -20,6 +20,7 @@ from fastapi import Request
 from common.errors import ErrorCode, ServingError
 
 RELAY_TOKEN_HEADER = "X-Worker-Token"
+_RELAY_TOKEN_KEY = RELAY_TOKEN_HEADER.lower().encode()
 
 
 def new_relay_token() -> str:
@@ -33,6 +34,16 @@ def one_of(presented: str, accepted: Iterable[str]) -> bool:
     for candidate in accepted:
         found |= hmac.compare_digest(given, candidate.encode())
     return found and bool(presented)
+
+
+def raw_header(request: Request, name: bytes) -> bytes | None:
+    """The first value of the header `name` (lower case) as sent, from the request's raw list: Starlette's
+    `request.headers` is an object to build, and its `get` raises and catches a KeyError for a header that is not
+    there, on every relayed request's way (issue 26)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 def bearer_token(request: Request) -> str:
@@ -97,6 +108,6 @@ class WorkerAccess:
 
 def refuse_relayed(request: Request) -> None:
     """Controller side of the loop guard (see the module docstring)."""
-    if RELAY_TOKEN_HEADER.lower() in request.headers:
+    if raw_header(request, _RELAY_TOKEN_KEY) is not None:
         raise ServingError(ErrorCode.RELAY_LOOP, "this request was relayed by a controller to a controller: a "
                            "registered worker URL leads back to a controller; that worker is dropped")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from common.auth import bearer_token, one_of
+from common.auth import bearer_token, one_of, raw_header
 from common.disconnect import ClientGone
 from common.errors import ErrorCode, ServingError, error_body, excerpt
 
@@ -101,7 +101,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body (JSON text: see json_text), refused with 413 as soon as it passes `max_bytes` (whatever
     Content-Length claims). A large body is joined in a thread (bytes.join lets go of the GIL for big copies):
     joining 40 MiB on the event loop stalled every other request on it for ~100 ms."""
-    declared = request.headers.get("content-length")
+    declared = raw_header(request, b"content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes, int(declared))
     chunks, size = [], 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from common.auth import new_relay_token, refuse_relayed
+from common.auth import new_relay_token, raw_header, refuse_relayed
 from common.direct_body import DirectBody
 from common.disconnect import ClientWatch
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
@@ -54,8 +55,7 @@ _MAX_KEY = 256
 def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
     """The affinity key: the client's session id (header, else the OpenAI `user` field), else the hash of the
     conversation's start. Prefixed by kind, so a session named like a hash is not that conversation."""
-    # (the raw headers: Starlette's `headers.get` raised and caught a KeyError for every request without one)
-    session = next((v for k, v in request.scope["headers"] if k == _SESSION_KEY), None)
+    session = raw_header(request, _SESSION_KEY)
     if session:
         key = "s:" + session.decode("latin-1")[:_MAX_KEY]
     elif asked.user:
@@ -77,13 +77,17 @@ def early_start(dispatcher: Dispatcher, direct: DirectBody, scope: dict) -> Call
     in it), as `send` would have told it."""
 
     def start(upstream: Upstream) -> None:
-        head = {"type": "http.response.start", "status": 200,
-                "headers": sse_head({SERVED_BY: upstream.worker.worker_id})}
+        head = {"type": "http.response.start", "status": 200, "headers": _stream_head(upstream.worker.worker_id)}
         scope[RequestRecord.KEY].sent(head)
         direct.begin(head["status"], head["headers"])
         dispatcher.relay(upstream).start_direct(direct)
 
     return start
+
+
+@functools.lru_cache(maxsize=1024)  # (a handful of workers: made once each, not per request)
+def _stream_head(worker_id: str) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(sse_head({SERVED_BY: worker_id}))
 
 
 def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Policy:
