@@ -80,8 +80,10 @@ class Dispatcher:
         started = time.monotonic()
         for attempt in range(self.settings.max_attempts):
             if attempt == 0 or (last is not None and last.code == ErrorCode.WORKER_BUSY):
-                # A worker that answered 429 counts as full for a moment: the request waits in line for a slot
-                taken = await self.queue.take(model, conversation, client, request_id)
+                # A worker that answered 429 counts as full for a moment: the request waits in line for a slot. (A
+                # free worker is taken without the line's coroutine: the usual case, on every request's way.)
+                taken = (self.queue.take_free(model, conversation, serving) if attempt == 0 else None) \
+                    or await self.queue.take(model, conversation, client, request_id)
             else:
                 left = [w for w in self.registry.serving(model) if w.worker_id not in tried]
                 worker = self.policy.choose(left, conversation) or self.policy.choose(left)  # failover: no wait

@@ -57,15 +57,24 @@ class RequestQueue:
     def models(self) -> list[str]:
         return list(self._waiting)
 
+    def take_free(self, model: str, conversation: Conversation | None,
+                  serving: list[WorkerRecord] | None = None) -> Taken | None:
+        """A free worker for the request and its lease, at once, when no one waits in line for the model (a request
+        does not pass those who wait); else None. `serving`: the model's workers, if the caller has them."""
+        if self._waiting.get(model):
+            return None
+        serving = self.registry.serving(model) if serving is None else serving
+        worker = self.policy.choose(serving, conversation)
+        if worker is None and self.size == 0:  # no line to wait in for the conversation's own worker
+            worker = self.policy.choose(serving)
+        return (worker, self.registry.acquire(worker, model)) if worker is not None else None
+
     async def take(self, model: str, conversation: Conversation | None, client: str, request_id: str) -> Taken | None:
         """A worker for the request and its lease, waiting in line when every worker is at capacity. None when
         waiting cannot help (no worker is usable or busy: all unhealthy or benched) or the line is off (size 0)."""
-        if not self.waiting(model):
-            worker = self.policy.choose(self.registry.serving(model), conversation)
-            if worker is None and self.size == 0:  # no line to wait in for the conversation's own worker
-                worker = self.policy.choose(self.registry.serving(model))
-            if worker is not None:
-                return worker, self.registry.acquire(worker, model)
+        taken = self.take_free(model, conversation)
+        if taken is not None:
+            return taken
         if self.size == 0 or not any(w.healthy and w.busy >= w.max_concurrency for w in self.registry.serving(model)):
             return None  # (a conversation waiting for its own worker: that one is busy)
         if sum(self._waiting.values()) >= self.size:
