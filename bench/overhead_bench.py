@@ -208,13 +208,15 @@ def shown_usage(usage: dict[str, Usage], hop: Hop) -> dict[str, Usage]:
 
 
 def load_rounds(hops: list[Hop], streams: int, rounds: int, ramp_s: float, tokens: int,
-                sampler: ProcSampler) -> dict[str, dict]:
-    """`rounds` rounds, each running every path once in a shuffled order; a path's rounds pooled."""
+                sampler: ProcSampler, seed: int) -> dict[str, dict]:
+    """`rounds` rounds, each running every path once in a shuffled order; a path's rounds pooled. The order is drawn
+    anew each run (`seed`, printed): with one fixed order, a stall of the shared worker's (its collector, a timer)
+    kept landing in the same paths' rounds run after run."""
     runs: dict[str, list[tuple[dict, dict]]] = {h.name: [] for h in hops}
-    rng = random.Random(1)
-    for _ in range(rounds):
-        order = list(hops)
-        rng.shuffle(order)
+    rng = random.Random(seed)
+    orders = [rng.sample(hops, len(hops)) for _ in range(rounds)]
+    print(f"  round order (--load-seed {seed}): " + "; ".join(", ".join(h.name for h in o) for o in orders))
+    for order in orders:
         for hop in order:
             before = sampler.snapshot()
             t0 = time.perf_counter()
@@ -285,6 +287,8 @@ def main() -> None:
     ap.add_argument("--relay-repeats", type=int, default=5)
     ap.add_argument("--streams", type=int, default=500, help="concurrent streams in the load phase")
     ap.add_argument("--load-rounds", type=int, default=3, help="load-phase rounds (each runs every path once)")
+    ap.add_argument("--load-seed", type=int, default=None, help="the load rounds' path order (default: drawn "
+                    "anew, and printed)")
     ap.add_argument("--ramp-s", type=float, default=2.0, help="the load phase opens its streams over this time")
     ap.add_argument("--stream-tokens", type=int, default=40, help="tokens per load stream (at --stream-rate)")
     ap.add_argument("--stream-rate", type=float, default=10.0, help="tokens/s of each load stream")
@@ -356,8 +360,10 @@ def main() -> None:
                   f"at {args.stream_rate:g} tokens/s each), {args.load_rounds} rounds, paths in a shuffled order "
                   "each round:")
             with profile("load"):
+                seed = args.load_seed if args.load_seed is not None else random.SystemRandom().randrange(10**6)
                 figures["load"] = load_rounds(hops, args.streams, args.load_rounds, args.ramp_s, args.stream_tokens,
-                                              sampler)
+                                              sampler, seed)
+                figures["load_seed"] = seed
             print("  target: 0 errors, controller adds <= 100 ms p99")
 
         if "big" not in skip and args.big_streams:
