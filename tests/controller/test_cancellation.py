@@ -50,7 +50,8 @@ async def test_client_leaving_before_the_first_token_closes_the_workers_connecti
         assert (await in_flight(controller.url))["stuck"] == 1
         left_at = await client.leave()
         seen = workers["stuck"].seen[0]
-        await wait_until_async(lambda: seen.closed is not None, FIRST_TOKEN_TIMEOUT_S * 0.9, "the controller to close the worker's connection")
+        await wait_until_async(lambda: seen.closed is not None, FIRST_TOKEN_TIMEOUT_S * 0.9,
+                               "the controller to close the worker's connection")
         assert seen.closed - left_at < LET_GO_S, f"closed {seen.closed - left_at:.2f} s after the client left"
         assert (await in_flight(controller.url))["stuck"] == 0
 
