@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -58,6 +59,10 @@ def scripted_env(tokens: int, rate: float, **extra: object) -> dict[str, str]:
     return env
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Stack(contextlib.ExitStack):
     """Processes started through it are stopped when the `with` block ends, whatever happens inside."""
 
@@ -66,6 +71,12 @@ class Stack(contextlib.ExitStack):
         self.work = work or Path(tempfile.mkdtemp(prefix="internvl-bench-"))
         self.logs = self.work / "logs"
         self.procs: dict[str, Proc] = {}
+
+    def __enter__(self) -> Stack:
+        # A SIGTERM (pkill, a job's time limit) ends the script as Ctrl-C does, through this block, so that its
+        # processes stop with it: by default Python dies at once and leaves them running.
+        self.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _exit_on_sigterm))
+        return super().__enter__()
 
     def _keep(self, name: str, proc: Proc) -> Proc:
         self.procs[name] = proc
