@@ -91,11 +91,6 @@ class Affinity(ShortestQueue):
         """The worker that served the conversation's last turn, if it is remembered."""
         return self._last.get(conversation.key)
 
-    def _pick(self, usable: Sequence[WorkerRecord], conversation: Conversation | None = None) -> WorkerRecord:
-        if conversation is None:
-            return super()._pick(usable)
-        return self._pick_for(usable, conversation, self._last.get(conversation.key))
-
     def _pick_for(self, usable: Sequence[WorkerRecord], conversation: Conversation, last: str | None
                   ) -> WorkerRecord:
         """`last`: the worker id of the conversation's last turn, looked up by the caller."""
