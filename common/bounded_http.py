@@ -43,11 +43,12 @@ class ClientLeft:
     complete. It tells one watch at a time, from `watch` to `unwatch`, and at once of a client that had already
     left."""
 
-    __slots__ = ("cycle", "callback")
+    __slots__ = ("cycle", "callback", "loop")
 
-    def __init__(self, cycle):
+    def __init__(self, cycle, loop: asyncio.AbstractEventLoop):
         self.cycle = cycle
         self.callback: Callable[[], None] | None = None
+        self.loop = loop  # the connection's (the watch's task runs in it)
 
     def watch(self, callback: Callable[[], None]) -> None:
         if self.cycle.disconnected:
@@ -87,12 +88,16 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._reads = 0  # reads so far; the one a request ended in, and whether the next head began in it:
         self._ended_in = -1  # a head that began in that read is partly in a read `_head_bytes` did not count
         self._head_counted = True
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._arm_head_timer()  # a connection that sends nothing at all is bounded too
+        self._head_began: float | None = None  # loop time of a head that did not come whole in one read
+        self._quiet_since = self.loop.time()  # since when the connection waits for a head
+        self._quiet_limit = self.head_timeout_s  # how long it may: a first head's time, then the keep-alive's
+        self._timer: asyncio.TimerHandle | None = None  # the connection's one timer (`_arm`), and when it is due
+        self._timer_due = 0.0
+        self._arm(self._quiet_since + self._quiet_limit)  # a connection that sends nothing at all is bounded too
         self._left: list[ClientLeft] = []  # of the requests not answered yet (more than one when pipelined)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._cancel_timer()
         super().connection_lost(exc)
         left, self._left = self._left, []
         for hook in left:
@@ -100,6 +105,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             hook.let_go()
 
     def on_response_complete(self) -> None:
+        # As uvicorn's, but its keep-alive wait is the connection's one timer, armed once and moved lazily (`_arm`):
+        # a keep-alive timer made and cancelled for every request was on every request's way (issue 26).
         keep = []
         for hook in self._left:
             if hook.cycle.response_complete:
@@ -107,11 +114,22 @@ class BoundedHttpTools(HttpToolsProtocol):
             else:
                 keep.append(hook)
         self._left = keep
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waited for this one's end
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._quiet_since, self._quiet_limit = self.loop.time(), self.timeout_keep_alive
+        if self._head_began is not None:
+            self._head_began = self._quiet_since  # a head that began behind this response is timed from its end
+        self._arm(self._quiet_since + self._quiet_limit)
 
     def data_received(self, data: bytes) -> None:
-        # As uvicorn's, plus the head's size, and the refusals raised from the parser's callbacks.
-        self._unset_keepalive_if_required()
+        # As uvicorn's (less its keep-alive timer's cancelling: see on_response_complete), plus the head's size, and
+        # the refusals raised from the parser's callbacks.
         self._reads += 1
         if self._in_head:
             self._head_bytes += len(data)
@@ -137,14 +155,15 @@ class BoundedHttpTools(HttpToolsProtocol):
         # read, 256 KiB, is held beyond it.)
         if self._in_head and self._head_bytes > self.max_head_bytes:
             self._refuse(431, _Refused(ErrorCode.HEADERS_TOO_LARGE, self._too_large_head()))
-        elif self._in_head and self._head_bytes and self._head_timer is None:
+        elif self._in_head and self._head_bytes and self._head_began is None:
             # A head that did not come whole in one read has its time counted from here. (One that does, the usual
-            # case, costs no timer: arming and cancelling one per request was on every request's way, issue 26.)
-            self._arm_head_timer()
+            # case, is never timed: issue 26.)
+            self._head_began = self.loop.time()
+            self._arm(self._head_began + self.head_timeout_s)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        self._head_began = None
         # A head that ended within the read that took it over the limit. Summed only when it can be over: the reads
         # counted hold all of it unless it began behind a request that ended in the same read (pipelined); summing
         # every request's headers was on every first token's way (issue 26).
@@ -161,7 +180,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.scope is self.scope:  # (not an upgrade)
             extensions = self.scope.setdefault("extensions", {})
             extensions[DIRECT_BODY] = self.cycle  # the relay's writer (common/direct_body.py)
-            self._left.append(ClientLeft(self.cycle))
+            self._left.append(ClientLeft(self.cycle, self.loop))
             extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
 
     def on_message_begin(self) -> None:
@@ -176,29 +195,43 @@ class BoundedHttpTools(HttpToolsProtocol):
     def _too_large_head(self) -> str:
         return f"the request line and headers are over the {self.max_head_bytes // 1024} KiB this server takes"
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+    def _arm(self, due: float) -> None:
+        """The connection's timer fires no later than `due`. Armed earlier, it stays: when it fires, `_timed` looks
+        at what the connection is doing then, and arms it again for what is due next."""
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self.loop.call_at(due, self._timed)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or not self._in_head:
+    def _timed(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            self._arm_head_timer()  # a pipelined head waits behind a response being sent: not the client's delay
-        elif self._head_bytes:
-            self._refuse(408, _Refused(ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not arrive "
-                                       f"within {self.head_timeout_s:g} s"))
+            return  # a request under way (a pipelined head waits behind it): its response's end arms the timer
+        now = self.loop.time()
+        if self._in_head and self._head_began is not None:
+            due = self._head_began + self.head_timeout_s
+            if now >= due:
+                self._refuse(408, _Refused(ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not "
+                                           f"arrive within {self.head_timeout_s:g} s"))
+                return
         else:
-            self.transport.close()  # an idle connection (a browser's spare one): nothing to answer
+            due = self._quiet_since + self._quiet_limit
+            if now >= due:
+                self.transport.close()  # idle (a browser's spare connection, a client done): nothing to answer
+                return
+        self._arm(due)
 
     def _refuse(self, status: int, refusal: _Refused) -> None:
-        self._cancel_head_timer()
+        self._cancel_timer()
         client = "%s:%d" % self.client if self.client else "-"
         log.info("refused %d from %s: %s", status, client, refusal.message, extra={"status": status})
         body = json.dumps(error_body(refusal.code, refusal.message)).encode()

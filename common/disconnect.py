@@ -39,7 +39,7 @@ class ClientWatch:
     server's word where it offers one (`LEFT`): no watcher task then (issue 26: its steps were a measurable share of
     the controller's CPU per request)."""
 
-    __slots__ = ("_cancelled", "_guarded", "_hook", "_watcher", "gone")
+    __slots__ = ("_cancelled", "_guarded", "_hook", "_loop", "_watcher", "gone")
 
     def __init__(self, receive: Receive, scope: dict | None = None):
         self.gone = False
@@ -48,8 +48,10 @@ class ClientWatch:
         self._hook = scope.get("extensions", {}).get(LEFT) if scope is not None else None
         self._watcher: asyncio.Future | None = None
         if self._hook is not None:
+            self._loop = self._hook.loop  # (no lookup per step: CPython 3.11 asks the kernel for its pid in each)
             self._hook.watch(self._left)
         else:
+            self._loop = asyncio.get_running_loop()
             self._watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
@@ -69,7 +71,7 @@ class ClientWatch:
             if inspect.iscoroutine(work):
                 work.close()  # never started: nothing to unwind
             raise ClientGone
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         assert task is not None
         self._guarded = task
         try:

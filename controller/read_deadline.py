@@ -23,16 +23,16 @@ class ReadDeadline:
 
     __slots__ = ("_expired", "_handle", "_loop", "_started", "_task", "timeout_s")
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float, loop: asyncio.AbstractEventLoop | None = None):
         self.timeout_s = timeout_s
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
         self._started: float | None = None  # when the read under way started; None between reads
         self._expired = False
 
     async def read(self, aw: Awaitable[T]) -> T:
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task(self._loop)
         self._started = self._loop.time()
         if self._handle is None:
             self._handle = self._loop.call_at(self._started + self.timeout_s, self._due)

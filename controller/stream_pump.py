@@ -65,13 +65,14 @@ class StreamPump:
     """One answer's stream phase. The owner `start`s it with an output, waits on `changed()` until `final` is set
     (after each wake: `resume()` once a blocked output has drained), sends `final`, and `close`s it."""
 
-    def __init__(self, up: Upstream, registry: Registry, metrics: Metrics, interval_s: float, timeout_s: float):
+    def __init__(self, up: Upstream, registry: Registry, metrics: Metrics, interval_s: float, timeout_s: float,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.up = up
         self.registry = registry
         self.metrics = metrics
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()
         self.out: Output | None = None
         self.pending = b""  # the start of an event not complete yet
         self.held: list[bytes | memoryview] = []  # blocks waiting out the interval

@@ -60,9 +60,10 @@ class _Connection(asyncio.Protocol):
     """One connection and the response under way on it. Parser callbacks fill `chunks`, where a reader waiting on
     `waiter` takes them, or hand them to `consumer`."""
 
-    def __init__(self, client: WorkerClient, key: tuple[str, int, bool]):
+    def __init__(self, client: WorkerClient, key: tuple[str, int, bool], loop: asyncio.AbstractEventLoop):
         self.client = client
         self.key = key
+        self.loop = loop  # (looked up once: CPython 3.11 asks the kernel for its pid at each lookup)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
@@ -135,7 +136,7 @@ class _Connection(asyncio.Protocol):
             self.drained.set_result(None)
 
     def pause_writing(self) -> None:
-        self.drained = asyncio.get_running_loop().create_future()
+        self.drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self.drained is not None and not self.drained.done():
@@ -180,7 +181,7 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the parser has something new (headers, body, the end) or the connection broke."""
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         try:
             await self.waiter
         finally:
@@ -383,7 +384,7 @@ class WorkerClient:
             self._tls = ssl.create_default_context()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(self, key), host, port,
+                _, conn = await loop.create_connection(lambda: _Connection(self, key, loop), host, port,
                                                        ssl=self._tls if tls else None)
         except TimeoutError as exc:
             raise WorkerUnreachable(f"no connection to {host}:{port} within {self.connect_timeout_s:g} s") from exc

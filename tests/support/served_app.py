@@ -13,12 +13,13 @@ from launcher.compose import free_port
 
 
 @contextlib.asynccontextmanager
-async def served(app, http: str | type = "auto") -> AsyncIterator[str]:
+async def served(app, http: str | type = "auto", **config) -> AsyncIterator[str]:
     """-> the app's base URL while the `async with` lasts; the server is stopped on the way out. `http`: uvicorn's
-    protocol ("auto": its own; `common.bounded_http.bounded_http()`: the controller's and the workers')."""
+    protocol ("auto": its own; `common.bounded_http.bounded_http()`: the controller's and the workers'); `config`:
+    more of uvicorn's settings (`timeout_keep_alive=...`)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None,
-                                           access_log=False, http=http))
+                                           access_log=False, http=http, **config))
     task = asyncio.create_task(server.serve())
     try:
         await until(lambda: server.started or task.done(), 10, "the server listens")
