@@ -132,7 +132,8 @@ class RequestRecord:
         return send_seen
 
     def end(self) -> None:
-        if self.path not in ("/health", "/metrics", "/workers/heartbeat"):  # probes would drown the useful lines
+        # (probes would drown the useful lines; the line's fields are made only for a log that takes it)
+        if self.path not in ("/health", "/metrics", "/workers/heartbeat") and access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %d", self.method, self.path, self.status,
                             extra={"status": self.status,
                                    "duration_ms": round((time.monotonic() - self.started) * 1000, 1)})

@@ -64,12 +64,19 @@ class QuietServer(uvicorn.Server):
             self._stop()
 
 
+def proxy_headers(app) -> bool:
+    """Whether uvicorn should apply its proxy headers middleware to `app`: not to one that applies it itself (the
+    controller's, controller/chat_route.py)."""
+    return not getattr(app, "applies_proxy_headers", False)
+
+
 def serve(app, *, host: str, port: int, log_level: str, head_timeout_s: float) -> None:
     """Serve `app` until SIGINT or SIGTERM (then up to 5 s for requests under way); exit 3 if it cannot start
     (as `uvicorn.run`: the port is taken, ...). Request heads and bodies are bounded (common/bounded_http.py);
     uvicorn's loggers go through our handler (log_config=None: request ids, one format)."""
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, http=bounded_http(head_timeout_s=head_timeout_s))
+                            timeout_graceful_shutdown=5, http=bounded_http(head_timeout_s=head_timeout_s),
+                            proxy_headers=proxy_headers(app))
     server = QuietServer(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()

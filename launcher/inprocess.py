@@ -25,9 +25,10 @@ def serve_in_thread(app, port: int, name: str, timeout_s: float = 900.0) -> None
     import uvicorn
 
     from common.bounded_http import bounded_http
+    from common.serve import proxy_headers
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           http=bounded_http()))
+                                           http=bounded_http(), proxy_headers=proxy_headers(app)))
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

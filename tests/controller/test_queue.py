@@ -120,6 +120,25 @@ async def test_requests_wait_in_order_and_are_all_answered(controller):
         assert await metric(controller.url, "internvl_queue_wait_seconds_count") >= QUEUE_SIZE
 
 
+async def test_a_request_a_local_proxy_forwards_takes_turns_as_the_client_it_names(controller):
+    """Clients take turns in the line, by address: behind a proxy on this machine (trusted for its X-Forwarded-For
+    by default, as uvicorn trusts it), the address it names. The chat route applies the proxy headers itself
+    (controller/chat_route.py)."""
+    async with OneSlot(controller.url) as worker, httpx.AsyncClient(timeout=30) as http:
+        tasks = [ask(http, controller.url, "x 0", "fw-0")]
+        await wait_until_async(lambda: worker.seen, 10, "the first request at the worker")
+        for i, (rid, client) in enumerate([("fw-a1", "198.51.100.1"), ("fw-a2", "198.51.100.1"),
+                                           ("fw-b1", "198.51.100.2")], 1):
+            tasks.append(ask(http, controller.url, rid, rid, **{"X-Forwarded-For": client}))
+            await until_metric(controller.url, LENGTH, i)
+        places = {rid: (await http.get(f"{controller.url}/queue/{rid}")).json()["position"]
+                  for rid in ("fw-a1", "fw-a2", "fw-b1")}
+        worker.behaviour.opened.set()
+        assert [r.status_code for r in await asyncio.gather(*tasks)] == [200] * 4
+        # The second client's first request comes before the first client's second (one client: it would be 3rd)
+        assert places == {"fw-a1": 1, "fw-b1": 2, "fw-a2": 3}
+
+
 async def test_a_full_line_and_an_expired_wait_answer_429_with_retry_after(controller):
     async with OneSlot(controller.url) as worker, httpx.AsyncClient(timeout=30) as http:
         tasks = await fill(http, controller.url, worker, "full")

@@ -109,6 +109,19 @@ def test_without_a_secret_only_this_machine_may_register_and_nothing_is_probed(s
     assert not probed, "the controller connected to a URL named by a caller it does not trust"
 
 
+def test_a_registration_a_local_proxy_forwards_counts_as_from_the_client_it_names(stack):
+    """A proxy on this machine (trusted for its X-Forwarded-For, as uvicorn trusts loopback by default) that forwards
+    another host's registration does not make it this machine's: the controller applies the proxy headers on every
+    path but the chat route itself (controller/chat_route.py), and must not skip them here."""
+    controller, worker, worker_id = stack
+    r = httpx.post(controller.url + "/workers/register", json=registration(worker.url, worker_id),
+                   headers={"X-Forwarded-For": "203.0.113.7"})
+    refused(r, 403, "own machine")
+    r = httpx.post(controller.url + "/workers/heartbeat", json={"worker_id": worker_id},
+                   headers={"X-Forwarded-For": "203.0.113.7"})
+    assert r.status_code == 403
+
+
 async def test_a_worker_url_that_leads_back_to_a_controller_is_caught_at_once(stack):
     """A stand-in that answers /health as a worker but forwards chats to the controller: without the loop guard each
     relayed chat comes back as a new chat, nesting without end."""
