@@ -91,8 +91,9 @@ class StreamPump:
     def start(self, out: Output) -> None:
         self.out = out
         self.last_byte = self.loop.time()
-        self.timer = self.loop.call_at(self.last_byte + self.timeout_s, self._due)
         self.body_received(self.up.buffered)  # the first event and whatever came with it
+        if self.final is None and not self.finished:  # (armed after the first write: not on the first token's way)
+            self.timer = self.loop.call_at(self.last_byte + self.timeout_s, self._due)
         if not self.finished:  # (past the end marker too: the body's end then ends the attempt without waiting)
             self.up.response.deliver_to(self)
 

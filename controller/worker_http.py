@@ -36,14 +36,16 @@ class WorkerUnreachable(WorkerConnectionError):
 
 
 @lru_cache(maxsize=1024)  # a handful of worker URLs, each parsed once
-def _target(url: str) -> tuple[tuple[str, int, bool], bytes, bytes]:
-    """((host, port, tls), request path, Host header value) of an http:// or https:// URL."""
+def _target(url: str) -> tuple[tuple[str, int, bool], str, str]:
+    """((host, port, tls), request path, Host header value) of an http:// or https:// URL; the path and the Host
+    value as their UTF-8 bytes, one character each (the request's head is encoded as latin-1 in one go)."""
     parts = urlsplit(url)
     tls = parts.scheme == "https"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not a worker URL: {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return (parts.hostname, parts.port or (443 if tls else 80), tls), path.encode(), parts.netloc.encode()
+    return ((parts.hostname, parts.port or (443 if tls else 80), tls), path.encode().decode("latin-1"),
+            parts.netloc.encode().decode("latin-1"))
 
 
 class BodyConsumer(Protocol):
@@ -332,15 +334,15 @@ class WorkerClient:
         conn.early = early
         conn.requesting = True
         try:
-            head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, host)]
+            lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"]  # (one encode for the head, not two a line)
             for name, value in (headers or {}).items():
                 if "\r" in value or "\n" in value:
                     raise ValueError(f"header {name} holds a line break")
-                head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+                lines.append(f"{name}: {value}\r\n")
             if body or method == "POST":
-                head.append(b"Content-Length: %d\r\n" % len(body))
-            head.append(b"\r\n")
-            await self._write(conn, b"".join(head), body)
+                lines.append(f"Content-Length: {len(body)}\r\n")
+            lines.append("\r\n")
+            await self._write(conn, "".join(lines).encode("latin-1"), body)
             while not conn.status:
                 if conn.error is not None:
                     raise conn.error
