@@ -65,7 +65,7 @@ async def requests(urls: list[str], n: int, tokens: int = TTFT_TOKENS) -> None:
             for url in urls:
                 r = await stream_chat(http, url, chat_body(tokens, model="fast"))
                 if r.error:
-                    raise SystemExit(f"{url}: {r.error}")
+                    raise SystemExit(f"{url}: {r.error!r} after {r.tokens} tokens")
 
 
 def main() -> None:
@@ -95,6 +95,7 @@ def main() -> None:
             print("  vllm-router is not installed: pip install -r requirements-test.txt", file=sys.stderr)
         sampler = ProcSampler({name: p.popen.pid for name, p in paths.items()})
         urls = [p.url for p in paths.values()]
+        print("  paths: " + ", ".join(f"{name} {p.url}" for name, p in paths.items()))
         asyncio.run(requests(urls, 200))  # warm: connections, imports, caches
         per_request: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):

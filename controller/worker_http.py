@@ -25,6 +25,7 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024  # a worker's status line and headers; more is not a worker of ours
 _HIGH_WATER = 1024 * 1024  # unread body bytes past which the connection stops reading until the relay catches up
 _SLICE = 256 * 1024  # a large request body goes in slices: no step copies it whole
+_READ_SIZE = 256 * 1024  # the most one network read takes (the event loop's own reads take as much)
 
 
 class WorkerConnectionError(ConnectionError):
@@ -58,9 +59,14 @@ class BodyConsumer(Protocol):
         """The body is complete (None), or the connection broke first."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One connection and the response under way on it. Parser callbacks fill `chunks`, where a reader waiting on
-    `waiter` takes them, or hand them to `consumer`."""
+    `waiter` takes them, or hand them to `consumer`.
+
+    Its reads land in its client's one read buffer (`get_buffer`), which the parser has read (its callbacks get
+    copies) before the next read anywhere: the event loop's own reads made a new bytes object of each read, a copy of
+    up to 256 KiB the parser copies again (a fast stream's reads are that large: 4-8% of the relay's CPU per token,
+    bench/relay_floor.py --tokens 60000, issue 26)."""
 
     def __init__(self, client: WorkerClient, key: tuple[str, int, bool], loop: asyncio.AbstractEventLoop):
         self.client = client
@@ -91,15 +97,19 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.consumer: BodyConsumer | None = None
 
-    # -- asyncio.Protocol
+    # -- asyncio.BufferedProtocol
     def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.client.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.client.read_buffer[:nbytes]
         if not self.status:  # the head is not complete: its size is counted here, before anything is parsed
             # (by the read, not by a Python callback per header: those were a measurable part of every first token's
             # way, issue 26)
-            self.head_bytes += self._head_part(data)
+            self.head_bytes += self._head_part(data.obj, nbytes)
             if self.head_bytes > MAX_HEAD_BYTES:
                 self._broken(WorkerConnectionError(f"the worker's response head is over {MAX_HEAD_BYTES // 1024} KiB"))
                 return
@@ -110,17 +120,18 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._broken(WorkerConnectionError(f"the worker's response is not valid HTTP/1.1 ({exc})"))
 
-    def _head_part(self, data: bytes) -> int:
-        """How much of `data`, a read while the head is not complete, is head (its end may span two reads)."""
-        end = data.find(b"\r\n\r\n")
+    def _head_part(self, buffer: bytearray, nbytes: int) -> int:
+        """How much of a read (the first `nbytes` of `buffer`) while the head is not complete is head (its end may
+        span two reads)."""
+        end = buffer.find(b"\r\n\r\n", 0, nbytes)
         if end >= 0:
             return end + 4
         if self.head_tail:
-            spans = (self.head_tail + data[:3]).find(b"\r\n\r\n")
+            spans = (self.head_tail + buffer[:min(3, nbytes)]).find(b"\r\n\r\n")
             if spans >= 0:
                 return spans + 4 - len(self.head_tail)
-        self.head_tail = (self.head_tail + data)[-3:] if len(data) < 3 else data[-3:]
-        return len(data)
+        self.head_tail = bytes((self.head_tail + buffer[:nbytes])[-3:] if nbytes < 3 else buffer[nbytes - 3:nbytes])
+        return nbytes
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -312,6 +323,7 @@ class WorkerClient:
     def __init__(self, connect_timeout_s: float, idle_s: float = 3.0):
         self.connect_timeout_s = connect_timeout_s
         self.idle_s = idle_s
+        self.read_buffer = memoryview(bytearray(_READ_SIZE))  # every connection's reads land here (`_Connection`)
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._tls: ssl.SSLContext | None = None
