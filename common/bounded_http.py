@@ -214,8 +214,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request under way (a pipelined head waits behind it): its response's end arms the timer
+        if not self._in_head or (self.cycle is not None and not self.cycle.response_complete):
+            # A request under way (a pipelined head may wait behind it): its response's end arms the timer. (Out of
+            # a head with no request under way: the connection went to another protocol, an upgrade.)
+            return
         now = self.loop.time()
         if self._in_head and self._head_began is not None:
             due = self._head_began + self.head_timeout_s
