@@ -29,6 +29,9 @@ from common.errors import ErrorCode, error_body
 log = logging.getLogger("internvl.access")
 
 MAX_HEAD_BYTES = 64 * 1024  # nginx's default large_client_header_buffers is 4 x 8 KiB: 64 KiB leaves room
+# scope["extensions"][KEEP_ALIVE](seconds): how long this request's connection may then wait for its next request,
+# for a client the app trusts to come back (a worker's heartbeats: controller/admission.py); others get uvicorn's.
+KEEP_ALIVE = "internvl.keep_alive"
 HEAD_TIMEOUT_S = 20.0  # nginx: client_header_timeout 60 s; a head is one packet in practice
 
 
@@ -74,6 +77,7 @@ class ClientLeft:
         if extensions.get(LEFT) is self:
             del extensions[LEFT]
             extensions.pop(DIRECT_BODY, None)
+            extensions.pop(KEEP_ALIVE, None)
 
 
 class BoundedHttpTools(HttpToolsProtocol):
@@ -94,6 +98,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None  # the connection's one timer (`_arm`), and when it is due
         self._timer_due = 0.0
         self._arm(self._quiet_since + self._quiet_limit)  # a connection that sends nothing at all is bounded too
+        self._keep_alive_s = float(self.timeout_keep_alive)  # (`keep_for`)
+        self._keep_for = self.keep_for  # (made once: offered to every request on the connection)
         self._left: list[ClientLeft] = []  # of the requests not answered yet (more than one when pipelined)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -122,7 +128,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
-        self._quiet_since, self._quiet_limit = self.loop.time(), self.timeout_keep_alive
+        self._quiet_since, self._quiet_limit = self.loop.time(), self._keep_alive_s
         if self._head_began is not None:
             self._head_began = self._quiet_since  # a head that began behind this response is timed from its end
         self._arm(self._quiet_since + self._quiet_limit)
@@ -182,6 +188,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             extensions[DIRECT_BODY] = self.cycle  # the relay's writer (common/direct_body.py)
             self._left.append(ClientLeft(self.cycle, self.loop))
             extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
+            extensions[KEEP_ALIVE] = self._keep_for
+
+    def keep_for(self, seconds: float) -> None:
+        """Between this connection's requests from now on, wait up to `seconds` for the next (KEEP_ALIVE)."""
+        self._keep_alive_s = seconds
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -18,8 +18,9 @@ import urllib.parse
 from fastapi import Request
 
 from common.auth import is_loopback_client, is_loopback_host
+from common.bounded_http import KEEP_ALIVE
 from common.errors import ErrorCode, ServingError, excerpt
-from common.protocol import WorkerRegistration
+from common.protocol import REGISTRANT_KEEP_ALIVE_S, WorkerRegistration
 from controller.settings import ControllerSettings
 from controller.worker_http import WorkerClient, WorkerConnectionError
 
@@ -41,6 +42,9 @@ def check_registrant(request: Request, settings: ControllerSettings) -> None:
         raise ServingError(ErrorCode.FORBIDDEN, "worker registration refused: this controller has no registration "
                            "secret, so it accepts workers from its own machine only; start it with "
                            "--registration-secret S and the workers with the same --registration-secret S")
+    keep = request.scope.get("extensions", {}).get(KEEP_ALIVE)
+    if keep is not None:  # a worker of ours: its heartbeats come back on this connection (common/protocol.py)
+        keep(REGISTRANT_KEEP_ALIVE_S)
 
 
 def announce(settings: ControllerSettings) -> None:

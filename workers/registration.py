@@ -9,18 +9,18 @@ from collections.abc import Callable
 
 import httpx
 
-from common.protocol import ModelCard, WorkerHeartbeat, WorkerRegistration
+from common.protocol import REGISTRANT_IDLE_S, ModelCard, WorkerHeartbeat, WorkerRegistration
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 
-# How long the client to the controller keeps an idle connection: under the controller's own keep-alive (uvicorn's
-# 5 s), so a heartbeat never goes out on a connection that the controller is closing at that very moment. With both
-# at 5 s, the default heartbeat interval, a heartbeat was lost that way every few minutes under load; the worker
-# then registered again, and a request relayed to it between its old and new relay tokens failed (issue 26's
-# benchmark, 2026-12-06).
-KEEPALIVE_S = 1.0
+# How long the client to the controller keeps an idle connection: well under what the controller keeps a registered
+# worker's (REGISTRANT_KEEP_ALIVE_S), so a heartbeat never goes out on a connection that the controller is closing
+# at that very moment. With both at 5 s, the default heartbeat interval, a heartbeat was lost that way every few
+# minutes under load; the worker then registered again, and a request relayed to it between its old and new relay
+# tokens failed (issue 26's benchmark, 2026-12-06). Longer than the interval, heartbeats reuse one connection.
+KEEPALIVE_S = REGISTRANT_IDLE_S
 
 
 def controller_client() -> httpx.AsyncClient:

@@ -5,6 +5,7 @@ else), and a worker URL that leads back to a controller is caught at the first n
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -160,3 +161,40 @@ async def test_a_worker_url_that_leads_back_to_a_controller_is_caught_at_once(st
             assert "looper" not in [w["worker_id"] for w in workers]  # dropped: it is no worker
     finally:
         await server.close()
+
+
+def _ask(sock: socket.socket, method: str, path: str, body: bytes = b"") -> bytes:
+    """One request on a kept connection; its answer's status line (b"closed" when the server closed it)."""
+    sock.settimeout(20)
+    try:
+        sock.sendall(b"%s %s HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (method.encode(), path.encode(), len(body), body))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += (chunk := sock.recv(65536))
+            if not chunk:
+                return b"closed"
+    except ConnectionError:
+        return b"closed"
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+def test_a_registered_workers_connection_is_kept_past_the_keep_alive_and_no_one_elses(stack):
+    """Heartbeats reuse one connection (common/protocol.py REGISTRANT_KEEP_ALIVE_S): the controller keeps a
+    registrant's connection open past uvicorn's 5 s keep-alive; anyone else's closes after 5 s idle."""
+    controller, _, worker_id = stack
+    port = int(controller.url.rsplit(":", 1)[1])
+    beat = json.dumps({"worker_id": worker_id}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as kept, socket.create_connection(("127.0.0.1", port)) as other:
+        assert _ask(kept, "POST", "/workers/heartbeat", beat).endswith(b" 200 OK")
+        assert _ask(other, "GET", "/health").endswith(b" 200 OK")
+        idle_since = time.monotonic()
+        other.settimeout(20)
+        assert other.recv(1) == b"", "an ordinary client's idle connection is closed"
+        assert time.monotonic() - idle_since >= 4.5  # (after uvicorn's 5 s, not before)
+        assert _ask(kept, "POST", "/workers/heartbeat", beat).endswith(b" 200 OK"), "the worker's stays open"

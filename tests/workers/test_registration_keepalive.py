@@ -3,9 +3,14 @@
 uvicorn closes a kept-alive connection 5 s after its last response; the worker heartbeats every 5 s by default. A
 heartbeat sent on a connection just as the controller's timer closed it was lost (ReadError); the worker then
 registered again, which gives it a new relay token, and a request the controller relayed to it between the two
-tokens failed (503 with one worker). The fake controller here closes a connection, unanswered, whenever a second
-request comes on it: what uvicorn does when its keep-alive timer fires as a request arrives. The worker must keep
-its registration: each heartbeat after an idle interval goes on a new connection."""
+tokens failed (503 with one worker). Now the controller keeps a registered worker's connection open longer
+(REGISTRANT_KEEP_ALIVE_S) than the worker's client keeps it idle (KEEPALIVE_S), and heartbeats reuse it.
+
+The fake controller here closes a connection, unanswered, whenever a second request comes on it: what a server does
+when its keep-alive timer fires as a request arrives. With an interval longer than the client keeps a connection
+idle, the worker must keep its registration: each heartbeat goes on a new connection. The real controller keeps a
+registrant's connection past its default keep-alive, and only a registrant's (tests/controller/
+test_registration_guard.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import asyncio
 import contextlib
 import json
 
-from common.protocol import ModelCard
+from common.protocol import REGISTRANT_IDLE_S, REGISTRANT_KEEP_ALIVE_S, ModelCard
+from workers import registration
 from tests.support.raw_worker import read_request
 from tests.support.stack import free_port
 from tests.support.waiting import wait_until_async
-from workers.registration import KEEPALIVE_S, Registrar, controller_client
+from workers.registration import Registrar, controller_client
 from workers.settings import WorkerSettings
 
 
@@ -51,8 +57,14 @@ async def closing_controller():
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", answered
 
 
-async def test_heartbeats_after_an_idle_interval_never_go_on_a_connection_being_closed():
-    interval = KEEPALIVE_S + 0.3  # idle longer than the client keeps a connection, as the default 5 s is
+def test_heartbeats_reuse_a_connection_the_controller_keeps_longer_than_the_worker():
+    default_interval = WorkerSettings.model_fields["heartbeat_interval_s"].default
+    assert default_interval < registration.KEEPALIVE_S == REGISTRANT_IDLE_S <= REGISTRANT_KEEP_ALIVE_S / 2
+
+
+async def test_heartbeats_after_an_idle_interval_never_go_on_a_connection_being_closed(monkeypatch):
+    monkeypatch.setattr(registration, "KEEPALIVE_S", 1.0)  # (short, for the test's time)
+    interval = registration.KEEPALIVE_S + 0.3  # idle longer than the client keeps a connection
     async with closing_controller() as (url, answered), controller_client() as client:
         settings = WorkerSettings(model_path="unused", controller_url=url, heartbeat_interval_s=interval)
         registrar = Registrar(settings, client, ModelCard(id="m"), lambda: (0, 0))
