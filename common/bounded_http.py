@@ -230,7 +230,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             # a head with no request under way: the connection went to another protocol, an upgrade.)
             return
         now = self.loop.time()
-        if self._in_head and self._head_began is not None:
+        if self._head_began is not None:  # a head partly in
             due = self._head_began + self.head_timeout_s
             if now >= due:
                 self._refuse(408, _Refused(ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not "

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from common.bounded_http import bounded_http
 from tests.support.served_app import served
 
@@ -36,7 +34,6 @@ async def closed_after(reader: asyncio.StreamReader, since: float, limit_s: floa
     return time.monotonic() - since, rest
 
 
-@pytest.mark.asyncio
 async def test_a_kept_alive_connection_in_use_stays_open_then_closes_after_the_keep_alive_idle():
     async with served(ok, http=bounded_http(head_timeout_s=HEAD_S), timeout_keep_alive=KEEP_ALIVE_S) as url:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
@@ -57,7 +54,6 @@ async def test_a_kept_alive_connection_in_use_stays_open_then_closes_after_the_k
         writer.close()
 
 
-@pytest.mark.asyncio
 async def test_a_connection_that_sends_nothing_is_closed_after_the_heads_time():
     async with served(ok, http=bounded_http(head_timeout_s=HEAD_S), timeout_keep_alive=30) as url:
         opened = time.monotonic()
@@ -67,7 +63,6 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_heads_time():
         writer.close()
 
 
-@pytest.mark.asyncio
 async def test_a_head_that_stops_coming_after_an_answer_gets_408_timed_from_its_first_bytes():
     async with served(ok, http=bounded_http(head_timeout_s=HEAD_S), timeout_keep_alive=30) as url:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))

@@ -31,7 +31,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-@pytest.mark.asyncio
 async def test_a_begun_head_goes_with_the_body_and_the_body_ends_through_send():
     async with served(app, http=bounded_http()) as url, httpx.AsyncClient() as http:
         r = await http.get(url + "/good")
@@ -41,7 +40,6 @@ async def test_a_begun_head_goes_with_the_body_and_the_body_ends_through_send():
         assert r.text == "hello"
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("path", sorted(BAD))
 async def test_a_header_the_server_would_refuse_begins_nothing(path):
     async with served(app, http=bounded_http()) as url, httpx.AsyncClient() as http:
