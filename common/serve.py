@@ -3,8 +3,10 @@
 uvicorn's server wakes ten times a second for its housekeeping (the Date header, a look at whether it should stop),
 busy or idle. On these machines each timer wakeup of an idle process costs it about 0.25 ms of CPU time (2.6 ms per
 second for a bare event loop that sleeps 0.1 s at a time), and the controller's CPU per relayed token counted it:
-an idle controller took 3.3 ms of CPU per second, a Rust router none (issue 26, BENCHMARKS.md). `QuietServer` does
-the same housekeeping once a second, and a signal still stops it at once.
+an idle controller took 3.3 ms of CPU per second, a Rust router none (issue 26, BENCHMARKS.md). `QuietServer` has no
+tick at all: the Date header is made when a response asks for it in a new second (`DatedState`), and the loop sleeps
+until it is told to stop (a signal, or `should_exit` set from anywhere). Once a second, the tick was still most of an
+idle controller's wakeups (12 of 17 in 12 s, strace) and ~0.6 of its 0.9 ms of CPU per second.
 
 Once started, everything the process has made (its modules, the app, a worker's model) lives as long as it does, and
 `QuietServer` freezes it (`gc.freeze`): out of the cycle collector's full collections, which stop the whole process
@@ -24,21 +26,64 @@ import asyncio
 import contextlib
 import gc
 import sys
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 
 import uvicorn
 from uvicorn.main import STARTUP_FAILURE
+from uvicorn.server import ServerState
 
 from common.bounded_http import bounded_http
 
 FULL_AFTER = 100  # collections of the middle generation before a full one (Python's default: 10)
 
 
-class QuietServer(uvicorn.Server):
-    """uvicorn's Server, with its housekeeping tick once a second instead of every 0.1 s, what it made to start
-    frozen out of the cycle collector's walks, and full collections ten times rarer."""
+class DatedState(ServerState):
+    """uvicorn's state shared by a server's connections, whose default headers (Date first) are made when a response
+    asks for them in a new second, rather than by a tick every second whether anyone asks or not."""
 
-    _stop: Callable[[], None] | None = None
+    def __init__(self, config: uvicorn.Config):
+        self._config = config
+        self._second = -1
+        self._headers: list[tuple[bytes, bytes]] = []
+        super().__init__()
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._second:
+            date = [(b"date", formatdate(second, usegmt=True).encode())] if self._config.date_header else []
+            self._headers, self._second = date + self._config.encoded_headers, second
+        return self._headers
+
+    @default_headers.setter
+    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        """(uvicorn's own assignments: made here on demand instead)"""
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's Server with no housekeeping tick (see the module's docstring), what it made to start frozen out of
+    the cycle collector's walks, and full collections ten times rarer. uvicorn's `limit_max_requests` and
+    `callback_notify`, which its tick served, are refused."""
+
+    def __init__(self, config: uvicorn.Config):
+        if config.limit_max_requests is not None or config.callback_notify is not None:
+            raise ValueError("QuietServer has no tick to count requests or notify a supervisor: use uvicorn.Server")
+        self._wake: Callable[[], None] | None = None
+        super().__init__(config)
+        self.server_state = DatedState(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        """Set by a signal (uvicorn's `handle_exit`) or by anyone, from any thread: the sleeping loop wakes up."""
+        self._should_exit = value
+        if value and self._wake is not None:
+            self._wake()
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)  # (the app's lifespan first: a worker's model is loaded by now)
@@ -48,20 +93,10 @@ class QuietServer(uvicorn.Server):
         gc.set_threshold(young, middle, FULL_AFTER)
 
     async def main_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        self._stop = lambda: loop.call_soon_threadsafe(stop.set)  # (from a signal handler: wakes the loop)
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await stop.wait()
-
-    def handle_exit(self, sig, frame) -> None:
-        super().handle_exit(sig, frame)
-        if self._stop is not None:
-            self._stop()
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        self._wake = lambda: loop.call_soon_threadsafe(stop.set)  # (from a signal handler or a thread)
+        if not self.should_exit:  # (after `_wake` is set: a stop asked in between is seen one way or the other)
+            await stop.wait()
 
 
 def proxy_headers(app) -> bool:

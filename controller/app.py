@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 async def _expire_loop(registry: Registry) -> None:
-    while True:
-        await asyncio.sleep(max(registry.expiry_s / 4, 0.05))
+    while True:  # (wakes when a worker could be due, not every few seconds: an idle controller's wakeups cost it CPU)
+        await asyncio.sleep(max(registry.next_expiry_in(), 0.05))
         for worker_id in registry.expire():
             log.warning("worker %s missed its heartbeats for %.1f s and was removed", worker_id, registry.expiry_s)
 

@@ -177,6 +177,13 @@ class Registry:
             self._depart(rec)
         return rec is not None
 
+    def next_expiry_in(self) -> float:
+        """Seconds until `expire` could first remove a worker: a heartbeat only moves that later, and a worker that
+        registers meanwhile is due `expiry_s` after it does."""
+        if not self._workers:
+            return self.expiry_s
+        return min(r.last_heartbeat for r in self._workers.values()) + self.expiry_s - self._clock()
+
     def expire(self) -> list[str]:
         now = self._clock()
         gone = [w for w, r in self._workers.items() if now - r.last_heartbeat > self.expiry_s]

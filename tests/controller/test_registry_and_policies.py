@@ -33,6 +33,23 @@ def test_silent_workers_expire_and_heartbeats_keep_them():
     assert [w.worker_id for w in registry.all()] == ["a"]
 
 
+def test_the_expiry_check_sleeps_until_the_first_worker_could_be_due():
+    clock = Clock()
+    registry = Registry(expiry_s=10, clock=clock)
+    assert registry.next_expiry_in() == 10  # none yet: one registering now is due in 10 s
+    registry.register(reg("a"))
+    clock.now += 4
+    registry.register(reg("b"))
+    assert registry.next_expiry_in() == 6  # a, registered first
+    clock.now += 5
+    registry.heartbeat(WorkerHeartbeat(worker_id="a"))
+    assert registry.next_expiry_in() == 5  # b now: a's heartbeat moved a later
+    clock.now += 5
+    assert registry.expire() == []  # due, not past
+    clock.now += 0.01
+    assert registry.expire() == ["b"] and registry.next_expiry_in() == pytest.approx(4.99)
+
+
 def test_in_flight_is_exact_and_survives_re_registration():
     registry = Registry(expiry_s=10)
     rec = registry.register(reg("a"))
