@@ -93,7 +93,7 @@ def new_request_id() -> str:
 class RequestRecord:
     """One request's id, bound for its logs and echoed in its response's head, and its access line at its end:
     what `RequestIdMiddleware` does for each request, in one place for it and for the route served ahead of the
-    middlewares (controller/chat_route.py)."""
+    middlewares (controller/direct_routes.py)."""
 
     __slots__ = ("_rid_header", "_token", "method", "path", "rid", "started", "status")
 

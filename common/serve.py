@@ -101,7 +101,7 @@ class QuietServer(uvicorn.Server):
 
 def proxy_headers(app) -> bool:
     """Whether uvicorn should apply its proxy headers middleware to `app`: not to one that applies it itself (the
-    controller's, controller/chat_route.py)."""
+    controller's, controller/direct_routes.py)."""
     return not getattr(app, "applies_proxy_headers", False)
 
 

@@ -24,7 +24,7 @@ from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegist
 from common.sse import SSEBytesResponse, payloads, sse_head
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect
-from controller.chat_route import ControllerApp
+from controller.direct_routes import CHAT_PATH, ControllerApp
 from controller.policies import POLICIES, Affinity, Conversation, Policy
 from controller.registry import Registry
 from controller.request_peek import Peeked, peek_request
@@ -155,11 +155,12 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         return {"registered": reg.worker_id, "heartbeat_expiry_s": settings.heartbeat_expiry_s,
                 "relay_token": token}
 
-    @app.post("/workers/heartbeat")
-    async def heartbeat(request: Request) -> dict:
+    async def heartbeat(request: Request) -> Response:
         check_registrant(request, settings)
         registry.heartbeat(await parse_json_body(request, WorkerHeartbeat, 64 * 1024))
-        return {"ok": True}
+        return JSONResponse({"ok": True})
+
+    app.serve_ahead("/workers/heartbeat", heartbeat)  # each worker's every few seconds (controller/direct_routes.py)
 
     @app.post("/workers/unregister")
     async def unregister(request: Request) -> dict:
@@ -222,5 +223,5 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
                 watch.stop()
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
-    app.chat_endpoint = chat_completions  # served ahead of FastAPI's layers (controller/chat_route.py)
+    app.serve_ahead(CHAT_PATH, chat_completions)  # every chat request's (controller/direct_routes.py)
     return app

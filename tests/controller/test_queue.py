@@ -123,7 +123,7 @@ async def test_requests_wait_in_order_and_are_all_answered(controller):
 async def test_a_request_a_local_proxy_forwards_takes_turns_as_the_client_it_names(controller):
     """Clients take turns in the line, by address: behind a proxy on this machine (trusted for its X-Forwarded-For
     by default, as uvicorn trusts it), the address it names. The chat route applies the proxy headers itself
-    (controller/chat_route.py)."""
+    (controller/direct_routes.py)."""
     async with OneSlot(controller.url) as worker, httpx.AsyncClient(timeout=30) as http:
         tasks = [ask(http, controller.url, "x 0", "fw-0")]
         await wait_until_async(lambda: worker.seen, 10, "the first request at the worker")

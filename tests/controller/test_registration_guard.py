@@ -112,8 +112,8 @@ def test_without_a_secret_only_this_machine_may_register_and_nothing_is_probed(s
 
 def test_a_registration_a_local_proxy_forwards_counts_as_from_the_client_it_names(stack):
     """A proxy on this machine (trusted for its X-Forwarded-For, as uvicorn trusts loopback by default) that forwards
-    another host's registration does not make it this machine's: the controller applies the proxy headers on every
-    path but the chat route itself (controller/chat_route.py), and must not skip them here."""
+    another host's registration does not make it this machine's: the controller applies the proxy headers itself, on the
+    routes it serves ahead of FastAPI (the heartbeat's, controller/direct_routes.py) as on the others."""
     controller, worker, worker_id = stack
     r = httpx.post(controller.url + "/workers/register", json=registration(worker.url, worker_id),
                    headers={"X-Forwarded-For": "203.0.113.7"})

@@ -1,8 +1,8 @@
-"""The chat route served ahead of FastAPI's layers (controller/chat_route.py) keeps what FastAPI gave it: what the
-app's middlewares do (request ids, the access line, the request counter by route template), its exception handlers
-(one JSON error body, counted by code) and the routing answers (405 for another method); an app with a middleware it
-does not apply refuses the route. The real controller app, in-process; streaming
-through it is covered by the relay and integration tests."""
+"""The routes served ahead of FastAPI's layers (controller/direct_routes.py: chat, the workers' heartbeat) keep what
+FastAPI gave them: what the app's middlewares do (request ids, the access line, the request counter by route
+template), its exception handlers (one JSON error body, counted by code) and the routing answers (405 for another
+method); an app with a middleware they do not apply refuses them. The real controller app, in-process; streaming
+through it is covered by the relay and integration tests, heartbeats from real workers by the registration tests."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.protocol import ModelCard, WorkerRegistration
 from controller.app import create_app
 from controller.settings import ControllerSettings
 
 CHAT = "/v1/chat/completions"
+HEARTBEAT = "/workers/heartbeat"
 
 
 @pytest.fixture
@@ -34,14 +36,45 @@ def _count(client: TestClient, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.parametrize("path", [CHAT, HEARTBEAT])
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-def test_another_method_is_refused_as_by_the_router(client, method):
-    r = client.request(method, CHAT)
+def test_another_method_is_refused_as_by_the_router(client, method, path):
+    r = client.request(method, path)
     assert r.status_code == 405
     assert r.headers["allow"] == "POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
-    assert f"{method} is not allowed on {CHAT}" in r.json()["error"]["message"]
-    assert _count(client, "internvl_http_requests_total", route=CHAT, method=method, status="405") == 1
+    assert f"{method} is not allowed on {path}" in r.json()["error"]["message"]
+    assert _count(client, "internvl_http_requests_total", route=path, method=method, status="405") == 1
+
+
+def test_a_heartbeat_is_answered_and_counted_under_its_route():
+    secret = {"X-Registration-Secret": "s3cret"}  # (the test client is not on loopback)
+    with TestClient(create_app(ControllerSettings(registration_secret="s3cret")), headers=secret) as client:
+        _heartbeats(client)
+    with TestClient(create_app(ControllerSettings(registration_secret="s3cret"))) as client:
+        refused = client.post(HEARTBEAT, json={"worker_id": "w"})
+        assert refused.status_code == 403 and "registration secret" in refused.json()["error"]["message"]
+
+
+def _heartbeats(client: TestClient) -> None:
+    unknown = client.post(HEARTBEAT, json={"worker_id": "ghost"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_worker"
+    bad = client.post(HEARTBEAT, json={"queued": 1})
+    assert bad.status_code == 400 and "worker_id" in bad.json()["error"]["message"]
+    assert _count(client, "internvl_http_requests_total", route=HEARTBEAT, method="POST", status="404") == 1
+    assert _count(client, "internvl_errors_total", code="unknown_worker") == 1
+    client.app.state.registry.register(WorkerRegistration(worker_id="w", url="http://127.0.0.1:9",
+                                                          models=[ModelCard(id="m")], max_concurrency=1))
+    ok = client.post(HEARTBEAT, json={"worker_id": "w", "queued": 3})
+    assert ok.status_code == 200 and ok.json() == {"ok": True} and len(ok.headers["x-request-id"]) == 32
+    assert client.app.state.registry.get("w").queued == 3
+    assert _count(client, "internvl_http_requests_total", route=HEARTBEAT, method="POST", status="200") == 1
+
+
+def test_a_route_is_served_ahead_only_if_added_before_the_first_request(client):
+    client.post(CHAT, content=b"{}")
+    with pytest.raises(RuntimeError, match="add it before"):
+        client.app.serve_ahead("/late", client.app.state.registry.all)
 
 
 def test_errors_are_the_apps_json_bodies_counted_by_code(client):
@@ -76,7 +109,7 @@ def test_other_paths_still_go_through_fastapi(client):
 def test_an_app_with_a_middleware_the_route_does_not_apply_refuses_it():
     app = create_app(ControllerSettings())
     app.add_middleware(GZipMiddleware)
-    with TestClient(app) as client, pytest.raises(RuntimeError, match="does not apply"):
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="do not apply"):
         client.post(CHAT, content=b"{}")
 
 
