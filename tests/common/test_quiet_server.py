@@ -18,6 +18,7 @@ from common.bounded_http import bounded_http
 from common.serve import QuietServer
 from launcher.compose import free_port
 from tests.support.stack import start_controller
+from tests.support.waiting import settled
 
 WINDOW_S = 4.0
 
@@ -28,26 +29,15 @@ def _wakeups(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
 
 
-def _settled(pid: int, timeout_s: float = 15.0) -> int:
-    """The wakeup count once half a second has passed without one (a tick every second leaves such gaps too)."""
-    deadline = time.monotonic() + timeout_s
-    count = _wakeups(pid)
-    while True:
-        time.sleep(0.5)
-        now = _wakeups(pid)
-        if now == count:
-            return count
-        assert time.monotonic() < deadline, "the controller never went half a second without waking"
-        count = now
-
-
 def test_an_idle_controller_sleeps(log_dir):
     # (no worker: no heartbeat to take; an expiry of 600 s: its check for silent workers does not come due)
     controller = start_controller(log_dir, heartbeat_expiry_s=600.0)
     try:
         pid = controller.popen.pid
         assert "controller" in Path(f"/proc/{pid}/cmdline").read_text()
-        before = _settled(pid)  # (its readiness probe's connection closing is the last thing it had to do)
+        # (from when it has gone half a second without waking: its readiness probe's connection closing is the last
+        # thing it had to do; a tick every second leaves such gaps too)
+        before = settled(lambda: _wakeups(pid), 0.5, 15, "an idle controller's wakeups")
         time.sleep(WINDOW_S)  # the window measured: nothing a faster or slower machine does wakes it
         woken = _wakeups(pid) - before
         assert woken <= 1, f"an idle controller woke {woken} times in {WINDOW_S:g} s"  # a tick each second: >= 4
