@@ -1,8 +1,9 @@
 """How much of the controller's CPU per request is its own work, and how much the Python relay under it costs at
 the least: the controller, a minimal relay on the same stack (bench/minimal_relay.py: uvicorn with the controller's
 protocol and its client to the workers, no routing or checks), a relay on raw protocols (bench/protocol_relay.py: no
-ASGI, no task per request) and vLLM's Rust router, in front of the same scripted worker, sequential 4-token streams
-(issue 26). With --compare-root, also the controller of another checkout (before/after a change).
+ASGI, no task per request) and vLLM's Rust router, each in front of a scripted worker of its own, sequential 4-token
+streams (issue 26); their CPU per request and their time to first token. With --compare-root, also the controller of
+another checkout (before/after a change).
 
 The paths take turns request by request (one request to each, then again), so every process is measured over the
 same seconds and drift in this machine's speed hits all alike: per round, the ratios of two paths vary by ~3%, where
@@ -58,14 +59,17 @@ def start_relay(stack: Stack, script: str, worker_url: str) -> Proc:
     return proc
 
 
-async def requests(urls: list[str], n: int, tokens: int = TTFT_TOKENS) -> None:
-    """`n` sequential requests to each of `urls`, taking turns."""
+async def requests(urls: list[str], n: int, tokens: int = TTFT_TOKENS) -> dict[str, list[float]]:
+    """`n` sequential requests to each of `urls`, taking turns; the time to first token of each, by URL."""
+    ttft: dict[str, list[float]] = {url: [] for url in urls}
     async with client(max_connections=4) as http:
         for _ in range(n):
             for url in urls:
                 r = await stream_chat(http, url, chat_body(tokens, model="fast"))
                 if r.error:
                     raise SystemExit(f"{url}: {r.error!r} after {r.tokens} tokens")
+                ttft[url].append(r.ttft)
+    return ttft
 
 
 def main() -> None:
@@ -85,25 +89,33 @@ def main() -> None:
         paths = {"controller": stack.controller()}
         if args.compare_root:
             paths[f"controller at {args.compare_root}"] = stack.controller("compare", root=args.compare_root.resolve())
-        # One worker per controller (a worker registers with one); the minimal relay and the router use the first.
-        workers = [stack.workers(checkpoint, ctl, {"fast": fast}, max_concurrency=64)[0] for ctl in paths.values()]
-        paths["minimal relay"] = start_relay(stack, "minimal_relay.py", workers[0].url)
-        paths["protocol relay"] = start_relay(stack, "protocol_relay.py", workers[0].url)
-        if shutil.which("vllm-router", path=str(Path(sys.executable).parent)):
-            paths["vllm-router"] = stack.rust_router("vllm-router", "vllm-router", workers[:1])
-        else:
+        # A worker of its own for each path (a worker registers with one controller), so each sees the same traffic:
+        # one request in every round of turns. A worker serving several paths is busy more often, and a process's
+        # first steps after an idle while are slower here: a controller with the only worker of its own measured
+        # ~400 us more time to first token than one whose worker also served the other paths.
+        router = shutil.which("vllm-router", path=str(Path(sys.executable).parent)) is not None
+        if not router:
             print("  vllm-router is not installed: pip install -r requirements-test.txt", file=sys.stderr)
+        for ctl in paths.values():
+            stack.workers(checkpoint, ctl, {"fast": fast}, max_concurrency=64)
+        others = iter(stack.workers(checkpoint, None, {"fast": fast}, each=2 + router, max_concurrency=64))
+        paths["minimal relay"] = start_relay(stack, "minimal_relay.py", next(others).url)
+        paths["protocol relay"] = start_relay(stack, "protocol_relay.py", next(others).url)
+        if router:
+            paths["vllm-router"] = stack.rust_router("vllm-router", "vllm-router", [next(others)])
         sampler = ProcSampler({name: p.popen.pid for name, p in paths.items()})
         urls = [p.url for p in paths.values()]
         print("  paths: " + ", ".join(f"{name} {p.url}" for name, p in paths.items()))
         asyncio.run(requests(urls, 200))  # warm: connections, imports, caches
         per_request: dict[str, list[float]] = {name: [] for name in paths}
+        ttft: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.rounds):
             before = sampler.snapshot()
-            asyncio.run(requests(urls, args.requests, args.tokens))
+            times = asyncio.run(requests(urls, args.requests, args.tokens))
             used = sampler.usage_since(before, 1.0)
-            for name in paths:
+            for name, proc in paths.items():
                 per_request[name].append(used[name].cpu_seconds / args.requests * 1e6)
+                ttft[name] += times[proc.url]
         sampler.close()
     print(f"\nCPU per request, {args.requests} sequential {args.tokens}-token streams per path per round, paths taking "
           f"turns, median of {args.rounds}:")
@@ -115,10 +127,18 @@ def main() -> None:
         print(f"  {name:14s} {m:6.0f} us   ({m / base:.2f}x {base_name})   rounds: {rounds}")
     own = statistics.median(per_request["controller"]) - statistics.median(per_request["minimal relay"])
     print(f"  the controller's own work (controller - minimal relay): {own:.0f} us per request")
+    print(f"Time to first token, p50 of all {args.rounds * args.requests} requests per path (the client's whole "
+          "wait, two loopback hops and the worker included):")
+    base_ttft = statistics.median(ttft[base_name])
+    for name, values in ttft.items():
+        m = statistics.median(values)
+        print(f"  {name:14s} {m * 1e6:6.0f} us   ({m / base_ttft:.2f}x {base_name})")
     if args.compare_root:
-        ratios = [a / b for a, b in zip(per_request["controller"], per_request[f"controller at {args.compare_root}"])]
-        print(f"  controller / controller at {args.compare_root}, per round: "
-              f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+        other = f"controller at {args.compare_root}"
+        ratios = [a / b for a, b in zip(per_request["controller"], per_request[other])]
+        print(f"  controller / controller at {args.compare_root}, CPU per round: "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}; TTFT p50 "
+              f"{statistics.median(ttft['controller']) / statistics.median(ttft[other]):.3f}")
 
 
 if __name__ == "__main__":
