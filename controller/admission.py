@@ -22,7 +22,8 @@ from common.bounded_http import KEEP_ALIVE
 from common.errors import ErrorCode, ServingError, excerpt
 from common.protocol import REGISTRANT_KEEP_ALIVE_S, WorkerRegistration
 from controller.settings import ControllerSettings
-from controller.worker_http import WorkerClient, WorkerConnectionError
+from controller.worker_connection import WorkerConnectionError
+from controller.worker_http import WorkerClient
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 from controller.stream_pump import Relay, StreamPump
-from controller.worker_http import WorkerClient, WorkerConnectionError, WorkerResponse, WorkerUnreachable
+from controller.worker_connection import WorkerConnectionError, WorkerResponse, WorkerUnreachable
+from controller.worker_http import WorkerClient
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The stream phase of a relayed answer: past its first event, the worker's bytes go on to the client from the worker
-connection's own callbacks (controller/worker_http.py `deliver_to`), with no task woken per network read.
+connection's own callbacks (controller/worker_connection.py `deliver_to`), with no task woken per network read.
 
 Each read is cut at its last complete event (a worker dying mid-event never leaves half an event in front of our
 error event). Blocks that follow the last write closer than `stream_interval_ms` wait out that interval and go in
@@ -8,12 +8,12 @@ delays it). The controller parses nothing per token: cheap byte searches find th
 marker, error events for the metrics, the usage event for tokens/s), at the end of each block only, where a worker
 puts them.
 
-Where the blocks go is the output's business: straight to the client's connection (`DirectOutput`, for a streamed
-response under our server: common/direct_body.py), or to an async iterator (`Relay`: a non-streamed answer being
-collected, or any other server). Either way, a reader that falls behind pauses the worker's connection, and only the
-time spent waiting on the worker counts toward `token_timeout_s`. The stream always ends with exactly one end
-marker, after at most one error event; its last write (`final`) is the owner's to send, with the end of the body.
-A pump ends its attempt exactly once (`Upstream.finish`), however the stream ends.
+Where the blocks go is the output's business: straight to the client's connection (a `DirectBody`, for a streamed
+response under our server: common/direct_body.py; it is an `Output` as it is), or to an async iterator (`Relay`: a
+non-streamed answer being collected, or any other server). Either way, a reader that falls behind pauses the
+worker's connection, and only the time spent waiting on the worker counts toward `token_timeout_s`. The stream
+always ends with exactly one end marker, after at most one error event; its last write (`final`) is the owner's to
+send, with the end of the body. A pump ends its attempt exactly once (`Upstream.finish`), however the stream ends.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from common.errors import ErrorCode, error_body
 from common.metrics import Metrics
 from common.sse import DONE_EVENT, DONE_LINE, complete_events, error_in_event, sse_event, sse_payloads
 from controller.registry import Registry
-from controller.worker_http import WorkerConnectionError
+from controller.worker_connection import WorkerConnectionError
 
 if TYPE_CHECKING:
     from controller.relay import Upstream
@@ -45,7 +45,9 @@ _DRAIN_S = 1.0  # after the end marker, how long the rest of the worker's body (
 
 
 class Output:
-    """Where a pump's blocks go."""
+    """Where a pump's blocks go. A DirectBody (common/direct_body.py) has the same three members and is used as one
+    directly: an adapter around it was three more Python calls on every write, the first token's included (issue
+    26)."""
 
     def write(self, parts: list[bytes | memoryview], size: int) -> None:
         raise NotImplementedError
@@ -73,7 +75,7 @@ class StreamPump:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.loop = loop or asyncio.get_running_loop()
-        self.out: Output | None = None
+        self.out: Output | DirectBody | None = None
         self.pending = b""  # the start of an event not complete yet
         self.held: list[bytes | memoryview] = []  # blocks waiting out the interval
         self.held_size = 0
@@ -88,7 +90,7 @@ class StreamPump:
         self.waiter: asyncio.Future | None = None
 
     # -- the owner's side
-    def start(self, out: Output) -> None:
+    def start(self, out: Output | DirectBody) -> None:
         self.out = out
         self.last_byte = self.loop.time()
         self.body_received(self.up.buffered)  # the first event and whatever came with it
@@ -268,26 +270,6 @@ class StreamPump:
                     pass  # not ours to judge: the event is relayed as it is
 
 
-class DirectOutput(Output):
-    """Straight to the client's connection (common/direct_body.py)."""
-
-    __slots__ = ("body",)
-
-    def __init__(self, body: DirectBody):
-        self.body = body
-
-    def write(self, parts: list[bytes | memoryview], size: int) -> None:
-        self.body.write(parts, size)
-
-    @property
-    def blocked(self) -> bool:
-        return self.body.blocked
-
-    @property
-    def gone(self) -> bool:
-        return self.body.gone
-
-
 class Relay(Output):
     """The blocks of one stream as an async iterator of bytes: the first event first, the end marker last, exactly
     once. `aclose()` always ends the attempt, even when iteration never started. `write_to` sends the stream
@@ -348,7 +330,7 @@ class Relay(Output):
         """Start sending the stream to `body` now, from the caller's step (the dispatch, once the first event has
         passed its checks: controller/relay.py); `write_to` then waits for its end."""
         if self.pump.out is None:
-            self.pump.start(DirectOutput(body))
+            self.pump.start(body)
 
     async def write_to(self, body: DirectBody) -> bytes:
         """Send the stream to `body` until its end; the last write, for the owner to send with the body's end."""

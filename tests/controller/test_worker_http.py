@@ -1,6 +1,6 @@
-"""controller/worker_http.py, the controller's client to its workers, against real servers on loopback: what a
-worker that misbehaves can and cannot do to the controller (the relay's own behaviour, on top of this client, is
-tested in test_relay_*.py, test_cancellation.py and test_faults.py)."""
+"""controller/worker_http.py and worker_connection.py, the controller's client to its workers, against real servers
+on loopback: what a worker that misbehaves can and cannot do to the controller (the relay's own behaviour, on top of
+this client, is tested in test_relay_*.py, test_cancellation.py and test_faults.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from controller.worker_http import (_HIGH_WATER, MAX_HEAD_BYTES, WorkerClient, WorkerConnectionError, WorkerResponse,
-                                    WorkerUnreachable)
+from controller.worker_connection import (_HIGH_WATER, MAX_HEAD_BYTES, WorkerConnectionError, WorkerResponse,
+                                          WorkerUnreachable)
+from controller.worker_http import WorkerClient
 from tests.support.raw_worker import OK_HEAD, chunk, raw_server
 from tests.support.stack import free_port
 
