@@ -5,9 +5,9 @@ ASGI, no task per request) and vLLM's Rust router, each in front of a scripted w
 streams (issue 26); their CPU per request and their time to first token. With --compare-root, also the controller of
 another checkout (before/after a change).
 
-The paths take turns request by request (one request to each, then again), so every process is measured over the
-same seconds and drift in this machine's speed hits all alike: per round, the ratios of two paths vary by ~3%, where
-paths measured one after the other varied by 10-30% (2 shared cores).
+The paths take turns request by request (one request to each, in an order drawn anew each turn, then again), so
+every process is measured over the same seconds and drift in this machine's speed hits all alike: per round, the
+ratios of two paths vary by ~3%, where paths measured one after the other varied by 10-30% (2 shared cores).
 
     .venv/bin/python bench/relay_floor.py                 # ~2 minutes
     .venv/bin/python bench/relay_floor.py --requests 1000 --rounds 8 --compare-root WORKTREE   # e.g. a worktree of main
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -60,11 +61,15 @@ def start_relay(stack: Stack, script: str, worker_url: str) -> Proc:
 
 
 async def requests(urls: list[str], n: int, tokens: int = TTFT_TOKENS) -> dict[str, list[float]]:
-    """`n` sequential requests to each of `urls`, taking turns; the time to first token of each, by URL."""
+    """`n` sequential requests to each of `urls`, taking turns in an order drawn anew for each turn (what ran just
+    before a path changes its time: in a fixed order, a controller right after the other read its first token ~2.5%
+    sooner); the time to first token of each, by URL."""
     ttft: dict[str, list[float]] = {url: [] for url in urls}
+    order, rng = list(urls), random.Random(26)
     async with client(max_connections=4) as http:
         for _ in range(n):
-            for url in urls:
+            rng.shuffle(order)
+            for url in order:
                 r = await stream_chat(http, url, chat_body(tokens, model="fast"))
                 if r.error:
                     raise SystemExit(f"{url}: {r.error!r} after {r.tokens} tokens")
