@@ -95,6 +95,9 @@ async def coalesce(items: AsyncIterator[T], interval_for: Callable[[int], float]
     finally:
         if beat is not None:
             beat.cancel()
+        # `quiet`'s closure holds the timer (which holds `quiet`) and `quiet` itself: cycles the collector would have
+        # to find, one per answer (issue 26: a worker's full collections walked those of hundreds of streams)
+        beat = quiet = None  # type: ignore[assignment]
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader

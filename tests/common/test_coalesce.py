@@ -4,6 +4,7 @@ the end and errors flushed in order, and a reader that leaves closes the source.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -181,3 +182,31 @@ async def test_a_silent_source_gets_the_keepalive_item_and_a_busy_one_none():
         await asyncio.sleep(0.05)
     src.put(_END)
     assert [item async for item in out] == []
+
+
+async def test_an_answer_with_a_keepalive_leaves_no_reference_cycles():
+    """Each answer's keep-alive timer and the function it calls (which reschedules itself) are freed with the answer,
+    not left to the cycle collector: a worker's full collections walked those of hundreds of streams (issue 26)."""
+
+    async def items():
+        for i in range(3):
+            yield f"t{i}"
+
+    def of_coalesce(o) -> bool:
+        code = getattr(o, "__code__", None) or getattr(getattr(o, "_callback", None), "__code__", None)
+        return code is not None and code.co_filename.endswith("coalesce.py")
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            out = [block async for block in coalesce(items(), lambda shown: 0.0, keepalive=(15.0, ": ping"))]
+            assert "".join(out) == "t0t1t2"
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if of_coalesce(o)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not left, f"5 answers left their keep-alive in reference cycles: {left[:4]}"
