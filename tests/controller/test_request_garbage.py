@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import gc
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -41,28 +42,37 @@ def _cycles_of_ours(garbage: list) -> collections.Counter:
                                if type(o).__module__.startswith(OURS))
 
 
+async def _left_in_cycles(post: Callable[[bool], Awaitable[httpx.Response]], rounds: int,
+                          settle: Callable[[], Awaitable[None]] | None = None) -> collections.Counter:
+    """What `rounds` of a streamed and a non-streamed request through `post` (its argument: stream or not) left of
+    ours in reference cycles, the collector off while they ran; `settle` waits for what must end before looking."""
+    for stream in (True, False, True, False):  # first connections, caches and lazy imports are not a request's
+        await post(stream)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            streamed = await post(True)
+            assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+            whole = await post(False)
+            assert whole.status_code == 200 and whole.json()["choices"]
+        if settle is not None:
+            await settle()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return _cycles_of_ours(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 async def test_a_finished_request_leaves_no_reference_cycles():
     app = create_app(ControllerSettings(heartbeat_expiry_s=600.0))
     async with served(app, http=bounded_http()) as url, standins(url, {"w": tokens(3, gap_s=0.0)}):
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            for _ in range(2):  # first connections, caches and lazy imports are not a request's
-                await http.post("/v1/chat/completions", json=body("m", stream=True))
-                await http.post("/v1/chat/completions", json=body("m"))
-            gc.collect()
-            gc.disable()
-            try:
-                for _ in range(10):
-                    streamed = await http.post("/v1/chat/completions", json=body("m", stream=True))
-                    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
-                    whole = await http.post("/v1/chat/completions", json=body("m"))
-                    assert whole.status_code == 200 and whole.json()["choices"]
-                gc.set_debug(gc.DEBUG_SAVEALL)
-                gc.collect()
-                left = _cycles_of_ours(gc.garbage)
-            finally:
-                gc.set_debug(0)
-                gc.garbage.clear()
-                gc.enable()
+            left = await _left_in_cycles(lambda stream: http.post("/v1/chat/completions",
+                                                                  json=body("m", stream=stream)), 10)
     assert not left, f"20 requests left objects in reference cycles: {dict(left)}"
 
 
@@ -74,23 +84,8 @@ async def test_a_closed_connection_leaves_no_reference_cycles():
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 return await http.post("/v1/chat/completions", json=body("m", stream=stream))
 
-        for stream in (True, False):  # first connections, caches and lazy imports are not a request's
-            await on_a_connection_of_its_own(stream)
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(5):
-                streamed = await on_a_connection_of_its_own(True)
-                assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
-                whole = await on_a_connection_of_its_own(False)
-                assert whole.status_code == 200 and whole.json()["choices"]
-            # the server sees each connection's end a moment after the client has closed it
+        async def all_closed() -> None:  # the server sees each connection's end a moment after the client closed it
             await until(lambda: not _open_connections_to(url), 5, "the server saw every connection close")
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            left = _cycles_of_ours(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+
+        left = await _left_in_cycles(on_a_connection_of_its_own, 5, all_closed)
     assert not left, f"10 requests on connections of their own left objects in reference cycles: {dict(left)}"
