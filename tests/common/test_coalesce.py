@@ -4,12 +4,12 @@ the end and errors flushed in order, and a reader that leaves closes the source.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 
 import pytest
 
 from common.coalesce import coalesce
+from tests.support.cycles import collector_off
 from tests.support.waiting import wait_until_async
 
 _END = object()
@@ -196,17 +196,9 @@ async def test_an_answer_with_a_keepalive_leaves_no_reference_cycles():
         code = getattr(o, "__code__", None) or getattr(getattr(o, "_callback", None), "__code__", None)
         return code is not None and code.co_filename.endswith("coalesce.py")
 
-    gc.collect()
-    gc.disable()
-    try:
+    with collector_off() as collect:
         for _ in range(5):
             out = [block async for block in coalesce(items(), lambda shown: 0.0, keepalive=(15.0, ": ping"))]
             assert "".join(out) == "t0t1t2"
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        left = [o for o in gc.garbage if of_coalesce(o)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+        left = [o for o in collect() if of_coalesce(o)]
     assert not left, f"5 answers left their keep-alive in reference cycles: {left[:4]}"

@@ -24,6 +24,7 @@ from common.bounded_http import BoundedHttpTools, bounded_http
 from controller.app import create_app
 from controller.settings import ControllerSettings
 from tests.support.chat_http import body
+from tests.support.cycles import collector_off
 from tests.support.served_app import served, until
 from tests.support.standin_workers import standins, tokens
 
@@ -48,9 +49,7 @@ async def _left_in_cycles(post: Callable[[bool], Awaitable[httpx.Response]], rou
     ours in reference cycles, the collector off while they ran; `settle` waits for what must end before looking."""
     for stream in (True, False, True, False):  # first connections, caches and lazy imports are not a request's
         await post(stream)
-    gc.collect()
-    gc.disable()
-    try:
+    with collector_off() as collect:
         for _ in range(rounds):
             streamed = await post(True)
             assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
@@ -58,13 +57,7 @@ async def _left_in_cycles(post: Callable[[bool], Awaitable[httpx.Response]], rou
             assert whole.status_code == 200 and whole.json()["choices"]
         if settle is not None:
             await settle()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        return _cycles_of_ours(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+        return _cycles_of_ours(collect())
 
 
 async def test_a_finished_request_leaves_no_reference_cycles():
