@@ -2,9 +2,10 @@
 
 Who uses what: a worker frames its chunks (`sse_data`, `sse_response`); the controller relays the worker's bytes
 unparsed; both send ready blocks with `SSEBytesResponse`. The controller reads only the few events it must
-(`complete_events`, `sse_payloads`, `error_in_event`: controller/relay.py), or collects a whole answer (`payloads`:
-controller/aggregate.py); the UI's client reads the controller's stream (`payloads`: app/client.py). Every stream
-ends with exactly one end marker event, after at most one error event (the one error body, common/errors.py).
+(`complete_events`, `sse_payloads`, `first_payload`, `error_in_event`: controller/relay.py), or collects a whole
+answer (`payloads`: controller/aggregate.py); the UI's client reads the controller's stream (`payloads`:
+app/client.py). Every stream ends with exactly one end marker event, after at most one error event (the one error
+body, common/errors.py).
 
 Lines end with CRLF (what we send) or LF; a lone CR, which the SSE spec also allows, is sent by no server here and
 is not read as a line end. Parsing works on bytes and finds event ends with byte searches: the relay calls it on
@@ -65,6 +66,20 @@ def sse_payloads(block: bytes) -> Iterator[str]:
         lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
         if lines:
             yield b"\n".join(lines).decode()
+
+
+def first_payload(buffer: bytes) -> str | None:
+    """The data of the first event with data among the complete events at the start of `buffer`, None without one:
+    `sse_payloads`' first, without splitting the whole buffer. The usual first event (one data line, then a blank
+    line) is read where it lies; anything else goes through `sse_payloads`. On every first token's way (issue 26),
+    where the buffer may hold the whole answer."""
+    if buffer.startswith(b"data:"):
+        end = buffer.find(b"\n")
+        if end > 0:
+            crlf = buffer[end - 1] == 0x0D
+            if buffer.startswith(b"\r\n" if crlf else b"\n", end + 1):  # a blank line: the event is this line
+                return buffer[5:end - 1 if crlf else end].removeprefix(b" ").decode()
+    return next(sse_payloads(buffer[:complete_events(buffer)]), None)
 
 
 async def payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from common.auth import RELAY_TOKEN_HEADER
 from common.errors import ErrorCode, ServingError, excerpt
 from common.metrics import Metrics
-from common.sse import DONE, complete_events, error_in_event, sse_payloads
+from common.sse import DONE, error_in_event, first_payload
 from controller.policies import Conversation, Policy
 from controller.read_deadline import ReadDeadline
 from controller.registry import Lease, Registry, WorkerRecord
@@ -235,7 +235,8 @@ class Dispatcher:
             if not chunk:
                 return None, buffered
             buffered += chunk
-            for data in sse_payloads(buffered[:complete_events(buffered)]):
+            data = first_payload(buffered)
+            if data is not None:
                 return data, buffered
 
     async def _read(self, response: WorkerResponse, deadline: ReadDeadline, worker: WorkerRecord) -> bytes:
@@ -275,8 +276,7 @@ class _EarlyStart:
     def __call__(self, response: WorkerResponse) -> None:
         if self.outcome is not None or response.status != 200:
             return
-        buffered = response.peek()
-        first = next(sse_payloads(buffered[:complete_events(buffered)]), None)
+        first = first_payload(response.peek())
         if first is None or first == DONE or error_in_event(first) is not None:
             return
         try:

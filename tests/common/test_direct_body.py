@@ -4,6 +4,8 @@ value, a separator in a name) is refused by `begin`, which then begins nothing, 
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -26,9 +28,30 @@ async def app(scope, receive, send):
             await send({"type": "http.response.start", "status": 400, "headers": []})
             await send({"type": "http.response.body", "body": str(exc).encode()})
         return
-    direct.begin(200, [(b"content-type", b"text/plain"), (b"x-a", b"fine")])
-    direct.write([b"hel", b"lo"], 5)
+    if scope["path"] == "/through-send":  # the same response as the server's own `send` writes it
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+    else:
+        direct.begin(200, HEADERS)
+        direct.write([b"hel", b"lo"], 5)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+HEADERS = [(b"content-type", b"text/plain"), (b"x-a", b"fine")]
+
+
+async def raw_response(url: str, path: str) -> bytes:
+    """The response's bytes as they came, to the end of its chunked body (the connection is kept alive)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        out = b""
+        while not out.endswith(b"0\r\n\r\n"):
+            out += await asyncio.wait_for(reader.read(65536), 10)
+        return out
+    finally:
+        writer.close()
 
 
 async def test_a_begun_head_goes_with_the_body_and_the_body_ends_through_send():
@@ -38,6 +61,17 @@ async def test_a_begun_head_goes_with_the_body_and_the_body_ends_through_send():
                                                                                              "chunked")
         r = await http.get(url + "/good")  # the connection is kept alive: the response was complete
         assert r.text == "hello"
+
+
+async def test_a_begun_head_is_the_head_the_servers_send_writes():
+    async with served(app, http=bounded_http()) as url:
+        begun, sent = await raw_response(url, "/good"), await raw_response(url, "/through-send")
+
+    def undated(response: bytes) -> bytes:  # (the date line may differ by a second between the two)
+        return b"\r\n".join(line for line in response.split(b"\r\n") if not line.startswith(b"date: "))
+
+    assert undated(begun) == undated(sent)
+    assert begun.startswith(b"HTTP/1.1 200 OK\r\ndate: ") and b"\r\nx-a: fine\r\n" in begun
 
 
 @pytest.mark.parametrize("path", sorted(BAD))

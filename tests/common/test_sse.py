@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 from common.bounded_http import bounded_http
 from common.errors import ErrorCode, error_body
-from common.sse import (DONE, DONE_EVENT, DONE_LINE, SSEBytesResponse, complete_events, error_in_event, payloads,
-                        sse_event, sse_payloads, sse_response)
+from common.sse import (DONE, DONE_EVENT, DONE_LINE, SSEBytesResponse, complete_events, error_in_event,
+                        first_payload, payloads, sse_event, sse_payloads, sse_response)
 from tests.support.served_app import served
 
 TOKEN = json.dumps({"choices": [{"index": 0, "delta": {"content": "héllo \"error\" data: [DONE]"}}]})
@@ -192,3 +192,21 @@ async def test_a_client_that_leaves_closes_the_source(http, first):
         await asyncio.wait_for(waiting.wait(), 10)
         writer.close()
         await asyncio.wait_for(closed.wait(), 10)
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+def test_the_first_payload_is_the_parsers_first_however_the_bytes_are_cut(line_end):
+    # first_payload reads the usual first event in place: it must say what the parser says, for every prefix
+    def event(*lines: bytes) -> bytes:
+        return b"".join(line + line_end for line in lines) + line_end
+
+    streams = [b"".join(sse_event(d) for d in DATA) + DONE_EVENT,
+               event(b": ping") + event(b"data:no space", b"data:  two spaces") + event(b"data: [DONE]"),
+               event(b"event: message", b"data: {}") + event(b"data: x"),
+               event(b"data: a\rb") + event(b"data: c"),
+               b"data: mixed\r\n\ndata: next\n\r\n", b"data: lf then\n\r\n\r\n", b"data:\r\n\r\n", b"data: \n\n"]
+    for stream in streams:
+        for cut in range(len(stream) + 1):
+            buffer = stream[:cut]
+            assert first_payload(buffer) == next(sse_payloads(buffer[:complete_events(buffer)]), None), buffer
+    assert first_payload(sse_event(TOKEN) + DONE_EVENT) == TOKEN
