@@ -1,6 +1,7 @@
 """A response begun below ASGI (common/direct_body.py), under our server protocol on a real socket: its head goes
-out with its first chunk and the body ends through `send`; a header the server would refuse (a line break in a
-value, a separator in a name) is refused by `begin`, which then begins nothing, so the app can still answer."""
+out with its first chunk, byte for byte the head the server's own `send` writes, and the body ends through `send`; a
+header the server would refuse (a line break in a value, a separator in a name) is refused by `begin`, which then
+begins nothing, so the app can still answer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from common.bounded_http import bounded_http
 from common.direct_body import DirectBody
 from tests.support.served_app import served
 
+HEADERS = [(b"content-type", b"text/plain"), (b"x-a", b"fine")]
 BAD = {"/bad-value": (b"x-b", b"v\r\nx-injected: 1"), "/bad-name": (b"x b", b"v"), "/nul": (b"x-b", b"a\x00b")}
 
 
@@ -37,9 +39,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-HEADERS = [(b"content-type", b"text/plain"), (b"x-a", b"fine")]
-
-
 async def raw_response(url: str, path: str) -> bytes:
     """The response's bytes as they came, to the end of its chunked body (the connection is kept alive)."""
     host, port = url.removeprefix("http://").split(":")
@@ -48,7 +47,10 @@ async def raw_response(url: str, path: str) -> bytes:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         out = b""
         while not out.endswith(b"0\r\n\r\n"):
-            out += await asyncio.wait_for(reader.read(65536), 10)
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break  # (closed before the body's end: the comparison says so)
+            out += chunk
         return out
     finally:
         writer.close()
