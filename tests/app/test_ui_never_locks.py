@@ -75,7 +75,8 @@ def test_stop_before_the_first_token_and_while_streaming_unlocks_every_time(page
         holds_for(lambda: last_bot_text(page) == stopped, 0.7, "the answer kept growing after Stop")
 
     # a turn is logged once its stream has closed
-    wait_until(lambda: len(slow_turns()) >= earlier + 5, 10, "the five stopped turns logged", interval=0.2)
+    wait_until(lambda: len(slow_turns()) >= earlier + 5, 10, "the five stopped turns logged", interval=0.2,
+               detail=lambda: f"logged so far: {[(t['turn'], t['outcome']) for t in slow_turns()[earlier:]]}")
     assert [t["outcome"] for t in slow_turns()[earlier:]] == ["stopped"] * 5  # item 11: logged as stopped
 
 
