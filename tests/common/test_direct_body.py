@@ -5,13 +5,12 @@ begins nothing, so the app can still answer."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
 from common.bounded_http import bounded_http
 from common.direct_body import DirectBody
+from tests.support.raw_http import RawClient
 from tests.support.served_app import served
 
 HEADERS = [(b"content-type", b"text/plain"), (b"x-a", b"fine")]
@@ -40,20 +39,12 @@ async def app(scope, receive, send):
 
 
 async def raw_response(url: str, path: str) -> bytes:
-    """The response's bytes as they came, to the end of its chunked body (the connection is kept alive)."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    """The response's bytes as they came, to the end of its chunked body."""
+    client = await RawClient().send(url, {}, path)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        out = b""
-        while not out.endswith(b"0\r\n\r\n"):
-            chunk = await asyncio.wait_for(reader.read(65536), 10)
-            if not chunk:
-                break  # (closed before the body's end: the comparison says so)
-            out += chunk
-        return out
+        return await client.read_until(b"0\r\n\r\n")
     finally:
-        writer.close()
+        await client.leave()
 
 
 async def test_a_begun_head_goes_with_the_body_and_the_body_ends_through_send():

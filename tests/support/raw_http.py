@@ -27,13 +27,14 @@ class LeavingClient:
 
 
 class RawClient:
-    """One HTTP/1.1 chat request on its own socket, in asyncio; `leave()` closes the socket."""
+    """One HTTP/1.1 request (a chat request unless another path is given) on its own socket, in asyncio; `leave()`
+    closes the socket."""
 
-    async def send(self, base_url: str, payload: dict) -> RawClient:
+    async def send(self, base_url: str, payload: dict, path: str = "/v1/chat/completions") -> RawClient:
         url, body = urllib.parse.urlsplit(base_url), json.dumps(payload).encode()
         self.reader, self.writer = await asyncio.open_connection(url.hostname, url.port)
-        self.writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body)
         await self.writer.drain()
         return self
 
