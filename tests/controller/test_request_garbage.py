@@ -7,8 +7,8 @@ protocol adds), and the stream's Upstream, Relay and StreamPump (each held the n
 
 The real controller app under our server protocol, in the test's event loop; stand-in workers registered over HTTP;
 streamed and non-streamed requests over real sockets, with the collector off; then one collection, its findings kept
-(DEBUG_SAVEALL) and looked at. The same for requests that each come on a connection of their own, closed after: on
-main each closed connection was a cycle of our protocol, its transport (which holds the protocol's methods), its flow
+(DEBUG_SAVEALL) and looked at. The same for requests that each come on a connection of their own, closed after: before
+6d89194 each closed connection was a cycle of our protocol, its transport (which holds the protocol's methods), its flow
 control and its last request's whole scope, ~40 objects (a worker under 500 streams, each on its own connection,
 walked those of hundreds in a full collection: 290-400 ms, issue 26)."""
 

@@ -18,6 +18,7 @@ def _collect_keeping() -> list:
 def collector_off() -> Iterator[Callable[[], list]]:
     """The block runs after one collection, with the collector off; the function it is given collects once and
     returns what was in reference cycles. The collector is as it was after the block."""
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
@@ -25,4 +26,5 @@ def collector_off() -> Iterator[Callable[[], list]]:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-        gc.enable()
+        if was_enabled:
+            gc.enable()
