@@ -7,8 +7,10 @@ uvicorn sets no such limits with httptools (its h11 limit does not apply): a cli
 per connection, before any API key is checked, or keep a connection open forever one byte at a time. The controller
 and the workers pass the protocol to uvicorn (`http=`); the web UI runs inside Gradio's own uvicorn, which asks for
 the "auto" protocol, so `make_default` puts it there (one process-wide setting, made before the server starts).
-It also offers the relay a way to write a streamed body below ASGI (common/direct_body.py), and a request's watch for
-its client leaving the connection's own word for it (`ClientLeft`, common/disconnect.py).
+It also offers the relay a way to write a streamed body below ASGI (common/direct_body.py), a request's watch for
+its client leaving the connection's own word for it (`ClientLeft`, common/disconnect.py), and an app the way to
+serve some requests from the connection's own callbacks, with no task (`BelowAsgi`: the controller's streamed chat
+requests, controller/fast_chat.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import json
 import logging
 from collections.abc import Callable
 
+import urllib.parse
+from typing import Protocol
+
 import httptools
 from uvicorn.config import HTTP_PROTOCOLS
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from common.direct_body import EXTENSION as DIRECT_BODY
 from common.disconnect import LEFT
@@ -80,6 +85,17 @@ class ClientLeft:
             extensions.pop(KEEP_ALIVE, None)
 
 
+class BelowAsgi(Protocol):
+    """What an app offers as `below_asgi` to serve some requests from the connection's callbacks: at a request's
+    head, whether it `wants` it (then its body is held, not given to a task); once the body is in, `take` serves it,
+    or returns False and the app's ASGI task serves it. Later too, it may hand a request it took to the app's task
+    (`BoundedHttpTools.start_app`): a request it takes is answered one way or the other."""
+
+    def wants(self, protocol: BoundedHttpTools) -> bool: ...
+
+    def take(self, protocol: BoundedHttpTools, cycle: RequestResponseCycle, body: bytes) -> bool: ...
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout_s = HEAD_TIMEOUT_S
@@ -101,6 +117,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._keep_alive_s = float(self.timeout_keep_alive)  # (`keep_for`)
         self._keep_for = self.keep_for  # (made once: offered to every request on the connection)
         self._left: list[ClientLeft] = []  # of the requests not answered yet (more than one when pipelined)
+        # The app's requests served below ASGI (uvicorn's concurrency limit and fresh contexts are its tasks' own)
+        below = getattr(self.app, "below_asgi", None)
+        self._below: BelowAsgi | None = below if self.limit_concurrency is None and \
+            not self.config.reset_contextvars else None
+        self._held: bytearray | None = None  # the body of a request `_below` wants, until it is in
+        self._held_keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -189,13 +211,57 @@ class BoundedHttpTools(HttpToolsProtocol):
                 raise _Refused(ErrorCode.REQUEST_TOO_LARGE,
                                f"the request body is {int(declared) / 2**20:.1f} MB, over the "
                                f"{self.max_body_bytes / 2**20:.1f} MB this server takes per request")
+        if self._below is not None and self._below.wants(self):
+            self._held = bytearray()  # (no scope, cycle or task yet: `_take_held`, once the body is in)
+            self._held_keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it by the message's end)
+            return
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.scope is self.scope:  # (not an upgrade)
-            extensions = self.scope.setdefault("extensions", {})
-            extensions[DIRECT_BODY] = self.cycle  # the relay's writer (common/direct_body.py)
-            self._left.append(ClientLeft(self.cycle, self.loop))
-            extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
-            extensions[KEEP_ALIVE] = self._keep_for
+            self._offer(self.cycle)
+
+    def _offer(self, cycle: RequestResponseCycle) -> None:
+        """The scope extensions this protocol offers a request (see the module's docstring)."""
+        extensions = cycle.scope.setdefault("extensions", {})
+        extensions[DIRECT_BODY] = cycle  # the relay's writer (common/direct_body.py)
+        self._left.append(ClientLeft(cycle, self.loop))
+        extensions[LEFT] = self._left[-1]  # (common/disconnect.py)
+        extensions[KEEP_ALIVE] = self._keep_for
+
+    def on_body(self, body: bytes) -> None:
+        if self._held is not None:
+            self._held += body  # (`wants` takes only a small body, its length declared)
+            return
+        super().on_body(body)
+
+    def _take_held(self, body: bytes) -> None:
+        """A held request, its body in: its scope and cycle as uvicorn's would have been made at its head, then
+        `_below` serves it, else the app's task."""
+        scope, url = self.scope, httptools.parse_url(self.url)
+        scope["method"] = self.parser.get_method().decode("ascii")
+        scope["http_version"] = self.parser.get_http_version()
+        path = url.path.decode("ascii")
+        scope["path"] = self.root_path + (urllib.parse.unquote(path) if "%" in path else path)
+        scope["raw_path"] = self.root_path.encode("ascii") + url.path
+        scope["query_string"] = url.query or b""
+        self.cycle = cycle = RequestResponseCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=self._held_keep_alive, on_response=self.on_response_complete)
+        cycle.body, cycle.more_body = body, False
+        cycle.message_event.set()  # (the body is in: the app's `receive` takes it at once)
+        self._offer(cycle)
+        try:
+            taken = self._below.take(self, cycle, body)
+        except Exception:  # (raised in the parser's callback, it would end the connection unanswered)
+            self.logger.exception("serving a request below ASGI failed: the app's task serves it")
+            taken = False
+        if not taken:
+            self.start_app(cycle)
+
+    def start_app(self, cycle: RequestResponseCycle) -> None:
+        """The app's ASGI task for a request whose body is in (`BelowAsgi`)."""
+        self._start_asgi_task(cycle, self.app)
 
     def keep_for(self, seconds: float) -> None:
         """Between this connection's requests from now on, wait up to `seconds` for the next (KEEP_ALIVE)."""
@@ -206,9 +272,13 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._head_counted = self._reads != self._ended_in
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        held, self._held = self._held, None
+        if held is None:
+            super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # the timer starts with the next request's first byte
         self._ended_in = self._reads
+        if held is not None:
+            self._take_held(bytes(held))
 
     def _too_large_head(self) -> str:
         return f"the request line and headers are over the {self.max_head_bytes // 1024} KiB this server takes"

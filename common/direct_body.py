@@ -101,6 +101,24 @@ class DirectBody:
             return
         self._transport.writelines([b"%x\r\n" % size, *parts, b"\r\n"])
 
+    def end(self, last: bytes) -> None:
+        """The body's last chunk (`last`, may be empty) and its end, the response then complete, as the server's `send`
+        of the body's last message does it (the connection closed unless kept alive; the server told, for its next
+        request): for an owner with no task to `send` from (controller/fast_chat.py). Nothing for a client gone."""
+        cycle = self._cycle
+        if self.gone:
+            return
+        parts = [b"%x\r\n" % len(last), last, b"\r\n0\r\n\r\n"] if last else [b"0\r\n\r\n"]
+        if self._head is not None:
+            parts.insert(0, self._head)
+            self._head = None
+        self._transport.writelines(parts)
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self._transport.close()
+        cycle.on_response()
+
     @property
     def blocked(self) -> bool:
         """Whether the client is behind: the transport holds more than its high-water mark unsent."""

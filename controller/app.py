@@ -5,30 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from common.auth import new_relay_token, raw_header, refuse_relayed
+from common.auth import new_relay_token, refuse_relayed
 from common.direct_body import DirectBody
-from common.disconnect import ClientWatch
+from common.disconnect import ClientGone, ClientWatch
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
                          read_body)
-from common.logging_setup import RequestRecord, install_request_ids, request_id_var
+from common.logging_setup import install_request_ids, request_id_var
 from common.metrics import Metrics, ModelLoad, install_metrics
 from common.protocol import ModelList, WorkerHeartbeat, WorkerList, WorkerRegistration
-from common.sse import SSEBytesResponse, payloads, sse_head
+from common.sse import SSEBytesResponse, payloads
 from controller.admission import announce, check_registrant, check_worker_identity
 from controller.aggregate import collect
+from controller.chat_parts import MAX_KEY, SERVED_BY, conversation_of, early_start
 from controller.direct_routes import CHAT_PATH, ControllerApp
-from controller.policies import POLICIES, Affinity, Conversation, Policy
+from controller.fast_chat import HANDED_OVER, FastChat, HandedOver
+from controller.policies import POLICIES, Affinity, Policy
 from controller.registry import Registry
-from controller.request_peek import Peeked, peek_request
-from controller.relay import Dispatcher, Upstream
+from controller.request_peek import peek_request
+from controller.relay import Dispatcher
 from controller.settings import ControllerSettings
 from controller.worker_http import WorkerClient
 
@@ -45,49 +46,6 @@ async def _expire_loop(registry: Registry) -> None:
 def worker_client(settings: ControllerSettings) -> WorkerClient:
     """The one HTTP client to the workers (controller/worker_http.py): the relay reads every token through it."""
     return WorkerClient(settings.connect_timeout_s)
-
-
-SESSION_HEADER = "X-Session-Id"  # names a conversation, whose turns stay on one worker (the web UI sends one per chat)
-_SESSION_KEY = SESSION_HEADER.lower().encode()
-_MAX_KEY = 256
-
-
-def conversation_of(request: Request, asked: Peeked) -> Conversation | None:
-    """The affinity key: the client's session id (header, else the OpenAI `user` field), else the hash of the
-    conversation's start. Prefixed by kind, so a session named like a hash is not that conversation."""
-    session = raw_header(request, _SESSION_KEY)
-    if session:
-        key = "s:" + session.decode("latin-1")[:_MAX_KEY]
-    elif asked.user:
-        key = "u:" + asked.user[:_MAX_KEY]
-    elif asked.conversation:
-        key = "c:" + asked.conversation
-    else:
-        return None
-    return Conversation(key, asked.first_turn)
-
-
-SERVED_BY = "X-Worker-ID"
-
-
-def early_start(dispatcher: Dispatcher, direct: DirectBody, scope: dict) -> Callable[[Upstream], None]:
-    """The dispatch's `on_first` for a streamed answer under our server: the response's head is begun and the
-    relay started the moment the first event has passed its checks, so the head and the first event go out in one
-    write from there (common/direct_body.py). The request's record is told of the head (its status, the request id
-    in it), as `send` would have told it."""
-
-    def start(upstream: Upstream) -> None:
-        head = {"type": "http.response.start", "status": 200, "headers": _stream_head(upstream.worker.worker_id)}
-        scope[RequestRecord.KEY].sent(head)
-        direct.begin(head["status"], head["headers"])
-        dispatcher.relay(upstream).start_direct(direct)
-
-    return start
-
-
-@functools.lru_cache(maxsize=1024)  # (a handful of workers: made once each, not per request)
-def _stream_head(worker_id: str) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple(sse_head({SERVED_BY: worker_id}))
 
 
 def make_policy(settings: ControllerSettings, rng: random.Random | None) -> Policy:
@@ -200,15 +158,26 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
         peer = request.scope.get("client")
         client = asked.user or (peer[0] if peer else "")  # takes turns in the waiting line
+        # A request begun below ASGI (controller/fast_chat.py) comes with its first attempt under way
+        handed: HandedOver | None = request.scope.get("extensions", {}).pop(HANDED_OVER, None)
         # A stream under our server starts from inside the dispatch, its head with its first event (early_start)
-        direct = DirectBody.unstarted(request.scope) if asked.stream else None
+        if handed is not None:
+            direct = handed.direct
+        else:
+            direct = DirectBody.unstarted(request.scope) if asked.stream else None
         opened = dispatcher.open(body, asked.model, request_id_var.get(), relay_headers,
-                                 conversation_of(request, asked), client[:_MAX_KEY],
-                                 early_start(dispatcher, direct, request.scope) if direct is not None else None)
+                                 conversation_of(request, asked), client[:MAX_KEY],
+                                 early_start(dispatcher, direct, request.scope) if direct is not None else None,
+                                 handed and handed.begun)
         # One watch from here to the answer's end (common/disconnect.py)
         watch = ClientWatch(request.receive, request.scope)
         try:
-            upstream = await watch.guard(opened)
+            try:
+                upstream = await watch.guard(opened)
+            except ClientGone:
+                if handed is not None:  # gone before the dispatch began: the attempt under way ends here
+                    handed.begun.abandon()
+                raise
             blocks = dispatcher.relay(upstream)
             served_by = {SERVED_BY: upstream.worker.worker_id}  # for logs and the UI's conversation log
             if asked.stream:
@@ -224,4 +193,5 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         return JSONResponse(completion.model_dump(exclude_none=True), headers=served_by)
 
     app.serve_ahead(CHAT_PATH, chat_completions)  # every chat request's (controller/direct_routes.py)
+    app.below_asgi = FastChat(app, CHAT_PATH)  # the usual one's, from the connection's callbacks (fast_chat.py)
     return app

@@ -11,7 +11,9 @@ same code: the request id and the access line (common/logging_setup.py `RequestR
 every first token's way (issue 26). An app with any other middleware refuses to serve them, rather than skip it.
 Their errors are still rendered by the app's own exception handlers (common/http.py install_error_handlers, counted
 by common/metrics.py). A ready answer (not a stream) goes out in one write, its head with its body
-(common/direct_body.py `one_write`): uvicorn wrote them apart. Every other path goes through FastAPI as before.
+(common/direct_body.py `one_write`): uvicorn wrote them apart. Every other path goes through FastAPI as before. The
+usual chat request (streamed, small, a free worker) is served before even this, with no task at all
+(controller/fast_chat.py); the route here answers the rest, and goes on with a first attempt handed to it from there.
 
 The app also applies uvicorn's proxy headers middleware itself (its server is told not to: common/serve.py), around
 every other path, and on these only for a request that carries a forwarded header: as a layer of its own it was 3%

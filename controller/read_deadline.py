@@ -19,12 +19,15 @@ T = TypeVar("T")
 
 class ReadDeadline:
     """The idle timeout of one stream's reads. `await deadline.read(aw)` raises TimeoutError when `aw` waited
-    `timeout_s`; any other cancellation passes through as it came. Call `close()` when the stream ends."""
+    `timeout_s`; any other cancellation passes through as it came. Call `close()` when the stream ends. `since`: the
+    loop time the first read's wait began, when it began before this (a request written from the server's callbacks,
+    controller/fast_chat.py)."""
 
-    __slots__ = ("_expired", "_handle", "_loop", "_started", "_task", "timeout_s")
+    __slots__ = ("_expired", "_handle", "_loop", "_since", "_started", "_task", "timeout_s")
 
-    def __init__(self, timeout_s: float, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, timeout_s: float, loop: asyncio.AbstractEventLoop | None = None, since: float | None = None):
         self.timeout_s = timeout_s
+        self._since = since
         self._loop = loop or asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
@@ -33,7 +36,8 @@ class ReadDeadline:
 
     async def read(self, aw: Awaitable[T]) -> T:
         self._task = asyncio.current_task(self._loop)
-        self._started = self._loop.time()
+        self._started = self._loop.time() if self._since is None else self._since
+        self._since = None
         if self._handle is None:
             self._handle = self._loop.call_at(self._started + self.timeout_s, self._due)
         try:

@@ -25,7 +25,7 @@ from controller.registry import Lease, Registry, WorkerRecord
 from controller.request_queue import RequestQueue
 from controller.settings import ControllerSettings
 from controller.stream_pump import Relay, StreamPump
-from controller.worker_connection import WorkerConnectionError, WorkerResponse, WorkerUnreachable
+from controller.worker_connection import Connection, WorkerConnectionError, WorkerResponse, WorkerUnreachable
 from controller.worker_http import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,38 @@ class Upstream:
         self.lease.release(ok=ok)
 
 
+@dataclass
+class Begun:
+    """A request's first attempt, begun from the server's callbacks (controller/fast_chat.py): its worker and lease,
+    its early start, and the connection its request was written on (None: none was idle; nothing sent yet). Handed
+    to `Dispatcher.open`, which goes on with it as with an attempt of its own; or `abandon`ed."""
+
+    worker: WorkerRecord
+    lease: Lease
+    early: _EarlyStart
+    started: float  # monotonic time the dispatch began (the time to first token's start)
+    conn: Connection | None = None  # (None: none was idle; `connect` makes one)
+    sent_at: float = 0.0  # loop time the attempt began (the first token's deadline runs from there)
+    opened: bool = False  # `Dispatcher.open` took it up: it ends there
+
+    def abandon(self) -> None:
+        """The client left, and no dispatch took the attempt up: it ends as a dispatch cancelled then ends it (the
+        worker's connection closed, which tells the worker; no verdict on the worker). A stream its early start
+        began meanwhile (handed over, the dispatch not yet running) ends as a stream's client leaving ends it."""
+        if self.opened or self.lease.released:
+            return
+        started = self.early.outcome
+        if isinstance(started, Upstream) and started.relay is not None:
+            started.relay.pump.close()
+        conn = self.conn
+        if conn is not None:
+            conn.early = conn.watcher = None
+            if not conn.handed_over():
+                conn.transport.abort()
+        self.lease.release(ok=None)
+        self.worker.breaker.no_verdict()
+
+
 class Dispatcher:
     def __init__(self, registry: Registry, policy: Policy, client: WorkerClient, settings: ControllerSettings,
                  metrics: Metrics | None = None):
@@ -68,7 +100,7 @@ class Dispatcher:
 
     async def open(self, body: bytes | bytearray, model: str, request_id: str, headers: dict[str, str] | None = None,
                    conversation: Conversation | None = None, client: str = "",
-                   on_first: Callable[[Upstream], None] | None = None) -> Upstream:
+                   on_first: Callable[[Upstream], None] | None = None, begun: Begun | None = None) -> Upstream:
         """`body`: the client's JSON request, sent to the worker as it is; `headers`: what the controller adds;
         `conversation`: the one it belongs to (for the policy); `client`: who sent it (turns in the waiting line);
         `on_first`: called with the stream the moment its first event has passed the checks, before this returns
@@ -76,15 +108,18 @@ class Dispatcher:
         The first attempt may wait in line for a free worker (request_queue.py); a failover does not wait.
         Each attempt holds a lease on its worker: released here when the attempt fails or is cancelled (the client
         left; cancelling also closes the worker's connection, which is how the worker learns it), else handed over
-        with the returned stream, whose `relay` releases it."""
+        with the returned stream, whose `relay` releases it. `begun`: the first attempt, begun already (`begin`)."""
         serving = self.registry.serving(model)
-        if not serving:
+        if not serving and begun is None:
             raise self._no_such_model(model)
         tried: set[str] = set()
         last: ServingError | None = None
-        started = time.monotonic()
+        started = time.monotonic() if begun is None else begun.started
         for attempt in range(self.settings.max_attempts):
-            if attempt == 0 or (last is not None and last.code == ErrorCode.WORKER_BUSY):
+            if attempt == 0 and begun is not None:
+                begun.opened = True
+                taken = begun.worker, begun.lease
+            elif attempt == 0 or (last is not None and last.code == ErrorCode.WORKER_BUSY):
                 # A worker that answered 429 counts as full for a moment: the request waits in line for a slot. (A
                 # free worker is taken without the line's coroutine: the usual case, on every request's way.)
                 taken = (self.queue.take_free(model, conversation, serving) if attempt == 0 else None) \
@@ -98,7 +133,8 @@ class Dispatcher:
             worker, lease = taken
             tried.add(worker.worker_id)
             try:
-                upstream = await self._connect(worker, lease, body, request_id, headers, on_first)
+                upstream = await self._connect(worker, lease, body, request_id, headers, on_first,
+                                               begun if attempt == 0 else None)
             except ServingError as err:
                 lease.release(ok=False)
                 log.warning("request %s: worker %s failed before the first token: %s", request_id,
@@ -114,8 +150,7 @@ class Dispatcher:
                 lease.release(ok=None)
                 worker.breaker.no_verdict()
                 raise
-            worker.breaker.succeeded()
-            self.metrics.observe_first_token(started)
+            self.first_token(worker, started)
             return upstream
         if last is not None:
             raise ServingError(ErrorCode.NO_WORKER, f"every worker tried for model '{model}' failed before "
@@ -132,6 +167,30 @@ class Dispatcher:
                                f"row (the next trial in {soonest:.0f} s; check their logs)")
         raise ServingError(ErrorCode.NO_WORKER, f"no healthy worker is serving '{model}' right now; "
                            "its workers stopped answering (check their logs or start one)")
+
+    def begin(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
+              headers: dict[str, str], on_first: Callable[[Upstream], None], started: float) -> Begun:
+        """A first attempt on `worker`, from the caller's step (the server's callbacks, controller/fast_chat.py):
+        the request written at once where a connection to it is idle. Its early start calls `on_first` as `open`'s
+        would; anything else is `open`'s to go on with (or the attempt's `abandon`)."""
+        begun = Begun(worker, lease, _EarlyStart(worker, lease, on_first), started, sent_at=self.loop.time())
+        try:
+            begun.conn = self.client.send_now(f"{worker.url}/v1/chat/completions", body,
+                                              self._worker_headers(worker, request_id, headers), begun.early)
+        except ValueError:  # a header the request cannot carry: `open` meets it again, and ends the attempt
+            pass
+        return begun
+
+    async def connect(self, begun: Begun, body: bytes | bytearray, request_id: str, headers: dict[str, str]) -> None:
+        """A begun attempt's request written on a new connection (none was idle). WorkerConnectionError, or
+        ValueError, and nothing sent, when it cannot be: `open` meets it again, and ends the attempt."""
+        begun.conn = await self.client.send(f"{begun.worker.url}/v1/chat/completions", body,
+                                            self._worker_headers(begun.worker, request_id, headers), begun.early)
+
+    def first_token(self, worker: WorkerRecord, started: float) -> None:
+        """An attempt's first event passed its checks: the worker's breaker and the time to first token know."""
+        worker.breaker.succeeded()
+        self.metrics.observe_first_token(started)
 
     def _judge(self, worker: WorkerRecord, err: ServingError) -> None:
         """A failed attempt, for the worker's breaker: failures of the worker count; a busy worker or a request
@@ -155,15 +214,20 @@ class Dispatcher:
                             f"{names}", param="model")
 
     async def _connect(self, worker: WorkerRecord, lease: Lease, body: bytes | bytearray, request_id: str,
-                       headers: dict[str, str] | None, on_first: Callable[[Upstream], None] | None) -> Upstream:
+                       headers: dict[str, str] | None, on_first: Callable[[Upstream], None] | None,
+                       begun: Begun | None = None) -> Upstream:
         # One deadline for each wait until the first token: sending the request and the worker's headers (which it
         # sends with its first token), then each read of the first event. On a timeout, as on any cancellation,
         # the client closes the connection: the worker sees its client gone and stops the abandoned attempt.
-        deadline = ReadDeadline(self.settings.first_token_timeout_s, self.loop)
-        early = _EarlyStart(worker, lease, on_first) if on_first is not None else None
+        deadline = ReadDeadline(self.settings.first_token_timeout_s, self.loop, begun.sent_at if begun else None)
+        if begun is not None:
+            early = begun.early
+        else:
+            early = _EarlyStart(worker, lease, on_first) if on_first is not None else None
         try:
             try:
-                response = await self._post(worker, body, request_id, headers, deadline, early)
+                response = await self._post(worker, body, request_id, headers, deadline, early,
+                                            begun and begun.conn)
             except ServingError:
                 if early is not None and isinstance(early.outcome, Upstream):
                     # The first event came as the wait for it ended (the first-token deadline, due in the same turn
@@ -210,13 +274,15 @@ class Dispatcher:
 
     async def _post(self, worker: WorkerRecord, body: bytes | bytearray, request_id: str,
                     headers: dict[str, str] | None, deadline: ReadDeadline,
-                    early: _EarlyStart | None = None) -> WorkerResponse:
-        """The worker's response to the request, once its headers have come."""
+                    early: _EarlyStart | None = None, sent: Connection | None = None) -> WorkerResponse:
+        """The worker's response to the request, once its headers have come (`sent`: the request was written on it
+        already, `begin`)."""
         try:
+            if sent is not None:
+                return await deadline.read(self.client.response(sent))
             return await deadline.read(self.client.request(
-                "POST", f"{worker.url}/v1/chat/completions", body,
-                {"Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {}),
-                 RELAY_TOKEN_HEADER: worker.relay_token}, early))
+                "POST", f"{worker.url}/v1/chat/completions", body, self._worker_headers(worker, request_id, headers),
+                early))
         except WorkerUnreachable as exc:
             self.registry.mark_unreachable(worker)
             raise ServingError(ErrorCode.WORKER_LOST, f"could not reach worker {worker.worker_id}: {exc}") from exc
@@ -225,6 +291,11 @@ class Dispatcher:
                                f"{deadline.timeout_s:.0f} s") from exc
         except WorkerConnectionError as exc:  # reachable, but it dropped the connection: not marked unreachable
             raise ServingError(ErrorCode.WORKER_LOST, f"worker {worker.worker_id} failed: {exc}") from exc
+
+    @staticmethod
+    def _worker_headers(worker: WorkerRecord, request_id: str, headers: dict[str, str] | None) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-Request-ID": request_id, **(headers or {}),
+                RELAY_TOKEN_HEADER: worker.relay_token}
 
     async def _first_event(self, response: WorkerResponse, worker: WorkerRecord, deadline: ReadDeadline
                            ) -> tuple[str | None, bytes]:

@@ -56,14 +56,27 @@ class _Invalid(Exception):
 async def peek_request(body: bytes | bytearray) -> Peeked:
     """The routing fields of a chat request body; ServingError (400) when they are missing, of the wrong type, or
     the body is not a JSON object."""
+    if len(body) > _WALK_OFF_LOOP:
+        try:
+            return _peeked(await asyncio.to_thread(_top_level, body, _WANTED))
+        except _Invalid:
+            raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
+    return peek_small(body)
+
+
+def peek_small(body: bytes | bytearray) -> Peeked:
+    """`peek_request` of a body of at most 64 KiB, read in the caller's step (controller/fast_chat.py)."""
+    if len(body) > _WALK_OFF_LOOP:
+        raise ValueError("a large body is peeked off the event loop: peek_request")
     try:
-        if len(body) > _WALK_OFF_LOOP:
-            fields, start = await asyncio.to_thread(_top_level, body, _WANTED)
-        else:
-            fields, start = (len(body) <= _DECODE_MAX and _decoded(body)) or _top_level(body, _WANTED)
-        span, first_turn = start or (None, False)
+        return _peeked((len(body) <= _DECODE_MAX and _decoded(body)) or _top_level(body, _WANTED))
     except _Invalid:
         raise ServingError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
+
+
+def _peeked(found: tuple) -> Peeked:
+    fields, start = found
+    span, first_turn = start or (None, False)
     if fields is None:
         raise ServingError(ErrorCode.INVALID_REQUEST, "invalid request: the body must be a JSON object")
     model, stream = fields.get("model"), fields.get("stream", False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.direct_body import DirectBody
@@ -65,7 +66,8 @@ class Output:
 
 class StreamPump:
     """One answer's stream phase. The owner `start`s it with an output, waits on `changed()` until `final` is set
-    (after each wake: `resume()` once a blocked output has drained), sends `final`, and `close`s it."""
+    (after each wake: `resume()` once a blocked output has drained), sends `final`, and `close`s it. An owner with
+    no task of its own is called (`on_change`) where `changed()` would return."""
 
     def __init__(self, up: Upstream, registry: Registry, metrics: Metrics, interval_s: float, timeout_s: float,
                  loop: asyncio.AbstractEventLoop | None = None):
@@ -88,6 +90,7 @@ class StreamPump:
         self.ok: bool | None = False  # how the attempt went: True once the end marker came
         self.finished = False  # the attempt was ended (its lease released)
         self.waiter: asyncio.Future | None = None
+        self.on_change: Callable[[], None] | None = None  # an owner with no task told instead (controller/fast_chat.py)
 
     # -- the owner's side
     def start(self, out: Output | DirectBody) -> None:
@@ -252,6 +255,8 @@ class StreamPump:
         self._wake()
 
     def _wake(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -314,6 +319,10 @@ class Relay(Output):
             await pump.changed()
 
     async def aclose(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
+        """`aclose`, for an owner with no task (controller/fast_chat.py)."""
         pump = self.pump
         if pump.out is not None:
             pump.close()

@@ -67,6 +67,7 @@ class Connection(asyncio.BufferedProtocol):
     def reset(self) -> None:
         self.answer: WorkerResponse | None = None  # the response object, once made (`WorkerResponse.of`)
         self.early: Callable[[WorkerResponse], None] | None = None  # `WorkerClient.request`'s `early`
+        self.watcher: Callable[[], None] | None = None  # told of anything new, with no task waiting (`send_now`)
         self.status = 0
         self.keep_alive = False
         self.head_bytes = 0
@@ -169,6 +170,8 @@ class Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self.watcher is not None:
+            self.watcher()
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -65,19 +65,38 @@ class WorkerClient:
         caller's chance to act on the response's first bytes with no task woken (the relay's first event, issue 26);
         it may take them (`deliver_to`); its connection goes back to the pool no sooner than this returns."""
         key, path, host = _target(url)
+        head = _head(method, path, host, headers, body)
         conn = self._take(key) or await self._connect(key)
         conn.early = early
+        return await self.response(conn, head, body)
+
+    def send_now(self, url: str, body: bytes | bytearray, headers: dict[str, str],
+                 early: Callable[[WorkerResponse], None], on: Connection | None = None) -> Connection | None:
+        """A POST of a small body written in one go, from the caller's step, on a connection kept alive (or `on`);
+        None (and nothing sent) when none is idle: `send`. The connection tells `early` of body bytes, and
+        `Connection.watcher` of anything new, until its response is taken (`response`) or its owner lets go of them.
+        The request served from the server's callbacks starts here (controller/fast_chat.py)."""
+        key, path, host = _target(url)
+        head = _head("POST", path, host, headers, body)
+        conn = on or self._take(key)
+        if conn is not None:
+            conn.early = early
+            conn.transport.write(head + body)
+        return conn
+
+    async def send(self, url: str, body: bytes | bytearray, headers: dict[str, str],
+                   early: Callable[[WorkerResponse], None]) -> Connection:
+        """`send_now`, on a new connection when none is idle. WorkerUnreachable when none can be made."""
+        return self.send_now(url, body, headers, early) or \
+            self.send_now(url, body, headers, early, on=await self._connect(_target(url)[0]))
+
+    async def response(self, conn: Connection, head: bytes = b"", body: bytes | bytearray = b"") -> WorkerResponse:
+        """The response to the request on `conn` once its headers have come (see `request`): written here first
+        when given (`head`, `body`), else written already (`send_now`)."""
         conn.requesting = True
         try:
-            lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"]  # (one encode for the head, not two a line)
-            for name, value in (headers or {}).items():
-                if "\r" in value or "\n" in value:
-                    raise ValueError(f"header {name} holds a line break")
-                lines.append(f"{name}: {value}\r\n")
-            if body or method == "POST":
-                lines.append(f"Content-Length: {len(body)}\r\n")
-            lines.append("\r\n")
-            await self._write(conn, "".join(lines).encode("latin-1"), body)
+            if head:
+                await self._write(conn, head, body)
             while not conn.status:
                 if conn.error is not None:
                     raise conn.error
@@ -160,3 +179,16 @@ class WorkerClient:
             conn.transport.write(view[at:at + _SLICE])
             if conn.drained is not None:
                 await conn.drained
+
+
+def _head(method: str, path: str, host: str, headers: dict[str, str] | None, body: bytes | bytearray) -> bytes:
+    """A request's line and headers. ValueError for a header value with a line break."""
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"]  # (one encode for the head, not two a line)
+    for name, value in (headers or {}).items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} holds a line break")
+        lines.append(f"{name}: {value}\r\n")
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 
+from common.serve import proxy_headers
 from launcher.compose import free_port
 
 
@@ -16,7 +17,9 @@ from launcher.compose import free_port
 async def served(app, http: str | type = "auto", **config) -> AsyncIterator[str]:
     """-> the app's base URL while the `async with` lasts; the server is stopped on the way out. `http`: uvicorn's
     protocol ("auto": its own; `common.bounded_http.bounded_http()`: the controller's and the workers'); `config`:
-    more of uvicorn's settings (`timeout_keep_alive=...`)."""
+    more of uvicorn's settings (`timeout_keep_alive=...`). uvicorn's proxy headers middleware is applied as
+    common/serve.py applies it (not around an app that applies it itself: the controller's)."""
+    config.setdefault("proxy_headers", proxy_headers(app))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None,
                                            access_log=False, http=http, **config))
