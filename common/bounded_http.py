@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-
 import urllib.parse
+from collections.abc import Callable
 from typing import Protocol
 
 import httptools

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from common.auth import new_relay_token, refuse_relayed
 from common.direct_body import DirectBody
-from common.disconnect import ClientGone, ClientWatch
+from common.disconnect import ClientWatch
 from common.http import (RELAY_INCLUDE_USAGE, RELAY_STREAM, check_api_key, install_error_handlers, parse_json_body,
                          read_body)
 from common.logging_setup import install_request_ids, request_id_var
@@ -147,6 +147,17 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         return ModelList(data=registry.model_cards(settings.max_body_bytes))
 
     async def chat_completions(request: Request) -> Response:
+        # A request begun below ASGI (controller/fast_chat.py) comes with its first attempt under way: the dispatch
+        # goes on with it; if this ends before (the client left meanwhile), it ends here (a no-op once dispatched)
+        handed: HandedOver | None = request.scope.get("extensions", {}).pop(HANDED_OVER, None)
+        try:
+            return await answer(request, handed)
+        except BaseException:
+            if handed is not None:
+                handed.begun.abandon()
+            raise
+
+    async def answer(request: Request, handed: HandedOver | None) -> Response:
         refuse_relayed(request)
         check_api_key(request, settings.api_keys)
         body = await read_body(request, settings.max_body_bytes)
@@ -158,8 +169,6 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         # request_id_var: set by RequestIdMiddleware, forwarded to the worker for its logs
         peer = request.scope.get("client")
         client = asked.user or (peer[0] if peer else "")  # takes turns in the waiting line
-        # A request begun below ASGI (controller/fast_chat.py) comes with its first attempt under way
-        handed: HandedOver | None = request.scope.get("extensions", {}).pop(HANDED_OVER, None)
         # A stream under our server starts from inside the dispatch, its head with its first event (early_start)
         if handed is not None:
             direct = handed.direct
@@ -172,12 +181,7 @@ def create_app(settings: ControllerSettings, rng: random.Random | None = None) -
         # One watch from here to the answer's end (common/disconnect.py)
         watch = ClientWatch(request.receive, request.scope)
         try:
-            try:
-                upstream = await watch.guard(opened)
-            except ClientGone:
-                if handed is not None:  # gone before the dispatch began: the attempt under way ends here
-                    handed.begun.abandon()
-                raise
+            upstream = await watch.guard(opened)
             blocks = dispatcher.relay(upstream)
             served_by = {SERVED_BY: upstream.worker.worker_id}  # for logs and the UI's conversation log
             if asked.stream:
