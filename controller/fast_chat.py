@@ -1,23 +1,23 @@
 """The controller's usual chat request served from the client connection's own callbacks, with no task (issue 26).
 
 Every relayed chat request went through uvicorn's ASGI scaffolding (its scope, request cycle and task), the route's
-coroutines, and a wakeup of that task at the first token and at the end: ~150 us of the controller's ~700 of CPU per
-request, and what made it slower per request than the field's Rust routers (bench/relay_floor.py, BENCHMARKS.md).
-The usual request needs none of it: a small streamed request, a free worker, a connection to it kept alive. So
-the server's protocol (common/bounded_http.py `BelowAsgi`) holds such a request's body from its head, and once it
-is in, this serves it from there: the route's checks (the same functions), the first attempt begun on the worker's
-connection (controller/relay.py `Dispatcher.begin`), the stream started by the same early start (its head with its
-first event, controller/chat_parts.py `early_start`), relayed by the same pump (controller/stream_pump.py), ended here when
-the pump says so (its last chunk, the request's counter and access line, as the route's).
+coroutines, and a wakeup of that task at the first token and at the end: ~10% of the controller's CPU per request,
+what kept it above the field's Rust routers (bench/relay_floor.py, BENCHMARKS.md). The usual request needs none of
+it: a small streamed request, a free worker. So the server's protocol (common/bounded_http.py `BelowAsgi`) holds
+such a request's body from its head, and once it is in, this serves it from there: the route's checks (the same
+functions), the first attempt begun on a kept connection to the worker (controller/relay.py `Dispatcher.begin`; a
+task of its own only to open one when none is idle), the stream started by the same early start (its head with its
+first event, controller/chat_parts.py `early_start`), relayed by the same pump (controller/stream_pump.py), ended
+here when the pump says so (its last chunk, the request's counter and access line, as the route's).
 
 Anything else is the route's, through uvicorn's task as before, with nothing done twice that counts: a request this
 does not want (`wants`: not a small POST to the chat path over HTTP/1.1 with its length declared; forwarded headers;
 a request under way on the connection); one that fails a check, is not streamed, or finds no free worker (`take`
 returns False; the route checks it again and answers as it always has); a first attempt that does anything but
-start well (an error status or event, a broken connection, the first token's deadline, no idle connection): handed
-to the route with the attempt under way (`HANDED_OVER`), which `Dispatcher.open` goes on with as its own first
-attempt: its failover, counting and errors are the route's. A client that leaves before the first token ends the
-attempt as a cancelled dispatch does (`Begun.abandon`, a 499); after it, as a stream's client leaving does.
+start well (an error status or event, an empty answer, a broken or refused connection, the first token's deadline):
+handed to the route with the attempt under way (`HANDED_OVER`), which `Dispatcher.open` goes on with as its own
+first attempt: its failover, counting and errors are the route's. A client that leaves before the first token ends
+the attempt as a cancelled dispatch does (`Begun.abandon`, a 499); after it, as a stream's client leaving does.
 """
 
 from __future__ import annotations
