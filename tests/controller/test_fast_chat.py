@@ -342,3 +342,27 @@ async def test_pipelined_requests_are_answered_in_turn(monkeypatch):
         assert answers[0].count(b"data: [DONE]") == 1 and answers[1].count(b"data: [DONE]") == 1
         assert b'"status":"ok"' in answers[2]
         assert _leases(app) == 0
+
+
+async def test_a_client_that_asks_to_close_gets_its_answer_then_the_close(monkeypatch):
+    async with _controller() as (app, url):
+        ways = Ways(app, monkeypatch)
+        async with standins(url, {"a": tokens(3, gap_s=0.0)}), httpx.AsyncClient(base_url=url, timeout=10) as http:
+            await http.post(CHAT, json=stream())
+            sent = json.dumps(stream()).encode()
+            host, port = url.removeprefix("http://").split(":")
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            try:
+                sock.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (CHAT.encode(), len(sent), sent))
+                got = b""
+                loop = asyncio.get_running_loop()
+                while chunk := await loop.run_in_executor(None, sock.recv, 65536):  # (b"": the server closed)
+                    got += chunk
+            finally:
+                sock.close()
+        assert ways.taken == [True, True] and ways.tasks == 0
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in head + b"\r\n"
+        assert rest.endswith(b"data: [DONE]\r\n\r\n\r\n0\r\n\r\n") and rest.count(b"data: ") == 5
+        assert _leases(app) == 0
