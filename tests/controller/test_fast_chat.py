@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -25,7 +24,7 @@ from controller.app import create_app
 from controller.fast_chat import MAX_BODY
 from controller.settings import ControllerSettings
 from tests.support.chat_http import body
-from tests.support.raw_http import RawClient
+from tests.support.raw_http import RawClient, read_to_close
 from tests.support.served_app import served, until
 from tests.support.standin_workers import Behaviour, Seen, hang, standins, tokens
 from tests.support.stream_chunks import CHUNK, FINISH
@@ -326,16 +325,8 @@ async def test_pipelined_requests_are_answered_in_turn(monkeypatch):
             await http.post(CHAT, json=stream())
             sent = json.dumps(stream()).encode()
             chat = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (CHAT.encode(), len(sent), sent)
-            host, port = url.removeprefix("http://").split(":")
-            sock = socket.create_connection((host, int(port)), timeout=10)
-            try:
-                sock.sendall(chat + chat + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                got = b""
-                loop = asyncio.get_running_loop()
-                while chunk := await loop.run_in_executor(None, sock.recv, 65536):
-                    got += chunk
-            finally:
-                sock.close()
+            health = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            got = await read_to_close(url, chat + chat + health)
         assert ways.taken == [True, True]  # the second chat waited behind the first: the app's task served it
         answers = got.split(b"HTTP/1.1 ")[1:]
         assert [a[:3] for a in answers] == [b"200", b"200", b"200"]
@@ -350,17 +341,8 @@ async def test_a_client_that_asks_to_close_gets_its_answer_then_the_close(monkey
         async with standins(url, {"a": tokens(3, gap_s=0.0)}), httpx.AsyncClient(base_url=url, timeout=10) as http:
             await http.post(CHAT, json=stream())
             sent = json.dumps(stream()).encode()
-            host, port = url.removeprefix("http://").split(":")
-            sock = socket.create_connection((host, int(port)), timeout=10)
-            try:
-                sock.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                             % (CHAT.encode(), len(sent), sent))
-                got = b""
-                loop = asyncio.get_running_loop()
-                while chunk := await loop.run_in_executor(None, sock.recv, 65536):  # (b"": the server closed)
-                    got += chunk
-            finally:
-                sock.close()
+            got = await read_to_close(url, b"POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                      b"Content-Length: %d\r\n\r\n%s" % (CHAT.encode(), len(sent), sent))
         assert ways.taken == [True, True] and ways.tasks == 0
         head, _, rest = got.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in head + b"\r\n"

@@ -53,6 +53,18 @@ class RawClient:
         return time.monotonic()
 
 
+async def read_to_close(url: str, data: bytes, timeout: float = 10) -> bytes:
+    """`data` sent on a connection of its own; everything the server sends back, until it closes the connection."""
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
 def connect(url: str, timeout: float = 10.0) -> socket.socket:
     parts = urllib.parse.urlsplit(url)
     return socket.create_connection((parts.hostname, parts.port), timeout=timeout)
