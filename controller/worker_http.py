@@ -71,24 +71,24 @@ class WorkerClient:
         return await self.response(conn, head, body)
 
     def send_now(self, url: str, body: bytes | bytearray, headers: dict[str, str],
-                 early: Callable[[WorkerResponse], None], on: Connection | None = None) -> Connection | None:
-        """A POST of a small body written in one go, from the caller's step, on a connection kept alive (or `on`);
-        None (and nothing sent) when none is idle: `send`. The connection tells `early` of body bytes, and
-        `Connection.watcher` of anything new, until its response is taken (`response`) or its owner lets go of them.
-        The request served from the server's callbacks starts here (controller/fast_chat.py)."""
-        key, path, host = _target(url)
-        head = _head("POST", path, host, headers, body)
-        conn = on or self._take(key)
+                 early: Callable[[WorkerResponse], None]) -> Connection | None:
+        """A POST of a small body written in one go, from the caller's step, on a connection kept alive; None (and
+        nothing sent) when none is idle: `send`. The connection tells `early` of body bytes, and `Connection.watcher`
+        of anything new, until its response is taken (`response`) or its owner lets go of them. The request served
+        from the server's callbacks starts here (controller/fast_chat.py)."""
+        key, head = _post(url, headers, body)
+        conn = self._take(key)
         if conn is not None:
-            conn.early = early
-            conn.transport.write(head + body)
+            _start(conn, head + body, early)
         return conn
 
     async def send(self, url: str, body: bytes | bytearray, headers: dict[str, str],
                    early: Callable[[WorkerResponse], None]) -> Connection:
         """`send_now`, on a new connection when none is idle. WorkerUnreachable when none can be made."""
-        return self.send_now(url, body, headers, early) or \
-            self.send_now(url, body, headers, early, on=await self._connect(_target(url)[0]))
+        key, head = _post(url, headers, body)
+        conn = self._take(key) or await self._connect(key)
+        _start(conn, head + body, early)
+        return conn
 
     async def response(self, conn: Connection, head: bytes = b"", body: bytes | bytearray = b"") -> WorkerResponse:
         """The response to the request on `conn` once its headers have come (see `request`): written here first
@@ -179,6 +179,17 @@ class WorkerClient:
             conn.transport.write(view[at:at + _SLICE])
             if conn.drained is not None:
                 await conn.drained
+
+
+def _post(url: str, headers: dict[str, str], body: bytes | bytearray) -> tuple[tuple[str, int, bool], bytes]:
+    """(the pool's key, the request's head) of a POST to `url` (its head made before any connection is taken)."""
+    key, path, host = _target(url)
+    return key, _head("POST", path, host, headers, body)
+
+
+def _start(conn: Connection, request: bytes, early: Callable[[WorkerResponse], None]) -> None:
+    conn.early = early
+    conn.transport.write(request)
 
 
 def _head(method: str, path: str, host: str, headers: dict[str, str] | None, body: bytes | bytearray) -> bytes:
